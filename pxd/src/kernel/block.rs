@@ -1,0 +1,170 @@
+//! Block devices: size, dev_t, device nodes, and raw reads and writes at an offset.
+
+use devicemapper::Device;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+/// The dev_t of a block device node.
+pub fn device_of(path: &Path) -> io::Result<Device> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.file_type().is_block_device() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a block device", path.display()),
+        ));
+    }
+    Ok(Device::from(meta.rdev()))
+}
+
+/// Size of a block device, in bytes.
+pub fn size_bytes(path: &Path) -> io::Result<u64> {
+    let file = File::open(path)?;
+    let mut size: u64 = 0;
+    // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    // SAFETY: the ioctl writes one u64 into `size`, which lives for the call.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            BLKGETSIZE64,
+            &mut size,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+/// Makes a block node at `path` for `dev` unless one for that device is already there.
+pub fn ensure_block_node(path: &Path, dev: Device) -> io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_block_device() && Device::from(m.rdev()) == dev => Ok(()),
+        Ok(_) => {
+            // A stale node from an earlier device of the same name (numbers are reused).
+            std::fs::remove_file(path)?;
+            mknod_block(path, dev)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            mknod_block(path, dev)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn mknod_block(path: &Path, dev: Device) -> io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let rdev = libc::makedev(dev.major, dev.minor);
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, rdev) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::AlreadyExists {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Removes the node at `path` if it is a node for `dev` (and leaves anything else alone).
+pub fn remove_block_node(path: &Path, dev: Device) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_block_device() && Device::from(m.rdev()) == dev => {
+            std::fs::remove_file(path)
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads `len` bytes at `offset`, bypassing the page cache (so a read sees the device, not a
+/// stale cached copy of what another layer wrote).
+pub fn read_direct(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    let mut buf = AlignedBuf::zeroed(len);
+    file.read_exact_at(buf.as_mut_slice(), offset)?;
+    Ok(buf.as_slice().to_vec())
+}
+
+/// Writes zeroes over `len` bytes at `offset`, durably.
+pub fn zero_direct(path: &Path, offset: u64, len: usize) -> io::Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+        .open(path)?;
+    let buf = AlignedBuf::zeroed(len);
+    file.write_all_at(buf.as_slice(), offset)
+}
+
+/// A heap buffer aligned for O_DIRECT (4 KiB covers every logical block size pxd meets).
+pub struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+impl AlignedBuf {
+    pub const ALIGN: usize = 4096;
+
+    /// A zeroed buffer of `len` bytes (rounded up to the alignment).
+    pub fn zeroed(len: usize) -> AlignedBuf {
+        let size = len.max(1).next_multiple_of(Self::ALIGN);
+        let layout = std::alloc::Layout::from_size_align(size, Self::ALIGN)
+            .expect("4 KiB alignment and a rounded size form a valid layout");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr =
+            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, layout }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr points at layout.size() initialised bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self gives exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this very layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_buffers_are_aligned_and_rounded() {
+        let mut b = AlignedBuf::zeroed(5000);
+        assert_eq!(b.as_slice().len(), 8192);
+        assert_eq!(b.as_slice().as_ptr() as usize % 4096, 0);
+        assert!(b.as_slice().iter().all(|&x| x == 0));
+        b.as_mut_slice()[8191] = 7;
+        assert_eq!(b.as_slice()[8191], 7);
+    }
+
+    #[test]
+    fn regular_files_are_not_block_devices() {
+        let err = device_of(Path::new("/proc/self/status")).unwrap_err();
+        assert!(err.to_string().contains("not a block device"), "{err}");
+    }
+}

@@ -1,0 +1,217 @@
+//! Device-mapper, behind one small trait: create a device with a table, read its table and
+//! status, send a message, remove it, list them. The kernel implementation goes through the
+//! devicemapper crate's ioctls; tests of the layers above use a fake.
+
+use crate::kernel::block;
+use devicemapper::{DevId, Device, DmError, DmFlags, DmName, DmNameBuf, DmOptions, DmUuid, DM};
+use std::path::PathBuf;
+
+/// A table or status in the form devicemapper's ioctls use: (start, length, type, params).
+pub type RawTable = Vec<(u64, u64, String, String)>;
+
+/// What the kernel knows of one dm device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmInfo {
+    pub dev: Device,
+    pub open_count: i32,
+    pub suspended: bool,
+}
+
+/// Result of an idempotent remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    Deleted,
+    NotFound,
+}
+
+/// A failed dm operation, with what was being done to which device.
+#[derive(Debug, thiserror::Error)]
+#[error("device-mapper: {op} {device}: {detail}")]
+pub struct DmOpError {
+    pub op: &'static str,
+    pub device: String,
+    pub detail: String,
+    /// The errno of a failed ioctl, when that is what failed.
+    pub errno: Option<i32>,
+}
+
+impl DmOpError {
+    fn new(op: &'static str, device: &DmName, err: DmError) -> DmOpError {
+        let errno = match &err {
+            DmError::Core(devicemapper::errors::Error::Ioctl(_, _, _, e)) => Some(**e as i32),
+            _ => None,
+        };
+        DmOpError {
+            op,
+            device: device.to_string(),
+            detail: err.to_string(),
+            errno,
+        }
+    }
+
+    fn io(op: &'static str, device: &DmName, err: std::io::Error) -> DmOpError {
+        DmOpError {
+            op,
+            device: device.to_string(),
+            errno: err.raw_os_error(),
+            detail: err.to_string(),
+        }
+    }
+}
+
+pub type DmResult<T> = Result<T, DmOpError>;
+
+/// The device-mapper operations pxd needs.
+pub trait DeviceMapper {
+    /// The device, or None if the kernel has no device of that name.
+    fn info(&self, name: &DmName) -> DmResult<Option<DmInfo>>;
+    /// Creates the device, loads `table` and activates it. Either all of that happens or the
+    /// device does not exist afterwards.
+    fn create(
+        &self,
+        name: &DmName,
+        uuid: &DmUuid,
+        table: &[(u64, u64, String, String)],
+    ) -> DmResult<Device>;
+    /// The live table.
+    fn table(&self, name: &DmName) -> DmResult<RawTable>;
+    /// The live status lines.
+    fn status(&self, name: &DmName) -> DmResult<RawTable>;
+    /// Sends a target message (e.g. `create_thin 1` to a thin-pool).
+    fn message(&self, name: &DmName, msg: &str) -> DmResult<()>;
+    /// Removes the device; a device that does not exist is [`Removed::NotFound`].
+    fn remove(&self, name: &DmName) -> DmResult<Removed>;
+    /// All dm devices, pxd's and others'.
+    fn list(&self) -> DmResult<Vec<(DmNameBuf, Device)>>;
+}
+
+/// The path pxd and users address a dm device by.
+pub fn node_path(name: &DmName) -> PathBuf {
+    PathBuf::from("/dev/mapper").join(name.to_string())
+}
+
+/// The host kernel's device-mapper.
+pub struct KernelDm {
+    dm: DM,
+}
+
+impl KernelDm {
+    /// Opens `/dev/mapper/control`.
+    pub fn open() -> DmResult<KernelDm> {
+        let dm = DM::new().map_err(|e| DmOpError {
+            op: "open",
+            device: "/dev/mapper/control".into(),
+            detail: format!("{e} (is the dm_mod module loaded, and are we root?)"),
+            errno: None,
+        })?;
+        Ok(KernelDm { dm })
+    }
+
+    fn id(name: &DmName) -> DevId<'_> {
+        DevId::Name(name)
+    }
+}
+
+impl DeviceMapper for KernelDm {
+    fn info(&self, name: &DmName) -> DmResult<Option<DmInfo>> {
+        match self.dm.device_info(&Self::id(name)) {
+            Ok(info) => Ok(Some(DmInfo {
+                dev: info.device(),
+                open_count: info.open_count(),
+                suspended: info.flags().contains(DmFlags::DM_SUSPEND),
+            })),
+            Err(e) => match DmOpError::new("info", name, e) {
+                err if err.errno == Some(libc::ENXIO) => Ok(None),
+                err => Err(err),
+            },
+        }
+    }
+
+    fn create(
+        &self,
+        name: &DmName,
+        uuid: &DmUuid,
+        table: &[(u64, u64, String, String)],
+    ) -> DmResult<Device> {
+        let info = self
+            .dm
+            .device_create(name, Some(uuid), DmOptions::default())
+            .map_err(|e| DmOpError::new("create", name, e))?;
+        let activate = || -> DmResult<()> {
+            self.dm
+                .table_load(&Self::id(name), table, DmOptions::default())
+                .map_err(|e| DmOpError::new("load table of", name, e))?;
+            self.dm
+                .device_suspend(&Self::id(name), DmOptions::default())
+                .map_err(|e| DmOpError::new("activate", name, e))?;
+            // Where no udev runs (minimal hosts, the test VM) nobody else makes the node.
+            block::ensure_block_node(&node_path(name), info.device())
+                .map_err(|e| DmOpError::io("make node for", name, e))
+        };
+        if let Err(err) = activate() {
+            // An empty or half-made device must not outlive the failed create.
+            if let Err(rb) = self.remove(name) {
+                tracing::error!(error = %rb, "could not remove a half-made device");
+            }
+            return Err(err);
+        }
+        Ok(info.device())
+    }
+
+    fn table(&self, name: &DmName) -> DmResult<RawTable> {
+        self.dm
+            .table_status(
+                &Self::id(name),
+                DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+            )
+            .map(|(_, t)| t)
+            .map_err(|e| DmOpError::new("read table of", name, e))
+    }
+
+    fn status(&self, name: &DmName) -> DmResult<RawTable> {
+        self.dm
+            .table_status(&Self::id(name), DmOptions::default())
+            .map(|(_, t)| t)
+            .map_err(|e| DmOpError::new("read status of", name, e))
+    }
+
+    fn message(&self, name: &DmName, msg: &str) -> DmResult<()> {
+        self.dm
+            .target_msg(&Self::id(name), None, msg)
+            .map(|_| ())
+            .map_err(|e| {
+                let mut err = DmOpError::new("message", name, e);
+                err.detail = format!("{msg:?}: {}", err.detail);
+                err
+            })
+    }
+
+    fn remove(&self, name: &DmName) -> DmResult<Removed> {
+        let Some(info) = self.info(name)? else {
+            return Ok(Removed::NotFound);
+        };
+        match self.dm.device_remove(&Self::id(name), DmOptions::default()) {
+            Ok(_) => {
+                block::remove_block_node(&node_path(name), info.dev)
+                    .map_err(|e| DmOpError::io("remove node of", name, e))?;
+                Ok(Removed::Deleted)
+            }
+            Err(e) => match DmOpError::new("remove", name, e) {
+                err if err.errno == Some(libc::ENXIO) => Ok(Removed::NotFound),
+                err => Err(err),
+            },
+        }
+    }
+
+    fn list(&self) -> DmResult<Vec<(DmNameBuf, Device)>> {
+        self.dm
+            .list_devices()
+            .map(|v| v.into_iter().map(|(n, d, _)| (n, d)).collect())
+            .map_err(|e| DmOpError {
+                op: "list",
+                device: "all devices".into(),
+                detail: e.to_string(),
+                errno: None,
+            })
+    }
+}

@@ -1,0 +1,6 @@
+//! The only code with side effects on the host kernel. Everything above it plans pure data and
+//! hands it to these narrow interfaces, so planning stays testable without root or a kernel.
+
+pub mod block;
+pub mod dm;
+pub mod loop_device;

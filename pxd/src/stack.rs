@@ -1,0 +1,312 @@
+//! Brings planned dm devices into the kernel in order, adopting a device that already exists
+//! with the planned table (a retried or resumed step) and refusing one whose table differs.
+//! If a step fails, the devices this call created are removed again, top first, so a failed
+//! call leaves the kernel as it found it.
+
+use crate::kernel::dm::{DeviceMapper, DmOpError, Removed};
+use crate::plan::names::DeviceName;
+use crate::plan::table::{parse_table, raw_table, DevicePlan, Line, TableError};
+use devicemapper::Device;
+use std::collections::HashMap;
+
+/// What a step did; the model is stratisd's `CreateAction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    AlreadyExists,
+}
+
+/// One device brought up by [`apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub name: DeviceName,
+    pub dev: Device,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error(transparent)]
+    Dm(#[from] DmOpError),
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error(
+        "{device} exists with another table; pxd will not take it over.\n  planned: {planned}\n  found:   {found}"
+    )]
+    TableMismatch {
+        device: String,
+        planned: String,
+        found: String,
+    },
+}
+
+/// The devices one [`apply`] call brought up, in order.
+#[derive(Debug, Default)]
+pub struct AppliedStack {
+    pub devices: Vec<Applied>,
+}
+
+impl AppliedStack {
+    /// The dev_t of a device of this stack.
+    pub fn dev(&self, name: &DeviceName) -> Option<Device> {
+        self.devices.iter().find(|a| &a.name == name).map(|a| a.dev)
+    }
+
+    /// True if nothing had to be created.
+    pub fn all_adopted(&self) -> bool {
+        self.devices
+            .iter()
+            .all(|a| a.outcome == Outcome::AlreadyExists)
+    }
+
+    /// Removes what this call created, newest first; adopted devices stay. Errors are
+    /// returned after every removal was tried.
+    pub fn rollback(&self, dm: &dyn DeviceMapper) -> Result<(), DmOpError> {
+        let mut first_err = None;
+        for a in self.devices.iter().rev() {
+            if a.outcome == Outcome::Created {
+                if let Err(e) = dm.remove(&a.name.dm_name()) {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Applies `plans` in order (lower layers first).
+pub fn apply(dm: &dyn DeviceMapper, plans: &[&DevicePlan]) -> Result<AppliedStack, StackError> {
+    let mut done = AppliedStack::default();
+    for plan in plans {
+        match apply_one(dm, plan, &done) {
+            Ok(applied) => done.devices.push(applied),
+            Err(err) => {
+                if let Err(rb) = done.rollback(dm) {
+                    tracing::error!(error = %rb, "rollback after a failed step left a device behind");
+                }
+                return Err(err);
+            }
+        }
+    }
+    Ok(done)
+}
+
+fn apply_one(
+    dm: &dyn DeviceMapper,
+    plan: &DevicePlan,
+    done: &AppliedStack,
+) -> Result<Applied, StackError> {
+    // Resolve references: devices of this call first, then whatever the kernel has.
+    let mut known: HashMap<&DeviceName, Device> = HashMap::new();
+    for dep in plan.depends_on() {
+        if let Some(dev) = done.dev(dep) {
+            known.insert(dep, dev);
+        } else if let Some(info) = dm.info(&dep.dm_name())? {
+            known.insert(dep, info.dev);
+        }
+    }
+    let lines = plan.resolve(&|n| known.get(n).copied())?;
+    let name = plan.name.dm_name();
+
+    if let Some(info) = dm.info(&name)? {
+        let found = parse_table(&dm.table(&name)?)?;
+        if found != lines {
+            return Err(StackError::TableMismatch {
+                device: plan.name.to_string(),
+                planned: render(&lines),
+                found: render(&found),
+            });
+        }
+        return Ok(Applied {
+            name: plan.name.clone(),
+            dev: info.dev,
+            outcome: Outcome::AlreadyExists,
+        });
+    }
+    let dev = dm.create(&name, &plan.name.dm_uuid(), &raw_table(&lines))?;
+    Ok(Applied {
+        name: plan.name.clone(),
+        dev,
+        outcome: Outcome::Created,
+    })
+}
+
+fn render(lines: &[Line]) -> String {
+    lines
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Removes devices top first; devices already gone count as removed.
+pub fn teardown(
+    dm: &dyn DeviceMapper,
+    top_first: &[&DeviceName],
+) -> Result<Vec<Removed>, DmOpError> {
+    top_first.iter().map(|n| dm.remove(&n.dm_name())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::dm::{DmInfo, DmResult, RawTable};
+    use crate::plan::names::Id;
+    use crate::plan::pool::{plan_pool, Drive, PoolSpec, DEFAULT_CHUNK};
+    use devicemapper::{DmName, DmNameBuf, DmUuid, Sectors};
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    /// An in-memory device-mapper that records tables and can be told to fail one create.
+    #[derive(Default)]
+    struct FakeDm {
+        devices: RefCell<BTreeMap<String, (Device, RawTable)>>,
+        fail_create_of: Option<String>,
+        next_minor: RefCell<u32>,
+    }
+
+    impl DeviceMapper for FakeDm {
+        fn info(&self, name: &DmName) -> DmResult<Option<DmInfo>> {
+            Ok(self
+                .devices
+                .borrow()
+                .get(&name.to_string())
+                .map(|(d, _)| DmInfo {
+                    dev: *d,
+                    open_count: 0,
+                    suspended: false,
+                }))
+        }
+        fn create(
+            &self,
+            name: &DmName,
+            _: &DmUuid,
+            table: &[(u64, u64, String, String)],
+        ) -> DmResult<Device> {
+            if self.fail_create_of.as_deref() == Some(&name.to_string()) {
+                return Err(DmOpError {
+                    op: "create",
+                    device: name.to_string(),
+                    detail: "injected".into(),
+                    errno: Some(libc::EIO),
+                });
+            }
+            let mut minor = self.next_minor.borrow_mut();
+            let dev = Device {
+                major: 253,
+                minor: *minor,
+            };
+            *minor += 1;
+            self.devices
+                .borrow_mut()
+                .insert(name.to_string(), (dev, table.to_vec()));
+            Ok(dev)
+        }
+        fn table(&self, name: &DmName) -> DmResult<RawTable> {
+            Ok(self.devices.borrow()[&name.to_string()].1.clone())
+        }
+        fn status(&self, _: &DmName) -> DmResult<RawTable> {
+            Ok(Vec::new())
+        }
+        fn message(&self, _: &DmName, _: &str) -> DmResult<()> {
+            Ok(())
+        }
+        fn remove(&self, name: &DmName) -> DmResult<Removed> {
+            Ok(match self.devices.borrow_mut().remove(&name.to_string()) {
+                Some(_) => Removed::Deleted,
+                None => Removed::NotFound,
+            })
+        }
+        fn list(&self) -> DmResult<Vec<(DmNameBuf, Device)>> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn pool_spec(chunk: Sectors) -> PoolSpec {
+        PoolSpec {
+            node: Id::node("n1").unwrap(),
+            pool: Id::object("p0").unwrap(),
+            drives: vec![Drive {
+                dev: Device {
+                    major: 254,
+                    minor: 0,
+                },
+                size: Sectors(4 << 21),
+            }],
+            chunk,
+        }
+    }
+
+    #[test]
+    fn second_apply_adopts_every_device() {
+        let dm = FakeDm::default();
+        let plan = plan_pool(&pool_spec(DEFAULT_CHUNK)).unwrap();
+        let first = apply(&dm, &plan.devices()).unwrap();
+        assert!(first.devices.iter().all(|a| a.outcome == Outcome::Created));
+        // The pool's table points at the meta and data devices just made.
+        let pool_table = dm.table(&plan.pool.name.dm_name()).unwrap();
+        assert!(
+            pool_table[0].3.starts_with("253:0 253:1 512 "),
+            "{pool_table:?}"
+        );
+        let second = apply(&dm, &plan.devices()).unwrap();
+        assert!(second.all_adopted());
+        assert_eq!(
+            first.devices.iter().map(|a| a.dev).collect::<Vec<_>>(),
+            second.devices.iter().map(|a| a.dev).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_device_with_another_table_is_refused_not_adopted() {
+        let dm = FakeDm::default();
+        apply(
+            &dm,
+            &plan_pool(&pool_spec(DEFAULT_CHUNK)).unwrap().devices(),
+        )
+        .unwrap();
+        let other = plan_pool(&pool_spec(Sectors(1024))).unwrap();
+        let before = dm.devices.borrow().clone();
+        let err = apply(&dm, &other.devices()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("pxd-n1-pool-p0 exists with another table"),
+            "{err}"
+        );
+        assert_eq!(
+            *dm.devices.borrow(),
+            before,
+            "a refused apply changes nothing"
+        );
+    }
+
+    #[test]
+    fn a_failed_step_removes_what_the_call_created() {
+        let dm = FakeDm {
+            fail_create_of: Some("pxd-n1-pool-p0".into()),
+            ..FakeDm::default()
+        };
+        let plan = plan_pool(&pool_spec(DEFAULT_CHUNK)).unwrap();
+        let err = apply(&dm, &plan.devices()).unwrap_err();
+        assert!(err.to_string().contains("injected"), "{err}");
+        assert!(
+            dm.devices.borrow().is_empty(),
+            "meta and data were rolled back"
+        );
+    }
+
+    #[test]
+    fn rollback_keeps_adopted_devices() {
+        let plan = plan_pool(&pool_spec(DEFAULT_CHUNK)).unwrap();
+        let mut dm = FakeDm::default();
+        apply(&dm, &[&plan.meta]).unwrap();
+        dm.fail_create_of = Some("pxd-n1-pool-p0".into());
+        apply(&dm, &plan.devices()).unwrap_err();
+        let left: Vec<String> = dm.devices.borrow().keys().cloned().collect();
+        assert_eq!(
+            left,
+            ["pxd-n1-pool-p0-meta"],
+            "the adopted meta device stays"
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! Shared helpers for pxd's integration tests: finding the guest's disks, making and checking
+//! data, running external tools with their output in the failure message.
+
+use sha2::{Digest, Sha256};
+use std::fs::OpenOptions;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// True inside a guest booted by `cargo xtask vm`.
+pub fn in_vm() -> bool {
+    std::env::var_os("PXD_IN_VM").is_some()
+}
+
+/// The guest's virtio disks, /dev/vda first. Panics, naming what is missing, when there are
+/// fewer than `n`: a VM-tier test that cannot find its disks must fail, never pass vacuously.
+pub fn vm_disks(n: usize) -> Vec<PathBuf> {
+    assert!(
+        in_vm(),
+        "this is a VM-tier test: run it with `cargo xtask test --tier vm`"
+    );
+    let mut disks: Vec<PathBuf> = std::fs::read_dir("/sys/block")
+        .expect("/sys/block is readable")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("vd"))
+        .map(|n| PathBuf::from("/dev").join(n))
+        .collect();
+    disks.sort();
+    assert!(
+        disks.len() >= n,
+        "this test needs {n} virtio disks, the guest has {disks:?}"
+    );
+    disks
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so a failing run can be reproduced.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes `data` at `offset` with O_DIRECT, in 1 MiB requests, and syncs.
+pub fn write_direct(dev: &Path, offset: u64, data: &[u8]) {
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(dev)
+        .unwrap_or_else(|e| panic!("open {} for O_DIRECT write: {e}", dev.display()));
+    let mut buf = pxd::kernel::block::AlignedBuf::zeroed(1 << 20);
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        let b = &mut buf.as_mut_slice()[..chunk.len()];
+        b.copy_from_slice(chunk);
+        file.write_all_at(b, offset + (i as u64) * (1 << 20))
+            .unwrap_or_else(|e| panic!("O_DIRECT write to {}: {e}", dev.display()));
+    }
+    file.sync_all().expect("fsync after writing");
+}
+
+/// Reads `len` bytes at `offset` with O_DIRECT, in 1 MiB requests.
+pub fn read_direct(dev: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(dev)
+        .unwrap_or_else(|e| panic!("open {} for O_DIRECT read: {e}", dev.display()));
+    let mut buf = pxd::kernel::block::AlignedBuf::zeroed(1 << 20);
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let n = (len - out.len()).min(1 << 20);
+        let b = &mut buf.as_mut_slice()[..n];
+        file.read_exact_at(b, offset + out.len() as u64)
+            .unwrap_or_else(|e| panic!("O_DIRECT read from {}: {e}", dev.display()));
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+/// Runs a tool; panics with its full output unless it exits 0. Returns stdout.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "`{program} {}` failed ({}):\n{text}",
+        args.join(" "),
+        out.status
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_is_deterministic_and_seed_dependent() {
+        assert_eq!(pattern(1, 100), pattern(1, 100));
+        assert_ne!(pattern(1, 100), pattern(2, 100));
+        assert_eq!(pattern(7, 13).len(), 13);
+    }
+}

@@ -1,0 +1,263 @@
+//! `cargo xtask test`: the whole suite in tiers.
+//!
+//! - lint: `cargo fmt --check`, `cargo clippy -D warnings`;
+//! - unit: `cargo test` over the workspace, no root, no kernel features;
+//! - host: the `host_*` tests of pxd-tests, as root on this host's kernel (eBPF, loop devices);
+//! - vm:   the `vm_*` tests of pxd-tests, each test binary booted in its own guest through
+//!   `cargo xtask vm` as cargo's runner (device-mapper, nbd, dm-raid live only there).
+//!
+//! Every tier prints `<tier>: N passed, N failed, N skipped`; the run fails if any tier does.
+
+use crate::cmd;
+use anyhow::{Context, Result};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+#[derive(clap::Args, Debug)]
+pub struct TestArgs {
+    /// Run only these tiers (lint, unit, host, vm); all by default.
+    #[arg(long = "tier", value_enum)]
+    pub tiers: Vec<Tier>,
+    /// Skip `cargo xtask setup` (when you know the host is ready).
+    #[arg(long)]
+    pub no_setup: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    Lint,
+    Unit,
+    Host,
+    Vm,
+}
+
+/// Disks every VM test binary gets: sparse, so unused space costs nothing.
+const VM_TEST_DISKS: &[&str] = &["2G", "2G", "2G", "2G", "2G", "2G"];
+
+#[derive(Default, Debug, Clone, Copy)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: Counts) {
+        self.passed += o.passed;
+        self.failed += o.failed;
+        self.skipped += o.skipped;
+    }
+}
+
+pub fn run(args: &TestArgs) -> Result<i32> {
+    if !args.no_setup {
+        crate::setup::run()?;
+    }
+    let tiers = if args.tiers.is_empty() {
+        vec![Tier::Lint, Tier::Unit, Tier::Host, Tier::Vm]
+    } else {
+        args.tiers.clone()
+    };
+    let mut results = Vec::new();
+    for tier in tiers {
+        println!("\n==== tier: {tier:?}");
+        let counts = match tier {
+            Tier::Lint => lint(),
+            Tier::Unit => unit(),
+            Tier::Host => host(),
+            Tier::Vm => vm(),
+        }
+        .unwrap_or_else(|err| {
+            eprintln!("xtask test: {tier:?} tier could not run: {err:#}");
+            Counts {
+                failed: 1,
+                ..Counts::default()
+            }
+        });
+        results.push((tier, counts));
+    }
+    println!("\n==== summary");
+    let mut total = Counts::default();
+    for (tier, c) in &results {
+        println!(
+            "{}: {} passed, {} failed, {} skipped",
+            format!("{tier:?}").to_lowercase(),
+            c.passed,
+            c.failed,
+            c.skipped
+        );
+        total.add(*c);
+    }
+    println!(
+        "total: {} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.skipped
+    );
+    let empty_tier = results.iter().any(|(_, c)| c.passed + c.failed == 0);
+    if empty_tier {
+        eprintln!("xtask test: a tier ran no test, which counts as a failure");
+    }
+    Ok(if total.failed > 0 || empty_tier { 1 } else { 0 })
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(crate::workspace_root());
+    c
+}
+
+fn lint() -> Result<Counts> {
+    let mut counts = Counts::default();
+    for mut check in [
+        {
+            let mut c = cargo();
+            c.args(["fmt", "--all", "--check"]);
+            c
+        },
+        {
+            let mut c = cargo();
+            c.args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]);
+            c
+        },
+    ] {
+        println!("$ {}", cmd::show(&check));
+        if check.status()?.success() {
+            counts.passed += 1;
+        } else {
+            counts.failed += 1;
+        }
+    }
+    Ok(counts)
+}
+
+fn unit() -> Result<Counts> {
+    let mut c = cargo();
+    c.args(["test", "--workspace", "--exclude", "pxd-tests"]);
+    run_cargo_test(c)
+}
+
+fn host() -> Result<Counts> {
+    anyhow::ensure!(
+        cmd::is_root(),
+        "the host tier needs root (eBPF, loop devices)"
+    );
+    let targets = test_targets("host_")?;
+    let mut c = cargo();
+    c.args(["test", "-p", "pxd-tests"]);
+    for t in &targets {
+        c.args(["--test", t]);
+    }
+    run_cargo_test(c)
+}
+
+fn vm() -> Result<Counts> {
+    let targets = test_targets("vm_")?;
+    let xtask = std::env::current_exe().context("locating the xtask binary")?;
+    let mut runner = format!("{} vm", xtask.display());
+    for d in VM_TEST_DISKS {
+        runner.push_str(&format!(" --disk {d}"));
+    }
+    runner.push_str(" --");
+    let mut c = cargo();
+    c.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", runner)
+        .args(["test", "-p", "pxd-tests"]);
+    for t in &targets {
+        c.args(["--test", t]);
+    }
+    run_cargo_test(c)
+}
+
+/// The integration test targets of pxd-tests whose names start with `prefix`.
+fn test_targets(prefix: &str) -> Result<Vec<String>> {
+    let meta = cmd::output(cargo().args(["metadata", "--no-deps", "--format-version", "1"]))?;
+    let meta: serde_json::Value = serde_json::from_str(&meta)?;
+    let mut out = Vec::new();
+    for pkg in meta["packages"].as_array().into_iter().flatten() {
+        if pkg["name"] != "pxd-tests" {
+            continue;
+        }
+        for t in pkg["targets"].as_array().into_iter().flatten() {
+            let is_test = t["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "test"));
+            let name = t["name"].as_str().unwrap_or_default();
+            if is_test && name.starts_with(prefix) {
+                out.push(name.to_owned());
+            }
+        }
+    }
+    anyhow::ensure!(
+        !out.is_empty(),
+        "pxd-tests has no test targets named {prefix}*"
+    );
+    Ok(out)
+}
+
+/// Runs a `cargo test` command, echoing its output and adding up libtest's result lines.
+fn run_cargo_test(mut c: Command) -> Result<Counts> {
+    println!("$ {}", cmd::show(&c));
+    let mut child = c.stdout(Stdio::piped()).spawn()?;
+    let stdout = child.stdout.take().context("capturing cargo's output")?;
+    let mut counts = Counts::default();
+    let mut binaries = 0;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(c) = parse_result_line(&line) {
+            counts.add(c);
+            binaries += 1;
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && counts.failed == 0 {
+        // A build failure, a crashed binary or a guest that never reported: count it.
+        eprintln!(
+            "xtask test: `{}` failed ({status}) without a failing test line",
+            cmd::show(&c)
+        );
+        counts.failed += 1;
+    }
+    println!("({binaries} test binaries)");
+    Ok(counts)
+}
+
+/// Parses `test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; ...`.
+fn parse_result_line(line: &str) -> Option<Counts> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let mut counts = Counts::default();
+    for part in rest.split(';') {
+        let mut words = part.split_whitespace().rev();
+        let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        match kind {
+            "passed" => counts.passed = n,
+            "failed" => counts.failed = n,
+            "ignored" => counts.skipped = n,
+            _ => {}
+        }
+    }
+    Some(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_result_lines_are_counted() {
+        let c = parse_result_line(
+            "test result: FAILED. 27 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.14s",
+        )
+        .unwrap();
+        assert_eq!((c.passed, c.failed, c.skipped), (27, 2, 1));
+        assert!(parse_result_line("running 3 tests").is_none());
+    }
+}
