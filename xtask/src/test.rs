@@ -138,7 +138,7 @@ fn lint() -> Result<Counts> {
 
 fn unit() -> Result<Counts> {
     let mut c = cargo();
-    c.args(["test", "--workspace", "--exclude", "pxd-tests"]);
+    c.args(["test", "--workspace", "--lib", "--bins"]);
     run_cargo_test(c)
 }
 
