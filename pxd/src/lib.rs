@@ -6,3 +6,11 @@ pub mod kernel;
 pub mod plan;
 pub mod pool;
 pub mod stack;
+
+// The control plane: desired state, cluster, API, CLI, daemon.
+pub mod api;
+pub mod cli;
+pub mod cluster;
+pub mod daemon;
+pub mod metrics;
+pub mod store;

@@ -1,12 +1,30 @@
-//! The `pxd` binary. Commands arrive with the capabilities behind them (DESIGN §8).
+//! The `pxd` binary: `pxd daemon` runs the node; every other command is a client of its API
+//! (DESIGN §8).
 
 use clap::Parser;
-
-/// pxd: a storage node for containers whose data path is the kernel's device-mapper.
-#[derive(Parser, Debug)]
-#[command(name = "pxd", version, about)]
-struct Cli {}
+use pxd::cli::{Cli, Command};
 
 fn main() {
-    Cli::parse();
+    // Die quietly when stdout is a closed pipe (`pxd node list | head`), as other tools do.
+    // SAFETY: setting a signal's disposition to SIG_DFL has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    let result: anyhow::Result<()> = match &cli.command {
+        Command::Daemon(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info,openraft=warn".into()),
+                )
+                .init();
+            pxd::daemon::run(args.clone(), cli.socket.clone()).map_err(Into::into)
+        }
+        _ => pxd::cli::run(&cli).map_err(Into::into),
+    };
+    if let Err(e) = result {
+        eprintln!("pxd: error: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -148,6 +148,11 @@ fn host() -> Result<Counts> {
         "the host tier needs root (eBPF, loop devices)"
     );
     let targets = test_targets("host_")?;
+    // The cluster tests run the `pxd` binary, which `cargo test -p pxd-tests` does not build.
+    let mut build = cargo();
+    build.args(["build", "-p", "pxd", "--bins"]);
+    println!("$ {}", cmd::show(&build));
+    cmd::run(&mut build)?;
     let mut c = cargo();
     c.args(["test", "-p", "pxd-tests"]);
     for t in &targets {

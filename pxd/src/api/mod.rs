@@ -1,0 +1,382 @@
+//! The REST API (DESIGN §8): JSON over a unix socket for the local CLI, and over TCP with a
+//! bearer token for other nodes and tools. Handlers only read the applied state or submit
+//! changes through the cluster, which forwards them to the leader.
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /v1/cluster/status` | cluster id, leader, term, members, quorum as this node sees them |
+//! | `POST /v1/cluster/init` `{name}` | start a one-node cluster; answers a join token |
+//! | `POST /v1/cluster/join` `{token}` | join the cluster the token names |
+//! | `GET /v1/cluster/token`, `GET /v1/cluster/api-token` | a join token; the TCP bearer token |
+//! | `POST /v1/cluster/remove` `{node}` | remove a member by id or name |
+//! | `GET /v1/nodes` | every node with role, liveness and stats |
+//! | `GET /v1/kv/{ns}`, `PUT`/`GET`/`DELETE /v1/kv/{ns}/{key}` | small metadata |
+//! | `GET /metrics` | Prometheus text (no token needed over TCP) |
+//!
+//! Errors are `{"error": message, "code": code}`; `code` is one of `no_quorum`,
+//! `unknown_node`, `last_member`, `already_member`, `not_in_cluster`, `bad_token`,
+//! `join_refused`, `unreachable`, `rejected`, `bad_request`, `not_found`, `unauthorized`,
+//! `internal`.
+
+pub mod client;
+
+use crate::cluster::{Cluster, ClusterError, Op};
+use crate::store::state::{check_kv_name, MAX_KV_VALUE};
+use crate::store::Command;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+/// Largest request body, in bytes: a KV value at its limit plus room for the JSON around it.
+pub const MAX_BODY: usize = MAX_KV_VALUE * 2 + 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("a valid bearer token is required (Authorization: Bearer TOKEN)")]
+    Unauthorized,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{op} {path}: {source}")]
+    Socket {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("listen on {addr}: {source}")]
+    Tcp {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Cluster(e) => match e {
+                ClusterError::NoQuorum(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
+                ClusterError::UnknownNode(_) => (StatusCode::NOT_FOUND, "unknown_node"),
+                ClusterError::LastMember(_) => (StatusCode::CONFLICT, "last_member"),
+                ClusterError::AlreadyMember(_) => (StatusCode::CONFLICT, "already_member"),
+                ClusterError::NotInCluster => (StatusCode::CONFLICT, "not_in_cluster"),
+                ClusterError::Token(_) => (StatusCode::BAD_REQUEST, "bad_token"),
+                ClusterError::JoinRefused(_) => (StatusCode::FORBIDDEN, "join_refused"),
+                ClusterError::MemberUnreachable { .. } => (StatusCode::BAD_GATEWAY, "unreachable"),
+                ClusterError::Invalid { .. } | ClusterError::Rejected(_) => {
+                    (StatusCode::BAD_REQUEST, "rejected")
+                }
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        (
+            status,
+            Json(json!({ "error": self.to_string(), "code": code })),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+#[derive(Clone)]
+struct AppState {
+    cluster: Arc<Cluster>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InitRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InitResponse {
+    pub cluster_id: String,
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub cluster_id: String,
+    pub leader: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RemoveRequest {
+    /// Node id or name.
+    pub node: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KvValue {
+    pub value: String,
+}
+
+/// The answer to a write: it was committed and applied.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Applied {
+    pub result: String,
+}
+
+impl Applied {
+    fn new() -> Json<Applied> {
+        Json(Applied {
+            result: "applied".into(),
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RemoveResponse {
+    pub removed: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token: String,
+}
+
+/// The routes, without authentication (the unix socket's mode guards it).
+fn routes(cluster: Arc<Cluster>) -> Router {
+    Router::new()
+        .route("/v1/cluster/status", get(status))
+        .route("/v1/cluster/init", post(init))
+        .route("/v1/cluster/join", post(join))
+        .route("/v1/cluster/token", get(token))
+        .route("/v1/cluster/api-token", get(api_token))
+        .route("/v1/cluster/remove", post(remove))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/kv/{ns}", get(kv_list))
+        .route(
+            "/v1/kv/{ns}/{key}",
+            put(kv_put).get(kv_get).delete(kv_delete),
+        )
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(AppState { cluster })
+}
+
+/// Serves the API on a unix socket with mode 0660, replacing a stale socket file.
+pub async fn serve_unix(cluster: Arc<Cluster>, path: &FsPath) -> Result<(), ServeError> {
+    let err = |op, source| ServeError::Socket {
+        op,
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err("create the directory of", e))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err("remove the old socket", e)),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| err("bind", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| err("set mode 0660 on", e))?;
+    let app = routes(cluster);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the unix socket API stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Serves the API on TCP; every route but `/metrics` needs the cluster's bearer token.
+pub async fn serve_tcp(
+    cluster: Arc<Cluster>,
+    addr: std::net::SocketAddr,
+) -> Result<(), ServeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Tcp { addr, source })?;
+    let state = AppState {
+        cluster: cluster.clone(),
+    };
+    let app = routes(cluster).layer(middleware::from_fn_with_state(state, require_token));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the TCP API stopped");
+        }
+    });
+    Ok(())
+}
+
+async fn require_token(
+    State(s): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if req.uri().path() == "/metrics" {
+        return Ok(next.run(req).await);
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match (given, s.cluster.api_token()) {
+        (Some(g), Some(t)) if constant_time_eq(g.as_bytes(), t.as_bytes()) => {
+            Ok(next.run(req).await)
+        }
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn status(State(s): State<AppState>) -> ApiResult<crate::cluster::view::Status> {
+    Ok(Json(s.cluster.status()))
+}
+
+async fn init(State(s): State<AppState>, Json(req): Json<InitRequest>) -> ApiResult<InitResponse> {
+    let token = s.cluster.init(&req.name).await?;
+    let cluster_id = s.cluster.cluster_id().unwrap_or_default();
+    Ok(Json(InitResponse { cluster_id, token }))
+}
+
+async fn join(State(s): State<AppState>, Json(req): Json<JoinRequest>) -> ApiResult<JoinResponse> {
+    let accepted = s.cluster.join(&req.token).await?;
+    Ok(Json(JoinResponse {
+        cluster_id: accepted.cluster_id,
+        leader: accepted.leader.to_string(),
+    }))
+}
+
+async fn token(State(s): State<AppState>) -> ApiResult<TokenResponse> {
+    Ok(Json(TokenResponse {
+        token: s.cluster.token()?,
+    }))
+}
+
+/// The TCP API's bearer token. Over TCP only a caller that has it already gets it; the unix
+/// socket's mode keeps it to root and the socket's group.
+async fn api_token(State(s): State<AppState>) -> ApiResult<TokenResponse> {
+    let token = s.cluster.api_token().ok_or(ClusterError::NotInCluster)?;
+    Ok(Json(TokenResponse { token }))
+}
+
+async fn remove(
+    State(s): State<AppState>,
+    Json(req): Json<RemoveRequest>,
+) -> ApiResult<RemoveResponse> {
+    if s.cluster.cluster_id().is_none() {
+        return Err(ClusterError::NotInCluster.into());
+    }
+    let id = s.cluster.resolve_node(&req.node)?;
+    s.cluster.submit(Op::Remove(id)).await?;
+    Ok(Json(RemoveResponse {
+        removed: id.to_string(),
+    }))
+}
+
+async fn nodes(State(s): State<AppState>) -> ApiResult<Vec<crate::cluster::view::NodeView>> {
+    Ok(Json(s.cluster.nodes()))
+}
+
+fn check_kv(ns: &str, key: Option<&str>) -> Result<(), ApiError> {
+    check_kv_name("namespace", ns).map_err(ApiError::BadRequest)?;
+    if let Some(k) = key {
+        check_kv_name("key", k).map_err(ApiError::BadRequest)?;
+    }
+    Ok(())
+}
+
+async fn kv_put(
+    State(s): State<AppState>,
+    Path((ns, key)): Path<(String, String)>,
+    Json(v): Json<KvValue>,
+) -> ApiResult<Applied> {
+    check_kv(&ns, Some(&key))?;
+    if v.value.len() > MAX_KV_VALUE {
+        return Err(ApiError::BadRequest(format!(
+            "value is {} bytes, the limit is {MAX_KV_VALUE}",
+            v.value.len()
+        )));
+    }
+    if s.cluster.cluster_id().is_none() {
+        return Err(ClusterError::NotInCluster.into());
+    }
+    s.cluster
+        .submit(Op::Command(Command::KvPut {
+            ns,
+            key,
+            value: v.value,
+        }))
+        .await?;
+    Ok(Applied::new())
+}
+
+async fn kv_get(
+    State(s): State<AppState>,
+    Path((ns, key)): Path<(String, String)>,
+) -> ApiResult<KvValue> {
+    check_kv(&ns, Some(&key))?;
+    s.cluster
+        .state()
+        .read(|st| st.kv.get(&ns).and_then(|space| space.get(&key)).cloned())
+        .map(|value| Json(KvValue { value }))
+        .ok_or_else(|| ApiError::NotFound(format!("key {ns}/{key} does not exist")))
+}
+
+async fn kv_list(
+    State(s): State<AppState>,
+    Path(ns): Path<String>,
+) -> ApiResult<BTreeMap<String, String>> {
+    check_kv(&ns, None)?;
+    Ok(Json(
+        s.cluster
+            .state()
+            .read(|st| st.kv.get(&ns).cloned().unwrap_or_default()),
+    ))
+}
+
+async fn kv_delete(
+    State(s): State<AppState>,
+    Path((ns, key)): Path<(String, String)>,
+) -> ApiResult<Applied> {
+    check_kv(&ns, Some(&key))?;
+    s.cluster
+        .submit(Op::Command(Command::KvDelete { ns, key }))
+        .await?;
+    Ok(Applied::new())
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.cluster.metrics().render(),
+    )
+}

@@ -1,0 +1,339 @@
+//! The CLI (DESIGN §8): nouns, then verbs. Every command but `pxd daemon` is a client of the
+//! daemon's REST API, over the unix socket by default or over TCP with `--api` and a token.
+
+pub mod output;
+
+use crate::api::client::{BlockingClient, ClientError, Target};
+use crate::api::{
+    Applied, InitRequest, InitResponse, JoinRequest, JoinResponse, KvValue, RemoveRequest,
+    RemoveResponse, TokenResponse,
+};
+use crate::cluster::view::{NodeView, Status};
+use crate::daemon::DaemonArgs;
+use clap::{Parser, Subcommand};
+use output::{bytes, table};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Where the local daemon's API socket is, unless `--socket` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/pxd/pxd.sock";
+
+/// pxd: a storage node for containers whose data path is the kernel's device-mapper.
+#[derive(Parser, Debug)]
+#[command(name = "pxd", version, about)]
+pub struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "PXD_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Talk to a daemon's TCP API at IP:PORT instead of the local socket (needs --token).
+    #[arg(long, global = true, env = "PXD_API")]
+    pub api: Option<SocketAddr>,
+    /// Bearer token of the TCP API.
+    #[arg(long, global = true, env = "PXD_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the node daemon.
+    Daemon(DaemonArgs),
+    /// The cluster: start one, join one, see it, remove members.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// The nodes of the cluster.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Small metadata in the cluster store: values under keys in namespaces.
+    #[command(subcommand)]
+    Kv(KvCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Start a new cluster with this node as its only member; prints a join token.
+    Init {
+        #[arg(long, default_value = "pxd")]
+        name: String,
+    },
+    /// Join the cluster a token from `pxd cluster init` or `pxd cluster token` names.
+    Join { token: String },
+    /// Cluster id, leader, term, members and quorum, as this node sees them.
+    Status,
+    /// The members and their liveness.
+    Members,
+    /// Print a join token naming this node.
+    Token,
+    /// Print the bearer token of the TCP API (for tools and `--api`).
+    ApiToken,
+    /// Remove a member, by id or name.
+    Remove { node: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Every node with its role, liveness and stats.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    Put {
+        ns: String,
+        key: String,
+        value: String,
+    },
+    Get {
+        ns: String,
+        key: String,
+    },
+    List {
+        ns: String,
+    },
+    Delete {
+        ns: String,
+        key: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("--api needs --token (or PXD_API_TOKEN)")]
+    NoToken,
+}
+
+fn client(cli: &Cli) -> Result<BlockingClient, CliError> {
+    let target = match cli.api {
+        Some(addr) => Target::Tcp {
+            addr,
+            token: cli.token.clone().ok_or(CliError::NoToken)?,
+        },
+        None => Target::Unix(cli.socket.clone()),
+    };
+    Ok(BlockingClient::new(target)?)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    // The API's own types always serialize.
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn opt<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map(T::to_string).unwrap_or_else(|| "-".into())
+}
+
+/// Runs a client command (everything but `daemon`).
+pub fn run(cli: &Cli) -> Result<(), CliError> {
+    let c = client(cli)?;
+    match &cli.command {
+        Command::Daemon(_) => Ok(()),
+        Command::Cluster(cmd) => cluster(cli, &c, cmd),
+        Command::Node(NodeCommand::List) => {
+            let nodes: Vec<NodeView> = c.get("/v1/nodes")?;
+            if cli.json {
+                print_json(&nodes);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = nodes
+                .iter()
+                .map(|n| {
+                    let s = n.stats.clone().unwrap_or_default();
+                    vec![
+                        n.id.to_string(),
+                        n.name.clone(),
+                        n.role.to_string(),
+                        n.liveness.to_string(),
+                        n.api_addr.clone(),
+                        bytes(s.capacity),
+                        bytes(s.used),
+                        s.iops.to_string(),
+                        format!("{:.0}%", s.cpu_percent),
+                        format!("{}/{}", bytes(s.memory_used), bytes(s.memory_total)),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "ID", "NAME", "ROLE", "STATUS", "API", "CAPACITY", "USED", "IOPS", "CPU",
+                        "MEMORY"
+                    ],
+                    &rows
+                )
+            );
+            Ok(())
+        }
+        Command::Kv(cmd) => kv(cli, &c, cmd),
+    }
+}
+
+fn cluster(cli: &Cli, c: &BlockingClient, cmd: &ClusterCommand) -> Result<(), CliError> {
+    match cmd {
+        ClusterCommand::Init { name } => {
+            let r: InitResponse =
+                c.post("/v1/cluster/init", &InitRequest { name: name.clone() })?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!("cluster {} initialized", r.cluster_id);
+                println!("join other nodes with:\n  pxd cluster join {}", r.token);
+            }
+        }
+        ClusterCommand::Join { token } => {
+            let r: JoinResponse = c.post(
+                "/v1/cluster/join",
+                &JoinRequest {
+                    token: token.clone(),
+                },
+            )?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!("joined cluster {} (leader {})", r.cluster_id, r.leader);
+            }
+        }
+        ClusterCommand::Token | ClusterCommand::ApiToken => {
+            let path = match cmd {
+                ClusterCommand::Token => "/v1/cluster/token",
+                _ => "/v1/cluster/api-token",
+            };
+            let r: TokenResponse = c.get(path)?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!("{}", r.token);
+            }
+        }
+        ClusterCommand::Remove { node } => {
+            let r: RemoveResponse =
+                c.post("/v1/cluster/remove", &RemoveRequest { node: node.clone() })?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!("node {} removed", r.removed);
+            }
+        }
+        ClusterCommand::Status | ClusterCommand::Members => {
+            let s: Status = c.get("/v1/cluster/status")?;
+            if cli.json {
+                print_json(&s);
+                return Ok(());
+            }
+            if matches!(cmd, ClusterCommand::Status) {
+                println!(
+                    "cluster:  {} ({})",
+                    opt(&s.cluster_id),
+                    opt(&s.cluster_name)
+                );
+                println!("node:     {} ({})", s.node, s.raft_state);
+                println!("leader:   {}", opt(&s.leader));
+                println!("term:     {}", s.term);
+                println!(
+                    "quorum:   {} ({} of {} voters online, {} needed)",
+                    if s.quorum.ok { "yes" } else { "no" },
+                    s.quorum.online,
+                    s.quorum.voters,
+                    s.quorum.needed
+                );
+                println!("members:  {}", s.members.len());
+            }
+            let rows: Vec<Vec<String>> = s
+                .members
+                .iter()
+                .map(|m| {
+                    vec![
+                        m.id.to_string(),
+                        m.name.clone(),
+                        if m.voter { "voter" } else { "learner" }.into(),
+                        m.liveness.to_string(),
+                        if Some(m.id) == s.leader { "leader" } else { "" }.into(),
+                    ]
+                })
+                .collect();
+            print!("{}", table(&["ID", "NAME", "VOTE", "STATUS", ""], &rows));
+        }
+    }
+    Ok(())
+}
+
+fn kv(cli: &Cli, c: &BlockingClient, cmd: &KvCommand) -> Result<(), CliError> {
+    match cmd {
+        KvCommand::Put { ns, key, value } => {
+            let _: Applied = c.put(
+                &format!("/v1/kv/{ns}/{key}"),
+                &KvValue {
+                    value: value.clone(),
+                },
+            )?;
+        }
+        KvCommand::Get { ns, key } => {
+            let v: KvValue = c.get(&format!("/v1/kv/{ns}/{key}"))?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                println!("{}", v.value);
+            }
+        }
+        KvCommand::List { ns } => {
+            let m: BTreeMap<String, String> = c.get(&format!("/v1/kv/{ns}"))?;
+            if cli.json {
+                print_json(&m);
+            } else {
+                let rows: Vec<Vec<String>> = m.into_iter().map(|(k, v)| vec![k, v]).collect();
+                print!("{}", table(&["KEY", "VALUE"], &rows));
+            }
+        }
+        KvCommand::Delete { ns, key } => {
+            let _: Applied = c.delete(&format!("/v1/kv/{ns}/{key}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse_where_pxctl_users_expect_them() {
+        let cli = Cli::try_parse_from(["pxd", "cluster", "status", "--json"]).unwrap();
+        assert!(cli.json);
+        let cli = Cli::try_parse_from([
+            "pxd",
+            "daemon",
+            "--addr",
+            "10.0.0.1",
+            "--role",
+            "storageless",
+            "--label",
+            "zone=a",
+        ])
+        .unwrap();
+        let Command::Daemon(args) = cli.command else {
+            panic!("not the daemon command")
+        };
+        assert_eq!(args.role, crate::store::types::Role::Storageless);
+        assert_eq!(args.labels, vec![("zone".to_owned(), "a".to_owned())]);
+        assert!(
+            Cli::try_parse_from(["pxd", "daemon", "--addr", "10.0.0.1", "--role", "x"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["pxd", "daemon", "--addr", "10.0.0.1", "--label", "nokey"])
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,528 @@
+//! The cluster control plane: openraft over the ZeroMQ transport, membership (init, join,
+//! remove), forwarding of writes to the leader, and heartbeats (DESIGN §1, §3, §5).
+//!
+//! - `identity`: the node's id, name and CURVE keys in its data directory;
+//! - `transport`: CURVE request/reply over ZeroMQ; `rpc`: what travels on it;
+//! - `network`: openraft's network on the transport;
+//! - `token`: join tokens; `membership`: init, join, admit, remove;
+//! - `gossip`: heartbeats and liveness; `view`: what `status` and `node list` show.
+
+pub mod gossip;
+pub mod identity;
+pub mod membership;
+pub mod network;
+pub mod rpc;
+pub mod token;
+pub mod transport;
+pub mod view;
+
+use crate::metrics::Metrics;
+use crate::store::types::{Node, Role};
+use crate::store::{self, Command, NodeId, Raft, RaftNode, Response, StateReader, StoreError};
+use gossip::{Beats, StatsSampler};
+use identity::{Identity, IdentityError};
+use openraft::error::{ClientWriteError, RaftError};
+use rpc::{Refusal, RefusalKind, Reply, Request};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use token::TokenError;
+use transport::{Transport, TransportError};
+
+/// How long a write may take to commit before it counts as "no quorum".
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a join may take, end to end.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Timeout of one forwarded write: short enough that a leader that died leaves time to
+/// find the next one within [`WRITE_TIMEOUT`].
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub data_dir: PathBuf,
+    /// Name of a new node; an existing node keeps its own.
+    pub name: Option<String>,
+    pub role: Role,
+    /// Where the ZeroMQ node port listens; other nodes reach it here too.
+    pub data_addr: SocketAddr,
+    /// Where other nodes and tools reach the TCP API.
+    pub api_addr: SocketAddr,
+    pub labels: BTreeMap<String, String>,
+    pub beat_interval: Duration,
+    /// Beats missed in a row before a node counts as offline.
+    pub missed_beats: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("prepare the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("Raft: {op}: {reason}")]
+    Raft { op: &'static str, reason: String },
+    #[error("this node is already a member of cluster {0}")]
+    AlreadyMember(String),
+    #[error(
+        "this node is not in a cluster yet: run `pxd cluster init` or `pxd cluster join TOKEN`"
+    )]
+    NotInCluster,
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    #[error("node {0:?} is not a member of the cluster")]
+    UnknownNode(String),
+    #[error("node {0} is the last member; a cluster cannot remove its last member")]
+    LastMember(NodeId),
+    #[error("the cluster refused the join: {0}")]
+    JoinRefused(String),
+    #[error("the member named in the token ({addr}) did not answer: {source}")]
+    MemberUnreachable {
+        addr: String,
+        source: TransportError,
+    },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    /// The state machine refused the command (the reason is the same on every member).
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl ClusterError {
+    fn from_refusal(r: Refusal) -> ClusterError {
+        match r.kind {
+            RefusalKind::NoQuorum => ClusterError::NoQuorum(r.message),
+            RefusalKind::Invalid => ClusterError::Rejected(r.message),
+            RefusalKind::NotLeader | RefusalKind::Failed => ClusterError::Raft {
+                op: "forwarded request",
+                reason: r.message,
+            },
+        }
+    }
+
+    fn refusal(&self) -> Refusal {
+        let kind = match self {
+            ClusterError::NoQuorum(_) => RefusalKind::NoQuorum,
+            ClusterError::Token(_)
+            | ClusterError::Invalid { .. }
+            | ClusterError::Rejected(_)
+            | ClusterError::UnknownNode(_)
+            | ClusterError::LastMember(_)
+            | ClusterError::NotInCluster => RefusalKind::Invalid,
+            _ => RefusalKind::Failed,
+        };
+        Refusal {
+            kind,
+            message: self.to_string(),
+        }
+    }
+}
+
+/// A change that must be made by the leader: a command, or a member's removal.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum Op {
+    Command(Command),
+    Remove(NodeId),
+}
+
+/// This node's part in the cluster.
+pub struct Cluster {
+    pub identity: Identity,
+    config: ClusterConfig,
+    raft: Raft,
+    state: StateReader,
+    transport: Arc<Transport>,
+    beats: Beats,
+    sampler: Mutex<StatsSampler>,
+    metrics: Arc<Metrics>,
+}
+
+impl Cluster {
+    /// Opens the node's identity and store, starts Raft and serves the node port. A node
+    /// that was in a cluster before comes back as the same member with what it had applied.
+    pub async fn start(
+        config: ClusterConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        // The store holds the cluster's secrets (join key, API token): owner only.
+        if let Some(name) = &config.name {
+            membership::check_name("node name", name)?;
+        }
+        let data_dir_err = |source| ClusterError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(data_dir_err)?;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(data_dir_err)?;
+        let identity = Identity::load_or_create(&config.data_dir, config.name.as_deref())?;
+        membership::check_name("node name", &identity.name)?;
+        let transport = Transport::new(identity.keys.clone())?;
+        let (log, sm) = store::open(&config.data_dir.join("raft.redb"))?;
+        let state = sm.reader();
+        let raft_config = openraft::Config {
+            cluster_name: "pxd".into(),
+            // A follower waits a lease (the longest election timeout) plus a random
+            // election timeout after the last heartbeat, so a dead leader is replaced in
+            // about two seconds.
+            heartbeat_interval: 150,
+            election_timeout_min: 600,
+            election_timeout_max: 1200,
+            install_snapshot_timeout: 2000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Raft {
+            op: "configure",
+            reason: e.to_string(),
+        })?;
+        let network = network::Network {
+            transport: transport.clone(),
+        };
+        let raft = Raft::new(identity.id, Arc::new(raft_config), network, log, sm)
+            .await
+            .map_err(|e| ClusterError::Raft {
+                op: "start",
+                reason: e.to_string(),
+            })?;
+        let beats = Beats::new(config.beat_interval, config.missed_beats);
+        let cluster = Arc::new(Cluster {
+            identity,
+            config,
+            raft,
+            state,
+            transport,
+            beats,
+            sampler: Mutex::new(StatsSampler::default()),
+            metrics,
+        });
+        let server = cluster.clone();
+        let handler: transport::Handler = Arc::new(move |key, body| {
+            let c = server.clone();
+            Box::pin(async move { rpc::encode(&c.handle(&key, &body).await) })
+        });
+        cluster.transport.serve(
+            &cluster.data_endpoint(),
+            tokio::runtime::Handle::current(),
+            handler,
+        )?;
+        tokio::spawn(gossip_loop(cluster.clone()));
+        Ok(cluster)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.identity.id
+    }
+
+    pub fn state(&self) -> &StateReader {
+        &self.state
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn data_endpoint(&self) -> String {
+        format!("tcp://{}", self.config.data_addr)
+    }
+
+    fn raft_node(&self) -> RaftNode {
+        RaftNode {
+            data_addr: self.data_endpoint(),
+            public_key: self.identity.keys.public.clone(),
+        }
+    }
+
+    /// This node as a member record.
+    fn node_record(&self) -> Node {
+        Node {
+            id: self.identity.id,
+            name: self.identity.name.clone(),
+            api_addr: self.config.api_addr.to_string(),
+            data_addr: self.data_endpoint(),
+            public_key: self.identity.keys.public.clone(),
+            labels: self.config.labels.clone(),
+            role: self.config.role,
+        }
+    }
+
+    /// The cluster's id, once this node is in one.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.state
+            .read(|s| s.cluster.as_ref().map(|c| c.id.clone()))
+    }
+
+    /// The bearer token of the TCP API.
+    pub fn api_token(&self) -> Option<String> {
+        self.state
+            .read(|s| s.cluster.as_ref().map(|c| c.api_token.expose().to_owned()))
+    }
+
+    fn membership(&self) -> openraft::Membership<NodeId, RaftNode> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone()
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// True if `key` is the CURVE key of a member in this node's Raft membership.
+    fn is_member_key(&self, key: &str) -> bool {
+        self.membership().nodes().any(|(_, n)| n.public_key == key)
+    }
+
+    /// One request from another daemon.
+    async fn handle(&self, key: &str, body: &[u8]) -> Reply {
+        let req: Request = match rpc::decode(body) {
+            Ok(r) => r,
+            Err(e) => return Reply::Refused(format!("malformed request: {e}")),
+        };
+        match req {
+            Request::AppendEntries(_) | Request::Vote(_) | Request::InstallSnapshot(_)
+                if !self.raft_peer_allowed(key) =>
+            {
+                Reply::Refused("Raft traffic is taken only from members".into())
+            }
+            Request::AppendEntries(r) => Reply::AppendEntries(self.raft.append_entries(r).await),
+            Request::Vote(r) => Reply::Vote(self.raft.vote(r).await),
+            Request::InstallSnapshot(r) => {
+                Reply::InstallSnapshot(self.raft.install_snapshot(r).await)
+            }
+            Request::Join { token, node } => {
+                Reply::Join(self.admit(key, &token, node).await.map_err(|e| e.refusal()))
+            }
+            Request::Submit { expires, .. }
+                if self.is_member_key(key) && rpc::now_ms() > expires =>
+            {
+                Reply::Submit(Err(Refusal {
+                    kind: RefusalKind::Failed,
+                    message: format!(
+                        "a forwarded write reached the leader {} ms after its sender gave up; \
+                         it was not applied (a slow network, or clocks that disagree)",
+                        rpc::now_ms() - expires
+                    ),
+                }))
+            }
+            Request::Submit { op, .. } if self.is_member_key(key) => {
+                Reply::Submit(self.execute(op).await.map_err(|e| match e {
+                    Led::NotLeader => Refusal {
+                        kind: RefusalKind::NotLeader,
+                        message: format!("node {} is not the leader", self.id()),
+                    },
+                    Led::Err(e) => e.refusal(),
+                }))
+            }
+            Request::Submit { .. } => Reply::Refused("writes are taken only from members".into()),
+            Request::Heartbeat { from, stats } => {
+                let known = self
+                    .state
+                    .read(|s| s.nodes.get(&from).map(|n| n.public_key == key));
+                if known == Some(true) {
+                    self.beats.record(from, stats);
+                    Reply::Ack
+                } else {
+                    Reply::Refused(format!("no member {from} with this key"))
+                }
+            }
+        }
+    }
+
+    /// Raft RPCs come from members only; a node that is in no cluster yet takes them from
+    /// anyone who knows its key, which is how the leader brings a joining node up to date.
+    fn raft_peer_allowed(&self, key: &str) -> bool {
+        let m = self.membership();
+        m.nodes().next().is_none() || m.nodes().any(|(_, n)| n.public_key == key)
+    }
+
+    /// Makes a change through the leader: here if this node leads, else forwarded to the
+    /// leader over the transport. Fails with "no quorum" when no leader commits it within
+    /// [`WRITE_TIMEOUT`].
+    pub async fn submit(&self, op: Op) -> Result<Response, ClusterError> {
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        let mut last = String::from("no leader is known");
+        loop {
+            match self.leader() {
+                Some(l) if l == self.id() => match self.execute(op.clone()).await {
+                    Ok(r) => return Ok(r),
+                    Err(Led::Err(e)) => return Err(e),
+                    Err(Led::NotLeader) => last = "leadership moved".into(),
+                },
+                Some(l) => match self.forward(l, &op, deadline).await {
+                    Ok(r) => return Ok(r),
+                    Err(Forward::Unreachable(why)) => last = why,
+                    Err(Forward::Led(Led::Err(e))) => return Err(e),
+                    Err(Forward::Led(Led::NotLeader)) => {
+                        last = format!("node {l} is no longer the leader")
+                    }
+                },
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::NoQuorum(format!(
+                    "nothing was committed within {WRITE_TIMEOUT:?} ({last}); a majority of \
+                     the members is not reachable from this node"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Passes an op to the leader. A leader that does not answer may have died; the caller
+    /// tries again with whichever node leads next, so an op can be proposed twice (the
+    /// commands are idempotent puts and removes).
+    async fn forward(
+        &self,
+        leader: NodeId,
+        op: &Op,
+        deadline: Instant,
+    ) -> Result<Response, Forward> {
+        let node = self
+            .membership()
+            .get_node(&leader)
+            .cloned()
+            .ok_or(Forward::Led(Led::NotLeader))?;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(100), FORWARD_TIMEOUT);
+        let req = rpc::encode(&Request::Submit {
+            op: op.clone(),
+            expires: rpc::now_ms() + u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+        });
+        let reply = self
+            .transport
+            .call(&node.data_addr, &node.public_key, req, left)
+            .await
+            .map_err(|e| {
+                Forward::Unreachable(format!("the leader {leader} does not answer: {e}"))
+            })?;
+        match rpc::decode::<Reply>(&reply) {
+            Ok(Reply::Submit(Ok(r))) => Ok(r),
+            Ok(Reply::Submit(Err(r))) if r.kind == RefusalKind::NotLeader => {
+                Err(Forward::Led(Led::NotLeader))
+            }
+            Ok(Reply::Submit(Err(r))) => Err(Forward::Led(Led::Err(ClusterError::from_refusal(r)))),
+            Ok(other) => Err(Forward::Led(Led::Err(ClusterError::Raft {
+                op: "forward a write",
+                reason: format!("unexpected reply {other:?}"),
+            }))),
+            Err(e) => Err(Forward::Led(Led::Err(ClusterError::Raft {
+                op: "forward a write",
+                reason: format!("undecodable reply: {e}"),
+            }))),
+        }
+    }
+
+    /// Runs an op on this node, which must be the leader.
+    async fn execute(&self, op: Op) -> Result<Response, Led> {
+        match op {
+            Op::Command(cmd) => self.write_local(cmd).await,
+            Op::Remove(id) => self.remove_local(id).await.map(|()| Response::Applied),
+        }
+    }
+
+    /// Proposes a command here; commits within [`WRITE_TIMEOUT`] or reports no quorum.
+    async fn write_local(&self, cmd: Command) -> Result<Response, Led> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
+            Err(_) => Err(Led::Err(ClusterError::NoQuorum(format!(
+                "the write was not committed within {WRITE_TIMEOUT:?}: a majority of the \
+                 members does not answer the leader"
+            )))),
+            Ok(Ok(resp)) => match resp.data {
+                Response::Rejected(reason) => Err(Led::Err(ClusterError::Rejected(reason))),
+                r => Ok(r),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(Led::NotLeader)
+            }
+            Ok(Err(e)) => Err(Led::Err(ClusterError::Raft {
+                op: "write",
+                reason: e.to_string(),
+            })),
+        }
+    }
+
+    /// Confirms with a majority that this node still leads.
+    async fn ensure_quorum(&self) -> Result<(), Led> {
+        match tokio::time::timeout(Duration::from_secs(3), self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                _,
+            )))) => Err(Led::NotLeader),
+            Ok(Err(e)) => Err(Led::Err(ClusterError::NoQuorum(format!(
+                "the leader cannot confirm a majority: {e}"
+            )))),
+            Err(_) => Err(Led::Err(ClusterError::NoQuorum(
+                "the leader cannot reach a majority of the members".into(),
+            ))),
+        }
+    }
+}
+
+/// An outcome of work that only the leader may do.
+enum Led {
+    NotLeader,
+    Err(ClusterError),
+}
+
+/// An outcome of forwarding to the leader.
+enum Forward {
+    Unreachable(String),
+    Led(Led),
+}
+
+impl From<ClusterError> for Led {
+    fn from(e: ClusterError) -> Led {
+        Led::Err(e)
+    }
+}
+
+/// Sends beats to every other node and refreshes the cluster metrics, once per interval.
+async fn gossip_loop(cluster: Arc<Cluster>) {
+    let interval = cluster.beats.interval();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let me = cluster.id();
+        let (capacity, used, peers) = cluster.state.read(|s| {
+            let mine = s.pools.values().filter(|p| p.node == me);
+            let (c, u) = mine.fold((0, 0), |(c, u), p| (c + p.capacity, u + p.used));
+            let peers: Vec<Node> = s.nodes.values().filter(|n| n.id != me).cloned().collect();
+            (c, u, peers)
+        });
+        let stats = cluster
+            .sampler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sample(capacity, used);
+        cluster.beats.record(me, stats.clone());
+        let beat = rpc::encode(&Request::Heartbeat { from: me, stats });
+        for peer in peers {
+            let (t, beat) = (cluster.transport.clone(), beat.clone());
+            tokio::spawn(async move {
+                // A missed beat is what liveness measures; there is nothing else to do.
+                let _ = t
+                    .call(&peer.data_addr, &peer.public_key, beat, interval)
+                    .await;
+            });
+        }
+        cluster.update_metrics();
+    }
+}

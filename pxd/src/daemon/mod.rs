@@ -1,0 +1,142 @@
+//! `pxd daemon`: the node's long-running process. It brings up the cluster member (identity,
+//! store, Raft, node port, heartbeats), serves the API on the unix socket and on TCP, tells
+//! systemd it is ready, and runs until SIGTERM or SIGINT.
+//!
+//! Stopping the daemon never tears anything down: the kernel keeps every device and its I/O,
+//! and the next start adopts what it finds (DESIGN §1).
+
+use crate::api;
+use crate::cluster::{Cluster, ClusterConfig, ClusterError};
+use crate::metrics::{Metrics, MetricsError};
+use crate::store::types::Role;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// Where the node keeps its identity, keys and Raft store.
+    #[arg(long, default_value = "/var/lib/pxd")]
+    pub data_dir: PathBuf,
+    /// The address other nodes reach this node on (the node port and the TCP API listen on
+    /// it).
+    #[arg(long)]
+    pub addr: IpAddr,
+    /// ZeroMQ node port: Raft, heartbeats, replica traffic (CURVE).
+    #[arg(long, default_value_t = 9011)]
+    pub data_port: u16,
+    /// TCP port of the REST API (bearer token).
+    #[arg(long, default_value_t = 9010)]
+    pub api_port: u16,
+    /// Name of a new node (default: the host name). An existing node keeps its name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// `storage`, or `storageless` for a compute-only node.
+    #[arg(long, default_value = "storage")]
+    pub role: Role,
+    /// Topology label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub beat_interval_ms: u64,
+    /// Missed heartbeats in a row before a node counts as offline.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub missed_beats: u32,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("label {s:?} is not KEY=VALUE"))?;
+    let ok = |x: &str| {
+        !x.is_empty()
+            && x.len() <= 63
+            && x.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
+    };
+    if ok(k) && ok(v) {
+        Ok((k.to_owned(), v.to_owned()))
+    } else {
+        Err(format!(
+            "label {s:?}: key and value must be 1 to 63 bytes of A-Z a-z 0-9 . _ - /"
+        ))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("--addr {0} is not an address other nodes can reach; give this node's own IP")]
+    Unspecified(IpAddr),
+    #[error("start the tokio runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Api(#[from] api::ServeError),
+    #[error("wait for signals: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
+    if args.addr.is_unspecified() {
+        return Err(DaemonError::Unspecified(args.addr));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("pxd")
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    rt.block_on(serve(args, socket))
+}
+
+async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
+    let metrics = Arc::new(Metrics::new()?);
+    let api_addr = SocketAddr::new(args.addr, args.api_port);
+    let config = ClusterConfig {
+        data_dir: args.data_dir.clone(),
+        name: args.name.clone(),
+        role: args.role,
+        data_addr: SocketAddr::new(args.addr, args.data_port),
+        api_addr,
+        labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        beat_interval: Duration::from_millis(args.beat_interval_ms),
+        missed_beats: args.missed_beats,
+    };
+    let cluster = Cluster::start(config, metrics).await?;
+    api::serve_unix(cluster.clone(), &socket).await?;
+    api::serve_tcp(cluster.clone(), api_addr).await?;
+    tracing::info!(
+        node = %cluster.id(),
+        name = %cluster.identity.name,
+        cluster = cluster.cluster_id().as_deref().unwrap_or("(none yet)"),
+        socket = %socket.display(),
+        %api_addr,
+        "pxd is serving"
+    );
+    // Only meaningful under systemd (Type=notify); a no-op when NOTIFY_SOCKET is unset.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "could not tell systemd that pxd is ready");
+    }
+    wait_for_stop().await?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("stopping; devices and their I/O stay as they are");
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+async fn wait_for_stop() -> Result<(), DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

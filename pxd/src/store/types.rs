@@ -1,0 +1,290 @@
+//! The desired state of DESIGN §3: what the cluster has decided, as plain serde data. The
+//! reconcilers compare it with what the kernel reports; nothing here touches the host.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// A node's id: random at first start, shown as 16 lowercase hex digits, which also makes it a
+/// valid node id in dm names (`plan::names`, at most 32 lowercase alphanumerics).
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl From<u64> for NodeId {
+    fn from(v: u64) -> Self {
+        NodeId(v)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("node id {0:?} is not 1 to 16 hex digits")]
+pub struct BadNodeId(pub String);
+
+impl FromStr for NodeId {
+    type Err = BadNodeId;
+    fn from_str(s: &str) -> Result<Self, BadNodeId> {
+        let ok = !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !ok {
+            return Err(BadNodeId(s.chars().take(40).collect()));
+        }
+        u64::from_str_radix(s, 16)
+            .map(NodeId)
+            .map_err(|_| BadNodeId(s.to_owned()))
+    }
+}
+
+// Node ids travel as hex strings, the same spelling the CLI shows and takes.
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A secret shared by the members (the join-token key, the TCP API token). Its `Debug` never
+/// shows the value, so a logged state or command cannot leak it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A new random 256-bit secret, hex encoded.
+    pub fn random() -> Secret {
+        let bytes: [u8; 32] = rand::random();
+        Secret(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// The cluster itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// 32 hex digits, random at `pxd cluster init`.
+    pub id: String,
+    pub name: String,
+    /// Key of the MAC that join tokens carry: only a member can mint a token that verifies.
+    pub join_secret: Secret,
+    /// Bearer token of the TCP API, for other nodes and tools.
+    pub api_token: Secret,
+}
+
+/// What a node is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Holds pools and replicas.
+    #[default]
+    Storage,
+    /// Compute only: runs containers and attaches volumes whose replicas live elsewhere.
+    Storageless,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Storage => "storage",
+            Role::Storageless => "storageless",
+        })
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "storage" => Ok(Role::Storage),
+            "storageless" => Ok(Role::Storageless),
+            other => Err(format!(
+                "role {other:?} is neither \"storage\" nor \"storageless\""
+            )),
+        }
+    }
+}
+
+/// A member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: NodeId,
+    pub name: String,
+    /// `IP:PORT` of the TCP REST API.
+    pub api_addr: String,
+    /// ZeroMQ endpoint (`tcp://IP:PORT`) of Raft, gossip and replica traffic.
+    pub data_addr: String,
+    /// The node's CURVE public key, Z85 encoded.
+    pub public_key: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub role: Role,
+}
+
+/// Performance class of a drive or pool (DESIGN §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Class {
+    High,
+    Medium,
+    Low,
+}
+
+/// The result of benchmarking a drive or pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Benchmark {
+    pub read_iops: u64,
+    pub write_iops: u64,
+    pub read_p99_us: u64,
+    pub write_p99_us: u64,
+    pub seq_mb_per_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub id: String,
+    pub node: NodeId,
+    pub class: Class,
+    /// Ids of its drives, in concatenation order.
+    pub drives: Vec<String>,
+    pub capacity: u64,
+    pub used: u64,
+    pub benchmark: Option<Benchmark>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriveState {
+    Online,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drive {
+    /// Stable id: WWN, serial or blkid UUID.
+    pub id: String,
+    pub node: NodeId,
+    pub path: String,
+    pub size: u64,
+    pub class: Class,
+    pub state: DriveState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fs {
+    Ext4,
+    Xfs,
+    Raw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaState {
+    /// In sync with the others.
+    Clean,
+    /// Missed writes; to be resynced.
+    Stale,
+    /// Being built from another replica.
+    Building,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    pub node: NodeId,
+    pub pool: String,
+    pub thin_id: u32,
+    pub state: ReplicaState,
+}
+
+/// Where a volume is attached, with the fencing epoch issued for it (DESIGN §5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub node: NodeId,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IopsLimit {
+    pub read: u64,
+    pub write: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+    pub fs: Fs,
+    /// 1 to 3.
+    pub repl: u8,
+    pub io_priority: Class,
+    pub max_iops: Option<IopsLimit>,
+    pub encrypted: bool,
+    /// Which wrapped key unlocks it, when encrypted.
+    pub key_ref: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub replicas: Vec<Replica>,
+    pub attachment: Option<Attachment>,
+    pub snapshot_schedule: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub volume: String,
+    pub name: String,
+    /// Unix seconds, chosen by the proposer so that applying stays deterministic.
+    pub time: u64,
+    /// Thin device id of the snapshot in each replica's pool.
+    pub thin_ids: BTreeMap<NodeId, u32>,
+    pub read_only: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_round_trip_as_hex() {
+        let id = NodeId(0xdead_beef);
+        assert_eq!(id.to_string(), "00000000deadbeef");
+        assert_eq!("00000000deadbeef".parse::<NodeId>(), Ok(id));
+        assert_eq!("deadbeef".parse::<NodeId>(), Ok(id));
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"00000000deadbeef\"");
+        assert!("xyz".parse::<NodeId>().is_err());
+        assert!("12345678901234567".parse::<NodeId>().is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let s = Secret::random();
+        assert!(!format!("{s:?}").contains(s.expose()));
+        assert_eq!(s.expose().len(), 64);
+    }
+}

@@ -1,0 +1,531 @@
+//! Host tier: the cluster control plane with real daemons, each in its own network namespace
+//! (DESIGN §10.2). Needs root for `ip netns`. The tests take turns (one lock), so their
+//! timing does not depend on how many run at once on a small machine.
+//!
+//! `cargo test -p pxd-tests --test host_cluster` (after `cargo build -p pxd --bins`).
+
+mod harness;
+
+use harness::{Daemon, TestCluster};
+use pxd::api::client::ClientError;
+use pxd::api::RemoveRequest;
+use pxd::cluster::gossip::Liveness;
+use pxd::cluster::transport::{KeyPair, Transport};
+use pxd::cluster::view::Status;
+use pxd::store::types::Role;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn code(e: &ClientError) -> &str {
+    e.code().unwrap_or("(no API error code)")
+}
+
+/// The members of the cluster as node `n` sees them.
+fn members(n: &Daemon) -> BTreeSet<String> {
+    n.status()
+        .members
+        .iter()
+        .map(|m| m.id.to_string())
+        .collect()
+}
+
+#[test]
+fn three_nodes_form_one_cluster() {
+    let _turn = serial();
+    let c = TestCluster::formed(&["storage", "storage", "storage"]);
+    // The three answers are read one after the other; read again if an election fell in
+    // between.
+    let mut statuses = Vec::new();
+    c.wait_until(
+        "the same view on all three nodes",
+        Duration::from_secs(30),
+        || {
+            statuses = c.nodes.iter().map(Daemon::status).collect::<Vec<_>>();
+            statuses
+                .iter()
+                .all(|s| s.leader.is_some() && s.leader == statuses[0].leader)
+        },
+    );
+    let leader = statuses[0].leader.expect("a leader");
+    let id = statuses[0].cluster_id.clone().expect("a cluster id");
+    for s in &statuses {
+        assert_eq!(s.cluster_id.as_deref(), Some(id.as_str()));
+        assert_eq!(s.members.len(), 3, "{s:?}");
+        assert!(s.members.iter().all(|m| m.voter));
+        assert_eq!((s.quorum.voters, s.quorum.needed), (3, 2));
+    }
+    // Heartbeats: every node sees every node online.
+    c.wait_until(
+        "all nodes online everywhere",
+        Duration::from_secs(15),
+        || {
+            c.nodes.iter().all(|n| {
+                n.nodes()
+                    .iter()
+                    .filter(|v| v.liveness == Liveness::Online)
+                    .count()
+                    == 3
+            })
+        },
+    );
+    // The CLI is a client of the same API.
+    let out = std::process::Command::new(harness::pxd_binary())
+        .arg("--socket")
+        .arg(c.nodes[1].socket())
+        .args(["cluster", "status"])
+        .output()
+        .expect("run pxd cluster status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&id) && text.contains("members:  3"), "{text}");
+    assert!(text.contains("leader:   "), "{text}");
+
+    // The TCP API, from another node's namespace: the token is required, and a write that
+    // reaches a follower is forwarded to the leader.
+    let token: pxd::api::TokenResponse = c.nodes[0]
+        .client()
+        .get("/v1/cluster/api-token")
+        .expect("the API token");
+    let follower = (c.index_of(leader) + 1) % 3;
+    let addr: std::net::SocketAddr = format!("{}:9010", harness::Net::addr(follower))
+        .parse()
+        .expect("an address");
+    let ns = c.nodes[(follower + 1) % 3].ns.clone();
+    let (denied, written) = in_netns(&ns, move || {
+        let tcp = |token: &str| {
+            pxd::api::client::BlockingClient::new(pxd::api::client::Target::Tcp {
+                addr,
+                token: token.to_owned(),
+            })
+            .expect("client")
+        };
+        let denied = tcp("wrong")
+            .get::<Status>("/v1/cluster/status")
+            .expect_err("a wrong token must be refused");
+        let written = tcp(&token.token)
+            .put::<_, pxd::api::Applied>("/v1/kv/tcp/k", &pxd::api::KvValue { value: "v".into() });
+        (
+            denied.code().map(str::to_owned),
+            written.map_err(|e| e.to_string()),
+        )
+    });
+    assert_eq!(denied.as_deref(), Some("unauthorized"));
+    written.expect("a write over TCP at a follower");
+    c.wait_until(
+        "the TCP write on every node",
+        Duration::from_secs(10),
+        || {
+            c.nodes
+                .iter()
+                .all(|n| n.kv("tcp").get("k").map(String::as_str) == Some("v"))
+        },
+    );
+}
+
+#[test]
+fn the_daemon_notifies_systemd_stops_cleanly_and_restarts_as_itself() {
+    let _turn = serial();
+    let path = std::env::temp_dir().join(format!("pxdt-notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).expect("bind a notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("a read timeout");
+    let socket_env = path.to_string_lossy().into_owned();
+    let mut c = TestCluster::start_with(&["storage"], |_| {
+        vec![("NOTIFY_SOCKET".to_owned(), socket_env.clone())]
+    });
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("a READY notification");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    let node = &c.nodes[0];
+    let _: pxd::api::InitResponse = node
+        .client()
+        .post(
+            "/v1/cluster/init",
+            &pxd::api::InitRequest { name: "one".into() },
+        )
+        .expect("init a one-node cluster");
+    node.put("keep", "k", "v").expect("a write");
+    let before = node.status();
+
+    let status = c.nodes[0].terminate();
+    assert!(status.success(), "pxd exited with {status}");
+    let n = notify.recv(&mut buf).expect("a STOPPING notification");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+
+    // A restart keeps the identity, the cluster and what was applied, and leads again.
+    c.nodes[0].start();
+    let node = &c.nodes[0];
+    let after = node.status();
+    assert_eq!(
+        (after.node, &after.cluster_id),
+        (before.node, &before.cluster_id)
+    );
+    assert_eq!(node.kv("keep").get("k").map(String::as_str), Some("v"));
+    c.wait_until(
+        "the restarted node to lead",
+        Duration::from_secs(20),
+        || node.status().leader == Some(before.node),
+    );
+    node.put("keep", "k2", "v2")
+        .expect("a write after the restart");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn writes_survive_killing_the_leader() {
+    let _turn = serial();
+    const WRITERS: usize = 4;
+    const PER_WRITER: usize = 500;
+    let mut c = TestCluster::formed(&["storage", "storage", "storage"]);
+    c.agreed_leader(&[0, 1, 2]);
+    let sockets: Vec<_> = c.nodes.iter().map(Daemon::socket).collect();
+    let acked = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (sockets, acked) = (sockets.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let clients: Vec<_> = sockets
+                    .iter()
+                    .map(|s| {
+                        pxd::api::client::BlockingClient::new(pxd::api::client::Target::Unix(
+                            s.clone(),
+                        ))
+                        .expect("client")
+                    })
+                    .collect();
+                let mut done = BTreeMap::new();
+                let mut target = w;
+                for j in 0..PER_WRITER {
+                    let (key, value) = (format!("w{w}-{j}"), format!("value-{w}-{j}"));
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    loop {
+                        let r: Result<pxd::api::Applied, _> = clients[target % clients.len()].put(
+                            &format!("/v1/kv/load/{key}"),
+                            &pxd::api::KvValue {
+                                value: value.clone(),
+                            },
+                        );
+                        match r {
+                            Ok(_) => break,
+                            // A refused connection (the killed node) or no quorum during the
+                            // election: try the next node.
+                            Err(e) => {
+                                assert!(Instant::now() < deadline, "write {key}: {e}");
+                                target += 1;
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                        }
+                    }
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    done.insert(key, value);
+                    target += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    c.wait_until("a quarter of the writes", Duration::from_secs(60), || {
+        acked.load(Ordering::Relaxed) >= WRITERS * PER_WRITER / 4
+    });
+    let leader = c.agreed_leader(&[0, 1, 2]);
+    let victim = c.index_of(leader);
+    c.nodes[victim].kill();
+    let killed_at = Instant::now();
+    let rest: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+    let mut new_leader = None;
+    c.wait_until("a new leader", Duration::from_secs(30), || {
+        let l: Vec<_> = rest
+            .iter()
+            .map(|&i| c.nodes[i].try_status().and_then(|s| s.leader))
+            .collect();
+        new_leader = l[0];
+        l[0].is_some() && l[0] != Some(leader) && l.iter().all(|x| *x == l[0])
+    });
+    eprintln!(
+        "leader {leader} killed after {} acked writes; new leader {} after {:?}",
+        acked.load(Ordering::Relaxed),
+        new_leader.map(|l| l.to_string()).unwrap_or_default(),
+        killed_at.elapsed()
+    );
+    let written: BTreeMap<String, String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().expect("a writer thread"))
+        .collect();
+    eprintln!(
+        "{} writes acknowledged in {:?}",
+        written.len(),
+        started.elapsed()
+    );
+    assert_eq!(written.len(), WRITERS * PER_WRITER);
+    c.nodes[victim].start();
+    // Same identity after the restart.
+    assert_eq!(c.nodes[victim].id(), leader);
+    c.wait_until(
+        "every acknowledged write on all three nodes",
+        Duration::from_secs(60),
+        || c.nodes.iter().all(|n| n.kv("load") == written),
+    );
+}
+
+#[test]
+fn a_cut_off_node_refuses_writes_and_converges_after_healing() {
+    let _turn = serial();
+    let c = TestCluster::formed(&["storage", "storage", "storage"]);
+    let leader = c.index_of(c.agreed_leader(&[0, 1, 2]));
+    let cut = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let cut_id = c.nodes[cut].id().to_string();
+    c.nodes[leader]
+        .put("p", "before", "1")
+        .expect("a write before the cut");
+    c.net.set_link(cut, false);
+
+    // The majority goes on; the leader may change if the cut node disrupts it, so retry.
+    for (i, n) in [leader, other].iter().enumerate() {
+        let key = format!("during{i}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = c.nodes[*n].put("p", &key, "2") {
+            assert!(Instant::now() < deadline, "majority write {key}: {e}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let err = c.nodes[cut]
+        .put("p", "cut", "3")
+        .expect_err("the cut-off node must refuse writes");
+    assert_eq!(code(&err), "no_quorum", "{err}");
+    assert!(err.to_string().contains("no quorum"), "{err}");
+
+    // Heartbeats stop: the others see it offline, in the node list and in the metrics.
+    c.wait_until("the cut node offline", Duration::from_secs(15), || {
+        c.nodes[leader]
+            .nodes()
+            .iter()
+            .any(|n| n.id.to_string() == cut_id && n.liveness == Liveness::Offline)
+    });
+    let (_, metrics) = c.nodes[leader]
+        .client()
+        .raw(hyper_method_get(), "/metrics")
+        .expect("metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    let line = format!("pxd_node_online{{name=\"node{cut}\",node=\"{cut_id}\"}} 0");
+    assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+
+    c.net.set_link(cut, true);
+    let expect: BTreeMap<String, String> = [("before", "1"), ("during0", "2"), ("during1", "2")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    c.wait_until(
+        "all three nodes to converge",
+        Duration::from_secs(60),
+        || c.nodes.iter().all(|n| n.kv("p") == expect),
+    );
+    c.agreed_leader(&[0, 1, 2]);
+    c.wait_until(
+        "the healed node online again",
+        Duration::from_secs(15),
+        || {
+            c.nodes[other]
+                .nodes()
+                .iter()
+                .all(|n| n.liveness == Liveness::Online)
+        },
+    );
+}
+
+fn hyper_method_get() -> pxd::api::client::Method {
+    pxd::api::client::Method::GET
+}
+
+/// Runs `f` on a thread inside network namespace `ns`; sockets it opens live there.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a namespace fd affects only this thread, which runs `f` and ends.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("the namespace thread")
+}
+
+#[test]
+fn bad_joins_and_removals_are_refused_and_change_nothing() {
+    let _turn = serial();
+    let mut c = TestCluster::start(&["storage", "storage", "storage"]);
+    let init: pxd::api::InitResponse = c.nodes[0]
+        .client()
+        .post(
+            "/v1/cluster/init",
+            &pxd::api::InitRequest {
+                name: "bad-input".into(),
+            },
+        )
+        .expect("init");
+    let remove = |n: &Daemon, node: &str| {
+        n.client()
+            .post::<_, pxd::api::RemoveResponse>(
+                "/v1/cluster/remove",
+                &RemoveRequest { node: node.into() },
+            )
+            .expect_err("the removal must be refused")
+    };
+    let e = remove(&c.nodes[0], "00000000000000ff");
+    assert_eq!(code(&e), "unknown_node", "{e}");
+    let e = remove(&c.nodes[0], &c.nodes[0].id().to_string());
+    assert_eq!(code(&e), "last_member", "{e}");
+    assert_eq!(c.nodes[0].status().members.len(), 1);
+
+    c.nodes[1].join(&init.token).expect("a valid join");
+    let before = members(&c.nodes[0]);
+    assert_eq!(before.len(), 2);
+
+    // Garbled, relabeled (wrong cluster id) and forged tokens.
+    let parsed = pxd::cluster::token::JoinToken::decode(&init.token).expect("a token");
+    let mut relabeled = parsed.clone();
+    relabeled.cluster_id = "0123456789abcdef0123456789abcdef".into();
+    let forged = pxd::cluster::token::JoinToken::issue(
+        "not-the-secret",
+        &parsed.cluster_id,
+        &parsed.addr,
+        &parsed.public_key,
+    );
+    for (token, want, says) in [
+        ("pxd1.bm90IGEgdG9rZW4".to_owned(), "bad_token", "garbled"),
+        ("hello".to_owned(), "bad_token", "garbled"),
+        (relabeled.encode(), "join_refused", "is for cluster"),
+        (
+            forged.encode(),
+            "join_refused",
+            "not issued by this cluster",
+        ),
+    ] {
+        let e = c.nodes[2].join(&token).expect_err("a bad token must fail");
+        assert_eq!(code(&e), want, "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+        assert_eq!(members(&c.nodes[0]), before);
+        assert_eq!(c.nodes[2].status().cluster_id, None);
+    }
+
+    // A ZeroMQ client that does not know the node's server key gets no answer at all; one
+    // that does gets an answer (a refusal of the junk it sent).
+    let endpoint = parsed.addr.clone();
+    let right_key = parsed.public_key.clone();
+    let ns = c.nodes[2].ns.clone();
+    let (wrong, right) = in_netns(&ns, move || {
+        let t = Transport::new(KeyPair::generate().expect("keys")).expect("transport");
+        let stranger = KeyPair::generate().expect("keys").public;
+        let wrong = t.call_blocking(&endpoint, &stranger, b"junk", Duration::from_secs(2));
+        let right = t.call_blocking(&endpoint, &right_key, b"junk", Duration::from_secs(5));
+        (
+            wrong.map_err(|e| e.to_string()),
+            right.map_err(|e| e.to_string()),
+        )
+    });
+    let wrong = wrong.expect_err("no answer without the server key");
+    assert!(wrong.contains("no answer"), "{wrong}");
+    let right = right.expect("an answer with the server key");
+    assert!(String::from_utf8_lossy(&right).contains("malformed"));
+
+    // No quorum: with one of two members down, a join is refused and nothing changes.
+    c.nodes[1].kill();
+    let e = c.nodes[2]
+        .join(&init.token)
+        .expect_err("a join without quorum must fail");
+    assert_eq!(code(&e), "no_quorum", "{e}");
+    assert_eq!(members(&c.nodes[0]), before);
+    assert_eq!(c.nodes[2].status().cluster_id, None);
+}
+
+#[test]
+fn a_storageless_node_joins_with_its_role() {
+    let _turn = serial();
+    let c = TestCluster::formed(&["storage", "storage", "storageless"]);
+    let id = c.nodes[2].id();
+    c.wait_until(
+        "the node list on every node",
+        Duration::from_secs(15),
+        || {
+            c.nodes.iter().all(|n| {
+                let nodes = n.nodes();
+                nodes.len() == 3
+                    && nodes.iter().any(|v| {
+                        v.id == id && v.role == Role::Storageless && v.liveness == Liveness::Online
+                    })
+                    && nodes.iter().filter(|v| v.role == Role::Storage).count() == 2
+            })
+        },
+    );
+    let out = std::process::Command::new(harness::pxd_binary())
+        .arg("--socket")
+        .arg(c.nodes[0].socket())
+        .args(["node", "list"])
+        .output()
+        .expect("run pxd node list");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&id.to_string()))
+        .unwrap_or_else(|| panic!("{id} not in\n{text}"));
+    assert!(
+        line.contains("storageless") && line.contains("online"),
+        "{text}"
+    );
+}
+
+#[test]
+fn five_nodes_remove_one_and_the_rest_agree() {
+    let _turn = serial();
+    let mut c = TestCluster::formed(&["storage"; 5]);
+    c.agreed_leader(&[0, 1, 2, 3, 4]);
+    let gone = c.nodes[4].id();
+    // Ask a node that may not lead: the removal is forwarded to the leader.
+    let r: pxd::api::RemoveResponse = c.nodes[1]
+        .client()
+        .post(
+            "/v1/cluster/remove",
+            &RemoveRequest {
+                node: "node4".into(),
+            },
+        )
+        .expect("remove node4");
+    assert_eq!(r.removed, gone.to_string());
+    c.nodes[4].kill();
+    let rest = [0, 1, 2, 3];
+    c.wait_until("four members everywhere", Duration::from_secs(30), || {
+        let sets: Vec<_> = rest.iter().map(|&i| members(&c.nodes[i])).collect();
+        sets[0].len() == 4
+            && !sets[0].contains(&gone.to_string())
+            && sets.iter().all(|s| *s == sets[0])
+            && rest.iter().all(|&i| c.nodes[i].nodes().len() == 4)
+    });
+    c.agreed_leader(&rest);
+    let e = c.nodes[0]
+        .client()
+        .post::<_, pxd::api::RemoveResponse>(
+            "/v1/cluster/remove",
+            &RemoveRequest {
+                node: gone.to_string(),
+            },
+        )
+        .expect_err("it is gone");
+    assert_eq!(code(&e), "unknown_node", "{e}");
+}
