@@ -275,3 +275,46 @@ pub fn deactivate_pool(dm: &dyn DeviceMapper, pool: &Pool) -> Result<(), PoolErr
     stack::teardown(dm, &[top, data, meta])?;
     Ok(())
 }
+
+/// Records thin id `snap_id` as a snapshot of thin id `source_id`: a snapshot of a volume, or a
+/// clone of a snapshot. While the source is live, its device stack (`live_top_down`, top first:
+/// crypt, then thin) is suspended around the message, which flushes in-flight writes and
+/// freezes a filesystem on top, so the snapshot is crash-consistent. The stack is resumed
+/// whatever happens. An id that exists already is adopted.
+pub fn snapshot_thin_id(
+    dm: &dyn DeviceMapper,
+    pool: &Pool,
+    source_id: ThinDevId,
+    snap_id: ThinDevId,
+    live_top_down: &[&DeviceName],
+) -> Result<Outcome, PoolError> {
+    let mut suspended: Vec<&DeviceName> = Vec::new();
+    let mut result = Ok(Outcome::Created);
+    for dev in live_top_down {
+        match dm.suspend(&dev.dm_name()) {
+            Ok(()) => suspended.push(dev),
+            Err(e) => {
+                result = Err(e.into());
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        let msg = format!("create_snap {snap_id} {source_id}");
+        result = match dm.message(&pool.name().dm_name(), &msg) {
+            Ok(()) => Ok(Outcome::Created),
+            Err(e) if e.errno == Some(libc::EEXIST) => Ok(Outcome::AlreadyExists),
+            Err(e) => Err(e.into()),
+        };
+    }
+    for dev in suspended.iter().rev() {
+        if let Err(e) = dm.resume(&dev.dm_name()) {
+            // I/O stays frozen on this device: the most urgent thing to report.
+            tracing::error!(device = %dev, error = %e, "could not resume after a snapshot");
+            if result.is_ok() {
+                result = Err(e.into());
+            }
+        }
+    }
+    result
+}
