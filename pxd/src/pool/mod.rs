@@ -1,6 +1,9 @@
 //! Thin pools on one node: bring a pool's devices up (new or existing metadata), make and
 //! delete thin devices in it, and read its use.
 
+pub mod benchmark;
+pub mod class;
+pub mod drive;
 pub mod superblock;
 
 use crate::kernel::block;
