@@ -1,5 +1,6 @@
 //! pxd's developer tasks. Run as `cargo xtask <task>`; see `cargo xtask --help`.
 
+mod bench_storage;
 mod cmd;
 mod demo;
 mod setup;
@@ -27,6 +28,8 @@ enum Task {
     Test(test::TestArgs),
     /// A single-node demo in the VM: a pool on two disks, a volume, data written and read back.
     Demo,
+    /// Benchmarks: pxd's device stacks as ratios to the raw disk, in one VM run.
+    Bench,
 }
 
 fn main() {
@@ -36,6 +39,7 @@ fn main() {
         Task::Vm(args) => vm::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Demo => demo::run(),
+        Task::Bench => bench_storage::run(),
     };
     match result {
         Ok(code) => std::process::exit(code),
