@@ -6,5 +6,6 @@ pub mod io;
 pub mod kernel;
 pub mod plan;
 pub mod pool;
+pub mod reconcile;
 pub mod stack;
 pub mod volume;

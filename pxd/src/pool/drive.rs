@@ -78,7 +78,7 @@ pub fn inspect(path: &Path) -> Result<DriveInfo, DriveError> {
 }
 
 /// The first signature libblkid finds: a partition table, a filesystem, a raid or LVM member.
-fn signature(path: &Path) -> Result<Option<String>, String> {
+pub fn signature(path: &Path) -> Result<Option<String>, String> {
     use libblkid_rs::BlkidProbe;
     let fail = |what: &str, e: libblkid_rs::BlkidErr| format!("libblkid {what}: {e}");
     let mut probe = BlkidProbe::new_from_filename(path).map_err(|e| fail("open", e))?;

@@ -215,14 +215,17 @@ pub fn create_thin_id(
     }
 }
 
-/// Deletes thin device `thin_id` from the pool's metadata, freeing its chunks.
+/// Deletes thin device `thin_id` from the pool's metadata, freeing its chunks. An id that is
+/// not there (a delete already done) is fine.
 pub fn delete_thin_id(
     dm: &dyn DeviceMapper,
     pool: &Pool,
     thin_id: ThinDevId,
 ) -> Result<(), PoolError> {
-    dm.message(&pool.name().dm_name(), &format!("delete {thin_id}"))?;
-    Ok(())
+    match dm.message(&pool.name().dm_name(), &format!("delete {thin_id}")) {
+        Err(e) if e.errno == Some(libc::ENODATA) => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 /// A thin volume that is up.
