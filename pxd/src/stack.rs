@@ -38,6 +38,16 @@ pub enum StackError {
         planned: String,
         found: String,
     },
+    #[error("{device} exists but its read-only flag is {read_only}; pxd will not take it over")]
+    ModeMismatch { device: String, read_only: bool },
+    #[error("{device} is not active; it cannot be resized")]
+    NotActive { device: String },
+    #[error("{device} is {current} sectors; pxd only grows devices online (asked for {planned})")]
+    WouldShrink {
+        device: String,
+        current: u64,
+        planned: u64,
+    },
 }
 
 /// The devices one [`apply`] call brought up, in order.
@@ -110,6 +120,12 @@ fn apply_one(
 
     if let Some(info) = dm.info(&name)? {
         let found = parse_table(&dm.table(&name)?)?;
+        if info.read_only != plan.read_only {
+            return Err(StackError::ModeMismatch {
+                device: plan.name.to_string(),
+                read_only: info.read_only,
+            });
+        }
         if found != lines {
             return Err(StackError::TableMismatch {
                 device: plan.name.to_string(),
@@ -123,7 +139,12 @@ fn apply_one(
             outcome: Outcome::AlreadyExists,
         });
     }
-    let dev = dm.create(&name, &plan.name.dm_uuid(), &raw_table(&lines))?;
+    let uuid = plan.name.dm_uuid();
+    let dev = if plan.read_only {
+        dm.create_read_only(&name, &uuid, &raw_table(&lines))?
+    } else {
+        dm.create(&name, &uuid, &raw_table(&lines))?
+    };
     Ok(Applied {
         name: plan.name.clone(),
         dev,
@@ -137,6 +158,46 @@ fn render(lines: &[Line]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(" | ")
+}
+
+/// Grows live devices to their planned tables, lowest first, so every layer is at least as
+/// large as the one above it at every moment. A device already at its plan is left alone,
+/// so a grow interrupted half-way is finished by running it again. Returns, per device,
+/// whether it changed.
+pub fn grow(dm: &dyn DeviceMapper, bottom_up: &[&DevicePlan]) -> Result<Vec<bool>, StackError> {
+    let mut changed = Vec::new();
+    for plan in bottom_up {
+        let name = plan.name.dm_name();
+        if dm.info(&name)?.is_none() {
+            return Err(StackError::NotActive {
+                device: plan.name.to_string(),
+            });
+        }
+        let mut known: HashMap<&DeviceName, Device> = HashMap::new();
+        for dep in plan.depends_on() {
+            if let Some(info) = dm.info(&dep.dm_name())? {
+                known.insert(dep, info.dev);
+            }
+        }
+        let lines = plan.resolve(&|n| known.get(n).copied())?;
+        let found = parse_table(&dm.table(&name)?)?;
+        if found == lines {
+            changed.push(false);
+            continue;
+        }
+        let current: u64 = found.iter().map(|l| *l.length).sum();
+        if current > *plan.length() {
+            return Err(StackError::WouldShrink {
+                device: plan.name.to_string(),
+                current,
+                planned: *plan.length(),
+            });
+        }
+        dm.load(&name, &raw_table(&lines))?;
+        dm.resume(&name)?;
+        changed.push(true);
+    }
+    Ok(changed)
 }
 
 /// Removes devices top first; devices already gone count as removed.
@@ -175,6 +236,7 @@ mod tests {
                     dev: *d,
                     open_count: 0,
                     suspended: false,
+                    read_only: false,
                 }))
         }
         fn create(
@@ -201,6 +263,26 @@ mod tests {
                 .borrow_mut()
                 .insert(name.to_string(), (dev, table.to_vec()));
             Ok(dev)
+        }
+        fn create_read_only(
+            &self,
+            name: &DmName,
+            uuid: &DmUuid,
+            table: &[(u64, u64, String, String)],
+        ) -> DmResult<Device> {
+            self.create(name, uuid, table)
+        }
+        fn suspend(&self, _: &DmName) -> DmResult<()> {
+            Ok(())
+        }
+        fn resume(&self, _: &DmName) -> DmResult<()> {
+            Ok(())
+        }
+        fn load(&self, name: &DmName, table: &[(u64, u64, String, String)]) -> DmResult<()> {
+            if let Some(d) = self.devices.borrow_mut().get_mut(&name.to_string()) {
+                d.1 = table.to_vec();
+            }
+            Ok(())
         }
         fn table(&self, name: &DmName) -> DmResult<RawTable> {
             Ok(self.devices.borrow()[&name.to_string()].1.clone())
@@ -293,6 +375,41 @@ mod tests {
             dm.devices.borrow().is_empty(),
             "meta and data were rolled back"
         );
+    }
+
+    #[test]
+    fn grow_reloads_bigger_tables_once_and_never_shrinks() {
+        use crate::plan::thin::{plan_grow, plan_thin};
+        use devicemapper::ThinDevId;
+        let dm = FakeDm::default();
+        let pool = plan_pool(&pool_spec(DEFAULT_CHUNK)).unwrap();
+        apply(&dm, &pool.devices()).unwrap();
+        let [n, p, v, v2] = ["n1", "p0", "v1", "v2"].map(|s| Id::object(s).unwrap());
+        let one = ThinDevId::new_u64(1).unwrap();
+        let thin = plan_thin(&n, &p, &v, one, Sectors(2048)).unwrap();
+        apply(&dm, &[&thin]).unwrap();
+        let bigger = plan_grow(&thin, Sectors(4096)).unwrap();
+        assert_eq!(grow(&dm, &[&bigger]).unwrap(), [true]);
+        assert_eq!(dm.table(&thin.name.dm_name()).unwrap()[0].1, 4096);
+        assert_eq!(
+            grow(&dm, &[&bigger]).unwrap(),
+            [false],
+            "a repeat changes nothing"
+        );
+        let err = grow(&dm, &[&thin]).unwrap_err();
+        assert!(matches!(
+            err,
+            StackError::WouldShrink {
+                current: 4096,
+                planned: 2048,
+                ..
+            }
+        ));
+        let absent = plan_thin(&n, &p, &v2, one, Sectors(8)).unwrap();
+        assert!(matches!(
+            grow(&dm, &[&absent]),
+            Err(StackError::NotActive { .. })
+        ));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use pxd::{
     io::{block_device_dev, DevT, IoCounts, IoProbe},
     kernel::loop_device::LoopDevice,
 };
+use pxd_tests::block_stat;
 
 const BLOCK: usize = 4096;
 const WRITES: u64 = 257;
@@ -83,42 +84,6 @@ fn wait_for(probe: &IoProbe, dev: DevT, baseline: &IoCounts, expected: &IoCounts
     }
 }
 
-/// The kernel's own accounting for a block device, from `/sys/block/<dev>/stat`.
-#[derive(Clone, Copy, Debug)]
-struct SysfsStat {
-    /// Field 1: read requests completed.
-    reads: u64,
-    /// Field 5: write requests completed.
-    writes: u64,
-    /// Field 16: flush requests completed (Linux 5.5+).
-    flushes: u64,
-}
-
-fn sysfs_stat(device: &Path) -> SysfsStat {
-    let name = device
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_else(|| panic!("{} has no file name", device.display()));
-    let stat_path = format!("/sys/block/{name}/stat");
-    let stat = std::fs::read_to_string(&stat_path)
-        .unwrap_or_else(|err| panic!("reading {stat_path}: {err}"));
-    let fields: Vec<u64> = stat
-        .split_whitespace()
-        .map(|f| {
-            f.parse()
-                .unwrap_or_else(|err| panic!("{stat_path}: {f:?}: {err}"))
-        })
-        .collect();
-    match fields.as_slice() {
-        [reads, _, _, _, writes, _, _, _, _, _, _, _, _, _, _, flushes, ..] => SysfsStat {
-            reads: *reads,
-            writes: *writes,
-            flushes: *flushes,
-        },
-        _ => panic!("{stat_path} has too few fields: {stat:?}"),
-    }
-}
-
 fn open_direct(device: &Path) -> File {
     OpenOptions::new()
         .read(true)
@@ -144,7 +109,7 @@ fn counts_exactly_the_direct_reads_and_writes_per_device() {
     let probe = IoProbe::load().expect("loading the io probe");
     let busy_before = counts(&probe, busy_dev);
     let idle_before = counts(&probe, idle_dev);
-    let sysfs_before = sysfs_stat(busy.path());
+    let sysfs_before = block_stat(busy.path());
 
     let device = open_direct(busy.path());
     let mut block = Box::new(Block([0; BLOCK]));
@@ -186,7 +151,7 @@ fn counts_exactly_the_direct_reads_and_writes_per_device() {
 
     // The kernel's own accounting saw the same IO (one request per bio: nothing to merge when
     // each IO waits for the previous one).
-    let sysfs_after = sysfs_stat(busy.path());
+    let sysfs_after = block_stat(busy.path());
     assert_eq!(
         (
             sysfs_after.reads - sysfs_before.reads,
@@ -203,7 +168,7 @@ fn counts_exactly_the_direct_reads_and_writes_per_device() {
         .sync_all()
         .unwrap_or_else(|err| panic!("flushing {}: {err}", busy.path().display()));
     drop(device);
-    let sysfs_flushed = sysfs_stat(busy.path());
+    let sysfs_flushed = block_stat(busy.path());
     assert!(
         sysfs_flushed.flushes > sysfs_after.flushes,
         "fsync sent no flush to {}, so the check below proves nothing: {sysfs_flushed:?}",

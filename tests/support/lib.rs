@@ -1,6 +1,9 @@
 //! Shared helpers for pxd's integration tests: finding the guest's disks, making and checking
 //! data, running external tools with their output in the failure message.
 
+use pxd::kernel::block;
+use pxd::plan::names::Id;
+use pxd::plan::pool::{Drive, PoolSpec};
 use sha2::{Digest, Sha256};
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -62,7 +65,7 @@ pub fn write_direct(dev: &Path, offset: u64, data: &[u8]) {
         .custom_flags(libc::O_DIRECT)
         .open(dev)
         .unwrap_or_else(|e| panic!("open {} for O_DIRECT write: {e}", dev.display()));
-    let mut buf = pxd::kernel::block::AlignedBuf::zeroed(1 << 20);
+    let mut buf = block::AlignedBuf::zeroed(1 << 20);
     for (i, chunk) in data.chunks(1 << 20).enumerate() {
         let b = &mut buf.as_mut_slice()[..chunk.len()];
         b.copy_from_slice(chunk);
@@ -79,7 +82,7 @@ pub fn read_direct(dev: &Path, offset: u64, len: usize) -> Vec<u8> {
         .custom_flags(libc::O_DIRECT)
         .open(dev)
         .unwrap_or_else(|e| panic!("open {} for O_DIRECT read: {e}", dev.display()));
-    let mut buf = pxd::kernel::block::AlignedBuf::zeroed(1 << 20);
+    let mut buf = block::AlignedBuf::zeroed(1 << 20);
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
         let n = (len - out.len()).min(1 << 20);
@@ -109,6 +112,58 @@ pub fn run(program: &str, args: &[&str]) -> String {
         out.status
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The kernel's own accounting for a block device, from `/sys/dev/block/<major>:<minor>/stat`
+/// (so it works for `/dev/mapper/*` names as well as `/dev/loopN`).
+#[derive(Clone, Copy, Debug)]
+pub struct BlockStat {
+    /// Field 1: read requests completed.
+    pub reads: u64,
+    /// Field 5: write requests completed.
+    pub writes: u64,
+    /// Field 16: flush requests completed (Linux 5.5+).
+    pub flushes: u64,
+}
+
+pub fn block_stat(device: &Path) -> BlockStat {
+    let dev = block::device_of(device).unwrap_or_else(|e| panic!("{}: {e}", device.display()));
+    let stat_path = format!("/sys/dev/block/{dev}/stat");
+    let stat = std::fs::read_to_string(&stat_path)
+        .unwrap_or_else(|err| panic!("reading {stat_path}: {err}"));
+    let fields: Vec<u64> = stat
+        .split_whitespace()
+        .map(|f| {
+            f.parse()
+                .unwrap_or_else(|err| panic!("{stat_path}: {f:?}: {err}"))
+        })
+        .collect();
+    match fields.as_slice() {
+        [reads, _, _, _, writes, _, _, _, _, _, _, _, _, _, _, flushes, ..] => BlockStat {
+            reads: *reads,
+            writes: *writes,
+            flushes: *flushes,
+        },
+        _ => panic!("{stat_path} has too few fields: {stat:?}"),
+    }
+}
+
+/// A pool spec over `disks` for node `node` (pool id `p0`), sized from the devices.
+pub fn pool_spec(node: &str, disks: &[PathBuf], chunk: devicemapper::Sectors) -> PoolSpec {
+    PoolSpec {
+        node: Id::node(node).expect("test node ids are valid"),
+        pool: Id::object("p0").expect("p0 is a valid id"),
+        drives: disks
+            .iter()
+            .map(|d| Drive {
+                dev: block::device_of(d).unwrap_or_else(|e| panic!("{}: {e}", d.display())),
+                size: devicemapper::Sectors(
+                    block::size_bytes(d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) / 512,
+                ),
+            })
+            .collect(),
+        chunk,
+    }
 }
 
 #[cfg(test)]

@@ -5,28 +5,12 @@ use devicemapper::{Sectors, ThinDevId};
 use pxd::kernel::block;
 use pxd::kernel::dm::{node_path, DeviceMapper, KernelDm};
 use pxd::plan::names::Id;
-use pxd::plan::pool::{Drive, PoolSpec, DEFAULT_CHUNK};
+use pxd::plan::pool::DEFAULT_CHUNK;
 use pxd::pool::{self, Pool};
 use pxd::stack::{self, Outcome, StackError};
-use pxd_tests::{pattern, read_direct, run, sha256, vm_disks, write_direct};
-use std::path::PathBuf;
+use pxd_tests::{pattern, pool_spec, read_direct, run, sha256, vm_disks, write_direct};
 
 const MIB: usize = 1 << 20;
-
-fn spec(node: &str, disks: &[PathBuf], chunk: Sectors) -> PoolSpec {
-    PoolSpec {
-        node: Id::node(node).unwrap(),
-        pool: Id::object("p0").unwrap(),
-        drives: disks
-            .iter()
-            .map(|d| Drive {
-                dev: block::device_of(d).unwrap(),
-                size: Sectors(block::size_bytes(d).unwrap() / 512),
-            })
-            .collect(),
-        chunk,
-    }
-}
 
 /// Names of this node's dm devices, sorted.
 fn devices_of(dm: &KernelDm, node: &str) -> Vec<String> {
@@ -69,7 +53,7 @@ fn teardown_and_check(dm: &KernelDm, pool: &Pool, node: &str, volumes: &[&str]) 
 fn thin_volume_round_trips_random_data_and_metadata_checks_clean() {
     let disks = &vm_disks(6)[0..2];
     let dm = KernelDm::open().unwrap();
-    let pool = pool::ensure_pool(&dm, &spec("rt", disks, DEFAULT_CHUNK)).unwrap();
+    let pool = pool::ensure_pool(&dm, &pool_spec("rt", disks, DEFAULT_CHUNK)).unwrap();
     assert!(pool.fresh_metadata);
     assert!(pool
         .applied
@@ -123,7 +107,7 @@ fn thin_volume_round_trips_random_data_and_metadata_checks_clean() {
 fn setting_up_twice_adopts_and_a_restart_keeps_metadata_and_data() {
     let disks = &vm_disks(6)[2..4];
     let dm = KernelDm::open().unwrap();
-    let s = spec("idem", disks, DEFAULT_CHUNK);
+    let s = pool_spec("idem", disks, DEFAULT_CHUNK);
     let v1 = Id::object("v1").unwrap();
     let id = ThinDevId::new_u64(1).unwrap();
     let size = Sectors(64 * 2048);
@@ -162,7 +146,7 @@ fn setting_up_twice_adopts_and_a_restart_keeps_metadata_and_data() {
     );
 
     // A different layout under the same names is refused, and changes nothing.
-    let other = spec("idem", disks, Sectors(1024));
+    let other = pool_spec("idem", disks, Sectors(1024));
     match pool::ensure_pool(&dm, &other) {
         Err(pool::PoolError::Stack(StackError::TableMismatch { device, .. })) => {
             assert_eq!(device, "pxd-idem-pool-p0")
@@ -206,7 +190,7 @@ fn setting_up_twice_adopts_and_a_restart_keeps_metadata_and_data() {
 fn read_back_check_detects_a_block_corrupted_beneath_the_volume() {
     let disks = &vm_disks(6)[4..6];
     let dm = KernelDm::open().unwrap();
-    let pool = pool::ensure_pool(&dm, &spec("cor", disks, DEFAULT_CHUNK)).unwrap();
+    let pool = pool::ensure_pool(&dm, &pool_spec("cor", disks, DEFAULT_CHUNK)).unwrap();
     let vol = pool::ensure_thin(
         &dm,
         &pool,

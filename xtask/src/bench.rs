@@ -1,5 +1,6 @@
-//! `cargo xtask bench <what>`: benchmarks that report numbers and assert nothing.
+//! `cargo xtask bench [storage|cluster]`: benchmarks that report numbers and assert nothing.
 //!
+//! - `storage` (the default): pxd's device stacks as ratios to the raw disk, in one VM run.
 //! - `cluster`: metadata commits per second and p50/p99 commit latency on a three-node
 //!   cluster of real daemons in network namespaces (needs root for `ip netns`). It runs the
 //!   `bench_cluster` test target of pxd-tests, which prints the figures.
@@ -11,12 +12,14 @@ use std::process::Command;
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// What to measure.
-    #[arg(value_enum)]
+    #[arg(value_enum, default_value = "storage")]
     pub what: Bench,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bench {
+    /// fio on the raw disk, thin volumes and crypt on thin, as ratios to the raw disk.
+    Storage,
     /// Raft metadata commits on three nodes: commits per second, p50 and p99 latency.
     Cluster,
 }
@@ -29,6 +32,7 @@ fn cargo() -> Command {
 
 pub fn run(args: &BenchArgs) -> Result<i32> {
     match args.what {
+        Bench::Storage => crate::bench_storage::run(),
         Bench::Cluster => cluster(),
     }
 }

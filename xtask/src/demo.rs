@@ -26,6 +26,7 @@ pub fn run() -> Result<i32> {
         mem: 2048,
         cpus: 2,
         env: Vec::new(),
+        shares: Vec::new(),
         verbose: false,
         keep: false,
         command: vec![

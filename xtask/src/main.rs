@@ -1,6 +1,7 @@
 //! pxd's developer tasks. Run as `cargo xtask <task>`; see `cargo xtask --help`.
 
 mod bench;
+mod bench_storage;
 mod cmd;
 mod demo;
 mod setup;
@@ -28,7 +29,7 @@ enum Task {
     Test(test::TestArgs),
     /// A single-node demo in the VM: a pool on two disks, a volume, data written and read back.
     Demo,
-    /// Benchmarks that report and never assert (`cluster`: Raft commits on three nodes).
+    /// Benchmarks that report and never assert: `storage` (default) or `cluster`.
     Bench(bench::BenchArgs),
 }
 

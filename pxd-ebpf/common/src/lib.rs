@@ -92,3 +92,32 @@ unsafe impl aya::Pod for IoStats {}
 // SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for BioLayout {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    /// The probe and the loader copy these as raw bytes: any padding or reordering would make
+    /// userspace read counters from the wrong place.
+    #[test]
+    fn map_types_have_no_padding_and_fit_the_memory_budget() {
+        assert_eq!(size_of::<IoStats>(), 4 * size_of::<u64>());
+        assert_eq!(align_of::<IoStats>(), 8);
+        assert_eq!(size_of::<BioLayout>(), 4 * size_of::<u32>());
+        // The documented bound: 32 KiB of counters per CPU.
+        assert_eq!(
+            IO_STATS_MAX_DEVICES as usize * size_of::<IoStats>(),
+            32 * 1024
+        );
+    }
+
+    #[test]
+    fn dev_t_encoding_leaves_twelve_bits_of_major() {
+        let (major, minor) = (253u32, 7u32);
+        let dev: DevT = major << MINOR_BITS | minor;
+        assert_eq!(dev >> MINOR_BITS, major);
+        assert_eq!(dev & ((1 << MINOR_BITS) - 1), minor);
+        assert_eq!(u32::MAX >> MINOR_BITS, 0xfff);
+    }
+}

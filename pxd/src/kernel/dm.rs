@@ -15,6 +15,7 @@ pub struct DmInfo {
     pub dev: Device,
     pub open_count: i32,
     pub suspended: bool,
+    pub read_only: bool,
 }
 
 /// Result of an idempotent remove.
@@ -73,6 +74,21 @@ pub trait DeviceMapper {
         uuid: &DmUuid,
         table: &[(u64, u64, String, String)],
     ) -> DmResult<Device>;
+    /// Like [`DeviceMapper::create`], with a read-only table (read-only clones, snapshots).
+    fn create_read_only(
+        &self,
+        name: &DmName,
+        uuid: &DmUuid,
+        table: &[(u64, u64, String, String)],
+    ) -> DmResult<Device>;
+    /// Suspends I/O, flushing what is in flight and freezing a filesystem on top, so that
+    /// what is beneath is consistent (a snapshot taken now is crash-consistent).
+    fn suspend(&self, name: &DmName) -> DmResult<()>;
+    /// Resumes I/O; a table loaded by [`DeviceMapper::load`] becomes live.
+    fn resume(&self, name: &DmName) -> DmResult<()>;
+    /// Loads `table` as the inactive table of a live device; [`DeviceMapper::resume`] swaps
+    /// it in (online resize). The live table stays in force until then.
+    fn load(&self, name: &DmName, table: &[(u64, u64, String, String)]) -> DmResult<()>;
     /// The live table.
     fn table(&self, name: &DmName) -> DmResult<RawTable>;
     /// The live status lines.
@@ -110,28 +126,14 @@ impl KernelDm {
     fn id(name: &DmName) -> DevId<'_> {
         DevId::Name(name)
     }
-}
 
-impl DeviceMapper for KernelDm {
-    fn info(&self, name: &DmName) -> DmResult<Option<DmInfo>> {
-        match self.dm.device_info(&Self::id(name)) {
-            Ok(info) => Ok(Some(DmInfo {
-                dev: info.device(),
-                open_count: info.open_count(),
-                suspended: info.flags().contains(DmFlags::DM_SUSPEND),
-            })),
-            Err(e) => match DmOpError::new("info", name, e) {
-                err if err.errno == Some(libc::ENXIO) => Ok(None),
-                err => Err(err),
-            },
-        }
-    }
-
-    fn create(
+    /// Creates the device, loads `table` with `load_options` (e.g. read-only) and activates it.
+    fn create_with(
         &self,
         name: &DmName,
         uuid: &DmUuid,
         table: &[(u64, u64, String, String)],
+        load_options: DmOptions,
     ) -> DmResult<Device> {
         let info = self
             .dm
@@ -139,7 +141,7 @@ impl DeviceMapper for KernelDm {
             .map_err(|e| DmOpError::new("create", name, e))?;
         let activate = || -> DmResult<()> {
             self.dm
-                .table_load(&Self::id(name), table, DmOptions::default())
+                .table_load(&Self::id(name), table, load_options)
                 .map_err(|e| DmOpError::new("load table of", name, e))?;
             self.dm
                 .device_suspend(&Self::id(name), DmOptions::default())
@@ -156,6 +158,64 @@ impl DeviceMapper for KernelDm {
             return Err(err);
         }
         Ok(info.device())
+    }
+}
+
+impl DeviceMapper for KernelDm {
+    fn info(&self, name: &DmName) -> DmResult<Option<DmInfo>> {
+        match self.dm.device_info(&Self::id(name)) {
+            Ok(info) => Ok(Some(DmInfo {
+                dev: info.device(),
+                open_count: info.open_count(),
+                suspended: info.flags().contains(DmFlags::DM_SUSPEND),
+                read_only: info.flags().contains(DmFlags::DM_READONLY),
+            })),
+            Err(e) => match DmOpError::new("info", name, e) {
+                err if err.errno == Some(libc::ENXIO) => Ok(None),
+                err => Err(err),
+            },
+        }
+    }
+
+    fn create(
+        &self,
+        name: &DmName,
+        uuid: &DmUuid,
+        table: &[(u64, u64, String, String)],
+    ) -> DmResult<Device> {
+        self.create_with(name, uuid, table, DmOptions::default())
+    }
+
+    fn create_read_only(
+        &self,
+        name: &DmName,
+        uuid: &DmUuid,
+        table: &[(u64, u64, String, String)],
+    ) -> DmResult<Device> {
+        let ro = DmOptions::default().set_flags(DmFlags::DM_READONLY);
+        self.create_with(name, uuid, table, ro)
+    }
+
+    fn suspend(&self, name: &DmName) -> DmResult<()> {
+        let opts = DmOptions::default().set_flags(DmFlags::DM_SUSPEND);
+        self.dm
+            .device_suspend(&Self::id(name), opts)
+            .map(|_| ())
+            .map_err(|e| DmOpError::new("suspend", name, e))
+    }
+
+    fn resume(&self, name: &DmName) -> DmResult<()> {
+        self.dm
+            .device_suspend(&Self::id(name), DmOptions::default())
+            .map(|_| ())
+            .map_err(|e| DmOpError::new("resume", name, e))
+    }
+
+    fn load(&self, name: &DmName, table: &[(u64, u64, String, String)]) -> DmResult<()> {
+        self.dm
+            .table_load(&Self::id(name), table, DmOptions::default())
+            .map(|_| ())
+            .map_err(|e| DmOpError::new("load table of", name, e))
     }
 
     fn table(&self, name: &DmName) -> DmResult<RawTable> {

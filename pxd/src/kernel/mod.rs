@@ -3,4 +3,6 @@
 
 pub mod block;
 pub mod dm;
+pub mod fs;
+pub mod keyring;
 pub mod loop_device;

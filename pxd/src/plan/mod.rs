@@ -1,6 +1,7 @@
 //! Pure planning: specs in, dm tables and names out. Nothing here touches the kernel, so all of
 //! it is unit-tested on the host.
 
+pub mod crypt;
 pub mod names;
 pub mod pool;
 pub mod table;

@@ -112,6 +112,7 @@ pub fn plan_pool(spec: &PoolSpec) -> Result<PoolPlan, PoolPlanError> {
 
     let [meta_name, data_name, pool_name] = pool_devices(&spec.node, &spec.pool);
     let meta = DevicePlan {
+        read_only: false,
         name: meta_name.clone(),
         segments: vec![linear(Sectors(0), meta_len, first.dev, LABEL_SECTORS)],
     };
@@ -130,12 +131,14 @@ pub fn plan_pool(spec: &PoolSpec) -> Result<PoolPlan, PoolPlanError> {
         last.length -= Sectors(trim);
     }
     let data = DevicePlan {
+        read_only: false,
         name: data_name.clone(),
         segments,
     };
 
     let chunks = *data.length() / *chunk;
     let pool = DevicePlan {
+        read_only: false,
         name: pool_name,
         segments: vec![SegmentSpec {
             start: Sectors(0),

@@ -2,6 +2,7 @@
 //! symbolically ([`DevRef`]), because a device planned in the same stack has no dev_t until it
 //! exists; [`DevicePlan::resolve`] turns the plan into the typed table the kernel is given.
 
+use crate::plan::crypt::CryptTargetParams;
 use crate::plan::names::DeviceName;
 use devicemapper::{
     DataBlocks, Device, LinearTargetParams, Sectors, TargetParams, ThinDevId, ThinPoolTargetParams,
@@ -36,6 +37,12 @@ pub enum TargetSpec {
         pool: DevRef,
         thin_id: ThinDevId,
     },
+    /// dm-crypt with pxd's cipher and a key named `key` in the kernel keyring.
+    Crypt {
+        dev: DevRef,
+        key: String,
+        bypass_workqueues: bool,
+    },
 }
 
 /// One table line of a plan.
@@ -51,6 +58,8 @@ pub struct SegmentSpec {
 pub struct DevicePlan {
     pub name: DeviceName,
     pub segments: Vec<SegmentSpec>,
+    /// Activate with a read-only table (read-only clones and snapshots).
+    pub read_only: bool,
 }
 
 /// A resolved target: the typed params devicemapper parses and prints.
@@ -59,6 +68,7 @@ pub enum Target {
     Linear(LinearTargetParams),
     ThinPool(ThinPoolTargetParams),
     Thin(ThinTargetParams),
+    Crypt(CryptTargetParams),
 }
 
 /// A resolved table line.
@@ -123,6 +133,11 @@ impl DevicePlan {
                     TargetSpec::Thin { pool, thin_id } => {
                         Target::Thin(ThinTargetParams::new(dev(pool)?, *thin_id, None))
                     }
+                    TargetSpec::Crypt {
+                        dev: d,
+                        key,
+                        bypass_workqueues,
+                    } => Target::Crypt(CryptTargetParams::pxd(dev(d)?, key, *bypass_workqueues)),
                 };
                 Ok(Line {
                     start: seg.start,
@@ -141,6 +156,7 @@ impl DevicePlan {
                 TargetSpec::Linear { dev, .. } => vec![dev],
                 TargetSpec::ThinPool { meta, data, .. } => vec![meta, data],
                 TargetSpec::Thin { pool, .. } => vec![pool],
+                TargetSpec::Crypt { dev, .. } => vec![dev],
             };
             out.extend(refs.into_iter().filter_map(|r| match r {
                 DevRef::Dm(n) => Some(n),
@@ -164,6 +180,7 @@ impl Target {
             "linear" => whole.parse().map(Target::Linear),
             "thin-pool" => whole.parse().map(Target::ThinPool),
             "thin" => whole.parse().map(Target::Thin),
+            "crypt" => whole.parse().map(Target::Crypt),
             other => return Err(unreadable(format!("pxd does not plan {other} targets"))),
         }
         .map_err(|e| unreadable(e.to_string()))
@@ -175,6 +192,7 @@ impl Target {
             Target::Linear(p) => (p.target_type().to_string(), p.param_str()),
             Target::ThinPool(p) => (p.target_type().to_string(), p.param_str()),
             Target::Thin(p) => (p.target_type().to_string(), p.param_str()),
+            Target::Crypt(p) => (p.target_type().to_string(), p.param_str()),
         }
     }
 }
@@ -246,6 +264,7 @@ mod tests {
         let pool = DeviceName::new(&node, Kind::Pool, &Id::object("p0").unwrap(), None);
         let plan = DevicePlan {
             name: DeviceName::new(&node, Kind::Thin, &id, None),
+            read_only: false,
             segments: vec![SegmentSpec {
                 start: Sectors(0),
                 length: Sectors(8),

@@ -34,6 +34,9 @@ pub struct VmArgs {
     /// Guest CPUs.
     #[arg(long, default_value_t = 2)]
     pub cpus: u32,
+    /// Share this host directory read-write with the guest, at the same path (for results).
+    #[arg(long = "share", value_name = "DIR")]
+    pub shares: Vec<PathBuf>,
     /// Pass this host environment variable into the guest (RUST_*, CARGO_* and PXD_* always are).
     #[arg(long = "env", value_name = "VAR")]
     pub env: Vec<String>,
@@ -58,14 +61,22 @@ pub fn run(args: &VmArgs) -> Result<i32> {
     let run_dir = RunDir::new(args.keep)?;
     initramfs::build(&kernel, &run_dir.path.join("initrd.cpio"))?;
     let disks = prepare_disks(&args.disks, &run_dir.path)?;
+    let shares = args
+        .shares
+        .iter()
+        .map(|d| {
+            std::fs::create_dir_all(d)?;
+            std::path::absolute(d)
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
     std::fs::write(
         run_dir.path.join("stage2.sh"),
-        stage2_script(&kernel, args.net),
+        stage2_script(&kernel, args.net, &shares),
     )?;
     std::fs::write(run_dir.path.join("cmd.sh"), command_script(args)?)?;
 
     let console = run_dir.path.join("console.log");
-    let mut qemu = qemu_command(&kernel, &run_dir.path, &disks, &console, args);
+    let mut qemu = qemu_command(&kernel, &run_dir.path, &disks, &shares, &console, args);
     let started = Instant::now();
     let mut child = qemu
         .stdin(Stdio::null())
@@ -208,7 +219,7 @@ fn command_script(args: &VmArgs) -> Result<String> {
 
 /// Stage two runs on the host's root (bash available): finish what udev and systemd would do
 /// on a normal boot, run the command with its output on ttyS1, record the status, power off.
-fn stage2_script(kernel: &kernel::Kernel, net: bool) -> String {
+fn stage2_script(kernel: &kernel::Kernel, net: bool, shares: &[PathBuf]) -> String {
     let modules = kernel.modules();
     let link = initramfs::guest_modules_link(kernel);
     let run = initramfs::RUN_MOUNT;
@@ -218,6 +229,13 @@ fn stage2_script(kernel: &kernel::Kernel, net: bool) -> String {
     } else {
         ""
     };
+    let mut mounts = String::new();
+    for (i, dir) in shares.iter().enumerate() {
+        let d = quote(&dir.to_string_lossy());
+        mounts.push_str(&format!(
+            "mkdir -p {d} && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none pxd-share{i} {d}\n"
+        ));
+    }
     format!(
         r#"export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb
 mkdir -p /dev/pts /dev/shm
@@ -238,7 +256,7 @@ grep -v '^#' '{modules}/modules.devname' | while read -r _mod name dev; do
 done
 hostname pxd-vm
 ip link set lo up
-{net_up}export DM_DISABLE_UDEV=1 PXD_IN_VM=1
+{net_up}{mounts}export DM_DISABLE_UDEV=1 PXD_IN_VM=1
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
 echo "pxd-vm: command starts at $(cut -d' ' -f1 /proc/uptime) s uptime" > /dev/console
 bash {run}/cmd.sh < /dev/null > /dev/ttyS1 2>&1
@@ -257,6 +275,7 @@ fn qemu_command(
     kernel: &kernel::Kernel,
     run_dir: &Path,
     disks: &[PathBuf],
+    shares: &[PathBuf],
     console: &Path,
     args: &VmArgs,
 ) -> Command {
@@ -303,6 +322,16 @@ fn qemu_command(
         "-device",
         &format!("virtio-9p-pci,fsdev=runfs,mount_tag={}", initramfs::RUN_TAG),
     ]);
+    for (i, dir) in shares.iter().enumerate() {
+        q.arg("-fsdev").arg(format!(
+            "local,id=share{i},path={},security_model=none,multidevs=remap",
+            dir.display()
+        ));
+        q.args([
+            "-device",
+            &format!("virtio-9p-pci,fsdev=share{i},mount_tag=pxd-share{i}"),
+        ]);
+    }
     // ttyS0: kernel console (a log file, or our stderr); ttyS1: the command's output.
     if args.verbose {
         q.args(["-chardev", "file,id=con,path=/dev/stderr"]);

@@ -1,0 +1,201 @@
+//! The effecting half of the reconciler: runs planned steps against the kernel and records in
+//! the desired state what must not be done twice (a filesystem made, a snapshot taken, a
+//! delete finished).
+//!
+//! Crash tests abort it at any kernel change through [`Faults`].
+
+use crate::crypt::{ClusterKey, CryptError, VolumeKey};
+use crate::kernel::dm::{node_path, DeviceMapper, DmOpError};
+use crate::kernel::fs::{self, FsError};
+use crate::pool::{self, Pool, PoolError};
+use crate::reconcile::desired::NodeState;
+use crate::reconcile::faults::{Faults, FaultyDm};
+use crate::reconcile::steps::Step;
+use crate::volume::{self, VolumeError};
+use std::collections::HashMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Dm(#[from] DmOpError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
+    Crypt(#[from] CryptError),
+    #[error("volume {0} is encrypted but no cluster key was given")]
+    NoClusterKey(String),
+    #[error("{0} is open (mounted or in use); pxd will not remove it")]
+    InUse(String),
+    #[error("pool {0} is not up")]
+    PoolNotUp(String),
+    #[error("recording the new state: {0}")]
+    Persist(std::io::Error),
+}
+
+/// Runs steps; see the module doc.
+pub struct Executor<'a> {
+    dm: &'a dyn DeviceMapper,
+    cluster_key: Option<&'a ClusterKey>,
+    faults: Faults,
+    pools: HashMap<String, Pool>,
+}
+
+impl<'a> Executor<'a> {
+    pub fn new(dm: &'a dyn DeviceMapper, cluster_key: Option<&'a ClusterKey>) -> Self {
+        Executor {
+            dm,
+            cluster_key,
+            faults: Faults::from_env(),
+            pools: HashMap::new(),
+        }
+    }
+
+    /// Runs `steps` in order, updating `state` and calling `persist` after every change to it.
+    /// Stops at the first failure.
+    pub fn run(
+        &mut self,
+        steps: &[Step],
+        state: &mut NodeState,
+        persist: &mut dyn FnMut(&NodeState) -> std::io::Result<()>,
+    ) -> Result<(), ExecError> {
+        for step in steps {
+            if self.one(step, state)? {
+                self.faults.tick(&"recording the new state");
+                persist(state).map_err(ExecError::Persist)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn key(&self, state: &NodeState, volume: &str) -> Result<Option<VolumeKey>, ExecError> {
+        let Some(wrapped) = state.volume(volume).and_then(|v| v.key.as_ref()) else {
+            return Ok(None);
+        };
+        let ck = self
+            .cluster_key
+            .ok_or_else(|| ExecError::NoClusterKey(volume.to_owned()))?;
+        Ok(Some(ck.unwrap(wrapped, volume)?))
+    }
+
+    fn pool(&self, id: &str) -> Result<&Pool, ExecError> {
+        self.pools
+            .get(id)
+            .ok_or_else(|| ExecError::PoolNotUp(id.to_owned()))
+    }
+
+    /// Runs one step; true if it changed `state`.
+    fn one(&mut self, step: &Step, state: &mut NodeState) -> Result<bool, ExecError> {
+        let faulty = FaultyDm {
+            inner: self.dm,
+            faults: &self.faults,
+        };
+        let dm: &dyn DeviceMapper = &faulty;
+        match step {
+            Step::Resume(name) => {
+                dm.resume(&name.dm_name())?;
+            }
+            Step::EnsurePool(spec) => {
+                let pool = pool::ensure_pool(dm, spec)?;
+                self.pools.insert(spec.pool.to_string(), pool);
+            }
+            Step::CreateThinId { pool, thin_id } => {
+                pool::create_thin_id(dm, self.pool(pool.as_str())?, *thin_id)?;
+            }
+            Step::Activate { volume, plans } => {
+                let key = self.key(state, volume)?;
+                let refs: Vec<_> = plans.iter().collect();
+                volume::open(dm, &refs, key.as_ref())?;
+            }
+            Step::Grow { volume, plans, fs } => {
+                let key = self.key(state, volume)?;
+                let refs: Vec<_> = plans.iter().collect();
+                volume::grow(dm, &refs, key.as_ref())?;
+                if let Some(top) = plans.last() {
+                    let name = top.name.dm_name();
+                    if let Some(info) = dm.info(&name)? {
+                        let dev = node_path(&name);
+                        let mounted =
+                            fs::mountpoints_of(info.dev.major, info.dev.minor).map_err(|e| {
+                                FsError {
+                                    op: "find mounts of",
+                                    target: dev.display().to_string(),
+                                    detail: e.to_string(),
+                                }
+                            })?;
+                        if let Some(at) = mounted.first() {
+                            fs::grow(&dev, at, *fs)?;
+                        }
+                    }
+                }
+            }
+            Step::Mkfs { volume, device, fs } => {
+                let dev = node_path(&device.dm_name());
+                // A crash after mkfs but before it was recorded must not wipe a filesystem.
+                let existing = pool::drive::signature(&dev).map_err(|detail| FsError {
+                    op: "probe",
+                    target: dev.display().to_string(),
+                    detail,
+                })?;
+                if existing.as_deref() != Some(&fs.to_string()) {
+                    self.faults.tick(&format_args!("mkfs {device}"));
+                    fs::mkfs(&dev, *fs)?;
+                }
+                if let Some(v) = state.volume_mut(volume) {
+                    v.formatted = true;
+                }
+                return Ok(true);
+            }
+            Step::Snapshot {
+                volume,
+                snapshot,
+                pool,
+                source,
+                thin_id,
+                live_top_down,
+            } => {
+                let mut live = Vec::new();
+                for n in live_top_down {
+                    if dm.info(&n.dm_name())?.is_some() {
+                        live.push(n);
+                    }
+                }
+                pool::snapshot_thin_id(dm, self.pool(pool.as_str())?, *source, *thin_id, &live)?;
+                if let Some(s) = state
+                    .volume_mut(volume)
+                    .and_then(|v| v.snapshots.iter_mut().find(|s| &s.id == snapshot))
+                {
+                    s.taken = true;
+                }
+                return Ok(true);
+            }
+            Step::Deactivate(name) => {
+                let dmn = name.dm_name();
+                if let Some(info) = dm.info(&dmn)? {
+                    if info.open_count > 0 {
+                        return Err(ExecError::InUse(name.to_string()));
+                    }
+                    dm.remove(&dmn)?;
+                }
+            }
+            Step::DeleteThinId { pool, thin_id } => {
+                pool::delete_thin_id(dm, self.pool(pool.as_str())?, *thin_id)?;
+            }
+            Step::Forget { volume, snapshot } => {
+                match snapshot {
+                    None => state.volumes.retain(|v| &v.id != volume),
+                    Some(s) => {
+                        if let Some(v) = state.volume_mut(volume) {
+                            v.snapshots.retain(|x| &x.id != s);
+                        }
+                    }
+                }
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}

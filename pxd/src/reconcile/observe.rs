@@ -1,0 +1,60 @@
+//! The kernel half of the diff: which of the node's drives can be opened, and which of its dm
+//! devices exist, at what size.
+
+use crate::kernel::block;
+use crate::kernel::dm::{DeviceMapper, DmOpError};
+use crate::plan::crypt::kernel_has_workqueue_bypass;
+use crate::plan::pool::Drive;
+use crate::reconcile::desired::NodeState;
+use crate::reconcile::steps::Observed;
+use devicemapper::Sectors;
+
+/// Reads what the kernel has for `desired.node`.
+pub fn observe(dm: &dyn DeviceMapper, desired: &NodeState) -> Result<Observed, DmOpError> {
+    let mut observed = Observed::default();
+    for p in &desired.pools {
+        for path in &p.drives {
+            if let (Ok(dev), Ok(bytes)) = (block::device_of(path), block::size_bytes(path)) {
+                observed.drives.insert(
+                    path.clone(),
+                    Drive {
+                        dev,
+                        size: Sectors(bytes / 512),
+                    },
+                );
+            }
+        }
+    }
+    let prefix = format!("pxd-{}-", desired.node);
+    for (name, dev) in dm.list()? {
+        let name = name.to_string();
+        if !name.starts_with(&prefix) {
+            continue;
+        }
+        let len = dm
+            .table(
+                &devicemapper::DmNameBuf::new(name.clone()).map_err(|e| DmOpError {
+                    op: "read table of",
+                    device: name.clone(),
+                    detail: e.to_string(),
+                    errno: None,
+                })?,
+            )?
+            .iter()
+            .map(|l| l.1)
+            .sum();
+        let dmn = devicemapper::DmNameBuf::new(name.clone()).map_err(|e| DmOpError {
+            op: "read",
+            device: name.clone(),
+            detail: e.to_string(),
+            errno: None,
+        })?;
+        if dm.info(&dmn)?.is_some_and(|i| i.suspended) {
+            observed.suspended.insert(name.clone());
+        }
+        observed.devices.insert(name, (dev, Sectors(len)));
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    observed.bypass_workqueues = kernel_has_workqueue_bypass(&release);
+    Ok(observed)
+}
