@@ -12,7 +12,15 @@ pub fn run() -> Result<i32> {
     cmd::run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(&root)
-            .args(["build", "--quiet", "-p", "pxd", "--example", "demo"]),
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "pxd",
+                "--bins",
+                "--example",
+                "demo",
+            ]),
     )?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
@@ -33,6 +41,7 @@ pub fn run() -> Result<i32> {
             demo.to_string_lossy().into_owned(),
             "/dev/vda".into(),
             "/dev/vdb".into(),
+            target.join("debug/pxd").to_string_lossy().into_owned(),
         ],
     })
 }
