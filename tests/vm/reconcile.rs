@@ -110,6 +110,16 @@ fn volume(key: &ClusterKey) -> VolumeState {
     }
 }
 
+/// Snapshot s1 (thin id 2) of v1, not taken yet.
+fn snapshot_s1() -> SnapshotState {
+    SnapshotState {
+        id: "s1".into(),
+        thin_id: 2,
+        taken: false,
+        phase: Phase::Live,
+    }
+}
+
 fn crypt_dev() -> PathBuf {
     PathBuf::from("/dev/mapper/pxd-crash-crypt-v1")
 }
@@ -213,14 +223,7 @@ fn every_step_of_create_snapshot_resize_and_delete_survives_a_crash() {
         &base,
         "snapshot",
         &create_volume,
-        &|s| {
-            s.volumes[0].snapshots.push(SnapshotState {
-                id: "s1".into(),
-                thin_id: 2,
-                taken: false,
-                phase: Phase::Live,
-            })
-        },
+        &|s| s.volumes[0].snapshots.push(snapshot_s1()),
         &|dm, s| {
             expect_devices(dm, true);
             assert!(s.volumes[0].snapshots[0].taken);
@@ -255,12 +258,7 @@ fn every_step_of_create_snapshot_resize_and_delete_survives_a_crash() {
         &|| {
             create_volume();
             let mut s = load();
-            s.volumes[0].snapshots.push(SnapshotState {
-                id: "s1".into(),
-                thin_id: 2,
-                taken: false,
-                phase: Phase::Live,
-            });
+            s.volumes[0].snapshots.push(snapshot_s1());
             save(&s);
             converge(&dm);
         },

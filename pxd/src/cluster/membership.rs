@@ -102,16 +102,20 @@ impl Cluster {
         self.token()
     }
 
-    /// A join token naming this node, for others to join with.
-    pub fn token(&self) -> Result<String, ClusterError> {
-        let (id, secret) = self
-            .state
+    /// The cluster's id and join secret, if this node is in a cluster.
+    fn cluster_secret(&self) -> Result<(String, String), ClusterError> {
+        self.state
             .read(|s| {
                 s.cluster
                     .as_ref()
                     .map(|c| (c.id.clone(), c.join_secret.expose().to_owned()))
             })
-            .ok_or(ClusterError::NotInCluster)?;
+            .ok_or(ClusterError::NotInCluster)
+    }
+
+    /// A join token naming this node, for others to join with.
+    pub fn token(&self) -> Result<String, ClusterError> {
+        let (id, secret) = self.cluster_secret()?;
         let node = self.raft_node();
         Ok(JoinToken::issue(&secret, &id, &node.data_addr, &node.public_key).encode())
     }
@@ -172,14 +176,7 @@ impl Cluster {
         token: &str,
         node: Node,
     ) -> Result<JoinAccepted, ClusterError> {
-        let (cluster_id, secret) = self
-            .state
-            .read(|s| {
-                s.cluster
-                    .as_ref()
-                    .map(|c| (c.id.clone(), c.join_secret.expose().to_owned()))
-            })
-            .ok_or(ClusterError::NotInCluster)?;
+        let (cluster_id, secret) = self.cluster_secret()?;
         if key != node.public_key && !self.is_member_key(key) {
             return Err(ClusterError::Invalid {
                 field: "join request",

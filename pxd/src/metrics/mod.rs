@@ -29,14 +29,7 @@ fn gauge(registry: &Registry, name: &'static str, help: &str) -> Result<IntGauge
         name,
         source,
     })?;
-    registry
-        .register(Box::new(g.clone()))
-        .map_err(|source| MetricsError {
-            op: "register",
-            name,
-            source,
-        })?;
-    Ok(g)
+    register(registry, name, g)
 }
 
 fn gauge_vec(
@@ -50,14 +43,22 @@ fn gauge_vec(
         name,
         source,
     })?;
+    register(registry, name, g)
+}
+
+/// Registers a metric and hands it back for updating.
+fn register<M>(registry: &Registry, name: &'static str, metric: M) -> Result<M, MetricsError>
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
     registry
-        .register(Box::new(g.clone()))
+        .register(Box::new(metric.clone()))
         .map_err(|source| MetricsError {
             op: "register",
             name,
             source,
         })?;
-    Ok(g)
+    Ok(metric)
 }
 
 impl Metrics {
