@@ -291,3 +291,67 @@ fn every_step_of_create_snapshot_resize_and_delete_survives_a_crash() {
     assert!(devices(&dm).is_empty());
     std::fs::remove_file(KEY).unwrap();
 }
+
+#[test]
+fn adding_a_drive_grows_the_pool_online_under_a_live_volume() {
+    let disks = vm_disks(3);
+    let dm = KernelDm::open().unwrap();
+    let mut state = NodeState {
+        node: "grow".into(),
+        pools: vec![PoolState {
+            id: "p0".into(),
+            drives: vec![disks[1].clone()],
+            chunk_sectors: 512,
+        }],
+        volumes: vec![VolumeState {
+            key: None,
+            fs: Fs::Raw,
+            ..volume(&ClusterKey::load_or_create(Path::new("/tmp/pxd-grow.key")).unwrap())
+        }],
+    };
+    let mut keep = |_: &NodeState| Ok(());
+    pxd::reconcile::reconcile(&dm, None, &mut state, &mut keep).unwrap();
+    let vol = PathBuf::from("/dev/mapper/pxd-grow-thin-v1");
+    let data = pattern(11, 4 * MIB as usize);
+    write_direct(&vol, 0, &data);
+    // The volume stays open, as a mounted one would, while the pool grows beneath it.
+    let held = std::fs::File::open(&vol).unwrap();
+    let spec = pool_spec_of(&state);
+    let before = pool::usage(&dm, &pool::ensure_pool(&dm, &spec).unwrap()).unwrap();
+
+    state.pools[0].drives.push(disks[2].clone());
+    let ran = pxd::reconcile::reconcile(&dm, None, &mut state, &mut keep).unwrap();
+    assert!(
+        matches!(ran.as_slice(), [steps::Step::GrowPool(_)]),
+        "expected one pool grow: {ran:?}"
+    );
+    let grown = pool::ensure_pool(&dm, &pool_spec_of(&state)).unwrap();
+    let after = pool::usage(&dm, &grown).unwrap();
+    let added = block::size_bytes(&disks[2]).unwrap() / (256 << 10);
+    assert!(
+        after.data_total_chunks >= before.data_total_chunks + added - 8,
+        "pool grew from {before} to only {after}"
+    );
+    assert_eq!(after.data_used_chunks, before.data_used_chunks);
+    assert_eq!(
+        sha256(&read_direct(&vol, 0, 4 * MIB as usize)),
+        sha256(&data)
+    );
+    let again = pxd::reconcile::reconcile(&dm, None, &mut state, &mut keep).unwrap();
+    assert!(again.iter().all(steps::Step::is_check), "{again:?}");
+    drop(held);
+
+    state.volumes[0].phase = Phase::Deleting;
+    pxd::reconcile::reconcile(&dm, None, &mut state, &mut keep).unwrap();
+    state.pools.clear();
+    pxd::reconcile::reconcile(&dm, None, &mut state, &mut keep).unwrap();
+    let left: Vec<String> = dm
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n.to_string())
+        .filter(|n| n.starts_with("pxd-grow-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let _ = std::fs::remove_file("/tmp/pxd-grow.key");
+}

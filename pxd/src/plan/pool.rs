@@ -15,9 +15,12 @@ pub const LABEL_SECTORS: Sectors = Sectors(2048);
 pub const DEFAULT_CHUNK: Sectors = Sectors(512);
 pub const MIN_CHUNK: Sectors = Sectors(128);
 pub const MAX_CHUNK: Sectors = Sectors(2048);
-/// Metadata is sized for this many times the initial data, so adding drives later grows the
-/// pool without moving metadata.
+/// Metadata is sized for this many times the data it first serves, so the pool can grow
+/// without running out of metadata.
 pub const METADATA_GROWTH: u64 = 4;
+/// The metadata is sized from the first drive alone, as if the pool had this many drives of
+/// that size: adding drives then never changes the metadata device, only the data device.
+pub const METADATA_DRIVES: u64 = 2;
 /// The kernel's per-chunk metadata cost is about 48 bytes; pxd plans 64 for headroom.
 const METADATA_BYTES_PER_CHUNK: u64 = 64;
 const MIN_METADATA: Sectors = Sectors(8 * 2048); // 8 MiB
@@ -94,8 +97,7 @@ pub fn plan_pool(spec: &PoolSpec) -> Result<PoolPlan, PoolPlanError> {
     }
     let first = spec.drives.first().ok_or(PoolPlanError::NoDrives)?;
     let usable = |d: &Drive| Sectors(d.size.saturating_sub(*LABEL_SECTORS));
-    let raw_data: Sectors = spec.drives.iter().map(usable).sum();
-    let meta_len = metadata_size(raw_data, chunk);
+    let meta_len = metadata_size(Sectors(*usable(first) * METADATA_DRIVES), chunk);
 
     // Every drive must hold at least one chunk of data after its label (and the first, the
     // metadata too), or the concatenation would have empty segments.
@@ -215,7 +217,7 @@ mod tests {
     #[test]
     fn two_drives_concatenate_after_label_and_metadata() {
         let plan = plan_pool(&spec(&[2 * GIB, 2 * GIB])).unwrap();
-        let meta = metadata_size(Sectors(4 * GIB - 2 * 2048), DEFAULT_CHUNK);
+        let meta = metadata_size(Sectors(2 * (2 * GIB - 2048)), DEFAULT_CHUNK);
         assert_eq!(
             *meta,
             8 * 2048,
@@ -263,6 +265,18 @@ mod tests {
         assert_eq!(*big, 4 * GIB);
         assert_eq!(huge, MAX_METADATA);
         assert!(small.is_multiple_of(2048) && big.is_multiple_of(2048));
+    }
+
+    #[test]
+    fn adding_a_drive_only_appends_to_the_data_device() {
+        let one = plan_pool(&spec(&[2 * GIB])).unwrap();
+        let two = plan_pool(&spec(&[2 * GIB, 3 * GIB])).unwrap();
+        assert_eq!(one.meta, two.meta, "the metadata device never changes");
+        let (a, b) = (resolved(&one.data), resolved(&two.data));
+        let first = |l: &str| l.split(' ').skip(2).collect::<Vec<_>>().join(" ");
+        assert_eq!(first(&a[0]), first(&b[0]), "existing data keeps its place");
+        assert_eq!(b.len(), 2);
+        assert!(two.data.length() > one.data.length());
     }
 
     #[test]

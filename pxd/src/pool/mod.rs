@@ -107,6 +107,16 @@ pub fn ensure_pool(dm: &dyn DeviceMapper, spec: &PoolSpec) -> Result<Pool, PoolE
     }
 }
 
+/// Grows a live pool onto the drives of `spec`, which lists the pool's drives in their old
+/// order with new ones appended: the data device gains segments and the thin-pool its new
+/// length, lowest first, while volumes on it keep their I/O. Running it again once done
+/// changes nothing.
+pub fn grow_pool(dm: &dyn DeviceMapper, spec: &PoolSpec) -> Result<Pool, PoolError> {
+    let plan = plan_pool(spec)?;
+    stack::grow(dm, &[&plan.data, &plan.pool])?;
+    ensure_pool(dm, spec)
+}
+
 fn check_usable(dm: &dyn DeviceMapper, pool: &Pool) -> Result<(), PoolError> {
     match status(dm, pool.name())? {
         ThinPoolStatus::Working(w) => {

@@ -102,6 +102,10 @@ impl<'a> Executor<'a> {
                 let pool = pool::ensure_pool(dm, spec)?;
                 self.pools.insert(spec.pool.to_string(), pool);
             }
+            Step::GrowPool(spec) => {
+                let pool = pool::grow_pool(dm, spec)?;
+                self.pools.insert(spec.pool.to_string(), pool);
+            }
             Step::CreateThinId { pool, thin_id } => {
                 pool::create_thin_id(dm, self.pool(pool.as_str())?, *thin_id)?;
             }

@@ -4,7 +4,7 @@
 
 use crate::plan::crypt::plan_crypt;
 use crate::plan::names::{pool_devices, DeviceName, Id, Kind, NameError, Role};
-use crate::plan::pool::{Drive, PoolSpec};
+use crate::plan::pool::{plan_pool, Drive, PoolSpec};
 use crate::plan::table::DevicePlan;
 use crate::plan::thin::{plan_thin, ThinPlanError};
 use crate::reconcile::desired::{NodeState, Phase, VolumeState};
@@ -33,6 +33,8 @@ pub enum Step {
     Resume(DeviceName),
     /// Bring a pool's devices up (adopting them if they are).
     EnsurePool(PoolSpec),
+    /// Grow a live pool onto drives added to it.
+    GrowPool(PoolSpec),
     /// Record thin id `thin_id` in the pool's metadata.
     CreateThinId { pool: Id, thin_id: ThinDevId },
     /// Activate a volume's stack, lowest first (`volume` names the key to use, if any).
@@ -157,12 +159,19 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
         // A pool with a missing drive is left as the kernel has it: nothing is torn down,
         // nothing built on a partial set of drives.
         if let Some(drives) = drives {
-            steps.push(Step::EnsurePool(PoolSpec {
+            let spec = PoolSpec {
                 node: node.clone(),
-                pool: pool_id,
+                pool: pool_id.clone(),
                 drives,
                 chunk: Sectors(p.chunk_sectors),
-            }));
+            };
+            let [_, data, _] = pool_devices(&node, &pool_id);
+            let live_data = observed.devices.get(&data.to_string()).map(|(_, len)| *len);
+            let planned_data = plan_pool(&spec).ok().map(|plan| plan.data.length());
+            match (live_data, planned_data) {
+                (Some(live), Some(planned)) if live < planned => steps.push(Step::GrowPool(spec)),
+                _ => steps.push(Step::EnsurePool(spec)),
+            }
             pools_up.insert(&p.id);
         }
     }
@@ -364,6 +373,7 @@ mod tests {
             .map(|s| match s {
                 Step::Resume(n) => format!("resume {n}"),
                 Step::EnsurePool(p) => format!("pool {}", p.pool),
+                Step::GrowPool(p) => format!("grow pool {}", p.pool),
                 Step::CreateThinId { thin_id, .. } => format!("thin-id {thin_id}"),
                 Step::Activate { plans, .. } => format!("activate {}", plans.len()),
                 Step::Grow { .. } => "grow".into(),
@@ -376,11 +386,22 @@ mod tests {
             .collect()
     }
 
-    const POOL: [(&str, u64); 3] = [
-        ("pxd-n1-pool-p0", 1000),
-        ("pxd-n1-pool-p0-data", 1000),
-        ("pxd-n1-pool-p0-meta", 10),
-    ];
+    /// The pool's devices at their planned sizes, as a live pool shows them.
+    fn pool_devs() -> Vec<(&'static str, u64)> {
+        let o = observed(&[]);
+        let spec = PoolSpec {
+            node: Id::node("n1").unwrap(),
+            pool: Id::object("p0").unwrap(),
+            drives: vec![o.drives[&PathBuf::from("/dev/vda")]],
+            chunk: Sectors(512),
+        };
+        let plan = plan_pool(&spec).unwrap();
+        vec![
+            ("pxd-n1-pool-p0", *plan.pool.length()),
+            ("pxd-n1-pool-p0-data", *plan.data.length()),
+            ("pxd-n1-pool-p0-meta", *plan.meta.length()),
+        ]
+    }
 
     #[test]
     fn a_new_volume_gets_an_id_a_device_and_a_filesystem() {
@@ -395,7 +416,7 @@ mod tests {
     fn a_converged_node_plans_only_checks() {
         let mut s = state();
         s.volumes[0].formatted = true;
-        let mut devs = POOL.to_vec();
+        let mut devs = pool_devs();
         devs.push(("pxd-n1-thin-v1", (64 << 20) / 512));
         let steps = plan(&s, &observed(&devs)).unwrap();
         assert!(steps.iter().all(Step::is_check), "{:?}", kinds(&steps));
@@ -406,7 +427,7 @@ mod tests {
         let mut s = state();
         s.volumes[0].formatted = true;
         s.volumes[0].size_bytes = 128 << 20;
-        let mut devs = POOL.to_vec();
+        let mut devs = pool_devs();
         devs.push(("pxd-n1-thin-v1", (64 << 20) / 512));
         assert_eq!(kinds(&plan(&s, &observed(&devs)).unwrap())[1..], ["grow"]);
 
@@ -432,7 +453,7 @@ mod tests {
             taken: false,
             phase: Phase::Live,
         });
-        let mut devs = POOL.to_vec();
+        let mut devs = pool_devs();
         devs.push(("pxd-n1-thin-v1", (64 << 20) / 512));
         assert_eq!(
             kinds(&plan(&s, &observed(&devs)).unwrap())[1..],
@@ -455,7 +476,7 @@ mod tests {
 
     #[test]
     fn orphans_of_this_node_go_top_down_and_others_are_left_alone() {
-        let mut devs = POOL.to_vec();
+        let mut devs = pool_devs();
         devs.extend([
             ("pxd-n1-thin-gone", 8),
             ("pxd-n1-crypt-gone", 8),
@@ -490,7 +511,7 @@ mod tests {
     fn suspended_devices_resume_first_lowest_first() {
         let mut s = state();
         s.volumes[0].formatted = true;
-        let mut devs = POOL.to_vec();
+        let mut devs = pool_devs();
         devs.push(("pxd-n1-thin-v1", (64 << 20) / 512));
         let mut o = observed(&devs);
         o.suspended.insert("pxd-n1-thin-v1".into());
@@ -503,8 +524,27 @@ mod tests {
     }
 
     #[test]
+    fn an_added_drive_grows_the_live_pool() {
+        let mut s = state();
+        s.volumes.clear();
+        s.pools[0].drives.push("/dev/vdb".into());
+        let mut o = observed(&pool_devs());
+        o.drives.insert(
+            PathBuf::from("/dev/vdb"),
+            Drive {
+                dev: Device {
+                    major: 254,
+                    minor: 16,
+                },
+                size: Sectors(4 << 21),
+            },
+        );
+        assert_eq!(kinds(&plan(&s, &o).unwrap()), ["grow pool p0"]);
+    }
+
+    #[test]
     fn a_missing_drive_builds_nothing_and_tears_nothing_down() {
-        let mut o = observed(&POOL);
+        let mut o = observed(&pool_devs());
         o.drives.clear();
         let steps = plan(&state(), &o).unwrap();
         assert!(steps.is_empty(), "{:?}", kinds(&steps));
