@@ -214,7 +214,7 @@ fn every_step_of_create_snapshot_resize_and_delete_survives_a_crash() {
         &|dm, s| {
             expect_devices(dm, true);
             assert!(s.volumes[0].formatted);
-            let sig = pool::drive::signature(&crypt_dev()).unwrap();
+            let sig = pxd::kernel::blkid::signature(&crypt_dev()).unwrap();
             assert_eq!(sig.as_deref(), Some("ext4"));
         },
     );

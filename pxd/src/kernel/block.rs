@@ -148,6 +148,49 @@ impl Drop for AlignedBuf {
 // SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
 unsafe impl Send for AlignedBuf {}
 
+/// Whole disks of this host, as sysfs lists them: entries of /sys/block backed by a device
+/// (so not loop, dm, md, zram or ram devices, which have no `device` link).
+pub fn whole_disks() -> io::Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/block")? {
+        let e = e?;
+        if e.path().join("device").exists() {
+            out.push(Path::new("/dev").join(e.file_name()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Why a drive is in use: something stacked on it (holders, e.g. dm or md), a partition of
+/// it, or an exclusive opener (a mount takes one).
+pub fn in_use(path: &Path) -> Option<String> {
+    let sys = match device_of(path) {
+        Ok(dev) => std::path::PathBuf::from(format!("/sys/dev/block/{dev}")),
+        Err(e) => return Some(format!("cannot be inspected: {e}")),
+    };
+    let holders: Vec<String> = std::fs::read_dir(sys.join("holders"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if !holders.is_empty() {
+        return Some(format!("held by {}", holders.join(", ")));
+    }
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(path)
+    {
+        Ok(_) => None,
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            Some("opened exclusively, e.g. mounted or part of another device".into())
+        }
+        Err(e) => Some(format!("cannot be opened exclusively: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

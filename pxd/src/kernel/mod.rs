@@ -1,6 +1,7 @@
 //! The only code with side effects on the host kernel. Everything above it plans pure data and
 //! hands it to these narrow interfaces, so planning stays testable without root or a kernel.
 
+pub mod blkid;
 pub mod block;
 pub mod dm;
 pub mod fs;

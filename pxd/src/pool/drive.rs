@@ -1,9 +1,9 @@
 //! Drives a node may pool: found in sysfs, probed for signatures with libblkid, and checked
 //! for use (mounted, held by another device, or opened exclusively by someone else).
 
-use crate::kernel::block;
+pub use crate::kernel::block::whole_disks;
+use crate::kernel::{blkid, block};
 use devicemapper::Device;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// What pxd knows of one drive.
@@ -32,20 +32,6 @@ pub enum DriveError {
     HasSignature { path: PathBuf, signature: String },
 }
 
-/// Whole disks of this host, as sysfs lists them: entries of /sys/block backed by a device
-/// (so not loop, dm, md, zram or ram devices, which have no `device` link).
-pub fn whole_disks() -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/sys/block")? {
-        let e = e?;
-        if e.path().join("device").exists() {
-            out.push(Path::new("/dev").join(e.file_name()));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Inspects one drive.
 pub fn inspect(path: &Path) -> Result<DriveInfo, DriveError> {
     let err = |detail: String| DriveError::Inspect {
@@ -71,57 +57,10 @@ pub fn inspect(path: &Path) -> Result<DriveInfo, DriveError> {
         id,
         dev,
         size_bytes,
-        signature: signature(path).map_err(err)?,
-        in_use: in_use(path, &sys),
+        signature: blkid::signature(path).map_err(err)?,
+        in_use: block::in_use(path),
         rotational: read("queue/rotational").as_deref() == Some("1"),
     })
-}
-
-/// The first signature libblkid finds: a partition table, a filesystem, a raid or LVM member.
-pub fn signature(path: &Path) -> Result<Option<String>, String> {
-    use libblkid_rs::BlkidProbe;
-    let fail = |what: &str, e: libblkid_rs::BlkidErr| format!("libblkid {what}: {e}");
-    let mut probe = BlkidProbe::new_from_filename(path).map_err(|e| fail("open", e))?;
-    probe
-        .enable_superblocks(true)
-        .map_err(|e| fail("superblocks", e))?;
-    probe
-        .enable_partitions(true)
-        .map_err(|e| fail("partitions", e))?;
-    probe.do_safeprobe().map_err(|e| fail("probe", e))?;
-    for key in ["PTTYPE", "TYPE"] {
-        if probe.has_value(key).unwrap_or(false) {
-            if let Ok(v) = probe.lookup_value(key) {
-                return Ok(Some(v));
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// Why a drive is in use: something stacked on it (holders, e.g. dm or md), a partition of
-/// it, or an exclusive opener (a mount takes one).
-fn in_use(path: &Path, sys: &Path) -> Option<String> {
-    let holders: Vec<String> = std::fs::read_dir(sys.join("holders"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    if !holders.is_empty() {
-        return Some(format!("held by {}", holders.join(", ")));
-    }
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_EXCL)
-        .open(path)
-    {
-        Ok(_) => None,
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-            Some("opened exclusively, e.g. mounted or part of another device".into())
-        }
-        Err(e) => Some(format!("cannot be opened exclusively: {e}")),
-    }
 }
 
 /// Refuses a drive pxd must not take: one in use always, one with a signature unless forced.

@@ -139,7 +139,7 @@ impl<'a> Executor<'a> {
             Step::Mkfs { volume, device, fs } => {
                 let dev = node_path(&device.dm_name());
                 // A crash after mkfs but before it was recorded must not wipe a filesystem.
-                let existing = pool::drive::signature(&dev).map_err(|detail| FsError {
+                let existing = crate::kernel::blkid::signature(&dev).map_err(|detail| FsError {
                     op: "probe",
                     target: dev.display().to_string(),
                     detail,
