@@ -98,3 +98,92 @@ fn discovery_sees_whole_disks_and_their_signatures_and_mounts() {
     ));
     fs::unmount(mnt).unwrap();
 }
+
+/// Kills the daemon when the test ends, however it ends.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn pxd_drive_list_shows_candidates_and_signatures_through_the_daemon() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let disks = vm_disks(6);
+    fs::mkfs(&disks[5], Fs::Xfs).unwrap();
+    // target/debug/pxd, beside this test binary's deps directory.
+    let exe = std::env::current_exe().unwrap();
+    let pxd = exe.parent().and_then(Path::parent).unwrap().join("pxd");
+    assert!(
+        pxd.exists(),
+        "{} is missing: run through `cargo xtask test`",
+        pxd.display()
+    );
+    let dir = Path::new("/tmp/pxd-drive-daemon");
+    let socket = dir.join("pxd.sock");
+    let _daemon = Daemon(
+        std::process::Command::new(&pxd)
+            .args(["daemon", "--addr", "127.0.0.1"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--socket")
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(&pxd)
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let listed = loop {
+        match cli(&["--json", "drive", "list"]) {
+            (true, out) => break out,
+            _ if std::time::Instant::now() > deadline => panic!("the daemon never answered"),
+            _ => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    };
+    let drives: Vec<drive::DriveView> = serde_json::from_str(&listed).unwrap();
+    let find = |p: &Path| {
+        drives
+            .iter()
+            .find(|d| d.path == p)
+            .unwrap_or_else(|| panic!("{} not listed: {listed}", p.display()))
+    };
+    let blank = find(&disks[4]);
+    assert!(blank.candidate, "{blank:?}");
+    assert_eq!(
+        (blank.id.as_str(), blank.size_bytes),
+        ("pxd-disk4", 2 << 30)
+    );
+    let formatted = find(&disks[5]);
+    assert_eq!(formatted.signature.as_deref(), Some("xfs"));
+    assert!(!formatted.candidate);
+
+    let (ok, text) = cli(&["drive", "list"]);
+    assert!(ok);
+    let line = |p: &Path| {
+        text.lines()
+            .find(|l| l.starts_with(&p.display().to_string()))
+            .unwrap_or_else(|| panic!("{} missing from:\n{text}", p.display()))
+            .to_owned()
+    };
+    assert!(line(&disks[4]).ends_with("candidate"), "{text}");
+    assert!(
+        line(&disks[5]).contains("has xfs (needs --force)"),
+        "{text}"
+    );
+}

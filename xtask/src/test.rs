@@ -148,11 +148,7 @@ fn host() -> Result<Counts> {
         "the host tier needs root (eBPF, loop devices)"
     );
     let targets = test_targets("host_")?;
-    // The cluster tests run the `pxd` binary, which `cargo test -p pxd-tests` does not build.
-    let mut build = cargo();
-    build.args(["build", "-p", "pxd", "--bins"]);
-    println!("$ {}", cmd::show(&build));
-    cmd::run(&mut build)?;
+    build_pxd()?;
     let mut c = cargo();
     c.args(["test", "-p", "pxd-tests"]);
     for t in &targets {
@@ -161,8 +157,18 @@ fn host() -> Result<Counts> {
     run_cargo_test(c)
 }
 
+/// Tests that run the `pxd` binary need it built: `cargo test -p pxd-tests` only builds the
+/// test package's own binaries.
+fn build_pxd() -> Result<()> {
+    let mut build = cargo();
+    build.args(["build", "-p", "pxd", "--bins"]);
+    println!("$ {}", cmd::show(&build));
+    cmd::run(&mut build)
+}
+
 fn vm() -> Result<Counts> {
     let targets = test_targets("vm_")?;
+    build_pxd()?;
     let xtask = std::env::current_exe().context("locating the xtask binary")?;
     let mut runner = format!("{} vm", xtask.display());
     for d in VM_TEST_DISKS {

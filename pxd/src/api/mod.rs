@@ -49,6 +49,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("a valid bearer token is required (Authorization: Bearer TOKEN)")]
     Unauthorized,
+    #[error("{0}")]
+    Node(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Node(_) => (StatusCode::INTERNAL_SERVER_ERROR, "node"),
             ApiError::Cluster(e) => match e {
                 ClusterError::NoQuorum(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
                 ClusterError::UnknownNode(_) => (StatusCode::NOT_FOUND, "unknown_node"),
@@ -175,6 +178,7 @@ fn routes(cluster: Arc<Cluster>) -> Router {
         .route("/v1/cluster/api-token", get(api_token))
         .route("/v1/cluster/remove", post(remove))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/drives", get(drives))
         .route("/v1/kv/{ns}", get(kv_list))
         .route(
             "/v1/kv/{ns}/{key}",
@@ -304,6 +308,15 @@ async fn remove(
 
 async fn nodes(State(s): State<AppState>) -> ApiResult<Vec<crate::cluster::view::NodeView>> {
     Ok(Json(s.cluster.nodes()))
+}
+
+/// This node's whole disks, probed off the async runtime (sysfs, libblkid, exclusive opens).
+async fn drives() -> ApiResult<Vec<crate::pool::drive::DriveView>> {
+    tokio::task::spawn_blocking(crate::pool::drive::local_drives)
+        .await
+        .map_err(|e| ApiError::Node(format!("listing drives: {e}")))?
+        .map(Json)
+        .map_err(|e| ApiError::Node(format!("listing drives: {e}")))
 }
 
 fn check_kv(ns: &str, key: Option<&str>) -> Result<(), ApiError> {

@@ -52,6 +52,15 @@ pub enum Command {
     /// Small metadata in the cluster store: values under keys in namespaces.
     #[command(subcommand)]
     Kv(KvCommand),
+    /// This node's drives.
+    #[command(subcommand)]
+    Drive(DriveCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DriveCommand {
+    /// Whole disks of this node: size, stable id, signature, use, and whether pxd may take it.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -135,6 +144,37 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Daemon(_) => Ok(()),
         Command::Cluster(cmd) => cluster(cli, &c, cmd),
+        Command::Drive(DriveCommand::List) => {
+            let drives: Vec<crate::pool::drive::DriveView> = c.get("/v1/drives")?;
+            if cli.json {
+                print_json(&drives);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = drives
+                .iter()
+                .map(|d| {
+                    let status = match (&d.error, &d.in_use, &d.signature) {
+                        (Some(e), _, _) => format!("unreadable: {e}"),
+                        (None, Some(why), _) => format!("in use: {why}"),
+                        (None, None, Some(sig)) => format!("has {sig} (needs --force)"),
+                        (None, None, None) => "candidate".into(),
+                    };
+                    let kind = if d.rotational { "hdd" } else { "ssd" };
+                    vec![
+                        d.path.display().to_string(),
+                        bytes(d.size_bytes),
+                        kind.into(),
+                        d.id.clone(),
+                        status,
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["PATH", "SIZE", "KIND", "ID", "STATUS"], &rows)
+            );
+            Ok(())
+        }
         Command::Node(NodeCommand::List) => {
             let nodes: Vec<NodeView> = c.get("/v1/nodes")?;
             if cli.json {

@@ -63,6 +63,57 @@ pub fn inspect(path: &Path) -> Result<DriveInfo, DriveError> {
     })
 }
 
+/// A drive as the API and CLI show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DriveView {
+    pub path: PathBuf,
+    pub id: String,
+    pub size_bytes: u64,
+    pub signature: Option<String>,
+    pub in_use: Option<String>,
+    pub rotational: bool,
+    /// Blank and unused: `pxd drive add` takes it without `--force`.
+    pub candidate: bool,
+    /// Why it could not be inspected, if it could not.
+    pub error: Option<String>,
+}
+
+impl From<DriveInfo> for DriveView {
+    fn from(d: DriveInfo) -> Self {
+        DriveView {
+            candidate: d.signature.is_none() && d.in_use.is_none(),
+            path: d.path,
+            id: d.id,
+            size_bytes: d.size_bytes,
+            signature: d.signature,
+            in_use: d.in_use,
+            rotational: d.rotational,
+            error: None,
+        }
+    }
+}
+
+/// Every whole disk of this host, inspected. A disk that cannot be inspected is listed with
+/// the reason, not left out.
+pub fn local_drives() -> std::io::Result<Vec<DriveView>> {
+    Ok(whole_disks()?
+        .into_iter()
+        .map(|path| match inspect(&path) {
+            Ok(info) => info.into(),
+            Err(e) => DriveView {
+                path,
+                id: String::new(),
+                size_bytes: 0,
+                signature: None,
+                in_use: None,
+                rotational: false,
+                candidate: false,
+                error: Some(e.to_string()),
+            },
+        })
+        .collect())
+}
+
 /// Refuses a drive pxd must not take: one in use always, one with a signature unless forced.
 pub fn check_addable(info: &DriveInfo, force: bool) -> Result<(), DriveError> {
     if let Some(reason) = &info.in_use {
