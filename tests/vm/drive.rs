@@ -186,4 +186,27 @@ fn pxd_drive_list_shows_candidates_and_signatures_through_the_daemon() {
         line(&disks[5]).contains("has xfs (needs --force)"),
         "{text}"
     );
+
+    // Re-measure a disk through the daemon; a path that is no disk of this node is refused.
+    let disk4 = disks[4].display().to_string();
+    let (ok, out) = cli(&["--json", "drive", "benchmark", &disk4]);
+    assert!(ok, "{out}");
+    let b: drive::DriveBenchmark = serde_json::from_str(&out).unwrap();
+    assert!(
+        b.result.random_read.iops > 0.0 && b.result.random_write.is_none(),
+        "{b:?}"
+    );
+    assert_ne!(b.class, Class::Low, "a raw virtio disk: {b:?}");
+    let refused = std::process::Command::new(&pxd)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["drive", "benchmark", "/etc/passwd"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("path: /etc/passwd is not a whole disk of this node"),
+        "{err}"
+    );
 }

@@ -179,6 +179,7 @@ fn routes(cluster: Arc<Cluster>) -> Router {
         .route("/v1/cluster/remove", post(remove))
         .route("/v1/nodes", get(nodes))
         .route("/v1/drives", get(drives))
+        .route("/v1/drives/benchmark", post(drive_benchmark))
         .route("/v1/kv/{ns}", get(kv_list))
         .route(
             "/v1/kv/{ns}/{key}",
@@ -317,6 +318,28 @@ async fn drives() -> ApiResult<Vec<crate::pool::drive::DriveView>> {
         .map_err(|e| ApiError::Node(format!("listing drives: {e}")))?
         .map(Json)
         .map_err(|e| ApiError::Node(format!("listing drives: {e}")))
+}
+
+/// Which drive to benchmark.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BenchmarkRequest {
+    pub path: PathBuf,
+}
+
+/// Re-measures one of this node's disks (read-only; a few seconds), off the async runtime.
+async fn drive_benchmark(
+    Json(req): Json<BenchmarkRequest>,
+) -> ApiResult<crate::pool::drive::DriveBenchmark> {
+    use crate::pool::drive::{benchmark_local, DriveError};
+    let path = req.path;
+    tokio::task::spawn_blocking(move || benchmark_local(&path))
+        .await
+        .map_err(|e| ApiError::Node(format!("benchmark: {e}")))?
+        .map(Json)
+        .map_err(|e| match e {
+            DriveError::NotADisk { .. } => ApiError::BadRequest(e.to_string()),
+            other => ApiError::Node(other.to_string()),
+        })
 }
 
 fn check_kv(ns: &str, key: Option<&str>) -> Result<(), ApiError> {

@@ -61,6 +61,11 @@ pub enum Command {
 pub enum DriveCommand {
     /// Whole disks of this node: size, stable id, signature, use, and whether pxd may take it.
     List,
+    /// Re-measure a disk of this node (read-only: it may hold data) and show its class.
+    Benchmark {
+        /// The disk, e.g. /dev/sdb.
+        dev: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -172,6 +177,26 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
             print!(
                 "{}",
                 table(&["PATH", "SIZE", "KIND", "ID", "STATUS"], &rows)
+            );
+            Ok(())
+        }
+        Command::Drive(DriveCommand::Benchmark { dev }) => {
+            let req = crate::api::BenchmarkRequest { path: dev.clone() };
+            let b: crate::pool::drive::DriveBenchmark = c.post("/v1/drives/benchmark", &req)?;
+            if cli.json {
+                print_json(&b);
+                return Ok(());
+            }
+            let r = &b.result.random_read;
+            println!(
+                "{}: class {}; 4 KiB random read {:.0} IOPS (p50 {} us, p99 {} us); \
+                 sequential read {:.0} MiB/s; read-only (writes are measured when a drive is added)",
+                b.path.display(),
+                b.class,
+                r.iops,
+                r.p50_us,
+                r.p99_us,
+                b.result.sequential_read_mib_s
             );
             Ok(())
         }

@@ -30,6 +30,8 @@ pub enum DriveError {
     InUse { path: PathBuf, reason: String },
     #[error("drive {path} carries a {signature} signature; add it with --force to overwrite it")]
     HasSignature { path: PathBuf, signature: String },
+    #[error("path: {path} is not a whole disk of this node (see pxd drive list)")]
+    NotADisk { path: PathBuf },
 }
 
 /// Inspects one drive.
@@ -112,6 +114,39 @@ pub fn local_drives() -> std::io::Result<Vec<DriveView>> {
             },
         })
         .collect())
+}
+
+/// A benchmark of one drive and the class it earns.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DriveBenchmark {
+    pub path: PathBuf,
+    pub result: crate::pool::benchmark::BenchResult,
+    pub class: crate::volume::spec::Class,
+}
+
+/// Re-measures one of this node's whole disks, read-only (it may hold data), and classes it
+/// with the default thresholds. A path that is not a whole disk of this node is refused.
+pub fn benchmark_local(path: &Path) -> Result<DriveBenchmark, DriveError> {
+    let disks = whole_disks().map_err(|e| DriveError::Inspect {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    if !disks.iter().any(|d| d == path) {
+        return Err(DriveError::NotADisk {
+            path: path.to_owned(),
+        });
+    }
+    let cfg = crate::pool::benchmark::BenchConfig::default();
+    let result = crate::pool::benchmark::run(path, &cfg).map_err(|e| DriveError::Inspect {
+        path: path.to_owned(),
+        detail: format!("benchmark: {e}"),
+    })?;
+    let class = crate::pool::class::classify(&result, &crate::pool::class::Thresholds::default());
+    Ok(DriveBenchmark {
+        path: path.to_owned(),
+        result,
+        class,
+    })
 }
 
 /// Refuses a drive pxd must not take: one in use always, one with a signature unless forced.
