@@ -67,7 +67,9 @@ fn pools_volumes_and_fsynced_data_survive_a_power_cut() {
             key: Some(cluster.wrap(&VolumeKey::generate().unwrap(), "v1").unwrap()),
             snapshots: vec![],
             phase: Phase::Live,
+            ..Default::default()
         }],
+        mount_root: None,
     };
     std::fs::write(&state, serde_json::to_vec_pretty(&node).unwrap()).unwrap();
 

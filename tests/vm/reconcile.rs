@@ -107,6 +107,7 @@ fn volume(key: &ClusterKey) -> VolumeState {
         key: Some(key.wrap(&VolumeKey::generate().unwrap(), "v1").unwrap()),
         snapshots: vec![],
         phase: Phase::Live,
+        ..Default::default()
     }
 }
 
@@ -190,6 +191,7 @@ fn every_step_of_create_snapshot_resize_and_delete_survives_a_crash() {
             chunk_sectors: 512,
         }],
         volumes: vec![],
+        mount_root: None,
     };
     save(&base);
     converge(&dm);
@@ -308,6 +310,7 @@ fn adding_a_drive_grows_the_pool_online_under_a_live_volume() {
             fs: Fs::Raw,
             ..volume(&ClusterKey::load_or_create(Path::new("/tmp/pxd-grow.key")).unwrap())
         }],
+        mount_root: None,
     };
     let mut keep = |_: &NodeState| Ok(());
     pxd::reconcile::reconcile(&dm, None, &mut state, &mut keep).unwrap();

@@ -5,11 +5,14 @@ use crate::crypt::WrappedKey;
 use crate::volume::spec::Fs;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeState {
     pub node: String,
     pub pools: Vec<PoolState>,
     pub volumes: Vec<VolumeState>,
+    /// Where pxd mounts volumes; only mounts under it are pxd's to undo.
+    #[serde(default)]
+    pub mount_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -21,16 +24,9 @@ pub struct PoolState {
     pub chunk_sectors: u64,
 }
 
-/// Where a volume is in its life. `Deleting` is recorded before anything is torn down, so a
-/// delete interrupted half-way is finished, never forgotten.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    Live,
-    Deleting,
-}
+pub use crate::store::types::Phase;
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VolumeState {
     pub id: String,
     pub pool: String,
@@ -43,6 +39,26 @@ pub struct VolumeState {
     pub key: Option<WrappedKey>,
     pub snapshots: Vec<SnapshotState>,
     pub phase: Phase,
+    /// The thin id this volume's is copied from when it is made (clone, restore); cleared
+    /// once the copy exists.
+    #[serde(default)]
+    pub origin: Option<OriginState>,
+    /// Activated read-only (a read-only clone).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Where it is to be mounted on this node.
+    #[serde(default)]
+    pub mount: Option<PathBuf>,
+    /// Thin ids a restore replaced, to delete once the new device is up.
+    #[serde(default)]
+    pub retired: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OriginState {
+    pub thin_id: u64,
+    /// The live volume that owns `thin_id`, suspended around the copy.
+    pub volume: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -176,6 +176,50 @@ impl<'a> Executor<'a> {
                 }
                 return Ok(true);
             }
+            Step::Copy {
+                volume,
+                pool,
+                source,
+                thin_id,
+                live_top_down,
+            } => {
+                let mut live = Vec::new();
+                for n in live_top_down {
+                    if dm.info(&n.dm_name())?.is_some() {
+                        live.push(n);
+                    }
+                }
+                pool::snapshot_thin_id(dm, self.pool(pool.as_str())?, *source, *thin_id, &live)?;
+                if let Some(v) = state.volume_mut(volume) {
+                    v.origin = None;
+                }
+                return Ok(true);
+            }
+            Step::Mount {
+                device,
+                path,
+                fs: kind,
+                read_only,
+            } => {
+                std::fs::create_dir_all(path).map_err(|e| FsError {
+                    op: "make the mount point",
+                    target: path.display().to_string(),
+                    detail: e.to_string(),
+                })?;
+                self.faults.tick(&format_args!("mount {device}"));
+                fs::mount(&node_path(&device.dm_name()), path, *kind, *read_only)?;
+            }
+            Step::Unmount(path) => {
+                self.faults
+                    .tick(&format_args!("unmount {}", path.display()));
+                fs::unmount(path)?;
+            }
+            Step::ForgetRetired { volume } => {
+                if let Some(v) = state.volume_mut(volume) {
+                    v.retired.clear();
+                }
+                return Ok(true);
+            }
             Step::Deactivate(name) => {
                 let dmn = name.dm_name();
                 if let Some(info) = dm.info(&dmn)? {

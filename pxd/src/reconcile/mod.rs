@@ -2,6 +2,7 @@
 //! have, and apply idempotent steps. A restart, a crash at any step, or a retried API call is
 //! just another pass.
 
+pub mod derive;
 pub mod desired;
 pub mod execute;
 pub mod faults;

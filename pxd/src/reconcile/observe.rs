@@ -1,8 +1,8 @@
 //! The kernel half of the diff: which of the node's drives can be opened, and which of its dm
 //! devices exist, at what size.
 
-use crate::kernel::block;
 use crate::kernel::dm::{DeviceMapper, DmOpError};
+use crate::kernel::{block, fs};
 use crate::plan::crypt::kernel_has_workqueue_bypass;
 use crate::plan::pool::Drive;
 use crate::reconcile::desired::NodeState;
@@ -31,26 +31,31 @@ pub fn observe(dm: &dyn DeviceMapper, desired: &NodeState) -> Result<Observed, D
         if !name.starts_with(&prefix) {
             continue;
         }
-        let len = dm
-            .table(
-                &devicemapper::DmNameBuf::new(name.clone()).map_err(|e| DmOpError {
-                    op: "read table of",
-                    device: name.clone(),
-                    detail: e.to_string(),
-                    errno: None,
-                })?,
-            )?
-            .iter()
-            .map(|l| l.1)
-            .sum();
         let dmn = devicemapper::DmNameBuf::new(name.clone()).map_err(|e| DmOpError {
             op: "read",
             device: name.clone(),
             detail: e.to_string(),
             errno: None,
         })?;
+        let table = dm.table(&dmn)?;
+        let len = table.iter().map(|l| l.1).sum();
+        if let Some(id) = table
+            .first()
+            .filter(|l| l.2 == "thin")
+            .and_then(|l| l.3.split_whitespace().nth(1))
+            .and_then(|id| id.parse().ok())
+        {
+            observed.thin_ids.insert(name.clone(), id);
+        }
         if dm.info(&dmn)?.is_some_and(|i| i.suspended) {
             observed.suspended.insert(name.clone());
+        }
+        match fs::mountpoints_of(dev.major, dev.minor) {
+            Ok(m) if !m.is_empty() => {
+                observed.mounts.insert(name.clone(), m);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(device = %name, error = %e, "could not read its mounts"),
         }
         observed.devices.insert(name, (dev, Sectors(len)));
     }

@@ -24,6 +24,10 @@ pub struct Observed {
     pub suspended: BTreeSet<String>,
     /// Whether dm-crypt may bypass its workqueues on this kernel.
     pub bypass_workqueues: bool,
+    /// The thin id each of this node's thin devices maps: name -> id.
+    pub thin_ids: BTreeMap<String, u64>,
+    /// Where each of this node's devices is mounted: name -> mount points.
+    pub mounts: BTreeMap<String, Vec<PathBuf>>,
 }
 
 /// One idempotent change.
@@ -63,6 +67,26 @@ pub enum Step {
         thin_id: ThinDevId,
         live_top_down: Vec<DeviceName>,
     },
+    /// Record thin id `thin_id` as a copy of `source` (a clone, or a restore), suspending
+    /// `live_top_down` (the source volume's live stack) around it, then record it done.
+    Copy {
+        volume: String,
+        pool: Id,
+        source: ThinDevId,
+        thin_id: ThinDevId,
+        live_top_down: Vec<DeviceName>,
+    },
+    /// Mount a volume's top device at `path` (made if missing).
+    Mount {
+        device: DeviceName,
+        path: PathBuf,
+        fs: Fs,
+        read_only: bool,
+    },
+    /// Unmount `path`, where pxd mounted a volume that is no longer to be mounted there.
+    Unmount(PathBuf),
+    /// Record that a volume's retired thin ids are deleted.
+    ForgetRetired { volume: String },
     /// Remove a dm device (refused while it is open).
     Deactivate(DeviceName),
     /// Delete a thin id from the pool's metadata, freeing its chunks.
@@ -126,6 +150,9 @@ pub fn volume_stack(
     if v.key.is_some() {
         let lower = plans[0].name.clone();
         plans.push(plan_crypt(node, &vid, size, lower, bypass_workqueues));
+    }
+    for p in &mut plans {
+        p.read_only = v.read_only;
     }
     Ok(plans)
 }
@@ -193,9 +220,11 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
                 for plan in &stack {
                     expected.insert(plan.name.to_string());
                 }
-                live_volume_steps(&mut steps, v, &pool, stack, observed)?;
+                live_volume_steps(&mut steps, desired, v, &pool, stack, observed)?;
             }
             Phase::Deleting => {
+                let top = stack[stack.len() - 1].name.to_string();
+                steps.extend(managed_mounts(desired, observed, &top).map(Step::Unmount));
                 for plan in stack.iter().rev() {
                     if observed.devices.contains_key(&plan.name.to_string()) {
                         steps.push(Step::Deactivate(plan.name.clone()));
@@ -244,20 +273,73 @@ fn layer(n: &DeviceName) -> u8 {
     }
 }
 
+/// Mount points of device `name` under the node's mount root: the mounts pxd made.
+fn managed_mounts<'a>(
+    desired: &'a NodeState,
+    observed: &'a Observed,
+    name: &str,
+) -> impl Iterator<Item = PathBuf> + 'a {
+    observed
+        .mounts
+        .get(name)
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            desired
+                .mount_root
+                .as_ref()
+                .is_some_and(|r| m.starts_with(r))
+        })
+        .cloned()
+}
+
 fn live_volume_steps(
     steps: &mut Vec<Step>,
+    desired: &NodeState,
     v: &VolumeState,
     pool: &Id,
     stack: Vec<DevicePlan>,
     observed: &Observed,
 ) -> Result<(), PlanError> {
+    let node = Id::node(&desired.node)?;
+    let name = |p: &DevicePlan| p.name.to_string();
+    // A restore points the volume at a new thin id: the stack on the old one comes down
+    // first (a mounted or open one refuses, and the restore waits).
+    let replaced = observed
+        .thin_ids
+        .get(&name(&stack[0]))
+        .is_some_and(|id| *id != v.thin_id);
+    if replaced {
+        for plan in stack.iter().rev() {
+            if observed.devices.contains_key(&name(plan)) {
+                steps.push(Step::Deactivate(plan.name.clone()));
+            }
+        }
+    }
     let present = |p: &DevicePlan| {
-        observed
-            .devices
-            .get(&p.name.to_string())
-            .map(|(_, len)| *len)
+        if replaced {
+            return None;
+        }
+        observed.devices.get(&name(p)).map(|(_, len)| *len)
     };
-    if present(&stack[0]).is_none() {
+    if let Some(origin) = &v.origin {
+        let live_top_down = match origin.volume.as_deref().and_then(|id| desired.volume(id)) {
+            Some(src) => volume_stack(&node, src, observed.bypass_workqueues)?
+                .into_iter()
+                .rev()
+                .map(|p| p.name)
+                .filter(|n| observed.devices.contains_key(&n.to_string()))
+                .collect(),
+            None => Vec::new(),
+        };
+        steps.push(Step::Copy {
+            volume: v.id.clone(),
+            pool: pool.clone(),
+            source: thin_id(&v.id, origin.thin_id)?,
+            thin_id: thin_id(&v.id, v.thin_id)?,
+            live_top_down,
+        });
+    } else if present(&stack[0]).is_none() {
         steps.push(Step::CreateThinId {
             pool: pool.clone(),
             thin_id: thin_id(&v.id, v.thin_id)?,
@@ -278,13 +360,44 @@ fn live_volume_steps(
             fs: v.fs,
         });
     }
+    if !v.retired.is_empty() {
+        for r in &v.retired {
+            steps.push(Step::DeleteThinId {
+                pool: pool.clone(),
+                thin_id: thin_id(&v.id, *r)?,
+            });
+        }
+        steps.push(Step::ForgetRetired {
+            volume: v.id.clone(),
+        });
+    }
     let top = &stack[stack.len() - 1];
-    if !v.formatted && v.fs != Fs::Raw {
+    if !v.formatted && v.fs != Fs::Raw && !v.read_only {
         steps.push(Step::Mkfs {
             volume: v.id.clone(),
             device: top.name.clone(),
             fs: v.fs,
         });
+    }
+    let mounted: Vec<PathBuf> = if replaced {
+        Vec::new()
+    } else {
+        managed_mounts(desired, observed, &name(top)).collect()
+    };
+    for m in &mounted {
+        if v.mount.as_ref() != Some(m) {
+            steps.push(Step::Unmount(m.clone()));
+        }
+    }
+    if let Some(path) = &v.mount {
+        if v.fs != Fs::Raw && !mounted.contains(path) {
+            steps.push(Step::Mount {
+                device: top.name.clone(),
+                path: path.clone(),
+                fs: v.fs,
+                read_only: v.read_only,
+            });
+        }
     }
     for s in &v.snapshots {
         match (s.phase, s.taken) {
@@ -335,7 +448,9 @@ mod tests {
                 key: None,
                 snapshots: vec![],
                 phase: Phase::Live,
+                ..Default::default()
             }],
+            mount_root: None,
         }
     }
 
@@ -364,6 +479,7 @@ mod tests {
                 .collect(),
             suspended: BTreeSet::new(),
             bypass_workqueues: true,
+            ..Default::default()
         }
     }
 
@@ -382,6 +498,12 @@ mod tests {
                 Step::Deactivate(n) => format!("deactivate {n}"),
                 Step::DeleteThinId { thin_id, .. } => format!("delete-id {thin_id}"),
                 Step::Forget { volume, snapshot } => format!("forget {volume} {snapshot:?}"),
+                Step::Copy {
+                    thin_id, source, ..
+                } => format!("copy {source} to {thin_id}"),
+                Step::Mount { path, .. } => format!("mount {}", path.display()),
+                Step::Unmount(path) => format!("unmount {}", path.display()),
+                Step::ForgetRetired { volume } => format!("forget retired of {volume}"),
             })
             .collect()
     }
@@ -540,6 +662,57 @@ mod tests {
             },
         );
         assert_eq!(kinds(&plan(&s, &o).unwrap()), ["grow pool p0"]);
+    }
+
+    #[test]
+    fn a_restore_replaces_the_stack_then_deletes_the_retired_id() {
+        let mut s = state();
+        s.volumes[0].formatted = true;
+        s.volumes[0].thin_id = 3;
+        s.volumes[0].retired = vec![1];
+        s.volumes[0].origin = Some(crate::reconcile::desired::OriginState {
+            thin_id: 2,
+            volume: None,
+        });
+        let mut devs = pool_devs();
+        devs.push(("pxd-n1-thin-v1", (64 << 20) / 512));
+        let mut o = observed(&devs);
+        o.thin_ids.insert("pxd-n1-thin-v1".into(), 1);
+        assert_eq!(
+            kinds(&plan(&s, &o).unwrap())[1..],
+            [
+                "deactivate pxd-n1-thin-v1",
+                "copy 2 to 3",
+                "activate 1",
+                "delete-id 1",
+                "forget retired of v1"
+            ]
+        );
+    }
+
+    #[test]
+    fn mounts_follow_the_desired_path_and_only_pxd_mounts_are_undone() {
+        let mut s = state();
+        s.volumes[0].formatted = true;
+        s.mount_root = Some("/var/lib/pxd/mounts".into());
+        s.volumes[0].mount = Some("/var/lib/pxd/mounts/db".into());
+        let mut devs = pool_devs();
+        devs.push(("pxd-n1-thin-v1", (64 << 20) / 512));
+        let mut o = observed(&devs);
+        assert_eq!(
+            kinds(&plan(&s, &o).unwrap())[1..],
+            ["mount /var/lib/pxd/mounts/db"]
+        );
+        o.mounts.insert(
+            "pxd-n1-thin-v1".into(),
+            vec!["/var/lib/pxd/mounts/db".into(), "/mnt/mine".into()],
+        );
+        assert_eq!(plan(&s, &o).unwrap().len(), 1);
+        s.volumes[0].mount = None;
+        assert_eq!(
+            kinds(&plan(&s, &o).unwrap())[1..],
+            ["unmount /var/lib/pxd/mounts/db"]
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! same state, and each change is reported as an object key and its new value so the state
 //! machine can persist exactly what changed.
 
-use super::types::{ClusterInfo, Drive, Node, NodeId, Pool, Snapshot, Volume};
+use super::types::{ClusterInfo, Drive, Node, NodeId, Origin, Phase, Pool, Snapshot, Volume};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -48,6 +48,25 @@ pub enum Command {
     PutSnapshot {
         snapshot: Snapshot,
     },
+    /// Adds a volume, giving each replica the next free thin id of its pool. Refused if the
+    /// name is taken, so two racing creates of one name cannot both win.
+    CreateVolume {
+        volume: Volume,
+    },
+    /// One change to a volume, applied to the current record (never a whole-record write,
+    /// which could undo a change made meanwhile by the reconciler or another call).
+    UpdateVolume {
+        id: String,
+        change: VolumeChange,
+    },
+    /// Adds a snapshot of a live volume, with the next free thin id on each replica's pool.
+    CreateSnapshot {
+        snapshot: Snapshot,
+    },
+    UpdateSnapshot {
+        id: String,
+        change: SnapshotChange,
+    },
     RemoveSnapshot {
         id: String,
     },
@@ -61,6 +80,37 @@ pub enum Command {
         ns: String,
         key: String,
     },
+}
+
+/// A change to one volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum VolumeChange {
+    /// A new size in bytes; never smaller.
+    Resize { size: u64 },
+    /// Mount it at `path` on `node`, or (`None`) unmount it.
+    Mount { node: NodeId, path: Option<String> },
+    /// Replace its data with snapshot `snapshot`'s: new thin ids copied from the snapshot's,
+    /// the old ones retired.
+    Restore { snapshot: String },
+    /// Start deleting it (the reconciler tears it down, then removes the record).
+    Delete,
+    /// The reconciler made its filesystem.
+    Formatted,
+    /// The reconciler made the copy of its origin.
+    OriginCopied,
+    /// The reconciler deleted its retired thin ids.
+    RetiredDeleted,
+}
+
+/// A change to one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum SnapshotChange {
+    /// The reconciler took it in the kernel.
+    Taken,
+    /// Start deleting it.
+    Delete,
 }
 
 /// What applying a command did.
@@ -220,6 +270,20 @@ impl ClusterState {
                     .ok_or_else(|| format!("snapshot {id} does not exist"))?;
                 removed(format!("snapshot/{id}"))
             }
+            Command::CreateVolume { volume } => return self.create_volume(volume),
+            Command::UpdateVolume { id, change } => return self.update_volume(id, change),
+            Command::CreateSnapshot { snapshot } => return self.create_snapshot(snapshot),
+            Command::UpdateSnapshot { id, change } => {
+                let s = self
+                    .snapshots
+                    .get_mut(id)
+                    .ok_or_else(|| format!("snapshot {id} does not exist"))?;
+                match change {
+                    SnapshotChange::Taken => s.taken = true,
+                    SnapshotChange::Delete => s.phase = Phase::Deleting,
+                }
+                encode(format!("snapshot/{id}"), s)
+            }
             Command::KvPut { ns, key, value } => {
                 check_kv_name("namespace", ns)?;
                 check_kv_name("key", key)?;
@@ -250,6 +314,153 @@ impl ClusterState {
             }
         };
         Ok(vec![change])
+    }
+
+    /// The next thin id of pool `pool` on `node`: one past the highest any volume, retired
+    /// device or snapshot there holds. Deterministic, so every member allocates the same.
+    pub fn next_thin_id(&self, node: NodeId, pool: &str) -> u32 {
+        let mut top = 0;
+        for v in self.volumes.values() {
+            for r in v
+                .replicas
+                .iter()
+                .filter(|r| r.node == node && r.pool == pool)
+            {
+                top = top.max(r.thin_id);
+                top = v.retired_thin_ids.iter().fold(top, |t, x| t.max(*x));
+                for s in self.snapshots.values().filter(|s| s.volume == v.id) {
+                    top = top.max(s.thin_ids.get(&node).copied().unwrap_or(0));
+                }
+            }
+        }
+        top + 1
+    }
+
+    /// The live volume called `name`, if any.
+    pub fn volume_named(&self, name: &str) -> Option<&Volume> {
+        self.volumes
+            .values()
+            .find(|v| v.name == name && v.phase == Phase::Live)
+    }
+
+    fn create_volume(&mut self, volume: &Volume) -> Result<Vec<Change>, String> {
+        if !(1..=3).contains(&volume.repl) {
+            return Err(format!("repl must be 1 to 3, got {}", volume.repl));
+        }
+        if self.volumes.contains_key(&volume.id) {
+            return Err(format!("volume id {} exists already", volume.id));
+        }
+        if self.volume_named(&volume.name).is_some() {
+            return Err(format!(
+                "name: a volume called {:?} exists already",
+                volume.name
+            ));
+        }
+        let mut v = volume.clone();
+        for r in &mut v.replicas {
+            self.known_node(r.node)?;
+            match self.pools.get(&r.pool) {
+                Some(p) if p.node == r.node => {}
+                _ => return Err(format!("pool {} is not on node {}", r.pool, r.node)),
+            }
+            r.thin_id = self.next_thin_id(r.node, &r.pool);
+        }
+        self.volumes.insert(v.id.clone(), v.clone());
+        Ok(vec![encode(format!("volume/{}", v.id), &v)])
+    }
+
+    fn update_volume(&mut self, id: &str, change: &VolumeChange) -> Result<Vec<Change>, String> {
+        let current = self
+            .volumes
+            .get(id)
+            .ok_or_else(|| format!("volume {id} does not exist"))?;
+        let mut v = current.clone();
+        let live = v.phase == Phase::Live;
+        match change {
+            VolumeChange::Resize { size } if live => {
+                if *size < v.size {
+                    return Err(format!(
+                        "size: {size} bytes is smaller than the volume's {} bytes; shrinking is not supported",
+                        v.size
+                    ));
+                }
+                v.size = *size;
+            }
+            VolumeChange::Mount { node, path } if live => {
+                self.known_node(*node)?;
+                v.mount_path = path.clone();
+                v.attachment = path.as_ref().map(|_| super::types::Attachment {
+                    node: *node,
+                    epoch: v.attachment.as_ref().map_or(1, |a| a.epoch + 1),
+                });
+            }
+            VolumeChange::Restore { snapshot } if live => {
+                let snap = self
+                    .snapshots
+                    .get(snapshot)
+                    .filter(|s| s.volume == id && s.taken && s.phase == Phase::Live)
+                    .ok_or_else(|| format!("snapshot {snapshot} of volume {id} is not ready"))?;
+                let mut origin = None;
+                for i in 0..v.replicas.len() {
+                    let (node, pool) = (v.replicas[i].node, v.replicas[i].pool.clone());
+                    let from = *snap
+                        .thin_ids
+                        .get(&node)
+                        .ok_or_else(|| format!("snapshot {snapshot} has no copy on node {node}"))?;
+                    let fresh = self
+                        .next_thin_id(node, &pool)
+                        .max(v.replicas[i].thin_id + 1);
+                    v.retired_thin_ids.push(v.replicas[i].thin_id);
+                    v.replicas[i].thin_id = fresh;
+                    origin = Some(Origin {
+                        thin_id: from,
+                        volume: None,
+                    });
+                }
+                v.origin = origin;
+            }
+            VolumeChange::Delete => {
+                if v.mount_path.is_some() {
+                    return Err(format!("volume {id} is mounted; unmount it first"));
+                }
+                v.phase = Phase::Deleting;
+            }
+            VolumeChange::Formatted => v.formatted = true,
+            VolumeChange::OriginCopied => v.origin = None,
+            VolumeChange::RetiredDeleted => v.retired_thin_ids.clear(),
+            _ => return Err(format!("volume {id} is being deleted")),
+        }
+        let change = encode(format!("volume/{id}"), &v);
+        self.volumes.insert(id.to_owned(), v);
+        Ok(vec![change])
+    }
+
+    fn create_snapshot(&mut self, snapshot: &Snapshot) -> Result<Vec<Change>, String> {
+        let v = self
+            .volumes
+            .get(&snapshot.volume)
+            .filter(|v| v.phase == Phase::Live)
+            .ok_or_else(|| format!("volume {} does not exist", snapshot.volume))?;
+        if self.snapshots.contains_key(&snapshot.id) {
+            return Err(format!("snapshot id {} exists already", snapshot.id));
+        }
+        if self.snapshots.values().any(|s| {
+            s.volume == snapshot.volume && s.name == snapshot.name && s.phase == Phase::Live
+        }) {
+            return Err(format!(
+                "name: volume {} has a snapshot called {:?} already",
+                v.name, snapshot.name
+            ));
+        }
+        let mut s = snapshot.clone();
+        s.thin_ids = v
+            .replicas
+            .iter()
+            .map(|r| (r.node, self.next_thin_id(r.node, &r.pool)))
+            .collect();
+        s.taken = false;
+        self.snapshots.insert(s.id.clone(), s.clone());
+        Ok(vec![encode(format!("snapshot/{}", s.id), &s)])
     }
 
     fn known_node(&self, id: NodeId) -> Result<(), String> {
@@ -417,6 +628,8 @@ mod tests {
                     capacity: 0,
                     used: 0,
                     benchmark: None,
+                    chunk_sectors: 128,
+                    drive_paths: vec![],
                 },
             },
         ] {
@@ -445,6 +658,15 @@ mod tests {
             replicas: vec![],
             attachment: None,
             snapshot_schedule: None,
+            phase: Phase::Live,
+            formatted: false,
+            wrapped_key: None,
+            key_salt: None,
+            origin: None,
+            read_only: false,
+            mount_path: None,
+            retired_thin_ids: vec![],
+            created: 0,
         };
         assert!(matches!(
             s.apply(&Command::PutVolume { volume: v.clone() }).0,
@@ -468,6 +690,8 @@ mod tests {
             time: 1,
             thin_ids: [(NodeId(1), 2)].into(),
             read_only: true,
+            taken: false,
+            phase: Phase::Live,
         };
         assert_eq!(
             s.apply(&Command::PutSnapshot { snapshot: snap }).0,

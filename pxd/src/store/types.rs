@@ -145,14 +145,9 @@ pub struct Node {
     pub role: Role,
 }
 
-/// Performance class of a drive or pool (DESIGN §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Class {
-    High,
-    Medium,
-    Low,
-}
+/// Performance class of a drive, pool or volume (DESIGN §6), and a volume's filesystem: the
+/// same types the volume spec parses, so a request and the stored object cannot disagree.
+pub use crate::volume::spec::{Class, Fs};
 
 /// The result of benchmarking a drive or pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +169,35 @@ pub struct Pool {
     pub capacity: u64,
     pub used: u64,
     pub benchmark: Option<Benchmark>,
+    /// Allocation chunk, in 512-byte sectors (DESIGN §6: 64 KiB to 1 MiB).
+    #[serde(default = "default_chunk_sectors")]
+    pub chunk_sectors: u64,
+    /// Drive paths on the pool's node, in the order of `drives`.
+    #[serde(default)]
+    pub drive_paths: Vec<String>,
+}
+
+fn default_chunk_sectors() -> u64 {
+    128
+}
+
+/// Where an object is in its life. `Deleting` is recorded before anything is torn down, so a
+/// delete interrupted half-way is finished by the reconciler, never forgotten.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    #[default]
+    Live,
+    Deleting,
+}
+
+/// The thin device a new one is copied from (a clone, or a restore from a snapshot). Cleared
+/// once the copy is made, so it is never made twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub thin_id: u32,
+    /// The live volume that owns `thin_id`, suspended around the copy; none for a snapshot.
+    pub volume: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,14 +216,6 @@ pub struct Drive {
     pub size: u64,
     pub class: Class,
     pub state: DriveState,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Fs {
-    Ext4,
-    Xfs,
-    Raw,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +268,31 @@ pub struct Volume {
     pub replicas: Vec<Replica>,
     pub attachment: Option<Attachment>,
     pub snapshot_schedule: Option<String>,
+    #[serde(default)]
+    pub phase: Phase,
+    /// Set once the filesystem exists, so a crash after mkfs never makes it twice.
+    #[serde(default)]
+    pub formatted: bool,
+    /// The data key, sealed under the cluster key (`crypt`); never the key itself.
+    #[serde(default)]
+    pub wrapped_key: Option<crate::crypt::WrappedKey>,
+    /// Salt of a passphrase-derived key (`--secret_key`): the passphrase is never stored.
+    #[serde(default)]
+    pub key_salt: Option<Vec<u8>>,
+    #[serde(default)]
+    pub origin: Option<Origin>,
+    /// A read-only clone: its device is activated read-only and mounted so.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Where the attachment node keeps it mounted; none when it is not to be mounted.
+    #[serde(default)]
+    pub mount_path: Option<String>,
+    /// Thin ids replaced by a restore, deleted once the restored device is up.
+    #[serde(default)]
+    pub retired_thin_ids: Vec<u32>,
+    /// Unix seconds, chosen by the proposer.
+    #[serde(default)]
+    pub created: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,6 +305,11 @@ pub struct Snapshot {
     /// Thin device id of the snapshot in each replica's pool.
     pub thin_ids: BTreeMap<NodeId, u32>,
     pub read_only: bool,
+    /// False until the kernel snapshot is known to exist; only then is it skipped.
+    #[serde(default)]
+    pub taken: bool,
+    #[serde(default)]
+    pub phase: Phase,
 }
 
 #[cfg(test)]

@@ -1,0 +1,327 @@
+//! The bridge between the cluster store and the reconciler: what one node should have, read
+//! from the replicated state, and the store commands that record what a reconcile pass did.
+//! Both directions are pure.
+
+use crate::reconcile::desired::{NodeState, OriginState, PoolState, SnapshotState, VolumeState};
+use crate::store::state::{ClusterState, Command, SnapshotChange, VolumeChange};
+use crate::store::types::NodeId;
+use std::path::PathBuf;
+
+/// The pools and volume replicas the store places on `node`.
+pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathBuf>) -> NodeState {
+    let pools = cluster
+        .pools
+        .values()
+        .filter(|p| p.node == node)
+        .map(|p| PoolState {
+            id: p.id.clone(),
+            drives: p.drive_paths.iter().map(PathBuf::from).collect(),
+            chunk_sectors: p.chunk_sectors,
+        })
+        .collect();
+    let volumes = cluster
+        .volumes
+        .values()
+        .filter_map(|v| {
+            let replica = v.replicas.iter().find(|r| r.node == node)?;
+            let snapshots = cluster
+                .snapshots
+                .values()
+                .filter(|s| s.volume == v.id)
+                .filter_map(|s| {
+                    Some(SnapshotState {
+                        id: s.id.clone(),
+                        thin_id: u64::from(*s.thin_ids.get(&node)?),
+                        taken: s.taken,
+                        phase: s.phase,
+                    })
+                })
+                .collect();
+            let attached_here = v.attachment.as_ref().is_some_and(|a| a.node == node);
+            Some(VolumeState {
+                id: v.id.clone(),
+                pool: replica.pool.clone(),
+                thin_id: u64::from(replica.thin_id),
+                size_bytes: v.size,
+                fs: v.fs,
+                formatted: v.formatted,
+                key: v.wrapped_key.clone(),
+                snapshots,
+                phase: v.phase,
+                origin: v.origin.as_ref().map(|o| OriginState {
+                    thin_id: u64::from(o.thin_id),
+                    volume: o.volume.clone(),
+                }),
+                read_only: v.read_only,
+                mount: v
+                    .mount_path
+                    .as_ref()
+                    .filter(|_| attached_here)
+                    .map(PathBuf::from),
+                retired: v.retired_thin_ids.iter().map(|x| u64::from(*x)).collect(),
+            })
+        })
+        .collect();
+    NodeState {
+        node: node.to_string(),
+        pools,
+        volumes,
+        mount_root,
+    }
+}
+
+/// The commands that record, in the store, what the reconciler changed between `before` and
+/// `after`: filesystems made, copies and snapshots taken, retired ids and deletes finished.
+pub fn records(before: &NodeState, after: &NodeState) -> Vec<Command> {
+    let mut out = Vec::new();
+    for b in &before.volumes {
+        let Some(a) = after.volume(&b.id) else {
+            out.extend(
+                b.snapshots
+                    .iter()
+                    .map(|s| Command::RemoveSnapshot { id: s.id.clone() }),
+            );
+            out.push(Command::RemoveVolume { id: b.id.clone() });
+            continue;
+        };
+        let mut change = |change| {
+            out.push(Command::UpdateVolume {
+                id: b.id.clone(),
+                change,
+            })
+        };
+        if !b.formatted && a.formatted {
+            change(VolumeChange::Formatted);
+        }
+        if b.origin.is_some() && a.origin.is_none() {
+            change(VolumeChange::OriginCopied);
+        }
+        if !b.retired.is_empty() && a.retired.is_empty() {
+            change(VolumeChange::RetiredDeleted);
+        }
+        for s in &b.snapshots {
+            match a.snapshots.iter().find(|x| x.id == s.id) {
+                None => out.push(Command::RemoveSnapshot { id: s.id.clone() }),
+                Some(x) if x.taken && !s.taken => out.push(Command::UpdateSnapshot {
+                    id: s.id.clone(),
+                    change: SnapshotChange::Taken,
+                }),
+                Some(_) => {}
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::types::*;
+
+    fn cluster() -> ClusterState {
+        let mut c = ClusterState::default();
+        for id in [1, 2] {
+            c.nodes.insert(
+                NodeId(id),
+                Node {
+                    id: NodeId(id),
+                    name: format!("n{id}"),
+                    api_addr: String::new(),
+                    data_addr: String::new(),
+                    public_key: String::new(),
+                    labels: Default::default(),
+                    role: Role::Storage,
+                },
+            );
+        }
+        c.pools.insert(
+            "p1".into(),
+            Pool {
+                id: "p1".into(),
+                node: NodeId(1),
+                class: Class::High,
+                drives: vec!["d1".into()],
+                capacity: 1 << 30,
+                used: 0,
+                benchmark: None,
+                chunk_sectors: 128,
+                drive_paths: vec!["/dev/vdb".into()],
+            },
+        );
+        c
+    }
+
+    fn volume(id: &str, name: &str) -> Volume {
+        Volume {
+            id: id.into(),
+            name: name.into(),
+            size: 1 << 30,
+            fs: Fs::Ext4,
+            repl: 1,
+            io_priority: Class::High,
+            max_iops: None,
+            encrypted: false,
+            key_ref: None,
+            labels: Default::default(),
+            replicas: vec![Replica {
+                node: NodeId(1),
+                pool: "p1".into(),
+                thin_id: 0,
+                state: ReplicaState::Clean,
+            }],
+            attachment: None,
+            snapshot_schedule: None,
+            phase: Phase::Live,
+            formatted: false,
+            wrapped_key: None,
+            key_salt: None,
+            origin: None,
+            read_only: false,
+            mount_path: None,
+            retired_thin_ids: vec![],
+            created: 0,
+        }
+    }
+
+    fn apply(c: &mut ClusterState, cmd: Command) {
+        let (r, _) = c.apply(&cmd);
+        assert_eq!(r, crate::store::state::Response::Applied, "{cmd:?}");
+    }
+
+    #[test]
+    fn thin_ids_are_allocated_per_pool_and_names_are_unique() {
+        let mut c = cluster();
+        apply(
+            &mut c,
+            Command::CreateVolume {
+                volume: volume("a", "db"),
+            },
+        );
+        apply(
+            &mut c,
+            Command::CreateVolume {
+                volume: volume("b", "web"),
+            },
+        );
+        assert_eq!(c.volumes["a"].replicas[0].thin_id, 1);
+        assert_eq!(c.volumes["b"].replicas[0].thin_id, 2);
+        let snap = Snapshot {
+            id: "s".into(),
+            volume: "a".into(),
+            name: "before".into(),
+            time: 0,
+            thin_ids: Default::default(),
+            read_only: true,
+            taken: false,
+            phase: Phase::Live,
+        };
+        apply(
+            &mut c,
+            Command::CreateSnapshot {
+                snapshot: snap.clone(),
+            },
+        );
+        assert_eq!(c.snapshots["s"].thin_ids[&NodeId(1)], 3);
+        let (r, _) = c.apply(&Command::CreateVolume {
+            volume: volume("c", "db"),
+        });
+        assert!(matches!(r, crate::store::state::Response::Rejected(m) if m.contains("name")));
+        let (r, _) = c.apply(&Command::CreateSnapshot {
+            snapshot: Snapshot {
+                id: "t".into(),
+                ..snap
+            },
+        });
+        assert!(matches!(r, crate::store::state::Response::Rejected(m) if m.contains("called")));
+    }
+
+    #[test]
+    fn restore_retires_the_old_id_and_copies_from_the_snapshot() {
+        let mut c = cluster();
+        apply(
+            &mut c,
+            Command::CreateVolume {
+                volume: volume("a", "db"),
+            },
+        );
+        let snap = Snapshot {
+            id: "s".into(),
+            volume: "a".into(),
+            name: "x".into(),
+            time: 0,
+            thin_ids: Default::default(),
+            read_only: true,
+            taken: false,
+            phase: Phase::Live,
+        };
+        apply(&mut c, Command::CreateSnapshot { snapshot: snap });
+        let restore = Command::UpdateVolume {
+            id: "a".into(),
+            change: VolumeChange::Restore {
+                snapshot: "s".into(),
+            },
+        };
+        assert!(matches!(
+            c.apply(&restore).0,
+            crate::store::state::Response::Rejected(_)
+        ));
+        apply(
+            &mut c,
+            Command::UpdateSnapshot {
+                id: "s".into(),
+                change: SnapshotChange::Taken,
+            },
+        );
+        apply(&mut c, restore);
+        let v = &c.volumes["a"];
+        assert_eq!(
+            (v.replicas[0].thin_id, v.retired_thin_ids.clone()),
+            (3, vec![1])
+        );
+        assert_eq!(v.origin.as_ref().map(|o| o.thin_id), Some(2));
+        let shrink = Command::UpdateVolume {
+            id: "a".into(),
+            change: VolumeChange::Resize { size: 1 << 20 },
+        };
+        assert!(
+            matches!(c.apply(&shrink).0, crate::store::state::Response::Rejected(m) if m.contains("shrinking"))
+        );
+    }
+
+    #[test]
+    fn a_node_gets_its_replicas_and_its_records_round_trip_to_commands() {
+        let mut c = cluster();
+        let mut v = volume("a", "db");
+        v.mount_path = Some("/m/db".into());
+        v.attachment = Some(Attachment {
+            node: NodeId(1),
+            epoch: 1,
+        });
+        apply(&mut c, Command::CreateVolume { volume: v });
+        let before = node_state(&c, NodeId(1), None);
+        assert_eq!(before.pools[0].drives, [PathBuf::from("/dev/vdb")]);
+        assert_eq!(before.volumes[0].thin_id, 1);
+        assert_eq!(before.volumes[0].mount, Some(PathBuf::from("/m/db")));
+        assert!(node_state(&c, NodeId(2), None).volumes.is_empty());
+
+        let mut after = before.clone();
+        after.volumes[0].formatted = true;
+        let cmds = records(&before, &after);
+        assert_eq!(
+            cmds,
+            [Command::UpdateVolume {
+                id: "a".into(),
+                change: VolumeChange::Formatted
+            }]
+        );
+        for cmd in cmds {
+            apply(&mut c, cmd);
+        }
+        assert_eq!(node_state(&c, NodeId(1), None), after);
+        after.volumes.clear();
+        assert_eq!(
+            records(&node_state(&c, NodeId(1), None), &after),
+            [Command::RemoveVolume { id: "a".into() }]
+        );
+    }
+}
