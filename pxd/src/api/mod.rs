@@ -11,6 +11,10 @@
 //! | `POST /v1/cluster/remove` `{node}` | remove a member by id or name |
 //! | `GET /v1/nodes` | every node with role, liveness and stats |
 //! | `GET /v1/kv/{ns}`, `PUT`/`GET`/`DELETE /v1/kv/{ns}/{key}` | small metadata |
+//! | `GET /v1/drives`, `POST /v1/drives` `{path, force}` | this node's disks; add one to a pool |
+//! | `POST /v1/drives/benchmark` `{path}` | re-measure a disk, read-only |
+//! | `GET /v1/pools` | pools with class, drives, use and chunk |
+//! | `/v1/volumes...` | volumes and snapshots (see [`volumes`]) |
 //! | `GET /metrics` | Prometheus text (no token needed over TCP) |
 //!
 //! Errors are `{"error": message, "code": code}`; `code` is one of `no_quorum`,
@@ -19,6 +23,8 @@
 //! `internal`.
 
 pub mod client;
+pub mod pools;
+pub mod volumes;
 
 use crate::cluster::{Cluster, ClusterError, Op};
 use crate::store::state::{check_kv_name, MAX_KV_VALUE};
@@ -47,6 +53,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("a valid bearer token is required (Authorization: Bearer TOKEN)")]
     Unauthorized,
     #[error("{0}")]
@@ -73,6 +81,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Node(_) => (StatusCode::INTERNAL_SERVER_ERROR, "node"),
             ApiError::Cluster(e) => match e {
@@ -106,9 +115,21 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// Storage limits the daemon was configured with.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// How many times its capacity a pool may have provisioned.
+    pub overcommit: f64,
+    /// Benchmark thresholds of the drive classes.
+    pub thresholds: crate::pool::class::Thresholds,
+}
+
+/// What the handlers work with.
 #[derive(Clone)]
-struct AppState {
-    cluster: Arc<Cluster>,
+pub struct AppState {
+    pub cluster: Arc<Cluster>,
+    pub reconciler: Arc<crate::reconcile::service::Reconciler>,
+    pub config: Policy,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -169,7 +190,7 @@ pub struct TokenResponse {
 }
 
 /// The routes, without authentication (the unix socket's mode guards it).
-fn routes(cluster: Arc<Cluster>) -> Router {
+fn routes(state: AppState) -> Router {
     Router::new()
         .route("/v1/cluster/status", get(status))
         .route("/v1/cluster/init", post(init))
@@ -178,7 +199,27 @@ fn routes(cluster: Arc<Cluster>) -> Router {
         .route("/v1/cluster/api-token", get(api_token))
         .route("/v1/cluster/remove", post(remove))
         .route("/v1/nodes", get(nodes))
-        .route("/v1/drives", get(drives))
+        .route("/v1/drives", get(drives).post(pools::add))
+        .route("/v1/pools", get(pools::list))
+        .route("/v1/volumes", get(volumes::list).post(volumes::create))
+        .route(
+            "/v1/volumes/{vol}",
+            get(volumes::inspect)
+                .put(volumes::resize)
+                .delete(volumes::delete),
+        )
+        .route("/v1/volumes/{vol}/mount", post(volumes::mount))
+        .route("/v1/volumes/{vol}/unmount", post(volumes::unmount))
+        .route("/v1/volumes/{vol}/clone", post(volumes::clone))
+        .route("/v1/volumes/{vol}/restore", post(volumes::restore))
+        .route(
+            "/v1/volumes/{vol}/snapshots",
+            get(volumes::snapshots).post(volumes::snapshot_create),
+        )
+        .route(
+            "/v1/volumes/{vol}/snapshots/{snap}",
+            axum::routing::delete(volumes::snapshot_delete),
+        )
         .route("/v1/drives/benchmark", post(drive_benchmark))
         .route("/v1/kv/{ns}", get(kv_list))
         .route(
@@ -187,11 +228,11 @@ fn routes(cluster: Arc<Cluster>) -> Router {
         )
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(AppState { cluster })
+        .with_state(state)
 }
 
 /// Serves the API on a unix socket with mode 0660, replacing a stale socket file.
-pub async fn serve_unix(cluster: Arc<Cluster>, path: &FsPath) -> Result<(), ServeError> {
+pub async fn serve_unix(state: AppState, path: &FsPath) -> Result<(), ServeError> {
     let err = |op, source| ServeError::Socket {
         op,
         path: path.to_owned(),
@@ -208,7 +249,7 @@ pub async fn serve_unix(cluster: Arc<Cluster>, path: &FsPath) -> Result<(), Serv
     let listener = tokio::net::UnixListener::bind(path).map_err(|e| err("bind", e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| err("set mode 0660 on", e))?;
-    let app = routes(cluster);
+    let app = routes(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the unix socket API stopped");
@@ -218,17 +259,11 @@ pub async fn serve_unix(cluster: Arc<Cluster>, path: &FsPath) -> Result<(), Serv
 }
 
 /// Serves the API on TCP; every route but `/metrics` needs the cluster's bearer token.
-pub async fn serve_tcp(
-    cluster: Arc<Cluster>,
-    addr: std::net::SocketAddr,
-) -> Result<(), ServeError> {
+pub async fn serve_tcp(state: AppState, addr: std::net::SocketAddr) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Tcp { addr, source })?;
-    let state = AppState {
-        cluster: cluster.clone(),
-    };
-    let app = routes(cluster).layer(middleware::from_fn_with_state(state, require_token));
+    let app = routes(state.clone()).layer(middleware::from_fn_with_state(state, require_token));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the TCP API stopped");

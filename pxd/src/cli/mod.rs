@@ -2,6 +2,7 @@
 //! daemon's REST API, over the unix socket by default or over TCP with `--api` and a token.
 
 pub mod output;
+pub mod storage;
 
 use crate::api::client::{BlockingClient, ClientError, Target};
 use crate::api::{
@@ -55,12 +56,32 @@ pub enum Command {
     /// This node's drives.
     #[command(subcommand)]
     Drive(DriveCommand),
+    /// Volumes: create, grow, snapshot, clone, mount, delete.
+    #[command(subcommand)]
+    Volume(storage::VolumeCommand),
+    /// Storage pools (one per class per node).
+    #[command(subcommand)]
+    Pool(PoolCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCommand {
+    /// Pools with class, drives, data and metadata use, and chunk size.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum DriveCommand {
     /// Whole disks of this node: size, stable id, signature, use, and whether pxd may take it.
     List,
+    /// Benchmark a drive, sort it into a class, and add it to this node's pool of that class.
+    Add {
+        /// The drive, e.g. /dev/sdb.
+        dev: PathBuf,
+        /// Take a drive that carries a signature (its data is lost).
+        #[arg(long)]
+        force: bool,
+    },
     /// Re-measure a disk of this node (read-only: it may hold data) and show its class.
     Benchmark {
         /// The disk, e.g. /dev/sdb.
@@ -121,6 +142,8 @@ pub enum CliError {
     Client(#[from] ClientError),
     #[error("--api needs --token (or PXD_API_TOKEN)")]
     NoToken,
+    #[error("{0}")]
+    Usage(String),
 }
 
 fn client(cli: &Cli) -> Result<BlockingClient, CliError> {
@@ -145,8 +168,19 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 
 /// Runs a client command (everything but `daemon`).
 pub fn run(cli: &Cli) -> Result<(), CliError> {
-    let c = client(cli)?;
+    let mut c = client(cli)?;
+    if matches!(cli.command, Command::Volume(_) | Command::Drive(_)) {
+        // Building a stack (a benchmark, mkfs, a snapshot of a busy volume) takes a while on a
+        // slow disk; the daemon finishes it even if this client gives up.
+        c.set_timeout(std::time::Duration::from_secs(900));
+    }
+    let c = c;
     match &cli.command {
+        Command::Volume(cmd) => storage::volume(cli.json, &c, cmd),
+        Command::Pool(PoolCommand::List) => storage::pool_list(cli.json, &c),
+        Command::Drive(DriveCommand::Add { dev, force }) => {
+            storage::drive_add(cli.json, &c, dev, *force)
+        }
         Command::Daemon(_) => Ok(()),
         Command::Cluster(cmd) => cluster(cli, &c, cmd),
         Command::Drive(DriveCommand::List) => {

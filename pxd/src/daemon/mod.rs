@@ -7,7 +7,10 @@
 
 use crate::api;
 use crate::cluster::{Cluster, ClusterConfig, ClusterError};
+use crate::crypt::ClusterKey;
 use crate::metrics::{Metrics, MetricsError};
+use crate::pool::class::Thresholds;
+use crate::reconcile::service::{FullThresholds, Reconciler};
 use crate::store::types::Role;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -45,6 +48,47 @@ pub struct DaemonArgs {
     /// Missed heartbeats in a row before a node counts as offline.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub missed_beats: u32,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// Storage limits and the reconciler's pace.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StorageArgs {
+    /// Where volumes are mounted by default (`<data-dir>/mounts` when not given).
+    #[arg(long)]
+    pub mount_root: Option<PathBuf>,
+    /// How many times its capacity a pool may have provisioned (thin overcommit).
+    #[arg(long, default_value_t = 4.0, value_parser = parse_overcommit)]
+    pub overcommit: f64,
+    /// Data use (percent) at which a pool refuses new volumes, snapshots and growth.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub pool_full_percent: u8,
+    /// Metadata use (percent) at which a pool refuses new allocations.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub meta_full_percent: u8,
+    /// Minimum 4 KiB random IOPS of a high-class drive.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub high_min_iops: f64,
+    /// Maximum median latency (µs) of a high-class drive.
+    #[arg(long, default_value_t = 500)]
+    pub high_max_p50_us: u64,
+    /// Minimum 4 KiB random IOPS of a medium-class drive.
+    #[arg(long, default_value_t = 1_000.0)]
+    pub medium_min_iops: f64,
+    /// Maximum median latency (µs) of a medium-class drive.
+    #[arg(long, default_value_t = 3_000)]
+    pub medium_max_p50_us: u64,
+    /// Time between reconcile passes, in milliseconds (API changes run one at once).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub reconcile_interval_ms: u64,
+}
+
+fn parse_overcommit(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!("overcommit {s:?} must be a number from 0.1 to 100")),
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -78,6 +122,8 @@ pub enum DaemonError {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Api(#[from] api::ServeError),
+    #[error(transparent)]
+    Key(#[from] crate::crypt::CryptError),
     #[error("wait for signals: {0}")]
     Signals(std::io::Error),
 }
@@ -109,8 +155,43 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
         missed_beats: args.missed_beats,
     };
     let cluster = Cluster::start(config, metrics).await?;
-    api::serve_unix(cluster.clone(), &socket).await?;
-    api::serve_tcp(cluster.clone(), api_addr).await?;
+    let st = &args.storage;
+    let cluster_key = ClusterKey::load_or_create(&args.data_dir.join("cluster.key"))?;
+    let reconciler = Arc::new(Reconciler::new(
+        cluster.clone(),
+        st.mount_root
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("mounts")),
+        cluster_key,
+        FullThresholds {
+            data_percent: st.pool_full_percent,
+            meta_percent: st.meta_full_percent,
+        },
+    ));
+    // Adopt what the kernel has before serving: a restart changes nothing that runs.
+    if let Err(e) = reconciler.pass().await {
+        tracing::warn!(error = %e, "the first reconcile pass failed; retrying on the timer");
+    }
+    tokio::spawn(
+        reconciler
+            .clone()
+            .run(Duration::from_millis(st.reconcile_interval_ms)),
+    );
+    let state = api::AppState {
+        cluster: cluster.clone(),
+        reconciler,
+        config: api::Policy {
+            overcommit: st.overcommit,
+            thresholds: Thresholds {
+                high_min_iops: st.high_min_iops,
+                high_max_p50_us: st.high_max_p50_us,
+                medium_min_iops: st.medium_min_iops,
+                medium_max_p50_us: st.medium_max_p50_us,
+            },
+        },
+    };
+    api::serve_unix(state.clone(), &socket).await?;
+    api::serve_tcp(state, api_addr).await?;
     tracing::info!(
         node = %cluster.id(),
         name = %cluster.identity.name,

@@ -21,6 +21,12 @@ pub struct Metrics {
     pub raft_term: IntGauge,
     pub raft_last_log_index: IntGauge,
     pub raft_last_applied_index: IntGauge,
+    pub pool_data_used_bytes: IntGaugeVec,
+    pub pool_data_total_bytes: IntGaugeVec,
+    pub pool_metadata_used_blocks: IntGaugeVec,
+    pub pool_metadata_total_blocks: IntGaugeVec,
+    pub pool_near_full: IntGaugeVec,
+    pub volume_capacity_bytes: IntGaugeVec,
 }
 
 fn gauge(registry: &Registry, name: &'static str, help: &str) -> Result<IntGauge, MetricsError> {
@@ -98,6 +104,42 @@ impl Metrics {
                 &r,
                 "pxd_raft_last_applied_index",
                 "Index of the last entry applied to the state machine",
+            )?,
+            pool_data_used_bytes: gauge_vec(
+                &r,
+                "pxd_pool_data_used_bytes",
+                "Data bytes the pool has allocated to thin devices",
+                &["pool", "class"],
+            )?,
+            pool_data_total_bytes: gauge_vec(
+                &r,
+                "pxd_pool_data_total_bytes",
+                "Data bytes of the pool",
+                &["pool", "class"],
+            )?,
+            pool_metadata_used_blocks: gauge_vec(
+                &r,
+                "pxd_pool_metadata_used_blocks",
+                "4 KiB metadata blocks the pool uses",
+                &["pool", "class"],
+            )?,
+            pool_metadata_total_blocks: gauge_vec(
+                &r,
+                "pxd_pool_metadata_total_blocks",
+                "4 KiB metadata blocks of the pool",
+                &["pool", "class"],
+            )?,
+            pool_near_full: gauge_vec(
+                &r,
+                "pxd_pool_near_full",
+                "1 while the pool is past a near-full threshold and refuses new allocations",
+                &["pool", "class"],
+            )?,
+            volume_capacity_bytes: gauge_vec(
+                &r,
+                "pxd_volume_capacity_bytes",
+                "Provisioned size of the volume",
+                &["volume", "volume_id", "node", "pool"],
             )?,
             registry: r,
         })

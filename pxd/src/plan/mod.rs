@@ -3,6 +3,7 @@
 
 pub mod crypt;
 pub mod names;
+pub mod placement;
 pub mod pool;
 pub mod table;
 pub mod thin;

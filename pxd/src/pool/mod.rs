@@ -197,16 +197,25 @@ impl fmt::Display for PoolUsage {
 
 /// Reads the pool's use.
 pub fn usage(dm: &dyn DeviceMapper, pool: &Pool) -> Result<PoolUsage, PoolError> {
-    match status(dm, pool.name())? {
+    usage_of(dm, pool.name(), pool.spec.chunk)
+}
+
+/// Reads the use of the thin-pool device `name`, whose chunk is `chunk`.
+pub fn usage_of(
+    dm: &dyn DeviceMapper,
+    name: &DeviceName,
+    chunk: Sectors,
+) -> Result<PoolUsage, PoolError> {
+    match status(dm, name)? {
         ThinPoolStatus::Working(w) => Ok(PoolUsage {
-            chunk: pool.spec.chunk,
+            chunk,
             data_used_chunks: *w.usage.used_data,
             data_total_chunks: *w.usage.total_data,
             meta_used_blocks: *w.usage.used_meta,
             meta_total_blocks: *w.usage.total_meta,
         }),
         other => Err(PoolError::Unusable {
-            pool: pool.name().to_string(),
+            pool: name.to_string(),
             state: format!("{other:?}"),
         }),
     }

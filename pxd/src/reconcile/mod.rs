@@ -7,6 +7,7 @@ pub mod desired;
 pub mod execute;
 pub mod faults;
 pub mod observe;
+pub mod service;
 pub mod steps;
 
 use crate::crypt::ClusterKey;

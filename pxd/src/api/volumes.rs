@@ -1,0 +1,777 @@
+//! Volume and snapshot routes. Each change is checked here (every refusal names the field and
+//! the limit), recorded in the cluster store, and then built by a reconcile pass that the
+//! handler waits for; nothing here touches the kernel but to read it.
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /v1/volumes`, `POST /v1/volumes` `{options, secret_key?}` | list; create |
+//! | `GET`/`PUT {size}`/`DELETE /v1/volumes/{vol}` | inspect (with use); grow; delete |
+//! | `POST /v1/volumes/{vol}/mount` `{path?}`, `.../unmount` | mount under the data dir |
+//! | `GET`/`POST {name} /v1/volumes/{vol}/snapshots`, `DELETE .../snapshots/{snap}` | snapshots |
+//! | `POST /v1/volumes/{vol}/clone` `{name, snapshot?, read_only}` | clone a volume or snapshot |
+//! | `POST /v1/volumes/{vol}/restore` `{snapshot}` | put a snapshot's data back |
+
+use super::{ApiError, ApiResult, AppState};
+use crate::cluster::Op;
+use crate::crypt::{new_salt, VolumeKey};
+use crate::kernel::dm::{node_path, DeviceMapper, KernelDm};
+use crate::plan::names::Id;
+use crate::plan::placement::{self, Candidate};
+use crate::reconcile::steps::volume_stack;
+use crate::store::state::{ClusterState, SnapshotChange, VolumeChange};
+use crate::store::types::{
+    IopsLimit, NodeId, Origin, Phase, Replica, ReplicaState, Snapshot, Volume,
+};
+use crate::store::Command;
+use crate::volume::spec::{check_name, parse_size, Class, Fs, VolumeSpec};
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CreateRequest {
+    /// The volume options: name, size, fs, repl, io_priority, max_iops, secure, label.
+    pub options: BTreeMap<String, String>,
+    /// A passphrase to derive the data key from, instead of a random key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResizeRequest {
+    pub size: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct MountRequest {
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CloneRequest {
+    pub name: String,
+    /// Clone this snapshot of the volume instead of the volume itself.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    pub snapshot: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotView {
+    pub id: String,
+    pub name: String,
+    pub volume: String,
+    pub time: u64,
+    pub taken: bool,
+    pub phase: Phase,
+}
+
+/// A volume as the API shows it. `list` leaves out `usage`, which moves with every write, so
+/// two lists with no change in between are equal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeView {
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+    pub fs: Fs,
+    pub repl: u8,
+    pub io_priority: Class,
+    pub encrypted: bool,
+    pub read_only: bool,
+    pub labels: BTreeMap<String, String>,
+    pub max_iops: Option<IopsLimit>,
+    pub node: Option<NodeId>,
+    pub pool: Option<String>,
+    pub thin_id: Option<u32>,
+    /// dm devices, lowest first; the last is what is mounted or handed to a container.
+    pub stack: Vec<String>,
+    pub device: Option<PathBuf>,
+    pub mountpoint: Option<String>,
+    pub phase: Phase,
+    pub snapshots: Vec<SnapshotView>,
+    pub created: u64,
+    /// Bytes the volume has mapped in its pool (thin status); inspect only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Deleted {
+    pub deleted: String,
+}
+
+fn bad(e: impl ToString) -> ApiError {
+    ApiError::BadRequest(e.to_string())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A random object id: 16 lowercase hex digits, valid in dm names.
+fn new_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn require_cluster(s: &AppState) -> Result<(), ApiError> {
+    if s.cluster.cluster_id().is_none() {
+        return Err(crate::cluster::ClusterError::NotInCluster.into());
+    }
+    Ok(())
+}
+
+/// The live volume named (or with id) `key`.
+fn find(st: &ClusterState, key: &str) -> Result<Volume, ApiError> {
+    st.volume_named(key)
+        .or_else(|| st.volumes.get(key))
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("volume: no volume called {key:?}")))
+}
+
+fn view(st: &ClusterState, v: &Volume) -> VolumeView {
+    let replica = v.replicas.first();
+    let stack = replica
+        .and_then(|r| {
+            let node = Id::node(&r.node.to_string()).ok()?;
+            let desired = crate::reconcile::derive::node_state(st, r.node, None);
+            let vs = desired.volume(&v.id)?;
+            volume_stack(&node, vs, true).ok()
+        })
+        .unwrap_or_default();
+    let names: Vec<String> = stack.iter().map(|p| p.name.to_string()).collect();
+    let mut snapshots: Vec<SnapshotView> = st
+        .snapshots
+        .values()
+        .filter(|s| s.volume == v.id)
+        .map(|s| SnapshotView {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            volume: v.name.clone(),
+            time: s.time,
+            taken: s.taken,
+            phase: s.phase,
+        })
+        .collect();
+    snapshots.sort_by(|a, b| (a.time, &a.name).cmp(&(b.time, &b.name)));
+    VolumeView {
+        id: v.id.clone(),
+        name: v.name.clone(),
+        size: v.size,
+        fs: v.fs,
+        repl: v.repl,
+        io_priority: v.io_priority,
+        encrypted: v.encrypted,
+        read_only: v.read_only,
+        labels: v.labels.clone(),
+        max_iops: v.max_iops,
+        node: replica.map(|r| r.node),
+        pool: replica.map(|r| r.pool.clone()),
+        thin_id: replica.map(|r| r.thin_id),
+        device: stack.last().map(|p| node_path(&p.name.dm_name())),
+        stack: names,
+        mountpoint: v.mount_path.clone(),
+        phase: v.phase,
+        snapshots,
+        created: v.created,
+        usage: None,
+    }
+}
+
+/// Pools of this node with what placement needs to know.
+fn candidates(s: &AppState, st: &ClusterState) -> Vec<Candidate> {
+    let me = s.cluster.id();
+    let last = s.reconciler.last();
+    st.pools
+        .values()
+        .filter(|p| p.node == me)
+        .map(|p| {
+            let used = last.pools.get(&p.id);
+            Candidate {
+                id: p.id.clone(),
+                class: p.class,
+                capacity: used.map_or(p.capacity, |u| u.data_total),
+                provisioned: st
+                    .volumes
+                    .values()
+                    .filter(|v| v.replicas.iter().any(|r| r.pool == p.id))
+                    .map(|v| v.size)
+                    .sum(),
+                near_full: used.and_then(|u| u.near_full(&s.reconciler.full)),
+            }
+        })
+        .collect()
+}
+
+/// Records `cmd`; a refusal by the state machine is the caller's error.
+async fn submit(s: &AppState, cmd: Command) -> Result<(), ApiError> {
+    match s.cluster.submit(Op::Command(cmd)).await {
+        Err(crate::cluster::ClusterError::Rejected(why)) => Err(ApiError::BadRequest(why)),
+        other => other.map(|_| ()).map_err(Into::into),
+    }
+}
+
+/// Runs a reconcile pass for a change just recorded about `what`.
+async fn converge(s: &AppState, what: &str) -> Result<(), ApiError> {
+    s.reconciler.pass().await.map(|_| ()).map_err(|e| {
+        ApiError::Node(format!(
+            "{what} is recorded, but the node could not finish it yet: {e} (the reconciler keeps trying)"
+        ))
+    })
+}
+
+fn this_node_volume(s: &AppState, v: &Volume) -> Result<(), ApiError> {
+    let me = s.cluster.id();
+    if v.replicas.iter().any(|r| r.node == me) {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "volume {} has no replica on this node; run the command on its node",
+            v.name
+        )))
+    }
+}
+
+/// Whether the kernel has the volume's top device open (mounted or used by a process).
+async fn open_count(v: &VolumeView) -> Result<i32, ApiError> {
+    let Some(top) = v.stack.last().cloned() else {
+        return Ok(0);
+    };
+    tokio::task::spawn_blocking(move || {
+        let dm = KernelDm::open().map_err(|e| e.to_string())?;
+        let name = devicemapper::DmNameBuf::new(top).map_err(|e| e.to_string())?;
+        Ok::<_, String>(
+            dm.info(&name)
+                .map_err(|e| e.to_string())?
+                .map_or(0, |i| i.open_count),
+        )
+    })
+    .await
+    .map_err(|e| ApiError::Node(e.to_string()))?
+    .map_err(ApiError::Node)
+}
+
+pub async fn list(State(s): State<AppState>) -> ApiResult<Vec<VolumeView>> {
+    let mut out = s
+        .cluster
+        .state()
+        .read(|st| st.volumes.values().map(|v| view(st, v)).collect::<Vec<_>>());
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(out))
+}
+
+pub async fn inspect(State(s): State<AppState>, Path(key): Path<String>) -> ApiResult<VolumeView> {
+    let mut v = s
+        .cluster
+        .state()
+        .read(|st| find(st, &key).map(|v| view(st, &v)))?;
+    if let Some(thin) = v.stack.first().cloned() {
+        v.usage = tokio::task::spawn_blocking(move || thin_mapped_bytes(&thin))
+            .await
+            .ok()
+            .flatten();
+    }
+    Ok(Json(v))
+}
+
+/// Bytes a thin device has mapped, from its status (`<mapped sectors> <highest mapped>`).
+fn thin_mapped_bytes(name: &str) -> Option<u64> {
+    let dm = KernelDm::open().ok()?;
+    let status = dm
+        .status(&devicemapper::DmNameBuf::new(name.to_owned()).ok()?)
+        .ok()?;
+    let sectors: u64 = status.first()?.3.split_whitespace().next()?.parse().ok()?;
+    Some(sectors * 512)
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    Json(req): Json<CreateRequest>,
+) -> ApiResult<VolumeView> {
+    require_cluster(&s)?;
+    let spec = VolumeSpec::from_options(req.options.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(bad)?;
+    if spec.repl > 1 {
+        return Err(bad(format!(
+            "repl: {} asks for replicas on other nodes; this release places 1 replica per volume (limit 1)",
+            spec.repl
+        )));
+    }
+    if let Some(p) = &req.secret_key {
+        if p.is_empty() || p.len() > crate::crypt::MAX_PASSPHRASE {
+            return Err(bad(format!(
+                "secret_key: must be 1 to {} bytes, got {}",
+                crate::crypt::MAX_PASSPHRASE,
+                p.len()
+            )));
+        }
+    }
+    let me = s.cluster.id();
+    let (pool, exists) = s.cluster.state().read(|st| {
+        let pools = candidates(&s, st);
+        let pool = placement::place(&pools, spec.io_priority, spec.size, s.config.overcommit)
+            .map(|p| (p.id.clone(), p.class));
+        (pool, st.volume_named(&spec.name).is_some())
+    });
+    if exists {
+        return Err(bad(format!(
+            "name: a volume called {:?} exists already",
+            spec.name
+        )));
+    }
+    let (pool, class) = pool.map_err(bad)?;
+    let id = new_id();
+    let encrypted = spec.secure || req.secret_key.is_some();
+    let (wrapped_key, key_salt) = if encrypted {
+        let secret = req.secret_key.clone();
+        let key = tokio::task::spawn_blocking(move || match secret {
+            Some(p) => {
+                let salt = new_salt()?;
+                Ok((VolumeKey::from_passphrase(&p, &salt)?, Some(salt.to_vec())))
+            }
+            None => Ok::<_, crate::crypt::CryptError>((VolumeKey::generate()?, None)),
+        })
+        .await
+        .map_err(|e| ApiError::Node(e.to_string()))?
+        .map_err(|e| ApiError::Node(e.to_string()))?;
+        let wrapped = s
+            .reconciler
+            .cluster_key()
+            .wrap(&key.0, &id)
+            .map_err(|e| ApiError::Node(e.to_string()))?;
+        (Some(wrapped), key.1)
+    } else {
+        (None, None)
+    };
+    let volume = Volume {
+        id: id.clone(),
+        name: spec.name.clone(),
+        size: spec.size,
+        fs: spec.fs,
+        repl: spec.repl,
+        io_priority: spec.io_priority.unwrap_or(class),
+        max_iops: (spec.max_iops.read > 0 || spec.max_iops.write > 0).then_some(IopsLimit {
+            read: u64::from(spec.max_iops.read),
+            write: u64::from(spec.max_iops.write),
+        }),
+        encrypted,
+        key_ref: encrypted.then(|| "cluster".to_owned()),
+        labels: spec.labels.clone(),
+        replicas: vec![Replica {
+            node: me,
+            pool,
+            thin_id: 0,
+            state: ReplicaState::Clean,
+        }],
+        attachment: None,
+        snapshot_schedule: None,
+        phase: Phase::Live,
+        formatted: false,
+        wrapped_key,
+        key_salt,
+        origin: None,
+        read_only: false,
+        mount_path: None,
+        retired_thin_ids: vec![],
+        created: now(),
+    };
+    submit(&s, Command::CreateVolume { volume }).await?;
+    converge(&s, &format!("volume {}", spec.name)).await?;
+    inspect(State(s), Path(id)).await
+}
+
+pub async fn resize(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    Json(req): Json<ResizeRequest>,
+) -> ApiResult<VolumeView> {
+    let size = parse_size("size", &req.size).map_err(bad)?;
+    let (v, pools) = s
+        .cluster
+        .state()
+        .read(|st| find(st, &key).map(|v| (v, candidates(&s, st))))?;
+    this_node_volume(&s, &v)?;
+    if size < v.size {
+        return Err(bad(format!(
+            "size: {} is smaller than the volume's {}; shrinking is not supported",
+            crate::volume::spec::human(size),
+            crate::volume::spec::human(v.size)
+        )));
+    }
+    if v.read_only {
+        return Err(bad(format!("volume {} is a read-only clone", v.name)));
+    }
+    if size > v.size {
+        if let Some(p) = pools
+            .iter()
+            .find(|p| Some(&p.id) == v.replicas.first().map(|r| &r.pool))
+        {
+            placement::admit(p, size - v.size, s.config.overcommit).map_err(bad)?;
+        }
+        submit(
+            &s,
+            Command::UpdateVolume {
+                id: v.id.clone(),
+                change: VolumeChange::Resize { size },
+            },
+        )
+        .await?;
+        converge(&s, &format!("the new size of {}", v.name)).await?;
+    }
+    inspect(State(s), Path(v.id)).await
+}
+
+pub async fn delete(State(s): State<AppState>, Path(key): Path<String>) -> ApiResult<Deleted> {
+    let v = s.cluster.state().read(|st| find(st, &key))?;
+    this_node_volume(&s, &v)?;
+    if let Some(at) = &v.mount_path {
+        return Err(ApiError::Conflict(format!(
+            "volume {} is mounted at {at}; unmount it first (pxd volume unmount {})",
+            v.name, v.name
+        )));
+    }
+    let shown = s.cluster.state().read(|st| view(st, &v));
+    let open = open_count(&shown).await?;
+    if open > 0 {
+        return Err(ApiError::Conflict(format!(
+            "volume {} is in use ({open} opener(s) of {}); stop them first",
+            v.name,
+            shown
+                .device
+                .map(|d| d.display().to_string())
+                .unwrap_or_default()
+        )));
+    }
+    submit(
+        &s,
+        Command::UpdateVolume {
+            id: v.id.clone(),
+            change: VolumeChange::Delete,
+        },
+    )
+    .await?;
+    converge(&s, &format!("the delete of {}", v.name)).await?;
+    Ok(Json(Deleted { deleted: v.name }))
+}
+
+/// Checks a mount path: absolute, with no `..`, so a request cannot aim outside what it names.
+fn check_mount_path(p: &std::path::Path) -> Result<(), ApiError> {
+    let ok = p.is_absolute()
+        && p.components()
+            .all(|c| !matches!(c, std::path::Component::ParentDir))
+        && p.as_os_str().len() <= 1024;
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "path: {:?} must be an absolute path of at most 1024 bytes without ..",
+            p
+        )))
+    }
+}
+
+pub async fn mount(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    Json(req): Json<MountRequest>,
+) -> ApiResult<VolumeView> {
+    let v = s.cluster.state().read(|st| find(st, &key))?;
+    this_node_volume(&s, &v)?;
+    if v.fs == Fs::Raw {
+        return Err(bad(format!(
+            "fs: volume {} is raw; there is no filesystem to mount (use its device)",
+            v.name
+        )));
+    }
+    let path = req
+        .path
+        .unwrap_or_else(|| s.reconciler.mount_root().join(&v.name));
+    check_mount_path(&path)?;
+    let path = path.display().to_string();
+    if v.mount_path.as_deref() != Some(path.as_str()) {
+        if let Some(at) = &v.mount_path {
+            return Err(ApiError::Conflict(format!(
+                "volume {} is mounted at {at} already",
+                v.name
+            )));
+        }
+        submit(
+            &s,
+            Command::UpdateVolume {
+                id: v.id.clone(),
+                change: VolumeChange::Mount {
+                    node: s.cluster.id(),
+                    path: Some(path),
+                },
+            },
+        )
+        .await?;
+    }
+    converge(&s, &format!("the mount of {}", v.name)).await?;
+    inspect(State(s), Path(v.id)).await
+}
+
+pub async fn unmount(State(s): State<AppState>, Path(key): Path<String>) -> ApiResult<VolumeView> {
+    let v = s.cluster.state().read(|st| find(st, &key))?;
+    this_node_volume(&s, &v)?;
+    if v.mount_path.is_some() {
+        submit(
+            &s,
+            Command::UpdateVolume {
+                id: v.id.clone(),
+                change: VolumeChange::Mount {
+                    node: s.cluster.id(),
+                    path: None,
+                },
+            },
+        )
+        .await?;
+    }
+    converge(&s, &format!("the unmount of {}", v.name)).await?;
+    inspect(State(s), Path(v.id)).await
+}
+
+pub async fn snapshots(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+) -> ApiResult<Vec<SnapshotView>> {
+    let v = s
+        .cluster
+        .state()
+        .read(|st| find(st, &key).map(|v| view(st, &v)))?;
+    Ok(Json(v.snapshots))
+}
+
+pub async fn snapshot_create(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    Json(req): Json<SnapshotRequest>,
+) -> ApiResult<SnapshotView> {
+    check_name(&req.name).map_err(bad)?;
+    let (v, pools) = s
+        .cluster
+        .state()
+        .read(|st| find(st, &key).map(|v| (v, candidates(&s, st))))?;
+    this_node_volume(&s, &v)?;
+    if let Some(p) = pools
+        .iter()
+        .find(|p| Some(&p.id) == v.replicas.first().map(|r| &r.pool))
+    {
+        if let Some(why) = &p.near_full {
+            return Err(bad(format!("pool {} is near full: {why}", p.id)));
+        }
+    }
+    let id = new_id();
+    let snapshot = Snapshot {
+        id: id.clone(),
+        volume: v.id.clone(),
+        name: req.name.clone(),
+        time: now(),
+        thin_ids: BTreeMap::new(),
+        read_only: true,
+        taken: false,
+        phase: Phase::Live,
+    };
+    submit(&s, Command::CreateSnapshot { snapshot }).await?;
+    converge(&s, &format!("snapshot {} of {}", req.name, v.name)).await?;
+    let shown = s.cluster.state().read(|st| view(st, &v));
+    shown
+        .snapshots
+        .into_iter()
+        .find(|x| x.id == id)
+        .map(Json)
+        .ok_or_else(|| ApiError::Node(format!("snapshot {} vanished", req.name)))
+}
+
+fn find_snapshot(st: &ClusterState, v: &Volume, key: &str) -> Result<Snapshot, ApiError> {
+    st.snapshots
+        .values()
+        .find(|x| x.volume == v.id && (x.name == key || x.id == key) && x.phase == Phase::Live)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "snapshot: volume {} has no snapshot {key:?}",
+                v.name
+            ))
+        })
+}
+
+pub async fn snapshot_delete(
+    State(s): State<AppState>,
+    Path((key, snap)): Path<(String, String)>,
+) -> ApiResult<Deleted> {
+    let (v, sn) = s.cluster.state().read(|st| {
+        let v = find(st, &key)?;
+        let sn = find_snapshot(st, &v, &snap)?;
+        Ok::<_, ApiError>((v, sn))
+    })?;
+    this_node_volume(&s, &v)?;
+    let used_by = s.cluster.state().read(|st| {
+        st.volumes
+            .values()
+            .filter(|c| {
+                c.origin.as_ref().is_some_and(|o| {
+                    o.volume.is_none() && sn.thin_ids.values().any(|t| *t == o.thin_id)
+                })
+            })
+            .map(|c| c.name.clone())
+            .collect::<Vec<_>>()
+    });
+    if !used_by.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "snapshot {} is being copied into {}; try again when that is done",
+            sn.name,
+            used_by.join(", ")
+        )));
+    }
+    submit(
+        &s,
+        Command::UpdateSnapshot {
+            id: sn.id.clone(),
+            change: SnapshotChange::Delete,
+        },
+    )
+    .await?;
+    converge(&s, &format!("the delete of snapshot {}", sn.name)).await?;
+    Ok(Json(Deleted { deleted: sn.name }))
+}
+
+pub async fn clone(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    Json(req): Json<CloneRequest>,
+) -> ApiResult<VolumeView> {
+    check_name(&req.name).map_err(bad)?;
+    let me = s.cluster.id();
+    let (src, origin, pools, exists) = s.cluster.state().read(|st| {
+        let src = find(st, &key)?;
+        let replica = src
+            .replicas
+            .iter()
+            .find(|r| r.node == me)
+            .cloned()
+            .ok_or_else(|| bad(format!("volume {} has no replica on this node", src.name)))?;
+        let origin = match &req.snapshot {
+            Some(name) => {
+                let sn = find_snapshot(st, &src, name)?;
+                if !sn.taken {
+                    return Err(bad(format!("snapshot: {name:?} is not taken yet")));
+                }
+                Origin {
+                    thin_id: *sn.thin_ids.get(&me).ok_or_else(|| {
+                        bad(format!("snapshot: {name:?} has no copy on this node"))
+                    })?,
+                    volume: None,
+                }
+            }
+            None => Origin {
+                thin_id: replica.thin_id,
+                volume: Some(src.id.clone()),
+            },
+        };
+        Ok::<_, ApiError>((
+            (src.clone(), replica),
+            origin,
+            candidates(&s, st),
+            st.volume_named(&req.name).is_some(),
+        ))
+    })?;
+    let (src, replica) = src;
+    if exists {
+        return Err(bad(format!(
+            "name: a volume called {:?} exists already",
+            req.name
+        )));
+    }
+    if let Some(p) = pools.iter().find(|p| p.id == replica.pool) {
+        placement::admit(p, src.size, s.config.overcommit).map_err(bad)?;
+    }
+    let id = new_id();
+    // The clone shares its source's blocks, so it shares its data key, sealed for its own id.
+    let wrapped_key = match &src.wrapped_key {
+        Some(w) => {
+            let ck = s.reconciler.cluster_key();
+            let key = ck
+                .unwrap(w, &src.id)
+                .map_err(|e| ApiError::Node(e.to_string()))?;
+            Some(
+                ck.wrap(&key, &id)
+                    .map_err(|e| ApiError::Node(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
+    let volume = Volume {
+        id: id.clone(),
+        name: req.name.clone(),
+        replicas: vec![Replica {
+            thin_id: 0,
+            ..replica
+        }],
+        attachment: None,
+        phase: Phase::Live,
+        wrapped_key,
+        origin: Some(origin),
+        read_only: req.read_only,
+        mount_path: None,
+        retired_thin_ids: vec![],
+        created: now(),
+        ..src.clone()
+    };
+    submit(&s, Command::CreateVolume { volume }).await?;
+    converge(&s, &format!("clone {}", req.name)).await?;
+    inspect(State(s), Path(id)).await
+}
+
+pub async fn restore(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    Json(req): Json<RestoreRequest>,
+) -> ApiResult<VolumeView> {
+    let (v, sn) = s.cluster.state().read(|st| {
+        let v = find(st, &key)?;
+        let sn = find_snapshot(st, &v, &req.snapshot)?;
+        Ok::<_, ApiError>((v, sn))
+    })?;
+    this_node_volume(&s, &v)?;
+    if let Some(at) = &v.mount_path {
+        return Err(ApiError::Conflict(format!(
+            "volume {} is mounted at {at}; unmount it before restoring",
+            v.name
+        )));
+    }
+    let shown = s.cluster.state().read(|st| view(st, &v));
+    if open_count(&shown).await? > 0 {
+        return Err(ApiError::Conflict(format!(
+            "volume {} is in use; stop its users before restoring",
+            v.name
+        )));
+    }
+    submit(
+        &s,
+        Command::UpdateVolume {
+            id: v.id.clone(),
+            change: VolumeChange::Restore {
+                snapshot: sn.id.clone(),
+            },
+        },
+    )
+    .await?;
+    converge(&s, &format!("the restore of {}", v.name)).await?;
+    inspect(State(s), Path(v.id)).await
+}

@@ -1,0 +1,483 @@
+//! `pxd volume`, `pxd drive add` and `pxd pool list`: clients of the volume and pool routes.
+//! Options are passed on as the strings the user typed; the daemon parses and checks them,
+//! so the CLI, REST and the Docker plugin refuse bad input the same way.
+
+use super::{print_json, CliError};
+use crate::api::client::BlockingClient;
+use crate::api::pools::{AddDriveRequest, DriveAdded, PoolView};
+use crate::api::volumes::{
+    CloneRequest, CreateRequest, Deleted, MountRequest, ResizeRequest, RestoreRequest,
+    SnapshotRequest, SnapshotView, VolumeView,
+};
+use crate::cli::output::{bytes, table};
+use clap::Subcommand;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Create a volume: `pxd volume create db --size 10G`, or `pxd volume create size=10G,name=db`.
+    Create {
+        /// The name, or an inline spec `size=10G,fs=xfs,name=db`.
+        spec: String,
+        /// Size: bytes, or a number with K, M, G, T or P (powers of 1024).
+        #[arg(long)]
+        size: Option<String>,
+        /// ext4, xfs or raw.
+        #[arg(long)]
+        fs: Option<String>,
+        /// Pool class: high, medium or low.
+        #[arg(long = "io_priority")]
+        io_priority: Option<String>,
+        /// Replicas (1 to 3).
+        #[arg(long)]
+        repl: Option<String>,
+        /// IOPS limits `R,W`.
+        #[arg(long = "max_iops")]
+        max_iops: Option<String>,
+        /// Label KEY=VALUE (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Encrypt with dm-crypt (a random key, wrapped by the cluster key).
+        #[arg(long)]
+        secure: bool,
+        /// Encrypt with a key derived from this passphrase.
+        #[arg(long = "secret_key", env = "PXD_SECRET_KEY", hide_env_values = true)]
+        secret_key: Option<String>,
+    },
+    /// List volumes.
+    List,
+    /// Show one volume with its stack, use, mount point and snapshots.
+    Inspect { volume: String },
+    /// Grow a volume (online, with its filesystem).
+    Update {
+        volume: String,
+        #[arg(long)]
+        size: String,
+    },
+    /// Delete a volume and free its space (refused while mounted).
+    Delete { volume: String },
+    /// Mount a volume (by default under the daemon's mount root).
+    Mount {
+        volume: String,
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
+    /// Unmount a volume.
+    Unmount { volume: String },
+    /// Snapshots of a volume.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Clone a volume, or one of its snapshots, into a new volume.
+    Clone {
+        volume: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        snapshot: Option<String>,
+        #[arg(long = "read-only")]
+        read_only: bool,
+    },
+    /// Put a snapshot's data back into its (unmounted) volume.
+    Restore {
+        volume: String,
+        #[arg(long)]
+        snapshot: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Take a crash-consistent snapshot.
+    Create {
+        volume: String,
+        #[arg(long)]
+        name: String,
+    },
+    List {
+        volume: String,
+    },
+    Delete {
+        volume: String,
+        snapshot: String,
+    },
+}
+
+/// The options of `volume create`, from the inline spec and the flags (flags win).
+fn create_options(
+    spec: &str,
+    flags: [(&str, &Option<String>); 5],
+    labels: &[String],
+    secure: bool,
+) -> Result<BTreeMap<String, String>, CliError> {
+    let mut options = BTreeMap::new();
+    if spec.contains('=') {
+        for pair in spec.split(',').filter(|p| !p.trim().is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| CliError::Usage(format!("spec: {pair:?} is not key=value")))?;
+            if k.trim() == "label" || k.trim() == "labels" {
+                let joined: &mut String = options.entry("label".into()).or_default();
+                if !joined.is_empty() {
+                    joined.push(';');
+                }
+                joined.push_str(v.trim());
+            } else {
+                options.insert(k.trim().to_owned(), v.trim().to_owned());
+            }
+        }
+    } else {
+        options.insert("name".into(), spec.to_owned());
+    }
+    for (k, v) in flags {
+        if let Some(v) = v {
+            options.insert(k.to_owned(), v.clone());
+        }
+    }
+    if !labels.is_empty() {
+        let joined: &mut String = options.entry("label".into()).or_default();
+        for l in labels {
+            if !joined.is_empty() {
+                joined.push(';');
+            }
+            joined.push_str(l);
+        }
+    }
+    if secure {
+        options.insert("secure".into(), "true".into());
+    }
+    Ok(options)
+}
+
+fn print_volumes(volumes: &[VolumeView]) {
+    let rows: Vec<Vec<String>> = volumes
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                v.id.clone(),
+                bytes(v.size),
+                v.fs.to_string(),
+                v.io_priority.to_string(),
+                if v.encrypted { "yes" } else { "no" }.into(),
+                v.snapshots.len().to_string(),
+                v.mountpoint.clone().unwrap_or_else(|| "-".into()),
+                format!("{:?}", v.phase).to_lowercase(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "NAME",
+                "ID",
+                "SIZE",
+                "FS",
+                "PRIORITY",
+                "ENCRYPTED",
+                "SNAPS",
+                "MOUNT",
+                "STATE"
+            ],
+            &rows
+        )
+    );
+}
+
+fn print_volume(v: &VolumeView) {
+    println!("volume:     {} ({})", v.name, v.id);
+    println!("size:       {}", bytes(v.size));
+    if let Some(u) = v.usage {
+        println!("used:       {} (mapped in the pool)", bytes(u));
+    }
+    println!("fs:         {}", v.fs);
+    println!("priority:   {}", v.io_priority);
+    println!(
+        "encrypted:  {}",
+        if v.encrypted {
+            "yes (aes-xts-plain64)"
+        } else {
+            "no"
+        }
+    );
+    if v.read_only {
+        println!("read-only:  yes");
+    }
+    if let (Some(n), Some(p)) = (&v.node, &v.pool) {
+        println!(
+            "placement:  node {n}, pool {p}, thin id {}",
+            v.thin_id.unwrap_or(0)
+        );
+    }
+    println!("stack:      {}", v.stack.join(" <- "));
+    if let Some(d) = &v.device {
+        println!("device:     {}", d.display());
+    }
+    println!("mount:      {}", v.mountpoint.as_deref().unwrap_or("-"));
+    if !v.labels.is_empty() {
+        let l: Vec<String> = v.labels.iter().map(|(k, x)| format!("{k}={x}")).collect();
+        println!("labels:     {}", l.join(","));
+    }
+    for s in &v.snapshots {
+        println!("snapshot:   {} ({})", s.name, s.id);
+    }
+}
+
+fn print_snapshots(snaps: &[SnapshotView]) {
+    let rows: Vec<Vec<String>> = snaps
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.id.clone(),
+                s.volume.clone(),
+                s.time.to_string(),
+                if s.taken { "taken" } else { "pending" }.into(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["NAME", "ID", "VOLUME", "TIME", "STATE"], &rows)
+    );
+}
+
+/// Path segment of a volume or snapshot name; names are `[A-Za-z0-9._-]`, so anything else
+/// is refused here rather than sent.
+fn seg(s: &str) -> Result<&str, CliError> {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        Ok(s)
+    } else {
+        Err(CliError::Usage(format!(
+            "name: {s:?} may only hold [A-Za-z0-9._-]"
+        )))
+    }
+}
+
+pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(), CliError> {
+    let show = |v: VolumeView| {
+        if json {
+            print_json(&v)
+        } else {
+            print_volume(&v)
+        }
+    };
+    match cmd {
+        VolumeCommand::Create {
+            spec,
+            size,
+            fs,
+            io_priority,
+            repl,
+            max_iops,
+            labels,
+            secure,
+            secret_key,
+        } => {
+            let options = create_options(
+                spec,
+                [
+                    ("size", size),
+                    ("fs", fs),
+                    ("io_priority", io_priority),
+                    ("repl", repl),
+                    ("max_iops", max_iops),
+                ],
+                labels,
+                *secure,
+            )?;
+            let req = CreateRequest {
+                options,
+                secret_key: secret_key.clone(),
+            };
+            show(c.post("/v1/volumes", &req)?);
+        }
+        VolumeCommand::List => {
+            let vols: Vec<VolumeView> = c.get("/v1/volumes")?;
+            if json {
+                print_json(&vols);
+            } else {
+                print_volumes(&vols);
+            }
+        }
+        VolumeCommand::Inspect { volume } => {
+            show(c.get(&format!("/v1/volumes/{}", seg(volume)?))?);
+        }
+        VolumeCommand::Update { volume, size } => {
+            let req = ResizeRequest { size: size.clone() };
+            show(c.put(&format!("/v1/volumes/{}", seg(volume)?), &req)?);
+        }
+        VolumeCommand::Delete { volume } => {
+            let d: Deleted = c.delete(&format!("/v1/volumes/{}", seg(volume)?))?;
+            if json {
+                print_json(&d);
+            } else {
+                println!("volume {} deleted", d.deleted);
+            }
+        }
+        VolumeCommand::Mount { volume, path } => {
+            let req = MountRequest { path: path.clone() };
+            show(c.post(&format!("/v1/volumes/{}/mount", seg(volume)?), &req)?);
+        }
+        VolumeCommand::Unmount { volume } => {
+            show(c.post(
+                &format!("/v1/volumes/{}/unmount", seg(volume)?),
+                &MountRequest::default(),
+            )?);
+        }
+        VolumeCommand::Clone {
+            volume,
+            name,
+            snapshot,
+            read_only,
+        } => {
+            let req = CloneRequest {
+                name: name.clone(),
+                snapshot: snapshot.clone(),
+                read_only: *read_only,
+            };
+            show(c.post(&format!("/v1/volumes/{}/clone", seg(volume)?), &req)?);
+        }
+        VolumeCommand::Restore { volume, snapshot } => {
+            let req = RestoreRequest {
+                snapshot: snapshot.clone(),
+            };
+            show(c.post(&format!("/v1/volumes/{}/restore", seg(volume)?), &req)?);
+        }
+        VolumeCommand::Snapshot(SnapshotCommand::Create { volume, name }) => {
+            let req = SnapshotRequest { name: name.clone() };
+            let s: SnapshotView =
+                c.post(&format!("/v1/volumes/{}/snapshots", seg(volume)?), &req)?;
+            if json {
+                print_json(&s);
+            } else {
+                println!("snapshot {} of {} taken ({})", s.name, s.volume, s.id);
+            }
+        }
+        VolumeCommand::Snapshot(SnapshotCommand::List { volume }) => {
+            let s: Vec<SnapshotView> = c.get(&format!("/v1/volumes/{}/snapshots", seg(volume)?))?;
+            if json {
+                print_json(&s);
+            } else {
+                print_snapshots(&s);
+            }
+        }
+        VolumeCommand::Snapshot(SnapshotCommand::Delete { volume, snapshot }) => {
+            let d: Deleted = c.delete(&format!(
+                "/v1/volumes/{}/snapshots/{}",
+                seg(volume)?,
+                seg(snapshot)?
+            ))?;
+            if json {
+                print_json(&d);
+            } else {
+                println!("snapshot {} deleted", d.deleted);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn drive_add(
+    json: bool,
+    c: &BlockingClient,
+    path: &std::path::Path,
+    force: bool,
+) -> Result<(), CliError> {
+    let req = AddDriveRequest {
+        path: path.to_owned(),
+        force,
+    };
+    let a: DriveAdded = c.post("/v1/drives", &req)?;
+    if json {
+        print_json(&a);
+    } else {
+        let r = &a.benchmark.random_read;
+        let w = a.benchmark.random_write.unwrap_or(*r);
+        println!(
+            "{} added to pool {} (class {}): random read {:.0} IOPS p50 {} us, random write {:.0} IOPS p50 {} us",
+            a.path.display(),
+            a.pool,
+            a.class,
+            r.iops,
+            r.p50_us,
+            w.iops,
+            w.p50_us
+        );
+    }
+    Ok(())
+}
+
+pub fn pool_list(json: bool, c: &BlockingClient) -> Result<(), CliError> {
+    let pools: Vec<PoolView> = c.get("/v1/pools")?;
+    if json {
+        print_json(&pools);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = pools
+        .iter()
+        .map(|p| {
+            let (data, meta) = match &p.usage {
+                Some(u) => (
+                    format!("{} / {}", bytes(u.data_used), bytes(u.data_total)),
+                    format!("{} / {} blocks", u.meta_used_blocks, u.meta_total_blocks),
+                ),
+                None => ("-".into(), "-".into()),
+            };
+            vec![
+                p.id.clone(),
+                p.class.to_string(),
+                p.drives.join(","),
+                data,
+                meta,
+                bytes(p.chunk_bytes),
+                p.volumes.to_string(),
+                p.near_full.clone().unwrap_or_else(|| "ok".into()),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["ID", "CLASS", "DRIVES", "DATA", "METADATA", "CHUNK", "VOLUMES", "STATE"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_specs_and_flags_make_one_set_of_options() {
+        let o = create_options(
+            "size=10G,fs=xfs,name=db,label=a=1",
+            [
+                ("size", &Some("20G".into())),
+                ("fs", &None),
+                ("io_priority", &Some("high".into())),
+                ("repl", &None),
+                ("max_iops", &None),
+            ],
+            &["b=2".into()],
+            true,
+        )
+        .unwrap();
+        assert_eq!(o["size"], "20G");
+        assert_eq!(o["fs"], "xfs");
+        assert_eq!(o["name"], "db");
+        assert_eq!(o["label"], "a=1;b=2");
+        assert_eq!(o["secure"], "true");
+        let o = create_options("db", [("size", &None); 5], &[], false).unwrap();
+        assert_eq!(
+            o.into_iter().collect::<Vec<_>>(),
+            [("name".into(), "db".into())]
+        );
+    }
+}

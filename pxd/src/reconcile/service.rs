@@ -1,0 +1,272 @@
+//! The reconciler as the daemon runs it: one pass at a time, on a timer and after every API
+//! change, reading what this node should have from the cluster store and recording what it
+//! did back through Raft. It also keeps the pools' use from the last pass, which the API
+//! checks before it allocates and `/metrics` exports.
+
+use crate::cluster::{Cluster, Op};
+use crate::crypt::ClusterKey;
+use crate::kernel::dm::{DeviceMapper, KernelDm};
+use crate::plan::names::{pool_devices, Id};
+use crate::pool::{self, PoolUsage};
+use crate::reconcile::derive::{node_state, records};
+use crate::reconcile::desired::NodeState;
+use crate::reconcile::{reconcile, steps::Step};
+use devicemapper::Sectors;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// When a pool counts as near full: new allocations are refused past these.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FullThresholds {
+    pub data_percent: u8,
+    pub meta_percent: u8,
+}
+
+/// A pool's use as the last pass read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PoolUse {
+    pub data_used: u64,
+    pub data_total: u64,
+    pub meta_used_blocks: u64,
+    pub meta_total_blocks: u64,
+    pub chunk_bytes: u64,
+}
+
+impl PoolUse {
+    fn from_usage(u: &PoolUsage) -> PoolUse {
+        PoolUse {
+            data_used: u.data_used_bytes(),
+            data_total: u.data_total_bytes(),
+            meta_used_blocks: u.meta_used_blocks,
+            meta_total_blocks: u.meta_total_blocks,
+            chunk_bytes: *u.chunk * 512,
+        }
+    }
+
+    fn percent(used: u64, total: u64) -> u64 {
+        (used * 100).checked_div(total).unwrap_or(0)
+    }
+
+    /// Why the pool takes no new allocations, if it is past a threshold.
+    pub fn near_full(&self, t: &FullThresholds) -> Option<String> {
+        let data = Self::percent(self.data_used, self.data_total);
+        let meta = Self::percent(self.meta_used_blocks, self.meta_total_blocks);
+        if data >= u64::from(t.data_percent) {
+            Some(format!(
+                "its data is {data}% used; new allocations stop at {}% (--pool-full-percent)",
+                t.data_percent
+            ))
+        } else if meta >= u64::from(t.meta_percent) {
+            Some(format!(
+                "its metadata is {meta}% used; new allocations stop at {}% (--meta-full-percent)",
+                t.meta_percent
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// What the last pass found and did.
+#[derive(Debug, Clone, Default)]
+pub struct LastPass {
+    pub pools: BTreeMap<String, PoolUse>,
+    pub error: Option<String>,
+}
+
+pub struct Reconciler {
+    cluster: Arc<Cluster>,
+    mount_root: PathBuf,
+    cluster_key: ClusterKey,
+    pub full: FullThresholds,
+    /// One pass at a time; the API waits on it.
+    running: tokio::sync::Mutex<()>,
+    last: Mutex<LastPass>,
+}
+
+impl Reconciler {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        mount_root: PathBuf,
+        cluster_key: ClusterKey,
+        full: FullThresholds,
+    ) -> Reconciler {
+        Reconciler {
+            cluster,
+            mount_root,
+            cluster_key,
+            full,
+            running: tokio::sync::Mutex::new(()),
+            last: Mutex::new(LastPass::default()),
+        }
+    }
+
+    pub fn mount_root(&self) -> &std::path::Path {
+        &self.mount_root
+    }
+
+    pub fn cluster_key(&self) -> &ClusterKey {
+        &self.cluster_key
+    }
+
+    /// The pools' use and the outcome of the last pass.
+    pub fn last(&self) -> LastPass {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What this node should have, as the store says now.
+    pub fn desired(&self) -> NodeState {
+        let me = self.cluster.id();
+        let root = self.mount_root.clone();
+        self.cluster.state().read(|s| node_state(s, me, Some(root)))
+    }
+
+    /// Runs one pass to completion and returns its steps, or why it stopped.
+    pub async fn pass(self: &Arc<Self>) -> Result<Vec<Step>, String> {
+        let _one = self.running.lock().await;
+        if self.cluster.cluster_id().is_none() {
+            return Ok(Vec::new());
+        }
+        let me = self.clone();
+        let handle = tokio::runtime::Handle::current();
+        let result = tokio::task::spawn_blocking(move || me.pass_blocking(&handle))
+            .await
+            .map_err(|e| format!("the reconcile pass stopped: {e}"))?;
+        if let Ok((_, pools)) = &result {
+            self.export(pools);
+        }
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok((_, pools)) => {
+                last.pools = pools.clone();
+                last.error = None;
+            }
+            Err(e) => last.error = Some(e.clone()),
+        }
+        result.map(|(steps, _)| steps)
+    }
+
+    /// Sets the pool and volume gauges from the store and the pools' use.
+    fn export(&self, pools: &BTreeMap<String, PoolUse>) {
+        let m = self.cluster.metrics();
+        let me = self.cluster.id();
+        self.cluster.state().read(|st| {
+            for p in st.pools.values().filter(|p| p.node == me) {
+                let labels = [p.id.as_str(), &p.class.to_string()];
+                if let Some(u) = pools.get(&p.id) {
+                    let set = |g: &prometheus::IntGaugeVec, v: u64| {
+                        g.with_label_values(&labels).set(v as i64)
+                    };
+                    set(&m.pool_data_used_bytes, u.data_used);
+                    set(&m.pool_data_total_bytes, u.data_total);
+                    set(&m.pool_metadata_used_blocks, u.meta_used_blocks);
+                    set(&m.pool_metadata_total_blocks, u.meta_total_blocks);
+                    set(
+                        &m.pool_near_full,
+                        u64::from(u.near_full(&self.full).is_some()),
+                    );
+                }
+            }
+            m.volume_capacity_bytes.reset();
+            for v in st.volumes.values() {
+                for r in v.replicas.iter().filter(|r| r.node == me) {
+                    m.volume_capacity_bytes
+                        .with_label_values(&[&v.name, &v.id, &me.to_string(), &r.pool])
+                        .set(v.size as i64);
+                }
+            }
+        });
+    }
+
+    fn pass_blocking(
+        &self,
+        handle: &tokio::runtime::Handle,
+    ) -> Result<(Vec<Step>, BTreeMap<String, PoolUse>), String> {
+        let mut state = self.desired();
+        let dm = match KernelDm::open() {
+            Ok(dm) => dm,
+            // A node with nothing to build needs no device-mapper (a storageless node, or a
+            // host without it that only takes part in the cluster).
+            Err(_) if state.pools.is_empty() && state.volumes.is_empty() => {
+                return Ok(Default::default())
+            }
+            Err(e) => return Err(format!("device-mapper is not available: {e}")),
+        };
+        let mut recorded = state.clone();
+        let mut persist = |now: &NodeState| -> std::io::Result<()> {
+            for cmd in records(&recorded, now) {
+                let label = format!("{cmd:?}").chars().take(60).collect::<String>();
+                handle
+                    .block_on(self.cluster.submit(Op::Command(cmd)))
+                    .map_err(|e| std::io::Error::other(format!("recording {label}: {e}")))?;
+            }
+            recorded = now.clone();
+            Ok(())
+        };
+        let steps = reconcile(&dm, Some(&self.cluster_key), &mut state, &mut persist)
+            .map_err(|e| e.to_string())?;
+        let changed: Vec<_> = steps.iter().filter(|s| !s.is_check()).collect();
+        if !changed.is_empty() {
+            tracing::info!(steps = ?changed.iter().map(|s| step_name(s)).collect::<Vec<_>>(), "reconciled");
+        }
+        Ok((steps, self.pool_use(&dm, &state)))
+    }
+
+    /// Reads each pool's use from its thin-pool status; a pool that is not up is left out.
+    fn pool_use(&self, dm: &dyn DeviceMapper, state: &NodeState) -> BTreeMap<String, PoolUse> {
+        let mut out = BTreeMap::new();
+        let Ok(node) = Id::node(&state.node) else {
+            return out;
+        };
+        for p in &state.pools {
+            let Ok(id) = Id::object(&p.id) else { continue };
+            let [_, _, top] = pool_devices(&node, &id);
+            match pool::usage_of(dm, &top, Sectors(p.chunk_sectors)) {
+                Ok(u) => {
+                    let u = PoolUse::from_usage(&u);
+                    if let Some(why) = u.near_full(&self.full) {
+                        tracing::warn!(pool = %p.id, "pool is near full: {why}");
+                    }
+                    out.insert(p.id.clone(), u);
+                }
+                Err(e) => tracing::warn!(pool = %p.id, error = %e, "could not read pool use"),
+            }
+        }
+        out
+    }
+
+    /// Passes on a timer until the process ends. Failures are logged and retried.
+    pub async fn run(self: Arc<Self>, interval: std::time::Duration) {
+        loop {
+            tokio::time::sleep(interval).await;
+            if let Err(e) = self.pass().await {
+                tracing::warn!(error = %e, "reconcile pass failed; retrying");
+            }
+        }
+    }
+}
+
+/// A short name of a step for the log.
+fn step_name(s: &Step) -> String {
+    match s {
+        Step::Resume(n) => format!("resume {n}"),
+        Step::EnsurePool(p) => format!("pool {}", p.pool),
+        Step::GrowPool(p) => format!("grow pool {}", p.pool),
+        Step::CreateThinId { thin_id, .. } => format!("create thin {thin_id}"),
+        Step::Activate { volume, .. } => format!("activate {volume}"),
+        Step::Grow { volume, .. } => format!("grow {volume}"),
+        Step::Mkfs { volume, fs, .. } => format!("mkfs.{fs} {volume}"),
+        Step::Snapshot { snapshot, .. } => format!("snapshot {snapshot}"),
+        Step::Copy { volume, .. } => format!("copy into {volume}"),
+        Step::Mount { path, .. } => format!("mount {}", path.display()),
+        Step::Unmount(p) => format!("unmount {}", p.display()),
+        Step::ForgetRetired { volume } => format!("retired ids of {volume} deleted"),
+        Step::Deactivate(n) => format!("deactivate {n}"),
+        Step::DeleteThinId { thin_id, .. } => format!("delete thin {thin_id}"),
+        Step::Forget { volume, snapshot } => match snapshot {
+            Some(s) => format!("forget snapshot {s}"),
+            None => format!("forget volume {volume}"),
+        },
+    }
+}
