@@ -207,7 +207,13 @@ impl<'a> Executor<'a> {
                     detail: e.to_string(),
                 })?;
                 self.faults.tick(&format_args!("mount {device}"));
-                fs::mount(&node_path(&device.dm_name()), path, *kind, *read_only)?;
+                let dev = node_path(&device.dm_name());
+                fs::mount(&dev, path, *kind, *read_only)?;
+                // A restore brings back a filesystem as small as it was when the snapshot was
+                // taken: fill the volume it now sits on (a no-op when it already does).
+                if !*read_only {
+                    fs::grow(&dev, path, *kind)?;
+                }
             }
             Step::Unmount(path) => {
                 self.faults

@@ -1,7 +1,8 @@
 //! The Raft state machine: the desired state in memory for reads, and every object of it in
 //! redb so a restarted node starts from what it had applied. Each batch of applied entries is
-//! one redb transaction (objects and the applied log id together); it is not synced on its
-//! own, so a crash can lose the last batches, which Raft then applies again from the log.
+//! one redb transaction (objects and the applied log id together), committed durably: the
+//! node's reconciler acts on what was applied, so what it saw must still be there after a
+//! crash, or a restart would act on an older desired state than the kernel already follows.
 
 use super::state::{ClusterState, Response};
 use super::{db_op, io_error, Entry, LogId, NodeId, StoreError, StoredMembership, TypeConfig};
@@ -172,7 +173,7 @@ impl StateMachineStore {
             .db
             .begin_write()
             .map_err(db_op("begin applying entries"))?;
-        tx.set_durability(Durability::None)
+        tx.set_durability(Durability::Immediate)
             .map_err(db_op("set durability of applied entries"))?;
         {
             let mut objects = tx.open_table(OBJECTS).map_err(db_op("open the objects"))?;

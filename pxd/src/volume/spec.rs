@@ -13,6 +13,8 @@ pub const SIZE_GRANULE: u64 = 4096;
 /// Largest volume: 256 TiB, well inside dm-thin's limits and any filesystem's.
 pub const MAX_SIZE: u64 = 256 << 40;
 pub const MAX_REPL: u8 = 3;
+/// mkfs.xfs refuses filesystems smaller than 300 MiB.
+pub const MIN_XFS_SIZE: u64 = 300 << 20;
 pub const MAX_LABELS: usize = 32;
 pub const MAX_LABEL_LEN: usize = 63;
 
@@ -322,6 +324,16 @@ impl VolumeSpec {
         }
         spec.name = name.ok_or_else(|| refuse("name", "", "is required"))?;
         spec.size = size.ok_or_else(|| refuse("size", "", "is required"))?;
+        if spec.fs == Fs::Xfs && spec.size < MIN_XFS_SIZE {
+            return Err(refuse(
+                "size",
+                &human(spec.size),
+                format!(
+                    "is below the {} an xfs filesystem needs",
+                    human(MIN_XFS_SIZE)
+                ),
+            ));
+        }
         Ok(spec)
     }
 

@@ -1,0 +1,198 @@
+//! One real `pxd daemon` inside the guest, driven through the real CLI: what an operator
+//! runs. Each daemon has its own data directory, socket and ports, so tests cannot share
+//! state by accident; dropping it kills the process (devices stay, as they would).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `pxd` binary next to this test's deps directory (`<target>/debug/pxd`).
+pub fn pxd_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("pxd"))
+        .expect("the test binary lives in <target>/<profile>/deps");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p pxd --bins` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Daemon {
+    pub dir: PathBuf,
+    /// Base port: the API listens on it, the node port on the next.
+    port: u16,
+    /// Extra daemon flags (class thresholds and the like).
+    pub args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// A daemon over a fresh directory; not started.
+    pub fn new(name: &str, port: u16, args: &[&str]) -> Daemon {
+        let dir = PathBuf::from(format!("/tmp/pxd-daemon-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("make the daemon's directory");
+        Daemon {
+            dir,
+            port,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("pxd.sock")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    /// Starts the daemon with `env` and waits (generously: the guest is emulated) until its
+    /// API answers, which is after its first reconcile pass.
+    pub fn start_with(&mut self, env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "the daemon is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .expect("open the daemon log");
+        let err = log.try_clone().expect("clone the log handle");
+        let child = Command::new(pxd_binary())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["daemon", "--data-dir"])
+            .arg(self.data_dir())
+            .args(["--addr", "127.0.0.1", "--name", "vm"])
+            .args(["--api-port", &self.port.to_string()])
+            .args(["--data-port", &(self.port + 1).to_string()])
+            .args(&self.args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("start pxd daemon");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if self.cli(&["cluster", "status"]).status.success() {
+                return;
+            }
+            if let Some(status) = self.exited() {
+                panic!(
+                    "the daemon exited ({status}) while starting:\n{}",
+                    self.log_tail()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not serve within 180 s:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// Starts a fresh daemon and makes it a one-node cluster.
+    pub fn start_cluster(&mut self) {
+        self.start();
+        self.ok(&["cluster", "init", "--name", "vmtest"]);
+    }
+
+    /// How the daemon exited, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let c = self.child.as_mut()?;
+        let status = c.try_wait().expect("poll the daemon")?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, as systemd stops it.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `pxd --socket S ARGS`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(pxd_binary())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("run the pxd CLI")
+    }
+
+    /// Runs the CLI; panics with its output and the daemon's log unless it succeeds.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "pxd {} failed: {}{}\ndaemon log:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI with `--json` and parses what it prints.
+    pub fn json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let text = self.ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("pxd {args:?} printed {text:?}: {e}"))
+    }
+
+    /// Runs the CLI expecting a refusal; returns the error it printed.
+    pub fn refused(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "pxd {} should have been refused but printed {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        err
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,681 @@
+//! VM tier: the storage engine as an operator drives it, through a real `pxd daemon` and the
+//! real CLI on the guest's virtio disks. Drives are benchmarked into classes (one made slow
+//! with dm-delay), volumes are created, mounted, snapshotted, cloned, restored, grown under
+//! fio and deleted; encrypted volumes hide their data and come back after a restart; the
+//! daemon is killed under load and at every step of an operation, and the kernel must hold
+//! exactly the devices the store asks for each time.
+
+use pxd::api::pools::{DriveAdded, PoolView};
+use pxd::api::volumes::{SnapshotView, VolumeView};
+use pxd::cluster::view::Status;
+use pxd::kernel::dm::{DeviceMapper, KernelDm};
+use pxd::plan::names::{pool_devices, Id};
+use pxd::volume::spec::Class;
+use pxd_tests::daemon::Daemon;
+use pxd_tests::{pattern, read_direct, run, sha256, vm_disks, write_direct};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Class thresholds for the emulated guest: a raw virtio disk (median well under 4 ms here)
+/// is high, and dm-delay's 5 ms on every I/O puts a disk's median above both limits, so it
+/// is low whatever the emulator's speed.
+const THRESHOLDS: [&str; 8] = [
+    "--high-min-iops",
+    "100",
+    "--high-max-p50-us",
+    "4000",
+    "--medium-min-iops",
+    "50",
+    "--medium-max-p50-us",
+    "4500",
+];
+
+/// One test at a time: they share two emulated cores, and fio timing is generous only alone.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every pxd device the kernel has.
+fn pxd_devices() -> BTreeSet<String> {
+    KernelDm::open()
+        .unwrap()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n.to_string())
+        .filter(|n| n.starts_with("pxd-"))
+        .collect()
+}
+
+/// The pxd devices of the daemon's node (other tests' nodes leave theirs).
+fn node_devices(d: &Daemon) -> BTreeSet<String> {
+    let status: Status = d.json(&["cluster", "status"]);
+    let prefix = format!("pxd-{}-", status.node);
+    pxd_devices()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+/// The devices the daemon's store asks for: each pool's three and each volume's stack.
+fn expected_devices(d: &Daemon) -> BTreeSet<String> {
+    let status: Status = d.json(&["cluster", "status"]);
+    let node = Id::node(&status.node.to_string()).unwrap();
+    let pools: Vec<PoolView> = d.json(&["pool", "list"]);
+    let volumes: Vec<VolumeView> = d.json(&["volume", "list"]);
+    let mut out: BTreeSet<String> = pools
+        .iter()
+        .flat_map(|p| pool_devices(&node, &Id::object(&p.id).unwrap()))
+        .map(|n| n.to_string())
+        .collect();
+    out.extend(volumes.into_iter().flat_map(|v| v.stack));
+    out
+}
+
+/// Waits until the kernel holds exactly what the store asks for.
+fn wait_converged(d: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (have, want) = (node_devices(d), expected_devices(d));
+        if have == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the kernel has {have:?}, the store asks for {want:?}\n{}",
+            d.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn sectors(dev: &Path) -> u64 {
+    run("blockdev", &["--getsz", dev.to_str().unwrap()])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Writes `len` bytes of pattern `seed` to a file and fsyncs it; returns the checksum.
+fn write_file(path: &Path, seed: u64, len: usize) -> String {
+    use std::io::Write;
+    let data = pattern(seed, len);
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    sha256(&data)
+}
+
+fn file_sum(path: &Path) -> String {
+    sha256(&std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())))
+}
+
+fn mountpoint(v: &VolumeView) -> PathBuf {
+    PathBuf::from(v.mountpoint.as_deref().expect("the volume is mounted"))
+}
+
+/// fio writing 4 KiB random blocks with O_DIRECT to a file in `dir` for `secs` seconds.
+fn fio_writer(dir: &Path, name: &str, secs: u32) -> Child {
+    Command::new("fio")
+        .args([
+            &format!("--name={name}"),
+            &format!("--directory={}", dir.display()),
+            "--size=64M",
+            "--rw=randwrite",
+            "--bs=4k",
+            "--ioengine=psync",
+            "--direct=1",
+            "--fsync=64",
+            "--time_based",
+            &format!("--runtime={secs}"),
+            "--output-format=json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start fio")
+}
+
+/// Waits for fio; asserts it exited 0 and that every job reports 0 errors and some writes.
+fn fio_clean(child: Child) {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fio failed ({}): {text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
+    for job in json["jobs"].as_array().unwrap() {
+        assert_eq!(job["error"], 0, "fio job {} had errors", job["jobname"]);
+        let ios = job["write"]["total_ios"].as_u64().unwrap();
+        assert!(ios > 0, "fio job {} wrote nothing", job["jobname"]);
+        eprintln!("fio {}: {ios} writes, 0 errors", job["jobname"]);
+    }
+}
+
+/// Waits until fio has laid out its file (64 MiB) in `dir`, so its random writes are running.
+fn wait_for_layout(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let laid = std::fs::read_dir(dir).unwrap().flatten().any(|e| {
+            e.file_name().to_string_lossy().contains(".0.0")
+                && e.metadata().unwrap().len() >= 64 << 20
+        });
+        if laid {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fio did not lay out its file in {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn df_bytes(dir: &Path) -> u64 {
+    let out = run("df", &["-B1", "--output=size", dir.to_str().unwrap()]);
+    out.lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn drives_volumes_snapshots_clones_and_growth_through_the_cli() {
+    let _one = serial();
+    let disks = vm_disks(6);
+    let slow_table = format!("0 {} delay {} 0 5", sectors(&disks[1]), disks[1].display());
+    run(
+        "dmsetup",
+        &["create", "pxdtest-slow", "--table", &slow_table],
+    );
+    let mut d = Daemon::new("main", 9100, &THRESHOLDS);
+    d.start_cluster();
+
+    // Drives: measured, classed, pooled.
+    let fast: DriveAdded = d.json(&["drive", "add", disks[0].to_str().unwrap()]);
+    let slow: DriveAdded = d.json(&["drive", "add", "/dev/mapper/pxdtest-slow"]);
+    eprintln!(
+        "raw disk: {:.0} IOPS p50 {} us -> {}; dm-delay 5 ms: {:.0} IOPS p50 {} us -> {}",
+        fast.benchmark.random_read.iops,
+        fast.benchmark.random_read.p50_us,
+        fast.class,
+        slow.benchmark.random_read.iops,
+        slow.benchmark.random_read.p50_us,
+        slow.class
+    );
+    assert_eq!(fast.class, Class::High);
+    assert_eq!(slow.class, Class::Low);
+    assert_ne!(fast.pool, slow.pool);
+    let pools: Vec<PoolView> = d.json(&["pool", "list"]);
+    assert_eq!(pools.len(), 2);
+    assert!(pools
+        .iter()
+        .all(|p| p.usage.is_some_and(|u| u.data_total > 0)));
+
+    // Drives pxd must not take, each refused with the dm device set unchanged.
+    run("mkfs.ext4", &["-q", "-F", disks[2].to_str().unwrap()]);
+    let before = pxd_devices();
+    let e = d.refused(&["drive", "add", disks[2].to_str().unwrap()]);
+    assert!(e.contains("signature") && e.contains("--force"), "{e}");
+    std::fs::create_dir_all("/tmp/pxd-busy").unwrap();
+    run("mount", &[disks[2].to_str().unwrap(), "/tmp/pxd-busy"]);
+    let e = d.refused(&["drive", "add", "--force", disks[2].to_str().unwrap()]);
+    assert!(e.contains("in use"), "{e}");
+    run("umount", &["/tmp/pxd-busy"]);
+    let e = d.refused(&["drive", "add", disks[0].to_str().unwrap()]);
+    assert!(e.contains("already"), "{e}");
+    assert_eq!(pxd_devices(), before);
+
+    // Volumes land in the pool of the class they ask for.
+    let db: VolumeView = d.json(&[
+        "volume",
+        "create",
+        "db",
+        "--size",
+        "1G",
+        "--io_priority",
+        "high",
+    ]);
+    assert_eq!(db.pool.as_deref(), Some(fast.pool.as_str()));
+    let logs: VolumeView = d.json(&[
+        "volume",
+        "create",
+        "size=320M,name=logs,fs=xfs,io_priority=low",
+    ]);
+    assert_eq!(logs.pool.as_deref(), Some(slow.pool.as_str()));
+    assert_eq!(
+        run(
+            "blkid",
+            &[
+                "-o",
+                "value",
+                "-s",
+                "TYPE",
+                logs.device.as_ref().unwrap().to_str().unwrap()
+            ]
+        )
+        .trim(),
+        "xfs"
+    );
+
+    // Snapshot, overwrite, clone the snapshot: the clone has the original data.
+    let db: VolumeView = d.json(&["volume", "mount", "db"]);
+    let at = mountpoint(&db);
+    assert!(at.starts_with(d.data_dir()), "default mount path {at:?}");
+    let original = write_file(&at.join("data"), 1, 8 << 20);
+    let snap: SnapshotView = d.json(&["volume", "snapshot", "create", "db", "--name", "s1"]);
+    assert!(snap.taken);
+    let overwritten = write_file(&at.join("data"), 2, 8 << 20);
+    assert_ne!(original, overwritten);
+    let clone: VolumeView = d.json(&[
+        "volume",
+        "clone",
+        "db",
+        "--snapshot",
+        "s1",
+        "--name",
+        "db-clone",
+    ]);
+    let clone: VolumeView = d.json(&["volume", "mount", &clone.name]);
+    assert_eq!(file_sum(&mountpoint(&clone).join("data")), original);
+    let ro: VolumeView = d.json(&[
+        "volume",
+        "clone",
+        "db",
+        "--snapshot",
+        "s1",
+        "--name",
+        "db-ro",
+        "--read-only",
+    ]);
+    assert!(ro.read_only);
+    let ro: VolumeView = d.json(&["volume", "mount", "db-ro"]);
+    assert_eq!(file_sum(&mountpoint(&ro).join("data")), original);
+    assert!(
+        std::fs::write(mountpoint(&ro).join("x"), b"x").is_err(),
+        "a read-only clone took a write"
+    );
+    assert_eq!(
+        file_sum(&at.join("data")),
+        overwritten,
+        "the volume kept its own data"
+    );
+
+    // Online grow from 1 GiB to 2 GiB while fio writes to the mounted filesystem.
+    let before_grow = df_bytes(&at);
+    let fio = fio_writer(&at, "grow", 20);
+    wait_for_layout(&at);
+    let grown: VolumeView = d.json(&["volume", "update", "db", "--size", "2G"]);
+    assert_eq!(grown.size, 2 << 30);
+    let after_grow = df_bytes(&at);
+    fio_clean(fio);
+    eprintln!("df: {before_grow} bytes before, {after_grow} after the grow");
+    assert!(
+        before_grow < 1 << 30 && after_grow > (1 << 30) + (900 << 20),
+        "df {before_grow} -> {after_grow}"
+    );
+    let e = d.refused(&["volume", "update", "db", "--size", "1G"]);
+    assert!(e.contains("size") && e.contains("shrink"), "{e}");
+
+    // Restore: the volume gets the snapshot's data back, at its current size.
+    d.ok(&["volume", "unmount", "db"]);
+    d.ok(&["volume", "restore", "db", "--snapshot", "s1"]);
+    let db: VolumeView = d.json(&["volume", "mount", "db"]);
+    assert_eq!(file_sum(&mountpoint(&db).join("data")), original);
+    assert!(
+        df_bytes(&mountpoint(&db)) > (1 << 30) + (900 << 20),
+        "the restored filesystem fills the volume"
+    );
+    wait_converged(&d);
+
+    // Bad input: a clear error naming the field, and not one dm device more or less.
+    let long = "n".repeat(65);
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (
+            vec!["volume", "create", "z", "--size", "0"],
+            &["size", "zero"],
+        ),
+        (
+            vec!["volume", "create", "z", "--size=-1G"],
+            &["size", "negative"],
+        ),
+        (
+            vec!["volume", "create", "z", "--size", "100T"],
+            &["size", "limit"],
+        ),
+        (
+            vec!["volume", "create", "logs", "--size", "1G"],
+            &["name", "exists"],
+        ),
+        (
+            vec!["volume", "create", "a/b", "--size", "1G"],
+            &["name", "A-Za-z0-9._-"],
+        ),
+        (
+            vec!["volume", "create", &long, "--size", "1G"],
+            &["name", "64"],
+        ),
+        (
+            vec!["volume", "create", "z", "--size", "1G", "--fs", "zfs"],
+            &["fs", "ext4"],
+        ),
+        (
+            vec![
+                "volume",
+                "create",
+                "z",
+                "--size",
+                "1G",
+                "--io_priority",
+                "ultra",
+            ],
+            &["io_priority", "high"],
+        ),
+        (
+            vec![
+                "volume",
+                "create",
+                "z",
+                "--size",
+                "1G",
+                "--io_priority",
+                "medium",
+            ],
+            &["io_priority", "no medium pool"],
+        ),
+        (vec!["volume", "inspect", "nope"], &["volume", "nope"]),
+        (vec!["volume", "delete", "nope"], &["volume", "nope"]),
+        (vec!["volume", "mount", "nope"], &["volume", "nope"]),
+        (
+            vec!["volume", "update", "nope", "--size", "2G"],
+            &["volume", "nope"],
+        ),
+        (
+            vec!["volume", "snapshot", "create", "nope", "--name", "s"],
+            &["volume", "nope"],
+        ),
+        (
+            vec!["volume", "restore", "db", "--snapshot", "nope"],
+            &["snapshot", "nope"],
+        ),
+        (vec!["volume", "delete", "db"], &["mounted", "unmount"]),
+    ];
+    for (args, words) in cases {
+        let before = pxd_devices();
+        let e = d.refused(&args);
+        for w in words {
+            assert!(e.contains(w), "pxd {args:?}: {e:?} does not name {w:?}");
+        }
+        assert_eq!(pxd_devices(), before, "pxd {args:?} changed the dm devices");
+    }
+
+    // Delete frees the space: thin devices go and pool use drops.
+    let used = |d: &Daemon| {
+        let pools: Vec<PoolView> = d.json(&["pool", "list"]);
+        pools
+            .into_iter()
+            .find(|p| p.id == fast.pool)
+            .unwrap()
+            .usage
+            .unwrap()
+            .data_used
+    };
+    for v in ["db", "db-clone", "db-ro"] {
+        d.ok(&["volume", "unmount", v]);
+    }
+    let full = used(&d);
+    for v in ["db-ro", "db-clone", "db"] {
+        d.ok(&["volume", "delete", v]);
+    }
+    let empty = used(&d);
+    eprintln!("fast pool: {full} bytes used before the deletes, {empty} after");
+    assert!(empty < full / 4, "use went from {full} to {empty}");
+    let left: Vec<VolumeView> = d.json(&["volume", "list"]);
+    assert_eq!(
+        left.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+        ["logs"]
+    );
+    wait_converged(&d);
+}
+
+#[test]
+fn encrypted_volumes_hide_their_data_and_open_again_after_a_restart() {
+    let _one = serial();
+    let disks = vm_disks(6);
+    let mut d = Daemon::new("crypt", 9110, &THRESHOLDS);
+    d.start_cluster();
+    d.ok(&["drive", "add", disks[3].to_str().unwrap()]);
+
+    // A pattern written through dm-crypt is nowhere on the thin device beneath it.
+    let raw: VolumeView = d.json(&[
+        "volume", "create", "sec", "--size", "64M", "--fs", "raw", "--secure",
+    ]);
+    assert_eq!(raw.stack.len(), 2, "thin then crypt: {:?}", raw.stack);
+    assert!(raw.stack[1].contains("-crypt-"));
+    let data = pattern(7, 1 << 20);
+    let top = raw.device.clone().unwrap();
+    write_direct(&top, 0, &data);
+    assert_eq!(read_direct(&top, 0, data.len()), data);
+    let thin = PathBuf::from("/dev/mapper").join(&raw.stack[0]);
+    let below = read_direct(&thin, 0, 4 << 20);
+    let needle = &data[..64];
+    assert!(
+        !below.windows(needle.len()).any(|w| w == needle),
+        "plaintext found on the thin device"
+    );
+
+    // Random and passphrase keys; neither the passphrase nor a key shows anywhere.
+    let passphrase = "correct horse battery staple";
+    d.ok(&["volume", "create", "sfs", "--size", "128M", "--secure"]);
+    d.ok(&[
+        "volume",
+        "create",
+        "pw",
+        "--size",
+        "128M",
+        "--secret_key",
+        passphrase,
+    ]);
+    let mut sums = Vec::new();
+    for v in ["sfs", "pw"] {
+        let view: VolumeView = d.json(&["volume", "mount", v]);
+        assert!(view.encrypted);
+        sums.push(write_file(&mountpoint(&view).join("data"), 8, 1 << 20));
+        d.ok(&["volume", "unmount", v]);
+    }
+    let inspect = d.ok(&["--json", "volume", "inspect", "pw"]);
+    assert!(
+        !inspect.contains(passphrase) && !inspect.contains("sealed"),
+        "{inspect}"
+    );
+
+    // As after a reboot: the daemon is gone and so are the stacks; it builds them again with
+    // the keys it unwraps, and the files read back.
+    let mine = node_devices(&d);
+    d.kill();
+    let dm = KernelDm::open().unwrap();
+    for name in mine.iter().filter(|n| n.contains("-crypt-")) {
+        dm.remove(&devicemapper::DmNameBuf::new(name.clone()).unwrap())
+            .unwrap();
+    }
+    for name in mine.iter().filter(|n| n.contains("-thin-")) {
+        dm.remove(&devicemapper::DmNameBuf::new(name.clone()).unwrap())
+            .unwrap();
+    }
+    d.start();
+    wait_converged(&d);
+    for (v, sum) in ["sfs", "pw"].iter().zip(&sums) {
+        let view: VolumeView = d.json(&["volume", "mount", v]);
+        assert_eq!(
+            &file_sum(&mountpoint(&view).join("data")),
+            sum,
+            "{v} after the restart"
+        );
+        d.ok(&["volume", "unmount", v]);
+    }
+    assert_eq!(
+        read_direct(&top, 0, data.len()),
+        data,
+        "the raw volume after the restart"
+    );
+    let log = std::fs::read_to_string(d.dir.join("daemon.log")).unwrap();
+    assert!(!log.contains(passphrase), "the passphrase reached the log");
+}
+
+#[test]
+fn killing_the_daemon_under_fio_stops_no_io_and_changes_nothing() {
+    let _one = serial();
+    let disks = vm_disks(6);
+    let mut d = Daemon::new("kill", 9120, &THRESHOLDS);
+    d.start_cluster();
+    d.ok(&["drive", "add", disks[4].to_str().unwrap()]);
+    d.ok(&["volume", "create", "a", "--size", "512M"]);
+    d.ok(&["volume", "create", "b", "--size", "512M", "--fs", "xfs"]);
+    let dirs: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|v| mountpoint(&d.json::<VolumeView>(&["volume", "mount", v])))
+        .collect();
+    let fios: Vec<Child> = dirs.iter().map(|dir| fio_writer(dir, "load", 25)).collect();
+    for dir in &dirs {
+        wait_for_layout(dir);
+    }
+    let listed = d.ok(&["--json", "volume", "list"]);
+    let devices = node_devices(&d);
+    d.kill();
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    for dir in &dirs {
+        assert!(
+            mounts.contains(dir.to_str().unwrap()),
+            "{} was unmounted",
+            dir.display()
+        );
+    }
+    d.start();
+    for fio in fios {
+        fio_clean(fio);
+    }
+    wait_converged(&d);
+    assert_eq!(node_devices(&d), devices);
+    assert_eq!(d.ok(&["--json", "volume", "list"]), listed);
+}
+
+#[test]
+fn a_crash_at_every_step_of_create_snapshot_resize_and_delete_converges() {
+    let _one = serial();
+    let disks = vm_disks(6);
+    let mut d = Daemon::new("crash", 9130, &THRESHOLDS);
+    d.start_cluster();
+    d.ok(&["drive", "add", disks[5].to_str().unwrap()]);
+    d.ok(&["volume", "create", "base", "--size", "64M"]);
+    let mut size_mib = 64;
+    for op in ["create", "snapshot", "resize", "delete"] {
+        let mut n = 1;
+        loop {
+            assert!(n <= 40, "{op} never finished without reaching step {n}");
+            let name = format!("{op}{n}");
+            if op == "delete" {
+                d.ok(&["volume", "create", &name, "--size", "32M", "--fs", "raw"]);
+            }
+            d.kill();
+            let at = n.to_string();
+            d.start_with(&[("PXD_FAIL_AT_STEP", &at)]);
+            let size = format!("{}M", size_mib + 8);
+            let args: Vec<&str> = match op {
+                "create" => vec!["volume", "create", &name, "--size", "32M"],
+                "snapshot" => vec!["volume", "snapshot", "create", "base", "--name", &name],
+                "resize" => vec!["volume", "update", "base", "--size", &size],
+                _ => vec!["volume", "delete", &name],
+            };
+            let answered = d.cli(&args).status.success();
+            // An abort happens inside the call; give the process a moment to be reaped.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut crashed = d.exited().is_some();
+            while !crashed && !answered && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+                crashed = d.exited().is_some();
+            }
+            d.kill();
+            d.start();
+            wait_converged(&d);
+            // Whatever step it died at, the operation is finished after the restart.
+            let vols: Vec<VolumeView> = d.json(&["volume", "list"]);
+            let base = vols.iter().find(|v| v.name == "base").unwrap();
+            match op {
+                "create" => {
+                    let v = vols
+                        .iter()
+                        .find(|v| v.name == name)
+                        .expect("the volume is recorded");
+                    let dev = v.device.as_ref().unwrap().to_str().unwrap().to_owned();
+                    assert_eq!(
+                        run("blkid", &["-o", "value", "-s", "TYPE", &dev]).trim(),
+                        "ext4"
+                    );
+                }
+                "snapshot" => {
+                    assert!(
+                        base.snapshots.iter().any(|s| s.name == name && s.taken),
+                        "{:?}",
+                        base.snapshots
+                    );
+                }
+                "resize" => {
+                    size_mib += 8;
+                    assert_eq!(base.size, size_mib << 20);
+                    let dev = base.device.as_ref().unwrap();
+                    assert_eq!(sectors(dev), (size_mib << 20) / 512);
+                }
+                _ => assert!(
+                    vols.iter().all(|v| v.name != name),
+                    "{name} is still listed"
+                ),
+            }
+            eprintln!(
+                "{op}: abort at step {n}: {}",
+                if crashed {
+                    "crashed, converged"
+                } else {
+                    "finished"
+                }
+            );
+            if !crashed {
+                assert!(
+                    answered,
+                    "{op} neither crashed nor answered at step {n}:\n{}",
+                    d.log_tail()
+                );
+                break;
+            }
+            n += 1;
+        }
+    }
+    // thin_check on the pool's metadata, with nothing active on it.
+    let mut names: Vec<String> = node_devices(&d).into_iter().collect();
+    d.kill();
+    let dm = KernelDm::open().unwrap();
+    names.sort_by_key(|n| {
+        if n.contains("-crypt-") {
+            0
+        } else if n.contains("-thin-") {
+            1
+        } else if n.ends_with("-data") || n.ends_with("-meta") {
+            3
+        } else {
+            2
+        }
+    });
+    let meta = names.iter().find(|n| n.ends_with("-meta")).unwrap().clone();
+    for n in names
+        .iter()
+        .filter(|n| !n.ends_with("-meta") && !n.ends_with("-data"))
+    {
+        dm.remove(&devicemapper::DmNameBuf::new(n.clone()).unwrap())
+            .unwrap();
+    }
+    run("thin_check", &[&format!("/dev/mapper/{meta}")]);
+}
