@@ -3,12 +3,10 @@
 //! - `write DIR ACKS`: appends numbered 4 KiB records to DIR/records, fsyncing each, and
 //!   appends the record's number to ACKS (on a host share) once the fsync returned. It never
 //!   stops: the VM is killed under it.
-//! - `verify DIR ACKS STATE`: checks that every acknowledged record is intact, then takes the
-//!   node's stack down and runs thin_check on the pool's metadata.
+//! - `verify DIR ACKS`: checks that every acknowledged record is intact, then unmounts DIR,
+//!   takes every pxd stack down and runs thin_check on the pool's metadata.
 
-use pxd::kernel::dm::{node_path, KernelDm};
-use pxd::reconcile::desired::NodeState;
-use pxd::reconcile::{observe::observe, steps};
+use pxd::kernel::dm::{DeviceMapper, KernelDm};
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
@@ -44,7 +42,7 @@ fn write(dir: &Path, acks: &Path) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn verify(dir: &Path, acks: &Path, state: &Path) -> Result<(), Box<dyn std::error::Error>> {
+fn verify(dir: &Path, acks: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let mut text = String::new();
     std::fs::File::open(acks)?.read_to_string(&mut text)?;
     let acked: Vec<u64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
@@ -70,31 +68,41 @@ fn verify(dir: &Path, acks: &Path, state: &Path) -> Result<(), Box<dyn std::erro
     if !status.success() {
         return Err("umount failed".into());
     }
-    let node: NodeState = serde_json::from_slice(&std::fs::read(state)?)?;
+    // Everything pxd has, top of each stack first; the pool's meta and data stay for the check.
     let dm = KernelDm::open()?;
-    let spec = match steps::plan(&node, &observe(&dm, &node)?)?
+    let mut names: Vec<String> = dm
+        .list()?
         .into_iter()
-        .next()
-    {
-        Some(steps::Step::EnsurePool(spec)) => spec,
-        other => return Err(format!("expected the pool first, got {other:?}").into()),
+        .map(|(n, _)| n.to_string())
+        .filter(|n| n.starts_with("pxd-"))
+        .collect();
+    let layer = |n: &String| match () {
+        _ if n.contains("-crypt-") => 0,
+        _ if n.contains("-thin-") => 1,
+        _ if n.ends_with("-meta") || n.ends_with("-data") => 3,
+        _ => 2,
     };
-    let pool = pxd::pool::ensure_pool(&dm, &spec)?;
-    let mut gone = NodeState {
-        volumes: vec![],
-        ..node.clone()
+    names.sort_by_key(layer);
+    let remove = |n: &String| -> Result<(), Box<dyn std::error::Error>> {
+        dm.remove(&devicemapper::DmNameBuf::new(n.clone())?)?;
+        Ok(())
     };
-    // Volumes not asked for are orphans: the reconciler deactivates them, top first.
-    pxd::reconcile::reconcile(&dm, None, &mut gone, &mut |_| Ok(()))?;
-    pxd::stack::teardown(&dm, &[&pool.plan.pool.name])?;
-    let meta = node_path(&pool.plan.meta.name.dm_name());
+    for n in names.iter().filter(|n| layer(n) < 3) {
+        remove(n)?;
+    }
+    let meta = names
+        .iter()
+        .find(|n| n.ends_with("-meta"))
+        .ok_or("no pool metadata device came back")?;
     let check = std::process::Command::new("thin_check")
-        .arg(&meta)
+        .arg(Path::new("/dev/mapper").join(meta))
         .output()?;
     if !check.status.success() {
         return Err(format!("thin_check: {}", String::from_utf8_lossy(&check.stderr)).into());
     }
-    pxd::pool::deactivate_pool(&dm, &pool)?;
+    for n in names.iter().filter(|n| layer(n) == 3) {
+        remove(n)?;
+    }
     println!("power-loss: thin_check clean");
     Ok(())
 }
@@ -108,8 +116,8 @@ fn main() {
         .as_slice()
     {
         [cmd, ..] if cmd == "write" && args.len() == 3 => write(&args[1], &args[2]),
-        [cmd, ..] if cmd == "verify" && args.len() == 4 => verify(&args[1], &args[2], &args[3]),
-        _ => Err("usage: pxd-test-powerloss write DIR ACKS | verify DIR ACKS STATE".into()),
+        [cmd, ..] if cmd == "verify" && args.len() == 3 => verify(&args[1], &args[2]),
+        _ => Err("usage: pxd-test-powerloss write DIR ACKS | verify DIR ACKS".into()),
     };
     if let Err(e) = result {
         eprintln!("pxd-test-powerloss: {e}");
