@@ -96,6 +96,21 @@ pub fn read_direct(dev: &Path, offset: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// Polls `check` until it passes; past `limit`, panics with what it last said. Tests wait for
+/// conditions this way, never for a fixed time: the emulated guest's speed varies a lot.
+pub fn wait_until(limit: std::time::Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(why) if std::time::Instant::now() >= deadline => {
+                panic!("still not so after {limit:?}: {why}")
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(250)),
+        }
+    }
+}
+
 /// Runs a tool; panics with its full output unless it exits 0. Returns stdout.
 pub fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)

@@ -12,7 +12,7 @@ use pxd::kernel::dm::{DeviceMapper, KernelDm};
 use pxd::plan::names::{pool_devices, Id};
 use pxd::volume::spec::Class;
 use pxd_tests::daemon::Daemon;
-use pxd_tests::{pattern, read_direct, run, sha256, vm_disks, write_direct};
+use pxd_tests::{pattern, read_direct, run, sha256, vm_disks, wait_until, write_direct};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -78,19 +78,24 @@ fn expected_devices(d: &Daemon) -> BTreeSet<String> {
 
 /// Waits until the kernel holds exactly what the store asks for.
 fn wait_converged(d: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
+    wait_until(Duration::from_secs(180), || {
         let (have, want) = (node_devices(d), expected_devices(d));
-        if have == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the kernel has {have:?}, the store asks for {want:?}\n{}",
-            d.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        (have == want).then_some(()).ok_or_else(|| {
+            format!(
+                "the kernel has {have:?}, the store asks for {want:?}\n{}",
+                d.log_tail()
+            )
+        })
+    });
+}
+
+/// A one-node cluster with the guest's disk `disk` in a pool.
+fn pooled_node(name: &str, port: u16, disk: usize) -> Daemon {
+    let disks = vm_disks(6);
+    let mut d = Daemon::new(name, port, &THRESHOLDS);
+    d.start_cluster();
+    d.ok(&["drive", "add", disks[disk].to_str().unwrap()]);
+    d
 }
 
 fn sectors(dev: &Path) -> u64 {
@@ -161,22 +166,14 @@ fn fio_clean(child: Child) {
 
 /// Waits until fio has laid out its file (64 MiB) in `dir`, so its random writes are running.
 fn wait_for_layout(dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
+    wait_until(Duration::from_secs(300), || {
         let laid = std::fs::read_dir(dir).unwrap().flatten().any(|e| {
             e.file_name().to_string_lossy().contains(".0.0")
                 && e.metadata().unwrap().len() >= 64 << 20
         });
-        if laid {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "fio did not lay out its file in {}",
-            dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+        laid.then_some(())
+            .ok_or_else(|| format!("fio did not lay out its file in {}", dir.display()))
+    });
 }
 
 fn df_bytes(dir: &Path) -> u64 {
@@ -446,10 +443,7 @@ fn drives_volumes_snapshots_clones_and_growth_through_the_cli() {
 #[test]
 fn encrypted_volumes_hide_their_data_and_open_again_after_a_restart() {
     let _one = serial();
-    let disks = vm_disks(6);
-    let mut d = Daemon::new("crypt", 9110, &THRESHOLDS);
-    d.start_cluster();
-    d.ok(&["drive", "add", disks[3].to_str().unwrap()]);
+    let mut d = pooled_node("crypt", 9110, 3);
 
     // A pattern written through dm-crypt is nowhere on the thin device beneath it.
     let raw: VolumeView = d.json(&[
@@ -530,10 +524,7 @@ fn encrypted_volumes_hide_their_data_and_open_again_after_a_restart() {
 #[test]
 fn killing_the_daemon_under_fio_stops_no_io_and_changes_nothing() {
     let _one = serial();
-    let disks = vm_disks(6);
-    let mut d = Daemon::new("kill", 9120, &THRESHOLDS);
-    d.start_cluster();
-    d.ok(&["drive", "add", disks[4].to_str().unwrap()]);
+    let mut d = pooled_node("kill", 9120, 4);
     d.ok(&["volume", "create", "a", "--size", "512M"]);
     d.ok(&["volume", "create", "b", "--size", "512M", "--fs", "xfs"]);
     let dirs: Vec<PathBuf> = ["a", "b"]
@@ -567,10 +558,7 @@ fn killing_the_daemon_under_fio_stops_no_io_and_changes_nothing() {
 #[test]
 fn a_crash_at_every_step_of_create_snapshot_resize_and_delete_converges() {
     let _one = serial();
-    let disks = vm_disks(6);
-    let mut d = Daemon::new("crash", 9130, &THRESHOLDS);
-    d.start_cluster();
-    d.ok(&["drive", "add", disks[5].to_str().unwrap()]);
+    let mut d = pooled_node("crash", 9130, 5);
     d.ok(&["volume", "create", "base", "--size", "64M"]);
     let mut size_mib = 64;
     for op in ["create", "snapshot", "resize", "delete"] {

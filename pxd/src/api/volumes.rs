@@ -218,21 +218,38 @@ fn candidates(s: &AppState, st: &ClusterState) -> Vec<Candidate> {
         .collect()
 }
 
-/// Records `cmd`; a refusal by the state machine is the caller's error.
-async fn submit(s: &AppState, cmd: Command) -> Result<(), ApiError> {
-    match s.cluster.submit(Op::Command(cmd)).await {
-        Err(crate::cluster::ClusterError::Rejected(why)) => Err(ApiError::BadRequest(why)),
-        other => other.map(|_| ()).map_err(Into::into),
+/// Records `cmd` (if there is one: a repeated call may have nothing new to record), then
+/// waits for the reconcile pass that builds it. A refusal by the state machine is the
+/// caller's error; a kernel failure is reported about `what`, which stays recorded.
+async fn record(s: &AppState, cmd: Option<Command>, what: &str) -> Result<(), ApiError> {
+    if let Some(cmd) = cmd {
+        match s.cluster.submit(Op::Command(cmd)).await {
+            Err(crate::cluster::ClusterError::Rejected(why)) => {
+                return Err(ApiError::BadRequest(why))
+            }
+            other => other.map(drop)?,
+        }
     }
-}
-
-/// Runs a reconcile pass for a change just recorded about `what`.
-async fn converge(s: &AppState, what: &str) -> Result<(), ApiError> {
-    s.reconciler.pass().await.map(|_| ()).map_err(|e| {
+    s.reconciler.pass().await.map(drop).map_err(|e| {
         ApiError::Node(format!(
             "{what} is recorded, but the node could not finish it yet: {e} (the reconciler keeps trying)"
         ))
     })
+}
+
+/// Records one change to volume `v`, builds it, and shows the volume as it is then.
+async fn update(
+    s: AppState,
+    v: &Volume,
+    change: Option<VolumeChange>,
+    what: &str,
+) -> ApiResult<VolumeView> {
+    let cmd = change.map(|change| Command::UpdateVolume {
+        id: v.id.clone(),
+        change,
+    });
+    record(&s, cmd, &format!("{what} of {}", v.name)).await?;
+    inspect(State(s), Path(v.id.clone())).await
 }
 
 fn this_node_volume(s: &AppState, v: &Volume) -> Result<(), ApiError> {
@@ -390,8 +407,8 @@ pub async fn create(
         retired_thin_ids: vec![],
         created: now(),
     };
-    submit(&s, Command::CreateVolume { volume }).await?;
-    converge(&s, &format!("volume {}", spec.name)).await?;
+    let what = format!("volume {}", spec.name);
+    record(&s, Some(Command::CreateVolume { volume }), &what).await?;
     inspect(State(s), Path(id)).await
 }
 
@@ -423,17 +440,9 @@ pub async fn resize(
         {
             placement::admit(p, size - v.size, s.config.overcommit).map_err(bad)?;
         }
-        submit(
-            &s,
-            Command::UpdateVolume {
-                id: v.id.clone(),
-                change: VolumeChange::Resize { size },
-            },
-        )
-        .await?;
-        converge(&s, &format!("the new size of {}", v.name)).await?;
     }
-    inspect(State(s), Path(v.id)).await
+    let change = (size > v.size).then_some(VolumeChange::Resize { size });
+    update(s, &v, change, "the new size").await
 }
 
 pub async fn delete(State(s): State<AppState>, Path(key): Path<String>) -> ApiResult<Deleted> {
@@ -457,15 +466,11 @@ pub async fn delete(State(s): State<AppState>, Path(key): Path<String>) -> ApiRe
                 .unwrap_or_default()
         )));
     }
-    submit(
-        &s,
-        Command::UpdateVolume {
-            id: v.id.clone(),
-            change: VolumeChange::Delete,
-        },
-    )
-    .await?;
-    converge(&s, &format!("the delete of {}", v.name)).await?;
+    let cmd = Command::UpdateVolume {
+        id: v.id.clone(),
+        change: VolumeChange::Delete,
+    };
+    record(&s, Some(cmd), &format!("the delete of {}", v.name)).await?;
     Ok(Json(Deleted { deleted: v.name }))
 }
 
@@ -503,47 +508,27 @@ pub async fn mount(
         .unwrap_or_else(|| s.reconciler.mount_root().join(&v.name));
     check_mount_path(&path)?;
     let path = path.display().to_string();
-    if v.mount_path.as_deref() != Some(path.as_str()) {
-        if let Some(at) = &v.mount_path {
-            return Err(ApiError::Conflict(format!(
-                "volume {} is mounted at {at} already",
-                v.name
-            )));
-        }
-        submit(
-            &s,
-            Command::UpdateVolume {
-                id: v.id.clone(),
-                change: VolumeChange::Mount {
-                    node: s.cluster.id(),
-                    path: Some(path),
-                },
-            },
-        )
-        .await?;
+    if let Some(at) = v.mount_path.as_ref().filter(|at| **at != path) {
+        return Err(ApiError::Conflict(format!(
+            "volume {} is mounted at {at} already",
+            v.name
+        )));
     }
-    converge(&s, &format!("the mount of {}", v.name)).await?;
-    inspect(State(s), Path(v.id)).await
+    let change = v.mount_path.is_none().then(|| VolumeChange::Mount {
+        node: s.cluster.id(),
+        path: Some(path),
+    });
+    update(s, &v, change, "the mount").await
 }
 
 pub async fn unmount(State(s): State<AppState>, Path(key): Path<String>) -> ApiResult<VolumeView> {
     let v = s.cluster.state().read(|st| find(st, &key))?;
     this_node_volume(&s, &v)?;
-    if v.mount_path.is_some() {
-        submit(
-            &s,
-            Command::UpdateVolume {
-                id: v.id.clone(),
-                change: VolumeChange::Mount {
-                    node: s.cluster.id(),
-                    path: None,
-                },
-            },
-        )
-        .await?;
-    }
-    converge(&s, &format!("the unmount of {}", v.name)).await?;
-    inspect(State(s), Path(v.id)).await
+    let change = v.mount_path.is_some().then(|| VolumeChange::Mount {
+        node: s.cluster.id(),
+        path: None,
+    });
+    update(s, &v, change, "the unmount").await
 }
 
 pub async fn snapshots(
@@ -587,8 +572,8 @@ pub async fn snapshot_create(
         taken: false,
         phase: Phase::Live,
     };
-    submit(&s, Command::CreateSnapshot { snapshot }).await?;
-    converge(&s, &format!("snapshot {} of {}", req.name, v.name)).await?;
+    let what = format!("snapshot {} of {}", req.name, v.name);
+    record(&s, Some(Command::CreateSnapshot { snapshot }), &what).await?;
     let shown = s.cluster.state().read(|st| view(st, &v));
     shown
         .snapshots
@@ -639,15 +624,16 @@ pub async fn snapshot_delete(
             used_by.join(", ")
         )));
     }
-    submit(
+    let cmd = Command::UpdateSnapshot {
+        id: sn.id.clone(),
+        change: SnapshotChange::Delete,
+    };
+    record(
         &s,
-        Command::UpdateSnapshot {
-            id: sn.id.clone(),
-            change: SnapshotChange::Delete,
-        },
+        Some(cmd),
+        &format!("the delete of snapshot {}", sn.name),
     )
     .await?;
-    converge(&s, &format!("the delete of snapshot {}", sn.name)).await?;
     Ok(Json(Deleted { deleted: sn.name }))
 }
 
@@ -733,8 +719,8 @@ pub async fn clone(
         created: now(),
         ..src.clone()
     };
-    submit(&s, Command::CreateVolume { volume }).await?;
-    converge(&s, &format!("clone {}", req.name)).await?;
+    let what = format!("clone {}", req.name);
+    record(&s, Some(Command::CreateVolume { volume }), &what).await?;
     inspect(State(s), Path(id)).await
 }
 
@@ -762,16 +748,8 @@ pub async fn restore(
             v.name
         )));
     }
-    submit(
-        &s,
-        Command::UpdateVolume {
-            id: v.id.clone(),
-            change: VolumeChange::Restore {
-                snapshot: sn.id.clone(),
-            },
-        },
-    )
-    .await?;
-    converge(&s, &format!("the restore of {}", v.name)).await?;
-    inspect(State(s), Path(v.id)).await
+    let change = VolumeChange::Restore {
+        snapshot: sn.id.clone(),
+    };
+    update(s, &v, Some(change), "the restore").await
 }

@@ -7,11 +7,13 @@
 use crate::crypt::{ClusterKey, CryptError, VolumeKey};
 use crate::kernel::dm::{node_path, DeviceMapper, DmOpError};
 use crate::kernel::fs::{self, FsError};
+use crate::plan::names::{DeviceName, Id};
 use crate::pool::{self, Pool, PoolError};
 use crate::reconcile::desired::NodeState;
 use crate::reconcile::faults::{Faults, FaultyDm};
 use crate::reconcile::steps::Step;
 use crate::volume::{self, VolumeError};
+use devicemapper::ThinDevId;
 use std::collections::HashMap;
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,26 @@ impl<'a> Executor<'a> {
         self.pools
             .get(id)
             .ok_or_else(|| ExecError::PoolNotUp(id.to_owned()))
+    }
+
+    /// Makes thin id `thin_id` a copy of `source` in `pool`, suspending whichever of
+    /// `live_top_down` (the source's stack) is up around it.
+    fn copy(
+        &self,
+        dm: &dyn DeviceMapper,
+        pool: &Id,
+        source: ThinDevId,
+        thin_id: ThinDevId,
+        live_top_down: &[DeviceName],
+    ) -> Result<(), ExecError> {
+        let mut live = Vec::new();
+        for n in live_top_down {
+            if dm.info(&n.dm_name())?.is_some() {
+                live.push(n);
+            }
+        }
+        pool::snapshot_thin_id(dm, self.pool(pool.as_str())?, source, thin_id, &live)?;
+        Ok(())
     }
 
     /// Runs one step; true if it changed `state`.
@@ -161,13 +183,7 @@ impl<'a> Executor<'a> {
                 thin_id,
                 live_top_down,
             } => {
-                let mut live = Vec::new();
-                for n in live_top_down {
-                    if dm.info(&n.dm_name())?.is_some() {
-                        live.push(n);
-                    }
-                }
-                pool::snapshot_thin_id(dm, self.pool(pool.as_str())?, *source, *thin_id, &live)?;
+                self.copy(dm, pool, *source, *thin_id, live_top_down)?;
                 if let Some(s) = state
                     .volume_mut(volume)
                     .and_then(|v| v.snapshots.iter_mut().find(|s| &s.id == snapshot))
@@ -183,13 +199,7 @@ impl<'a> Executor<'a> {
                 thin_id,
                 live_top_down,
             } => {
-                let mut live = Vec::new();
-                for n in live_top_down {
-                    if dm.info(&n.dm_name())?.is_some() {
-                        live.push(n);
-                    }
-                }
-                pool::snapshot_thin_id(dm, self.pool(pool.as_str())?, *source, *thin_id, &live)?;
+                self.copy(dm, pool, *source, *thin_id, live_top_down)?;
                 if let Some(v) = state.volume_mut(volume) {
                     v.origin = None;
                 }

@@ -7,6 +7,7 @@ use pxd::api::client::{BlockingClient, ClientError, Target};
 use pxd::api::{Applied, InitRequest, InitResponse, JoinRequest, JoinResponse, KvValue};
 use pxd::cluster::view::{NodeView, Status};
 use pxd::store::NodeId;
+pub use pxd_tests::daemon::pxd_binary;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -26,22 +27,6 @@ fn ip(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// The `pxd` binary next to this test's deps directory (`<target>/debug/pxd`).
-pub fn pxd_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("pxd"))
-        .expect("the test binary lives in <target>/<profile>/deps");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first with `cargo build -p pxd --bins` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
 }
 
 /// Network namespaces `n0..n{k}` on one bridge.
