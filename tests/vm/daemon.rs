@@ -667,3 +667,88 @@ fn a_crash_at_every_step_of_create_snapshot_resize_and_delete_converges() {
     }
     run("thin_check", &[&format!("/dev/mapper/{meta}")]);
 }
+
+#[test]
+fn a_near_full_pool_refuses_new_allocations_and_says_so() {
+    let _one = serial();
+    // A small pool on a loop device, so that a few MiB cross the threshold.
+    let backing = PathBuf::from("/tmp/pxd-nearfull.img");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let disk = pxd::kernel::loop_device::LoopDevice::attach(&backing).unwrap();
+    let mut d = Daemon::new(
+        "full",
+        9140,
+        &[
+            &THRESHOLDS[..],
+            &[
+                "--pool-full-percent",
+                "10",
+                "--reconcile-interval-ms",
+                "500",
+            ],
+        ]
+        .concat(),
+    );
+    d.start_cluster();
+    d.ok(&["drive", "add", disk.path().to_str().unwrap()]);
+    let v: VolumeView = d.json(&["volume", "create", "fill", "--size", "128M", "--fs", "raw"]);
+    let pools: Vec<PoolView> = d.json(&["pool", "list"]);
+    assert!(pools[0].near_full.is_none(), "{:?}", pools[0]);
+    write_direct(v.device.as_ref().unwrap(), 0, &pattern(3, 48 << 20));
+
+    // The next passes see the use; the pool then refuses what would allocate more.
+    wait_until(Duration::from_secs(120), || {
+        let pools: Vec<PoolView> = d.json(&["pool", "list"]);
+        pools[0]
+            .near_full
+            .as_ref()
+            .map(drop)
+            .ok_or_else(|| format!("the pool is not near full yet: {:?}", pools[0]))
+    });
+    let before = pxd_devices();
+    for args in [
+        vec!["volume", "create", "more", "--size", "8M"],
+        vec!["volume", "snapshot", "create", "fill", "--name", "s"],
+        vec!["volume", "update", "fill", "--size", "256M"],
+    ] {
+        let e = d.refused(&args);
+        assert!(
+            e.contains("near full") && e.contains("10%") && e.contains("--pool-full-percent"),
+            "pxd {args:?}: {e}"
+        );
+    }
+    assert_eq!(pxd_devices(), before);
+    let client =
+        pxd::api::client::BlockingClient::new(pxd::api::client::Target::Unix(d.socket())).unwrap();
+    let (_, body) = client
+        .raw(pxd::api::client::Method::GET, "/metrics")
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&body).into_owned();
+    let pool = &pools[0].id;
+    assert!(
+        metrics.contains(&format!(
+            "pxd_pool_near_full{{class=\"{}\",pool=\"{pool}\"}} 1",
+            pools[0].class
+        )),
+        "{metrics}"
+    );
+    assert!(
+        d.log_tail().contains("pool is near full"),
+        "{}",
+        d.log_tail()
+    );
+
+    // Freeing space lifts the refusal.
+    d.ok(&["volume", "delete", "fill"]);
+    wait_until(Duration::from_secs(120), || {
+        let pools: Vec<PoolView> = d.json(&["pool", "list"]);
+        match &pools[0].near_full {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
+    });
+    d.ok(&["volume", "create", "more", "--size", "8M", "--fs", "raw"]);
+}

@@ -270,3 +270,36 @@ fn step_name(s: &Step) -> String {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_is_near_full_past_either_threshold() {
+        let t = FullThresholds {
+            data_percent: 90,
+            meta_percent: 80,
+        };
+        let mut u = PoolUse {
+            data_used: 89,
+            data_total: 100,
+            meta_used_blocks: 79,
+            meta_total_blocks: 100,
+            chunk_bytes: 65536,
+        };
+        assert_eq!(u.near_full(&t), None);
+        u.data_used = 90;
+        let why = u.near_full(&t).unwrap();
+        assert!(
+            why.contains("data is 90%") && why.contains("--pool-full-percent"),
+            "{why}"
+        );
+        u.data_used = 0;
+        u.meta_used_blocks = 85;
+        assert!(u.near_full(&t).unwrap().contains("--meta-full-percent"));
+        u.data_total = 0;
+        u.meta_total_blocks = 0;
+        assert_eq!(u.near_full(&t), None, "an empty status is not full");
+    }
+}
