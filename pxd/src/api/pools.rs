@@ -163,18 +163,11 @@ pub async fn add(
         state: DriveState::Online,
     };
     // The pool first: it is what the reconciler builds from.
-    for cmd in [
-        Command::PutPool { pool: pool.clone() },
-        Command::PutDrive { drive },
-    ] {
-        s.cluster.submit(Op::Command(cmd)).await?;
-    }
-    s.reconciler.pass().await.map_err(|e| {
-        ApiError::Node(format!(
-            "drive {shown} is recorded in pool {}, but the pool could not be built yet: {e}",
-            pool.id
-        ))
-    })?;
+    s.cluster
+        .submit(Op::Command(Command::PutPool { pool: pool.clone() }))
+        .await?;
+    let what = format!("drive {shown} in pool {}", pool.id);
+    super::volumes::record(&s, Some(Command::PutDrive { drive }), None, &what).await?;
     Ok(Json(DriveAdded {
         path: req.path,
         id: info.id,

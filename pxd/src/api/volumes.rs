@@ -220,8 +220,14 @@ fn candidates(s: &AppState, st: &ClusterState) -> Vec<Candidate> {
 
 /// Records `cmd` (if there is one: a repeated call may have nothing new to record), then
 /// waits for the reconcile pass that builds it. A refusal by the state machine is the
-/// caller's error; a kernel failure is reported about `what`, which stays recorded.
-async fn record(s: &AppState, cmd: Option<Command>, what: &str) -> Result<(), ApiError> {
+/// caller's error; a kernel failure of volume `volume` (or of its pool or node) is reported
+/// about `what`, which stays recorded for the reconciler to finish.
+pub(super) async fn record(
+    s: &AppState,
+    cmd: Option<Command>,
+    volume: Option<&str>,
+    what: &str,
+) -> Result<(), ApiError> {
     if let Some(cmd) = cmd {
         match s.cluster.submit(Op::Command(cmd)).await {
             Err(crate::cluster::ClusterError::Rejected(why)) => {
@@ -230,11 +236,19 @@ async fn record(s: &AppState, cmd: Option<Command>, what: &str) -> Result<(), Ap
             other => other.map(drop)?,
         }
     }
-    s.reconciler.pass().await.map(drop).map_err(|e| {
+    let not_yet = |e: &str| {
         ApiError::Node(format!(
             "{what} is recorded, but the node could not finish it yet: {e} (the reconciler keeps trying)"
         ))
-    })
+    };
+    let failures = s.reconciler.pass().await.map_err(|e| not_yet(&e))?;
+    match failures
+        .iter()
+        .find(|f| f.volume.is_none() || volume.is_none() || f.volume.as_deref() == volume)
+    {
+        Some(f) => Err(not_yet(&f.error)),
+        None => Ok(()),
+    }
 }
 
 /// Records one change to volume `v`, builds it, and shows the volume as it is then.
@@ -248,7 +262,7 @@ async fn update(
         id: v.id.clone(),
         change,
     });
-    record(&s, cmd, &format!("{what} of {}", v.name)).await?;
+    record(&s, cmd, Some(&v.id), &format!("{what} of {}", v.name)).await?;
     inspect(State(s), Path(v.id.clone())).await
 }
 
@@ -408,7 +422,7 @@ pub async fn create(
         created: now(),
     };
     let what = format!("volume {}", spec.name);
-    record(&s, Some(Command::CreateVolume { volume }), &what).await?;
+    record(&s, Some(Command::CreateVolume { volume }), Some(&id), &what).await?;
     inspect(State(s), Path(id)).await
 }
 
@@ -470,7 +484,13 @@ pub async fn delete(State(s): State<AppState>, Path(key): Path<String>) -> ApiRe
         id: v.id.clone(),
         change: VolumeChange::Delete,
     };
-    record(&s, Some(cmd), &format!("the delete of {}", v.name)).await?;
+    record(
+        &s,
+        Some(cmd),
+        Some(&v.id),
+        &format!("the delete of {}", v.name),
+    )
+    .await?;
     Ok(Json(Deleted { deleted: v.name }))
 }
 
@@ -573,7 +593,13 @@ pub async fn snapshot_create(
         phase: Phase::Live,
     };
     let what = format!("snapshot {} of {}", req.name, v.name);
-    record(&s, Some(Command::CreateSnapshot { snapshot }), &what).await?;
+    record(
+        &s,
+        Some(Command::CreateSnapshot { snapshot }),
+        Some(&v.id),
+        &what,
+    )
+    .await?;
     let shown = s.cluster.state().read(|st| view(st, &v));
     shown
         .snapshots
@@ -628,12 +654,8 @@ pub async fn snapshot_delete(
         id: sn.id.clone(),
         change: SnapshotChange::Delete,
     };
-    record(
-        &s,
-        Some(cmd),
-        &format!("the delete of snapshot {}", sn.name),
-    )
-    .await?;
+    let what = format!("the delete of snapshot {}", sn.name);
+    record(&s, Some(cmd), Some(&v.id), &what).await?;
     Ok(Json(Deleted { deleted: sn.name }))
 }
 
@@ -720,7 +742,7 @@ pub async fn clone(
         ..src.clone()
     };
     let what = format!("clone {}", req.name);
-    record(&s, Some(Command::CreateVolume { volume }), &what).await?;
+    record(&s, Some(Command::CreateVolume { volume }), Some(&id), &what).await?;
     inspect(State(s), Path(id)).await
 }
 

@@ -275,3 +275,98 @@ impl DeviceMapper for KernelDm {
             })
     }
 }
+
+/// An in-memory [`DeviceMapper`] for unit tests of the code above the kernel.
+#[cfg(test)]
+pub mod fake {
+    use super::*;
+    use devicemapper::{DmName, DmNameBuf, DmUuid};
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    /// An in-memory device-mapper that records tables and can be told to fail one create.
+    #[derive(Default)]
+    pub struct FakeDm {
+        pub devices: RefCell<BTreeMap<String, (Device, RawTable)>>,
+        pub fail_create_of: Option<String>,
+        pub next_minor: RefCell<u32>,
+    }
+
+    impl DeviceMapper for FakeDm {
+        fn info(&self, name: &DmName) -> DmResult<Option<DmInfo>> {
+            Ok(self
+                .devices
+                .borrow()
+                .get(&name.to_string())
+                .map(|(d, _)| DmInfo {
+                    dev: *d,
+                    open_count: 0,
+                    suspended: false,
+                    read_only: false,
+                }))
+        }
+        fn create(
+            &self,
+            name: &DmName,
+            _: &DmUuid,
+            table: &[(u64, u64, String, String)],
+        ) -> DmResult<Device> {
+            if self.fail_create_of.as_deref() == Some(&name.to_string()) {
+                return Err(DmOpError {
+                    op: "create",
+                    device: name.to_string(),
+                    detail: "injected".into(),
+                    errno: Some(libc::EIO),
+                });
+            }
+            let mut minor = self.next_minor.borrow_mut();
+            let dev = Device {
+                major: 253,
+                minor: *minor,
+            };
+            *minor += 1;
+            self.devices
+                .borrow_mut()
+                .insert(name.to_string(), (dev, table.to_vec()));
+            Ok(dev)
+        }
+        fn create_read_only(
+            &self,
+            name: &DmName,
+            uuid: &DmUuid,
+            table: &[(u64, u64, String, String)],
+        ) -> DmResult<Device> {
+            self.create(name, uuid, table)
+        }
+        fn suspend(&self, _: &DmName) -> DmResult<()> {
+            Ok(())
+        }
+        fn resume(&self, _: &DmName) -> DmResult<()> {
+            Ok(())
+        }
+        fn load(&self, name: &DmName, table: &[(u64, u64, String, String)]) -> DmResult<()> {
+            if let Some(d) = self.devices.borrow_mut().get_mut(&name.to_string()) {
+                d.1 = table.to_vec();
+            }
+            Ok(())
+        }
+        fn table(&self, name: &DmName) -> DmResult<RawTable> {
+            Ok(self.devices.borrow()[&name.to_string()].1.clone())
+        }
+        fn status(&self, _: &DmName) -> DmResult<RawTable> {
+            Ok(Vec::new())
+        }
+        fn message(&self, _: &DmName, _: &str) -> DmResult<()> {
+            Ok(())
+        }
+        fn remove(&self, name: &DmName) -> DmResult<Removed> {
+            Ok(match self.devices.borrow_mut().remove(&name.to_string()) {
+                Some(_) => Removed::Deleted,
+                None => Removed::NotFound,
+            })
+        }
+        fn list(&self) -> DmResult<Vec<(DmNameBuf, Device)>> {
+            Ok(Vec::new())
+        }
+    }
+}

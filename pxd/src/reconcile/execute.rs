@@ -7,7 +7,7 @@
 use crate::crypt::{ClusterKey, CryptError, VolumeKey};
 use crate::kernel::dm::{node_path, DeviceMapper, DmOpError};
 use crate::kernel::fs::{self, FsError};
-use crate::plan::names::{DeviceName, Id};
+use crate::plan::names::{DeviceName, Id, Kind};
 use crate::pool::{self, Pool, PoolError};
 use crate::reconcile::desired::NodeState;
 use crate::reconcile::faults::{Faults, FaultyDm};
@@ -38,6 +38,79 @@ pub enum ExecError {
     Persist(std::io::Error),
 }
 
+/// What a step works on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Concern {
+    Volume(String),
+    Pool(String),
+    Node,
+}
+
+impl Concern {
+    fn of(step: &Step, state: &NodeState) -> Concern {
+        let by_name = |n: &DeviceName| match n.kind {
+            Kind::Pool => Concern::Pool(n.id.to_string()),
+            _ => Concern::Volume(n.id.to_string()),
+        };
+        let by_thin_id = |pool: &Id, id: ThinDevId| {
+            let id = u64::from(u32::from(id));
+            state
+                .volumes
+                .iter()
+                .find(|v| {
+                    v.pool == pool.as_str()
+                        && (v.thin_id == id
+                            || v.retired.contains(&id)
+                            || v.snapshots.iter().any(|s| s.thin_id == id))
+                })
+                .map_or(Concern::Pool(pool.to_string()), |v| {
+                    Concern::Volume(v.id.clone())
+                })
+        };
+        match step {
+            Step::Resume(n) | Step::Deactivate(n) => by_name(n),
+            Step::EnsurePool(spec) | Step::GrowPool(spec) => Concern::Pool(spec.pool.to_string()),
+            Step::CreateThinId { pool, thin_id } | Step::DeleteThinId { pool, thin_id } => {
+                by_thin_id(pool, *thin_id)
+            }
+            Step::Activate { volume, .. }
+            | Step::Grow { volume, .. }
+            | Step::Mkfs { volume, .. }
+            | Step::Snapshot { volume, .. }
+            | Step::Copy { volume, .. }
+            | Step::ForgetRetired { volume }
+            | Step::Forget { volume, .. } => Concern::Volume(volume.clone()),
+            Step::Mount { device, .. } => by_name(device),
+            Step::Unmount(_) => Concern::Node,
+        }
+    }
+
+    /// Whether this is what `failed` concerned, or lies on a pool that failed.
+    fn is_within(&self, failed: &Concern, state: &NodeState) -> bool {
+        match (self, failed) {
+            (_, Concern::Node) => false,
+            (a, b) if a == b => true,
+            (Concern::Volume(v), Concern::Pool(p)) => state.volume(v).is_some_and(|v| &v.pool == p),
+            _ => false,
+        }
+    }
+
+    /// The volume it concerns, if it is one.
+    pub fn volume(&self) -> Option<&str> {
+        match self {
+            Concern::Volume(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// A step that failed, and what it concerned.
+#[derive(Debug)]
+pub struct Failure {
+    pub concerns: Concern,
+    pub error: ExecError,
+}
+
 /// Runs steps; see the module doc.
 pub struct Executor<'a> {
     dm: &'a dyn DeviceMapper,
@@ -57,20 +130,34 @@ impl<'a> Executor<'a> {
     }
 
     /// Runs `steps` in order, updating `state` and calling `persist` after every change to it.
-    /// Stops at the first failure.
+    /// A failed step skips the later steps of what it concerned (its volume, or every volume
+    /// of its pool) and no others, so one stuck volume never holds up the rest; the failures
+    /// are returned. Only a failure to record the state stops the run.
     pub fn run(
         &mut self,
         steps: &[Step],
         state: &mut NodeState,
         persist: &mut dyn FnMut(&NodeState) -> std::io::Result<()>,
-    ) -> Result<(), ExecError> {
+    ) -> Result<Vec<Failure>, ExecError> {
+        let mut failures: Vec<Failure> = Vec::new();
         for step in steps {
-            if self.one(step, state)? {
-                self.faults.tick(&"recording the new state");
-                persist(state).map_err(ExecError::Persist)?;
+            let concerns = Concern::of(step, state);
+            if failures
+                .iter()
+                .any(|f| concerns.is_within(&f.concerns, state))
+            {
+                continue;
+            }
+            match self.one(step, state) {
+                Ok(true) => {
+                    self.faults.tick(&"recording the new state");
+                    persist(state).map_err(ExecError::Persist)?;
+                }
+                Ok(false) => {}
+                Err(error) => failures.push(Failure { concerns, error }),
             }
         }
-        Ok(())
+        Ok(failures)
     }
 
     fn key(&self, state: &NodeState, volume: &str) -> Result<Option<VolumeKey>, ExecError> {
@@ -261,5 +348,99 @@ impl<'a> Executor<'a> {
             }
         }
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::dm::fake::FakeDm;
+    use crate::plan::thin::plan_thin;
+    use crate::reconcile::desired::VolumeState;
+    use devicemapper::Sectors;
+
+    fn volume(id: &str, thin_id: u64) -> VolumeState {
+        VolumeState {
+            id: id.into(),
+            pool: "p0".into(),
+            thin_id,
+            size_bytes: 1 << 20,
+            ..Default::default()
+        }
+    }
+
+    fn activate(id: &str, thin_id: u32) -> Step {
+        let node = Id::node("n1").unwrap();
+        let plan = plan_thin(
+            &node,
+            &Id::object("p0").unwrap(),
+            &Id::object(id).unwrap(),
+            ThinDevId::new_u64(u64::from(thin_id)).unwrap(),
+            Sectors(2048),
+        )
+        .unwrap();
+        Step::Activate {
+            volume: id.into(),
+            plans: vec![plan],
+        }
+    }
+
+    #[test]
+    fn a_failed_step_skips_the_rest_of_its_volume_and_nothing_else() {
+        let dm = FakeDm {
+            fail_create_of: Some("pxd-n1-thin-a".into()),
+            ..FakeDm::default()
+        };
+        let pool_dev = devicemapper::Device {
+            major: 253,
+            minor: 99,
+        };
+        dm.devices
+            .borrow_mut()
+            .insert("pxd-n1-pool-p0".into(), (pool_dev, Vec::new()));
+        let mut state = NodeState {
+            node: "n1".into(),
+            volumes: vec![volume("a", 1), volume("b", 2), volume("c", 3)],
+            ..Default::default()
+        };
+        let steps = [
+            activate("a", 1),
+            Step::Mkfs {
+                volume: "a".into(),
+                device: DeviceName::new(
+                    &Id::node("n1").unwrap(),
+                    Kind::Thin,
+                    &Id::object("a").unwrap(),
+                    None,
+                ),
+                fs: volume::spec::Fs::Ext4,
+            },
+            // Pool p0 is not up in this executor: the thin id of c cannot be made.
+            Step::CreateThinId {
+                pool: Id::object("p0").unwrap(),
+                thin_id: ThinDevId::new_u64(3).unwrap(),
+            },
+            activate("c", 3),
+            activate("b", 2),
+        ];
+        let mut recorded = 0;
+        let failures = Executor::new(&dm, None)
+            .run(&steps, &mut state, &mut |_| {
+                recorded += 1;
+                Ok(())
+            })
+            .unwrap();
+        let concerned: Vec<_> = failures.iter().map(|f| f.concerns.clone()).collect();
+        assert_eq!(
+            concerned,
+            [Concern::Volume("a".into()), Concern::Volume("c".into())]
+        );
+        let devices = dm.devices.borrow();
+        assert!(devices.contains_key("pxd-n1-thin-b"), "b was held up");
+        assert!(
+            !devices.contains_key("pxd-n1-thin-c"),
+            "c ran past its failure"
+        );
+        assert_eq!(recorded, 0, "a's mkfs ran after its activation failed");
     }
 }

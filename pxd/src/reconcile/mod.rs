@@ -25,15 +25,36 @@ pub enum ReconcileError {
     Execute(#[from] ExecError),
 }
 
-/// One pass: observe, plan, execute. Returns the steps that were run.
+/// What one pass planned, and which of its steps failed.
+#[derive(Debug)]
+pub struct Pass {
+    pub steps: Vec<steps::Step>,
+    pub failures: Vec<execute::Failure>,
+}
+
+/// One pass: observe, plan, execute every step it can (see [`Executor::run`]).
+pub fn reconcile_pass(
+    dm: &dyn DeviceMapper,
+    cluster_key: Option<&ClusterKey>,
+    state: &mut NodeState,
+    persist: &mut dyn FnMut(&NodeState) -> std::io::Result<()>,
+) -> Result<Pass, ReconcileError> {
+    let observed = observe::observe(dm, state)?;
+    let steps = steps::plan(state, &observed)?;
+    let failures = Executor::new(dm, cluster_key).run(&steps, state, persist)?;
+    Ok(Pass { steps, failures })
+}
+
+/// One pass that fails with its first failed step. Returns the steps that were planned.
 pub fn reconcile(
     dm: &dyn DeviceMapper,
     cluster_key: Option<&ClusterKey>,
     state: &mut NodeState,
     persist: &mut dyn FnMut(&NodeState) -> std::io::Result<()>,
 ) -> Result<Vec<steps::Step>, ReconcileError> {
-    let observed = observe::observe(dm, state)?;
-    let planned = steps::plan(state, &observed)?;
-    Executor::new(dm, cluster_key).run(&planned, state, persist)?;
-    Ok(planned)
+    let pass = reconcile_pass(dm, cluster_key, state, persist)?;
+    match pass.failures.into_iter().next() {
+        Some(f) => Err(f.error.into()),
+        None => Ok(pass.steps),
+    }
 }

@@ -10,7 +10,7 @@ use crate::plan::names::{pool_devices, Id};
 use crate::pool::{self, PoolUsage};
 use crate::reconcile::derive::{node_state, records};
 use crate::reconcile::desired::NodeState;
-use crate::reconcile::{reconcile, steps::Step};
+use crate::reconcile::{reconcile_pass, steps::Step};
 use devicemapper::Sectors;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -68,6 +68,13 @@ impl PoolUse {
     }
 }
 
+/// A step of a pass that failed: the volume it concerned (none for a pool or the node).
+#[derive(Debug, Clone)]
+pub struct StepFailure {
+    pub volume: Option<String>,
+    pub error: String,
+}
+
 /// What the last pass found and did.
 #[derive(Debug, Clone, Default)]
 pub struct LastPass {
@@ -122,8 +129,9 @@ impl Reconciler {
         self.cluster.state().read(|s| node_state(s, me, Some(root)))
     }
 
-    /// Runs one pass to completion and returns its steps, or why it stopped.
-    pub async fn pass(self: &Arc<Self>) -> Result<Vec<Step>, String> {
+    /// Runs one pass to completion. Returns the steps that failed (each skipped the rest of
+    /// its volume or pool, not the others), or why the whole pass stopped.
+    pub async fn pass(self: &Arc<Self>) -> Result<Vec<StepFailure>, String> {
         let _one = self.running.lock().await;
         if self.cluster.cluster_id().is_none() {
             return Ok(Vec::new());
@@ -138,13 +146,13 @@ impl Reconciler {
         }
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
-            Ok((_, pools)) => {
+            Ok((failures, pools)) => {
                 last.pools = pools.clone();
-                last.error = None;
+                last.error = failures.first().map(|f| f.error.clone());
             }
             Err(e) => last.error = Some(e.clone()),
         }
-        result.map(|(steps, _)| steps)
+        result.map(|(failures, _)| failures)
     }
 
     /// Sets the pool and volume gauges from the store and the pools' use.
@@ -182,7 +190,7 @@ impl Reconciler {
     fn pass_blocking(
         &self,
         handle: &tokio::runtime::Handle,
-    ) -> Result<(Vec<Step>, BTreeMap<String, PoolUse>), String> {
+    ) -> Result<(Vec<StepFailure>, BTreeMap<String, PoolUse>), String> {
         let mut state = self.desired();
         let dm = match KernelDm::open() {
             Ok(dm) => dm,
@@ -204,13 +212,24 @@ impl Reconciler {
             recorded = now.clone();
             Ok(())
         };
-        let steps = reconcile(&dm, Some(&self.cluster_key), &mut state, &mut persist)
+        let pass = reconcile_pass(&dm, Some(&self.cluster_key), &mut state, &mut persist)
             .map_err(|e| e.to_string())?;
-        let changed: Vec<_> = steps.iter().filter(|s| !s.is_check()).collect();
+        let changed: Vec<_> = pass.steps.iter().filter(|s| !s.is_check()).collect();
         if !changed.is_empty() {
             tracing::info!(steps = ?changed.iter().map(|s| step_name(s)).collect::<Vec<_>>(), "reconciled");
         }
-        Ok((steps, self.pool_use(&dm, &state)))
+        let failures: Vec<StepFailure> = pass
+            .failures
+            .into_iter()
+            .map(|f| StepFailure {
+                volume: f.concerns.volume().map(str::to_owned),
+                error: f.error.to_string(),
+            })
+            .collect();
+        for f in &failures {
+            tracing::warn!(volume = ?f.volume, error = %f.error, "a reconcile step failed; retrying on the next pass");
+        }
+        Ok((failures, self.pool_use(&dm, &state)))
     }
 
     /// Reads each pool's use from its thin-pool status; a pool that is not up is left out.
