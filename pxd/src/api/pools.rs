@@ -164,7 +164,7 @@ pub async fn add(
     };
     // The pool first: it is what the reconciler builds from.
     s.cluster
-        .submit(Op::Command(Command::PutPool { pool: pool.clone() }))
+        .submit_and_apply(Op::Command(Command::PutPool { pool: pool.clone() }))
         .await?;
     let what = format!("drive {shown} in pool {}", pool.id);
     super::volumes::record(&s, Some(Command::PutDrive { drive }), None, &what).await?;

@@ -229,7 +229,7 @@ pub(super) async fn record(
     what: &str,
 ) -> Result<(), ApiError> {
     if let Some(cmd) = cmd {
-        match s.cluster.submit(Op::Command(cmd)).await {
+        match s.cluster.submit_and_apply(Op::Command(cmd)).await {
             Err(crate::cluster::ClusterError::Rejected(why)) => {
                 return Err(ApiError::BadRequest(why))
             }

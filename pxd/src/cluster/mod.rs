@@ -357,6 +357,30 @@ impl Cluster {
     /// leader over the transport. Fails with "no quorum" when no leader commits it within
     /// [`WRITE_TIMEOUT`].
     pub async fn submit(&self, op: Op) -> Result<Response, ClusterError> {
+        self.submit_indexed(op).await.map(|(r, _)| r)
+    }
+
+    /// [`Cluster::submit`], then waits until this node has applied the change too, so that
+    /// what runs here next (the reconciler) sees it even when another node leads.
+    pub async fn submit_and_apply(&self, op: Op) -> Result<Response, ClusterError> {
+        let (response, index) = self.submit_indexed(op).await?;
+        if let Some(index) = index {
+            self.raft
+                .wait(Some(WRITE_TIMEOUT))
+                .applied_index_at_least(Some(index), "a submitted change applied here")
+                .await
+                .map_err(|e| {
+                    ClusterError::NoQuorum(format!(
+                        "the change was committed but this node has not applied it within \
+                         {WRITE_TIMEOUT:?}: {e}"
+                    ))
+                })?;
+        }
+        Ok(response)
+    }
+
+    /// [`Cluster::submit`] with the log index the change was applied at.
+    async fn submit_indexed(&self, op: Op) -> Result<(Response, Option<u64>), ClusterError> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
         let mut last = String::from("no leader is known");
         loop {
@@ -394,7 +418,7 @@ impl Cluster {
         leader: NodeId,
         op: &Op,
         deadline: Instant,
-    ) -> Result<Response, Forward> {
+    ) -> Result<(Response, Option<u64>), Forward> {
         let node = self
             .membership()
             .get_node(&leader)
@@ -431,16 +455,27 @@ impl Cluster {
         }
     }
 
-    /// Runs an op on this node, which must be the leader.
-    async fn execute(&self, op: Op) -> Result<Response, Led> {
+    /// Runs an op on this node, which must be the leader; with the log index of a command.
+    async fn execute(&self, op: Op) -> Result<(Response, Option<u64>), Led> {
         match op {
-            Op::Command(cmd) => self.write_local(cmd).await,
-            Op::Remove(id) => self.remove_local(id).await.map(|()| Response::Applied),
+            Op::Command(cmd) => self
+                .write_local_indexed(cmd)
+                .await
+                .map(|(r, i)| (r, Some(i))),
+            Op::Remove(id) => self
+                .remove_local(id)
+                .await
+                .map(|()| (Response::Applied, None)),
         }
     }
 
     /// Proposes a command here; commits within [`WRITE_TIMEOUT`] or reports no quorum.
     async fn write_local(&self, cmd: Command) -> Result<Response, Led> {
+        self.write_local_indexed(cmd).await.map(|(r, _)| r)
+    }
+
+    /// [`Cluster::write_local`], with the log index the command was applied at.
+    async fn write_local_indexed(&self, cmd: Command) -> Result<(Response, u64), Led> {
         match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
             Err(_) => Err(Led::Err(ClusterError::NoQuorum(format!(
                 "the write was not committed within {WRITE_TIMEOUT:?}: a majority of the \
@@ -448,7 +483,7 @@ impl Cluster {
             )))),
             Ok(Ok(resp)) => match resp.data {
                 Response::Rejected(reason) => Err(Led::Err(ClusterError::Rejected(reason))),
-                r => Ok(r),
+                r => Ok((r, resp.log_id.index)),
             },
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                 Err(Led::NotLeader)

@@ -44,7 +44,8 @@ pub enum Reply {
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
     Join(Result<JoinAccepted, Refusal>),
-    Submit(Result<Response, Refusal>),
+    /// The response, and the log index it was applied at (none for a membership change).
+    Submit(Result<(Response, Option<u64>), Refusal>),
     Ack,
     /// The request was not allowed or not understood.
     Refused(String),

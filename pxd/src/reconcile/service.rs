@@ -206,7 +206,7 @@ impl Reconciler {
             for cmd in records(&recorded, now) {
                 let label = format!("{cmd:?}").chars().take(60).collect::<String>();
                 handle
-                    .block_on(self.cluster.submit(Op::Command(cmd)))
+                    .block_on(self.cluster.submit_and_apply(Op::Command(cmd)))
                     .map_err(|e| std::io::Error::other(format!("recording {label}: {e}")))?;
             }
             recorded = now.clone();
