@@ -411,6 +411,19 @@ fn drives_volumes_snapshots_clones_and_growth_through_the_cli() {
         assert_eq!(pxd_devices(), before, "pxd {args:?} changed the dm devices");
     }
 
+    // Snapshots are listed and deleted; a second one of the same name is refused.
+    let snaps: Vec<SnapshotView> = d.json(&["volume", "snapshot", "list", "db"]);
+    assert_eq!(
+        snaps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["s1"]
+    );
+    let e = d.refused(&["volume", "snapshot", "create", "db", "--name", "s1"]);
+    assert!(e.contains("name") && e.contains("s1"), "{e}");
+    d.ok(&["volume", "snapshot", "delete", "db", "s1"]);
+    let snaps: Vec<SnapshotView> = d.json(&["volume", "snapshot", "list", "db"]);
+    assert!(snaps.is_empty(), "{snaps:?}");
+    wait_converged(&d);
+
     // Delete frees the space: thin devices go and pool use drops.
     let used = |d: &Daemon| {
         let pools: Vec<PoolView> = d.json(&["pool", "list"]);
