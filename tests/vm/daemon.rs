@@ -228,6 +228,27 @@ fn drives_volumes_snapshots_clones_and_growth_through_the_cli() {
     assert!(e.contains("already"), "{e}");
     assert_eq!(pxd_devices(), before);
 
+    // With --force the used disk is taken; a second raw disk joins the high pool, which
+    // grows online.
+    let total = |d: &Daemon| {
+        let pools: Vec<PoolView> = d.json(&["pool", "list"]);
+        let p = pools.into_iter().find(|p| p.id == fast.pool).unwrap();
+        (p.drives.len(), p.usage.unwrap().data_total)
+    };
+    let (drives, small) = total(&d);
+    let more: DriveAdded = d.json(&["drive", "add", "--force", disks[2].to_str().unwrap()]);
+    assert_eq!(
+        (more.class, more.pool.as_str()),
+        (Class::High, fast.pool.as_str())
+    );
+    let (drives_after, big) = total(&d);
+    eprintln!("high pool: {drives} drive(s), {small} bytes -> {drives_after} drives, {big} bytes");
+    assert_eq!(drives_after, drives + 1);
+    assert!(
+        big > small + (1 << 30),
+        "the pool did not grow: {small} -> {big}"
+    );
+
     // Volumes land in the pool of the class they ask for.
     let db: VolumeView = d.json(&[
         "volume",

@@ -312,22 +312,15 @@ pub async fn inspect(State(s): State<AppState>, Path(key): Path<String>) -> ApiR
         .state()
         .read(|st| find(st, &key).map(|v| view(st, &v)))?;
     if let Some(thin) = v.stack.first().cloned() {
-        v.usage = tokio::task::spawn_blocking(move || thin_mapped_bytes(&thin))
-            .await
-            .ok()
-            .flatten();
+        v.usage = tokio::task::spawn_blocking(move || {
+            let name: crate::plan::names::DeviceName = thin.parse().ok()?;
+            crate::pool::thin_mapped_bytes(&KernelDm::open().ok()?, &name)
+        })
+        .await
+        .ok()
+        .flatten();
     }
     Ok(Json(v))
-}
-
-/// Bytes a thin device has mapped, from its status (`<mapped sectors> <highest mapped>`).
-fn thin_mapped_bytes(name: &str) -> Option<u64> {
-    let dm = KernelDm::open().ok()?;
-    let status = dm
-        .status(&devicemapper::DmNameBuf::new(name.to_owned()).ok()?)
-        .ok()?;
-    let sectors: u64 = status.first()?.3.split_whitespace().next()?.parse().ok()?;
-    Some(sectors * 512)
 }
 
 pub async fn create(

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub pool_metadata_total_blocks: IntGaugeVec,
     pub pool_near_full: IntGaugeVec,
     pub volume_capacity_bytes: IntGaugeVec,
+    pub volume_usage_bytes: IntGaugeVec,
 }
 
 fn gauge(registry: &Registry, name: &'static str, help: &str) -> Result<IntGauge, MetricsError> {
@@ -139,6 +140,12 @@ impl Metrics {
                 &r,
                 "pxd_volume_capacity_bytes",
                 "Provisioned size of the volume",
+                &["volume", "volume_id", "node", "pool"],
+            )?,
+            volume_usage_bytes: gauge_vec(
+                &r,
+                "pxd_volume_usage_bytes",
+                "Bytes the volume has allocated in its pool (thin status)",
                 &["volume", "volume_id", "node", "pool"],
             )?,
             registry: r,

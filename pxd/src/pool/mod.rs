@@ -221,6 +221,14 @@ pub fn usage_of(
     }
 }
 
+/// Bytes a thin device has mapped in its pool, from its status (`<mapped sectors> <highest>`);
+/// none if the device is not up or says something else.
+pub fn thin_mapped_bytes(dm: &dyn DeviceMapper, name: &DeviceName) -> Option<u64> {
+    let status = dm.status(&name.dm_name()).ok()?;
+    let sectors: u64 = status.first()?.3.split_whitespace().next()?.parse().ok()?;
+    Some(sectors * 512)
+}
+
 /// Makes thin device `thin_id` in the pool's metadata; an id that exists already is adopted.
 pub fn create_thin_id(
     dm: &dyn DeviceMapper,

@@ -6,7 +6,7 @@
 use crate::cluster::{Cluster, Op};
 use crate::crypt::ClusterKey;
 use crate::kernel::dm::{DeviceMapper, KernelDm};
-use crate::plan::names::{pool_devices, Id};
+use crate::plan::names::{pool_devices, DeviceName, Id, Kind};
 use crate::pool::{self, PoolUsage};
 use crate::reconcile::derive::{node_state, records};
 use crate::reconcile::desired::NodeState;
@@ -67,6 +67,13 @@ impl PoolUse {
         }
     }
 }
+
+/// A pass's failed steps, its pools' use, and its volumes' mapped bytes.
+type PassResult = (
+    Vec<StepFailure>,
+    BTreeMap<String, PoolUse>,
+    BTreeMap<String, u64>,
+);
 
 /// A step of a pass that failed: the volume it concerned (none for a pool or the node).
 #[derive(Debug, Clone)]
@@ -141,22 +148,22 @@ impl Reconciler {
         let result = tokio::task::spawn_blocking(move || me.pass_blocking(&handle))
             .await
             .map_err(|e| format!("the reconcile pass stopped: {e}"))?;
-        if let Ok((_, pools)) = &result {
-            self.export(pools);
+        if let Ok((_, pools, volumes)) = &result {
+            self.export(pools, volumes);
         }
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
-            Ok((failures, pools)) => {
+            Ok((failures, pools, _)) => {
                 last.pools = pools.clone();
                 last.error = failures.first().map(|f| f.error.clone());
             }
             Err(e) => last.error = Some(e.clone()),
         }
-        result.map(|(failures, _)| failures)
+        result.map(|(failures, _, _)| failures)
     }
 
-    /// Sets the pool and volume gauges from the store and the pools' use.
-    fn export(&self, pools: &BTreeMap<String, PoolUse>) {
+    /// Sets the pool and volume gauges from the store and what the pass read.
+    fn export(&self, pools: &BTreeMap<String, PoolUse>, volumes: &BTreeMap<String, u64>) {
         let m = self.cluster.metrics();
         let me = self.cluster.id();
         self.cluster.state().read(|st| {
@@ -177,20 +184,24 @@ impl Reconciler {
                 }
             }
             m.volume_capacity_bytes.reset();
+            m.volume_usage_bytes.reset();
             for v in st.volumes.values() {
                 for r in v.replicas.iter().filter(|r| r.node == me) {
+                    let labels = [v.name.as_str(), &v.id, &me.to_string(), &r.pool];
                     m.volume_capacity_bytes
-                        .with_label_values(&[&v.name, &v.id, &me.to_string(), &r.pool])
+                        .with_label_values(&labels)
                         .set(v.size as i64);
+                    if let Some(used) = volumes.get(&v.id) {
+                        m.volume_usage_bytes
+                            .with_label_values(&labels)
+                            .set(*used as i64);
+                    }
                 }
             }
         });
     }
 
-    fn pass_blocking(
-        &self,
-        handle: &tokio::runtime::Handle,
-    ) -> Result<(Vec<StepFailure>, BTreeMap<String, PoolUse>), String> {
+    fn pass_blocking(&self, handle: &tokio::runtime::Handle) -> Result<PassResult, String> {
         let mut state = self.desired();
         let dm = match KernelDm::open() {
             Ok(dm) => dm,
@@ -229,7 +240,11 @@ impl Reconciler {
         for f in &failures {
             tracing::warn!(volume = ?f.volume, error = %f.error, "a reconcile step failed; retrying on the next pass");
         }
-        Ok((failures, self.pool_use(&dm, &state)))
+        Ok((
+            failures,
+            self.pool_use(&dm, &state),
+            volume_use(&dm, &state),
+        ))
     }
 
     /// Reads each pool's use from its thin-pool status; a pool that is not up is left out.
@@ -264,6 +279,22 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// Bytes each live volume has mapped in its pool, by volume id.
+fn volume_use(dm: &dyn DeviceMapper, state: &NodeState) -> BTreeMap<String, u64> {
+    let Ok(node) = Id::node(&state.node) else {
+        return BTreeMap::new();
+    };
+    state
+        .volumes
+        .iter()
+        .filter_map(|v| {
+            let id = Id::object(&v.id).ok()?;
+            let thin = DeviceName::new(&node, Kind::Thin, &id, None);
+            Some((v.id.clone(), pool::thin_mapped_bytes(dm, &thin)?))
+        })
+        .collect()
 }
 
 /// A short name of a step for the log.
