@@ -10,6 +10,7 @@ use pxd::api::volumes::{SnapshotView, VolumeView};
 use pxd::cluster::view::Status;
 use pxd::kernel::dm::{DeviceMapper, KernelDm};
 use pxd::plan::names::{pool_devices, Id};
+use pxd::pool::drive::DriveView;
 use pxd::volume::spec::Class;
 use pxd_tests::daemon::Daemon;
 use pxd_tests::{pattern, read_direct, run, sha256, vm_disks, wait_until, write_direct};
@@ -208,6 +209,19 @@ fn drives_volumes_snapshots_clones_and_growth_through_the_cli() {
     assert_eq!(fast.class, Class::High);
     assert_eq!(slow.class, Class::Low);
     assert_ne!(fast.pool, slow.pool);
+    let drives: Vec<DriveView> = d.json(&["drive", "list"]);
+    let pool_of = |path: &str| {
+        let v = drives.iter().find(|v| v.path == Path::new(path));
+        v.and_then(|v| Some((v.pool.clone()?, v.class?)))
+    };
+    assert_eq!(
+        pool_of(disks[0].to_str().unwrap()),
+        Some((fast.pool.clone(), Class::High))
+    );
+    assert_eq!(
+        pool_of("/dev/mapper/pxdtest-slow"),
+        Some((slow.pool.clone(), Class::Low))
+    );
     let pools: Vec<PoolView> = d.json(&["pool", "list"]);
     assert_eq!(pools.len(), 2);
     assert!(pools

@@ -346,9 +346,23 @@ async fn nodes(State(s): State<AppState>) -> ApiResult<Vec<crate::cluster::view:
     Ok(Json(s.cluster.nodes()))
 }
 
-/// This node's whole disks, probed off the async runtime (sysfs, libblkid, exclusive opens).
-async fn drives() -> ApiResult<Vec<crate::pool::drive::DriveView>> {
-    tokio::task::spawn_blocking(crate::pool::drive::local_drives)
+/// This node's whole disks, probed off the async runtime (sysfs, libblkid, exclusive opens),
+/// with the pool and class of those pxd has; drives pooled from elsewhere (a dm-delay test
+/// disk, a partition) are listed too.
+async fn drives(State(s): State<AppState>) -> ApiResult<Vec<crate::pool::drive::DriveView>> {
+    let me = s.cluster.id();
+    let pooled: Vec<(String, String, crate::volume::spec::Class)> = s.cluster.state().read(|st| {
+        st.pools
+            .values()
+            .filter(|p| p.node == me)
+            .flat_map(|p| {
+                p.drive_paths
+                    .iter()
+                    .map(|d| (d.clone(), p.id.clone(), p.class))
+            })
+            .collect()
+    });
+    tokio::task::spawn_blocking(move || crate::pool::drive::local_drives_with(&pooled))
         .await
         .map_err(|e| ApiError::Node(format!("listing drives: {e}")))?
         .map(Json)

@@ -193,6 +193,11 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
                 .iter()
                 .map(|d| {
                     let status = match (&d.error, &d.in_use, &d.signature) {
+                        _ if d.pool.is_some() => format!(
+                            "in pool {} ({})",
+                            d.pool.as_deref().unwrap_or_default(),
+                            d.class.map(|c| c.to_string()).unwrap_or_default()
+                        ),
                         (Some(e), _, _) => format!("unreadable: {e}"),
                         (None, Some(why), _) => format!("in use: {why}"),
                         (None, None, Some(sig)) => format!("has {sig} (needs --force)"),

@@ -78,6 +78,11 @@ pub struct DriveView {
     pub candidate: bool,
     /// Why it could not be inspected, if it could not.
     pub error: Option<String>,
+    /// The pool that holds it and the class it was measured into, when pxd has it.
+    #[serde(default)]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub class: Option<crate::volume::spec::Class>,
 }
 
 impl From<DriveInfo> for DriveView {
@@ -91,29 +96,62 @@ impl From<DriveInfo> for DriveView {
             in_use: d.in_use,
             rotational: d.rotational,
             error: None,
+            pool: None,
+            class: None,
         }
     }
 }
 
-/// Every whole disk of this host, inspected. A disk that cannot be inspected is listed with
-/// the reason, not left out.
+/// A drive that could not be inspected, listed with the reason rather than left out.
+fn unreadable(path: PathBuf, e: DriveError) -> DriveView {
+    DriveView {
+        path,
+        id: String::new(),
+        size_bytes: 0,
+        signature: None,
+        in_use: None,
+        rotational: false,
+        candidate: false,
+        error: Some(e.to_string()),
+        pool: None,
+        class: None,
+    }
+}
+
+fn view_of(path: PathBuf) -> DriveView {
+    match inspect(&path) {
+        Ok(info) => info.into(),
+        Err(e) => unreadable(path, e),
+    }
+}
+
+/// Every whole disk of this host, inspected.
 pub fn local_drives() -> std::io::Result<Vec<DriveView>> {
-    Ok(whole_disks()?
-        .into_iter()
-        .map(|path| match inspect(&path) {
-            Ok(info) => info.into(),
-            Err(e) => DriveView {
-                path,
-                id: String::new(),
-                size_bytes: 0,
-                signature: None,
-                in_use: None,
-                rotational: false,
-                candidate: false,
-                error: Some(e.to_string()),
-            },
-        })
-        .collect())
+    Ok(whole_disks()?.into_iter().map(view_of).collect())
+}
+
+/// [`local_drives`], plus the drives pxd pooled (path, pool, class), marked with their pool;
+/// a pooled drive that is no whole disk (a partition, a dm device) is listed too.
+pub fn local_drives_with(
+    pooled: &[(String, String, crate::volume::spec::Class)],
+) -> std::io::Result<Vec<DriveView>> {
+    let mut found = local_drives()?;
+    for (path, pool, class) in pooled {
+        let i = match found
+            .iter()
+            .position(|d| d.path.as_os_str() == path.as_str())
+        {
+            Some(i) => i,
+            None => {
+                found.push(view_of(PathBuf::from(path)));
+                found.len() - 1
+            }
+        };
+        found[i].pool = Some(pool.clone());
+        found[i].class = Some(*class);
+        found[i].candidate = false;
+    }
+    Ok(found)
 }
 
 /// A benchmark of one drive and the class it earns.
