@@ -24,6 +24,7 @@
 
 pub mod client;
 pub mod pools;
+pub mod snapshots;
 pub mod volumes;
 
 use crate::cluster::{Cluster, ClusterError, Op};
@@ -210,15 +211,15 @@ fn routes(state: AppState) -> Router {
         )
         .route("/v1/volumes/{vol}/mount", post(volumes::mount))
         .route("/v1/volumes/{vol}/unmount", post(volumes::unmount))
-        .route("/v1/volumes/{vol}/clone", post(volumes::clone))
-        .route("/v1/volumes/{vol}/restore", post(volumes::restore))
+        .route("/v1/volumes/{vol}/clone", post(snapshots::clone))
+        .route("/v1/volumes/{vol}/restore", post(snapshots::restore))
         .route(
             "/v1/volumes/{vol}/snapshots",
-            get(volumes::snapshots).post(volumes::snapshot_create),
+            get(snapshots::list).post(snapshots::create),
         )
         .route(
             "/v1/volumes/{vol}/snapshots/{snap}",
-            axum::routing::delete(volumes::snapshot_delete),
+            axum::routing::delete(snapshots::delete),
         )
         .route("/v1/drives/benchmark", post(drive_benchmark))
         .route("/v1/kv/{ns}", get(kv_list))

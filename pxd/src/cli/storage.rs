@@ -5,9 +5,9 @@
 use super::{print_json, CliError};
 use crate::api::client::BlockingClient;
 use crate::api::pools::{AddDriveRequest, DriveAdded, PoolView};
+use crate::api::snapshots::{CloneRequest, RestoreRequest, SnapshotRequest};
 use crate::api::volumes::{
-    CloneRequest, CreateRequest, Deleted, MountRequest, ResizeRequest, RestoreRequest,
-    SnapshotRequest, SnapshotView, VolumeView,
+    CreateRequest, Deleted, MountRequest, ResizeRequest, SnapshotView, VolumeView,
 };
 use crate::cli::output::{bytes, table};
 use clap::Subcommand;
