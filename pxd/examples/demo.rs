@@ -285,7 +285,7 @@ fn main() -> Result<()> {
     let (_, body) = client.raw(pxd::api::client::Method::GET, "/metrics")?;
     String::from_utf8_lossy(&body)
         .lines()
-        .filter(|l| l.starts_with("pxd_pool_data") || l.starts_with("pxd_volume_capacity"))
+        .filter(|l| l.starts_with("pxd_pool_data") || l.starts_with("pxd_volume_"))
         .for_each(|l| println!("        {l}"));
     node.kill();
     println!("\npxd demo: done (devices stay up when the daemon stops; that is the point)");
