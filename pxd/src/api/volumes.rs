@@ -127,9 +127,8 @@ pub(super) fn view(st: &ClusterState, v: &Volume) -> VolumeView {
     let stack = replica
         .and_then(|r| {
             let node = Id::node(&r.node.to_string()).ok()?;
-            let desired = crate::reconcile::derive::node_state(st, r.node, None);
-            let vs = desired.volume(&v.id)?;
-            volume_stack(&node, vs, true).ok()
+            let vs = crate::reconcile::derive::volume_state(st, v, r.node)?;
+            volume_stack(&node, &vs, true).ok()
         })
         .unwrap_or_default();
     let names: Vec<String> = stack.iter().map(|p| p.name.to_string()).collect();

@@ -4,7 +4,7 @@
 
 use crate::reconcile::desired::{NodeState, OriginState, PoolState, SnapshotState, VolumeState};
 use crate::store::state::{ClusterState, Command, SnapshotChange, VolumeChange};
-use crate::store::types::NodeId;
+use crate::store::types::{NodeId, Volume};
 use std::path::PathBuf;
 
 /// The pools and volume replicas the store places on `node`.
@@ -22,45 +22,7 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
     let volumes = cluster
         .volumes
         .values()
-        .filter_map(|v| {
-            let replica = v.replicas.iter().find(|r| r.node == node)?;
-            let snapshots = cluster
-                .snapshots
-                .values()
-                .filter(|s| s.volume == v.id)
-                .filter_map(|s| {
-                    Some(SnapshotState {
-                        id: s.id.clone(),
-                        thin_id: u64::from(*s.thin_ids.get(&node)?),
-                        taken: s.taken,
-                        phase: s.phase,
-                    })
-                })
-                .collect();
-            let attached_here = v.attachment.as_ref().is_some_and(|a| a.node == node);
-            Some(VolumeState {
-                id: v.id.clone(),
-                pool: replica.pool.clone(),
-                thin_id: u64::from(replica.thin_id),
-                size_bytes: v.size,
-                fs: v.fs,
-                formatted: v.formatted,
-                key: v.wrapped_key.clone(),
-                snapshots,
-                phase: v.phase,
-                origin: v.origin.as_ref().map(|o| OriginState {
-                    thin_id: u64::from(o.thin_id),
-                    volume: o.volume.clone(),
-                }),
-                read_only: v.read_only,
-                mount: v
-                    .mount_path
-                    .as_ref()
-                    .filter(|_| attached_here)
-                    .map(PathBuf::from),
-                retired: v.retired_thin_ids.iter().map(|x| u64::from(*x)).collect(),
-            })
-        })
+        .filter_map(|v| volume_state(cluster, v, node))
         .collect();
     NodeState {
         node: node.to_string(),
@@ -68,6 +30,47 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
         volumes,
         mount_root,
     }
+}
+
+/// What `node` should have of volume `v`: none unless a replica of it is there.
+pub fn volume_state(cluster: &ClusterState, v: &Volume, node: NodeId) -> Option<VolumeState> {
+    let replica = v.replicas.iter().find(|r| r.node == node)?;
+    let snapshots = cluster
+        .snapshots
+        .values()
+        .filter(|s| s.volume == v.id)
+        .filter_map(|s| {
+            Some(SnapshotState {
+                id: s.id.clone(),
+                thin_id: u64::from(*s.thin_ids.get(&node)?),
+                taken: s.taken,
+                phase: s.phase,
+            })
+        })
+        .collect();
+    let attached_here = v.attachment.as_ref().is_some_and(|a| a.node == node);
+    Some(VolumeState {
+        id: v.id.clone(),
+        pool: replica.pool.clone(),
+        thin_id: u64::from(replica.thin_id),
+        size_bytes: v.size,
+        fs: v.fs,
+        formatted: v.formatted,
+        key: v.wrapped_key.clone(),
+        snapshots,
+        phase: v.phase,
+        origin: v.origin.as_ref().map(|o| OriginState {
+            thin_id: u64::from(o.thin_id),
+            volume: o.volume.clone(),
+        }),
+        read_only: v.read_only,
+        mount: v
+            .mount_path
+            .as_ref()
+            .filter(|_| attached_here)
+            .map(PathBuf::from),
+        retired: v.retired_thin_ids.iter().map(|x| u64::from(*x)).collect(),
+    })
 }
 
 /// The commands that record, in the store, what the reconciler changed between `before` and

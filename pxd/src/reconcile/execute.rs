@@ -298,11 +298,6 @@ impl<'a> Executor<'a> {
                 fs: kind,
                 read_only,
             } => {
-                std::fs::create_dir_all(path).map_err(|e| FsError {
-                    op: "make the mount point",
-                    target: path.display().to_string(),
-                    detail: e.to_string(),
-                })?;
                 self.faults.tick(&format_args!("mount {device}"));
                 let dev = node_path(&device.dm_name());
                 fs::mount(&dev, path, *kind, *read_only)?;
