@@ -129,7 +129,7 @@ fn main() -> Result<()> {
         }],
         chunk: DEFAULT_CHUNK,
     };
-    let pool = pool::ensure_pool(&dm, &spec)?;
+    let pool = pool::ensure_pool(&dm, &spec, pool::Metadata::MayBeNew)?;
     let gib = Sectors(1024 * 2048);
     let thin = |n: u64| -> Result<PathBuf> {
         let v = pool::ensure_thin(

@@ -183,6 +183,28 @@ pub fn pool_spec(node: &str, disks: &[PathBuf], chunk: devicemapper::Sectors) ->
     }
 }
 
+/// Labels `disk` as the next member of pool `pool` of `state` (cluster `state.cluster`,
+/// node `state.node`, which must be a hex node id), as `pxd drive add` does, so the
+/// reconciler can assemble the pool from it.
+pub fn label_member(state: &mut pxd::reconcile::desired::NodeState, pool: usize, disk: &Path) {
+    use pxd::pool::label::{DriveUuid, Label};
+    let node = state.node.parse().expect("test node ids are hex node ids");
+    let p = &mut state.pools[pool];
+    let uuid = DriveUuid::random();
+    let label = Label {
+        cluster: state.cluster.clone(),
+        node,
+        pool: p.id.clone(),
+        drive: uuid,
+        member: p.members.len() as u32,
+        generation: p.members.len() as u64 + 1,
+    };
+    pxd::kernel::label::write(disk, &label)
+        .unwrap_or_else(|e| panic!("label {}: {e}", disk.display()));
+    p.members.push(uuid.to_string());
+    p.drives.push(disk.to_owned());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

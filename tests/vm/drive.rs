@@ -54,7 +54,7 @@ fn a_disk_delayed_by_5ms_lands_in_a_lower_class_than_a_raw_one() {
         "{held:?}"
     );
     assert!(matches!(
-        drive::check_addable(&held, true),
+        drive::check_addable(&held, &None, true),
         Err(DriveError::InUse { .. })
     ));
     run("dmsetup", &["remove", "pxd-test-slow"]);
@@ -79,21 +79,21 @@ fn discovery_sees_whole_disks_and_their_signatures_and_mounts() {
     );
     assert_eq!(info.size_bytes, 2 << 30);
     assert_eq!(info.id, "pxd-disk2", "the virtio serial is the stable id");
-    assert!(drive::check_addable(&info, false).is_ok());
+    assert!(drive::check_addable(&info, &None, false).is_ok());
 
     fs::mkfs(formatted, Fs::Ext4).unwrap();
     let info = drive::inspect(formatted).unwrap();
     assert_eq!(info.signature.as_deref(), Some("ext4"));
-    let err = drive::check_addable(&info, false).unwrap_err();
+    let err = drive::check_addable(&info, &None, false).unwrap_err();
     assert!(err.to_string().contains("--force"), "{err}");
-    assert!(drive::check_addable(&info, true).is_ok());
+    assert!(drive::check_addable(&info, &None, true).is_ok());
 
     let mnt = Path::new("/mnt/pxd-drive-test");
     fs::mount(formatted, mnt, Fs::Ext4, false).unwrap();
     let info = drive::inspect(formatted).unwrap();
     assert!(info.in_use.is_some(), "a mounted disk looks free: {info:?}");
     assert!(matches!(
-        drive::check_addable(&info, true),
+        drive::check_addable(&info, &None, true),
         Err(DriveError::InUse { .. })
     ));
     fs::unmount(mnt).unwrap();

@@ -24,7 +24,7 @@ fn probe_counts_exactly_the_io_issued_to_a_thin_volume() {
     let disks = &vm_disks(2)[0..2];
     let dm = KernelDm::open().unwrap();
     let spec = pool_spec("io", disks, DEFAULT_CHUNK);
-    let pool = pool::ensure_pool(&dm, &spec).unwrap();
+    let pool = pool::ensure_pool(&dm, &spec, pool::Metadata::MayBeNew).unwrap();
     let vol = pool::ensure_thin(
         &dm,
         &pool,

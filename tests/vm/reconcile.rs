@@ -10,11 +10,12 @@ use pxd::pool;
 use pxd::reconcile::desired::{NodeState, Phase, PoolState, SnapshotState, VolumeState};
 use pxd::reconcile::{observe::observe, steps};
 use pxd::volume::spec::Fs;
-use pxd_tests::{pattern, read_direct, run, sha256, vm_disks, write_direct};
+use pxd_tests::{label_member, pattern, read_direct, run, sha256, vm_disks, write_direct};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const NODE: &str = "crash";
+/// A hex node id, as the daemon's are: drive labels carry it.
+const NODE: &str = "c0a5";
 const STATE: &str = "/tmp/pxd-crash-state.json";
 const KEY: &str = "/tmp/pxd-crash-cluster.key";
 const MIB: u64 = 1 << 20;
@@ -79,17 +80,17 @@ fn devices(dm: &KernelDm) -> Vec<String> {
 }
 
 const POOL_DEVICES: [&str; 3] = [
-    "pxd-crash-pool-p0",
-    "pxd-crash-pool-p0-data",
-    "pxd-crash-pool-p0-meta",
+    "pxd-c0a5-pool-p0",
+    "pxd-c0a5-pool-p0-data",
+    "pxd-c0a5-pool-p0-meta",
 ];
 
 fn expect_devices(dm: &KernelDm, volume_live: bool) {
     let mut want: Vec<String> = POOL_DEVICES.iter().map(|s| s.to_string()).collect();
     if volume_live {
         want.extend([
-            "pxd-crash-crypt-v1".to_string(),
-            "pxd-crash-thin-v1".to_string(),
+            "pxd-c0a5-crypt-v1".to_string(),
+            "pxd-c0a5-thin-v1".to_string(),
         ]);
     }
     want.sort();
@@ -122,7 +123,7 @@ fn snapshot_s1() -> SnapshotState {
 }
 
 fn crypt_dev() -> PathBuf {
-    PathBuf::from("/dev/mapper/pxd-crash-crypt-v1")
+    PathBuf::from("/dev/mapper/pxd-c0a5-crypt-v1")
 }
 
 /// Back to the pool alone, checking that every thin id was freed.
@@ -135,7 +136,7 @@ fn reset(dm: &KernelDm, base: &NodeState) {
     let s = converge(dm);
     assert_eq!(&s, base);
     expect_devices(dm, false);
-    let p = pool::ensure_pool(dm, &pool_spec_of(base)).unwrap();
+    let p = pool::ensure_pool(dm, &pool_spec_of(base), pool::Metadata::MayBeNew).unwrap();
     let used = pool::usage(dm, &p).unwrap();
     assert_eq!(used.data_used_chunks, 0, "a thin id leaked: {used}");
 }
@@ -143,7 +144,7 @@ fn reset(dm: &KernelDm, base: &NodeState) {
 fn pool_spec_of(state: &NodeState) -> pxd::plan::pool::PoolSpec {
     let observed = observe(&KernelDm::open().unwrap(), state).unwrap();
     match &steps::plan(state, &observed).unwrap()[0] {
-        steps::Step::EnsurePool(spec) => spec.clone(),
+        steps::Step::EnsurePool(spec) | steps::Step::CreatePool(spec) => spec.clone(),
         other => panic!("first step is not the pool: {other:?}"),
     }
 }
@@ -183,16 +184,20 @@ fn every_step_of_create_snapshot_resize_and_delete_survives_a_crash() {
     let dm = KernelDm::open().unwrap();
     let _ = std::fs::remove_file(KEY);
     let key = ClusterKey::load_or_create(Path::new(KEY)).unwrap();
-    let base = NodeState {
+    let mut base = NodeState {
         node: NODE.into(),
+        cluster: "c1".into(),
         pools: vec![PoolState {
             id: "p0".into(),
-            drives: vec![disk.clone()],
+            members: vec![],
+            drives: vec![],
+            activated: false,
             chunk_sectors: 512,
         }],
         volumes: vec![],
         mount_root: None,
     };
+    label_member(&mut base, 0, &disk);
     save(&base);
     converge(&dm);
     expect_devices(&dm, false);
@@ -244,8 +249,7 @@ fn every_step_of_create_snapshot_resize_and_delete_survives_a_crash() {
         &|dm, _| {
             expect_devices(dm, true);
             assert_eq!(block::size_bytes(&crypt_dev()).unwrap(), 128 * MIB);
-            let thin =
-                node_path(&devicemapper::DmNameBuf::new("pxd-crash-thin-v1".into()).unwrap());
+            let thin = node_path(&devicemapper::DmNameBuf::new("pxd-c0a5-thin-v1".into()).unwrap());
             assert_eq!(block::size_bytes(&thin).unwrap(), 128 * MIB);
             assert_eq!(
                 sha256(&read_direct(&crypt_dev(), 32 * MIB, MIB as usize)),
@@ -283,7 +287,7 @@ fn every_step_of_create_snapshot_resize_and_delete_survives_a_crash() {
         devices(&dm)
     );
     let spec = pool_spec_of(&base);
-    let p = pool::ensure_pool(&dm, &spec).unwrap();
+    let p = pool::ensure_pool(&dm, &spec, pool::Metadata::MayBeNew).unwrap();
     pxd::stack::teardown(&dm, &[&p.plan.pool.name]).unwrap();
     run(
         "thin_check",
@@ -299,10 +303,13 @@ fn adding_a_drive_grows_the_pool_online_under_a_live_volume() {
     let disks = vm_disks(3);
     let dm = KernelDm::open().unwrap();
     let mut state = NodeState {
-        node: "grow".into(),
+        node: "960e".into(),
+        cluster: "c1".into(),
         pools: vec![PoolState {
             id: "p0".into(),
-            drives: vec![disks[1].clone()],
+            members: vec![],
+            drives: vec![],
+            activated: false,
             chunk_sectors: 512,
         }],
         volumes: vec![VolumeState {
@@ -312,23 +319,28 @@ fn adding_a_drive_grows_the_pool_online_under_a_live_volume() {
         }],
         mount_root: None,
     };
+    label_member(&mut state, 0, &disks[1]);
     let mut keep = |_: &NodeState| Ok(());
     pxd::reconcile::reconcile(&dm, None, &mut state, &mut keep).unwrap();
-    let vol = PathBuf::from("/dev/mapper/pxd-grow-thin-v1");
+    let vol = PathBuf::from("/dev/mapper/pxd-960e-thin-v1");
     let data = pattern(11, 4 * MIB as usize);
     write_direct(&vol, 0, &data);
     // The volume stays open, as a mounted one would, while the pool grows beneath it.
     let held = std::fs::File::open(&vol).unwrap();
     let spec = pool_spec_of(&state);
-    let before = pool::usage(&dm, &pool::ensure_pool(&dm, &spec).unwrap()).unwrap();
+    let before = pool::usage(
+        &dm,
+        &pool::ensure_pool(&dm, &spec, pool::Metadata::MayBeNew).unwrap(),
+    )
+    .unwrap();
 
-    state.pools[0].drives.push(disks[2].clone());
+    label_member(&mut state, 0, &disks[2]);
     let ran = pxd::reconcile::reconcile(&dm, None, &mut state, &mut keep).unwrap();
     assert!(
         matches!(ran.as_slice(), [steps::Step::GrowPool(_)]),
         "expected one pool grow: {ran:?}"
     );
-    let grown = pool::ensure_pool(&dm, &pool_spec_of(&state)).unwrap();
+    let grown = pool::ensure_pool(&dm, &pool_spec_of(&state), pool::Metadata::MayBeNew).unwrap();
     let after = pool::usage(&dm, &grown).unwrap();
     let added = block::size_bytes(&disks[2]).unwrap() / (256 << 10);
     assert!(
@@ -353,7 +365,7 @@ fn adding_a_drive_grows_the_pool_online_under_a_live_volume() {
         .unwrap()
         .into_iter()
         .map(|(n, _)| n.to_string())
-        .filter(|n| n.starts_with("pxd-grow-"))
+        .filter(|n| n.starts_with("pxd-960e-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
     let _ = std::fs::remove_file("/tmp/pxd-grow.key");

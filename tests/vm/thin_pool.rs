@@ -53,7 +53,12 @@ fn teardown_and_check(dm: &KernelDm, pool: &Pool, node: &str, volumes: &[&str]) 
 fn thin_volume_round_trips_random_data_and_metadata_checks_clean() {
     let disks = &vm_disks(6)[0..2];
     let dm = KernelDm::open().unwrap();
-    let pool = pool::ensure_pool(&dm, &pool_spec("rt", disks, DEFAULT_CHUNK)).unwrap();
+    let pool = pool::ensure_pool(
+        &dm,
+        &pool_spec("rt", disks, DEFAULT_CHUNK),
+        pool::Metadata::MayBeNew,
+    )
+    .unwrap();
     assert!(pool.fresh_metadata);
     assert!(pool
         .applied
@@ -112,7 +117,7 @@ fn setting_up_twice_adopts_and_a_restart_keeps_metadata_and_data() {
     let id = ThinDevId::new_u64(1).unwrap();
     let size = Sectors(64 * 2048);
 
-    let first = pool::ensure_pool(&dm, &s).unwrap();
+    let first = pool::ensure_pool(&dm, &s, pool::Metadata::MayBeNew).unwrap();
     let vol = pool::ensure_thin(&dm, &first, &v1, id, size).unwrap();
     let marker = pattern(0xadd, 4 * MIB);
     write_direct(&vol.path(), 8 * MIB as u64, &marker);
@@ -128,7 +133,7 @@ fn setting_up_twice_adopts_and_a_restart_keeps_metadata_and_data() {
     );
 
     // Same setup again: every device is adopted, nothing is made or zeroed.
-    let second = pool::ensure_pool(&dm, &s).unwrap();
+    let second = pool::ensure_pool(&dm, &s, pool::Metadata::MayBeNew).unwrap();
     assert!(second.applied.all_adopted(), "{:?}", second.applied);
     assert!(!second.fresh_metadata);
     let first_devs: Vec<_> = first.applied.devices.iter().map(|a| a.dev).collect();
@@ -147,7 +152,7 @@ fn setting_up_twice_adopts_and_a_restart_keeps_metadata_and_data() {
 
     // A different layout under the same names is refused, and changes nothing.
     let other = pool_spec("idem", disks, Sectors(1024));
-    match pool::ensure_pool(&dm, &other) {
+    match pool::ensure_pool(&dm, &other, pool::Metadata::MayBeNew) {
         Err(pool::PoolError::Stack(StackError::TableMismatch { device, .. })) => {
             assert_eq!(device, "pxd-idem-pool-p0")
         }
@@ -160,7 +165,7 @@ fn setting_up_twice_adopts_and_a_restart_keeps_metadata_and_data() {
     stack::teardown(&dm, &[&vol.name]).unwrap();
     pool::deactivate_pool(&dm, &second).unwrap();
     assert!(devices_of(&dm, "idem").is_empty());
-    let restarted = pool::ensure_pool(&dm, &s).unwrap();
+    let restarted = pool::ensure_pool(&dm, &s, pool::Metadata::MayBeNew).unwrap();
     assert!(
         !restarted.fresh_metadata,
         "existing metadata must not be zeroed"
@@ -190,7 +195,12 @@ fn setting_up_twice_adopts_and_a_restart_keeps_metadata_and_data() {
 fn read_back_check_detects_a_block_corrupted_beneath_the_volume() {
     let disks = &vm_disks(6)[4..6];
     let dm = KernelDm::open().unwrap();
-    let pool = pool::ensure_pool(&dm, &pool_spec("cor", disks, DEFAULT_CHUNK)).unwrap();
+    let pool = pool::ensure_pool(
+        &dm,
+        &pool_spec("cor", disks, DEFAULT_CHUNK),
+        pool::Metadata::MayBeNew,
+    )
+    .unwrap();
     let vol = pool::ensure_thin(
         &dm,
         &pool,

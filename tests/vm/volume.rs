@@ -43,7 +43,12 @@ fn teardown_and_check(dm: &KernelDm, pool: &Pool, top_first: &[&DeviceName]) {
 fn snapshot_keeps_the_old_data_and_its_clones_are_independent() {
     let disks = &vm_disks(6)[0..2];
     let dm = KernelDm::open().unwrap();
-    let pool = pool::ensure_pool(&dm, &pool_spec("snap", disks, DEFAULT_CHUNK)).unwrap();
+    let pool = pool::ensure_pool(
+        &dm,
+        &pool_spec("snap", disks, DEFAULT_CHUNK),
+        pool::Metadata::MayBeNew,
+    )
+    .unwrap();
     let node = &pool.spec.node;
     let size = Sectors(64 * 2048);
     let vol = pool::ensure_thin(&dm, &pool, &id("v1"), thin_id(1), size).unwrap();
@@ -130,7 +135,12 @@ fn statvfs_bytes(path: &Path) -> u64 {
 fn mounted_volume_grows_online_while_fio_writes() {
     let disks = &vm_disks(6)[2..4];
     let dm = KernelDm::open().unwrap();
-    let pool = pool::ensure_pool(&dm, &pool_spec("grow", disks, DEFAULT_CHUNK)).unwrap();
+    let pool = pool::ensure_pool(
+        &dm,
+        &pool_spec("grow", disks, DEFAULT_CHUNK),
+        pool::Metadata::MayBeNew,
+    )
+    .unwrap();
     let node = &pool.spec.node;
     let small = plan_thin(
         node,
@@ -211,7 +221,12 @@ fn mounted_volume_grows_online_while_fio_writes() {
 fn encrypted_volume_hides_its_data_and_reopens_with_its_wrapped_key() {
     let disks = &vm_disks(6)[4..6];
     let dm = KernelDm::open().unwrap();
-    let pool = pool::ensure_pool(&dm, &pool_spec("sec", disks, DEFAULT_CHUNK)).unwrap();
+    let pool = pool::ensure_pool(
+        &dm,
+        &pool_spec("sec", disks, DEFAULT_CHUNK),
+        pool::Metadata::MayBeNew,
+    )
+    .unwrap();
     let node = pool.spec.node.clone();
     let size = Sectors(64 * 2048);
     let thin = plan_thin(&node, &pool.spec.pool, &id("v1"), thin_id(1), size).unwrap();

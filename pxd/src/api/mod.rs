@@ -347,23 +347,16 @@ async fn nodes(State(s): State<AppState>) -> ApiResult<Vec<crate::cluster::view:
     Ok(Json(s.cluster.nodes()))
 }
 
-/// This node's whole disks, probed off the async runtime (sysfs, libblkid, exclusive opens),
-/// with the pool and class of those pxd has; drives pooled from elsewhere (a dm-delay test
-/// disk, a partition) are listed too.
+/// This node's whole disks and every labelled block device, probed off the async runtime
+/// (sysfs, libblkid, labels, exclusive opens), each judged by its label against the store:
+/// a member of which pool, unclaimed, foreign or damaged.
 async fn drives(State(s): State<AppState>) -> ApiResult<Vec<crate::pool::drive::DriveView>> {
-    let me = s.cluster.id();
-    let pooled: Vec<(String, String, crate::volume::spec::Class)> = s.cluster.state().read(|st| {
-        st.pools
-            .values()
-            .filter(|p| p.node == me)
-            .flat_map(|p| {
-                p.drive_paths
-                    .iter()
-                    .map(|d| (d.clone(), p.id.clone(), p.class))
-            })
-            .collect()
-    });
-    tokio::task::spawn_blocking(move || crate::pool::drive::local_drives_with(&pooled))
+    let owner = crate::pool::drive::Owner {
+        cluster: s.cluster.cluster_id().unwrap_or_default(),
+        node: s.cluster.id(),
+        members: s.cluster.state().read(pools::member_index),
+    };
+    tokio::task::spawn_blocking(move || crate::pool::drive::local_drives(&owner))
         .await
         .map_err(|e| ApiError::Node(format!("listing drives: {e}")))?
         .map(Json)

@@ -192,30 +192,20 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
             let rows: Vec<Vec<String>> = drives
                 .iter()
                 .map(|d| {
-                    let status = match (&d.error, &d.in_use, &d.signature) {
-                        _ if d.pool.is_some() => format!(
-                            "in pool {} ({})",
-                            d.pool.as_deref().unwrap_or_default(),
-                            d.class.map(|c| c.to_string()).unwrap_or_default()
-                        ),
-                        (Some(e), _, _) => format!("unreadable: {e}"),
-                        (None, Some(why), _) => format!("in use: {why}"),
-                        (None, None, Some(sig)) => format!("has {sig} (needs --force)"),
-                        (None, None, None) => "candidate".into(),
-                    };
+                    let status = drive_status(d);
                     let kind = if d.rotational { "hdd" } else { "ssd" };
                     vec![
                         d.path.display().to_string(),
                         bytes(d.size_bytes),
                         kind.into(),
-                        d.id.clone(),
+                        d.label.clone().unwrap_or_else(|| "-".into()),
                         status,
                     ]
                 })
                 .collect();
             print!(
                 "{}",
-                table(&["PATH", "SIZE", "KIND", "ID", "STATUS"], &rows)
+                table(&["PATH", "SIZE", "KIND", "LABEL", "STATUS"], &rows)
             );
             Ok(())
         }
@@ -400,6 +390,27 @@ fn kv(cli: &Cli, c: &BlockingClient, cmd: &KvCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// A drive's status column: its pool, its label's standing, or whether pxd may take it.
+fn drive_status(d: &crate::pool::drive::DriveView) -> String {
+    use crate::pool::drive::LabelStanding;
+    if let Some(pool) = &d.pool {
+        let class = d.class.map(|c| c.to_string()).unwrap_or_default();
+        return format!("in pool {pool} ({class})");
+    }
+    match (&d.standing, &d.error, &d.in_use, &d.signature) {
+        (Some(s @ (LabelStanding::Foreign(why) | LabelStanding::Damaged(why))), ..) => {
+            format!("{}: {why} (needs --force)", s.name())
+        }
+        (_, Some(e), _, _) => format!("unreadable: {e}"),
+        (_, None, Some(why), _) => format!("in use: {why}"),
+        (_, None, None, Some(sig)) => format!("has {sig} (needs --force)"),
+        (Some(LabelStanding::Unclaimed(why)), None, None, None) => {
+            format!("candidate: {why}")
+        }
+        _ => "candidate".into(),
+    }
 }
 
 #[cfg(test)]

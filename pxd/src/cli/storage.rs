@@ -10,6 +10,7 @@ use crate::api::volumes::{
     CreateRequest, Deleted, MountRequest, ResizeRequest, SnapshotView, VolumeView,
 };
 use crate::cli::output::{bytes, table};
+use crate::store::types::PoolHealth;
 use clap::Subcommand;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -428,15 +429,25 @@ pub fn pool_list(json: bool, c: &BlockingClient) -> Result<(), CliError> {
                 ),
                 None => ("-".into(), "-".into()),
             };
+            let drives: Vec<String> = p
+                .members
+                .iter()
+                .map(|m| format!("{} ({})", m.uuid, m.path.as_deref().unwrap_or("not found")))
+                .collect();
+            let state = match (&p.health, &p.near_full) {
+                (PoolHealth::Online, None) => "online".to_string(),
+                (PoolHealth::Online, Some(full)) => format!("near full: {full}"),
+                (h, _) => format!("{}: {}", h.name(), h.reason().unwrap_or_default()),
+            };
             vec![
                 p.id.clone(),
                 p.class.to_string(),
-                p.drives.join(","),
+                drives.join(", "),
                 data,
                 meta,
                 bytes(p.chunk_bytes),
                 p.volumes.to_string(),
-                p.near_full.clone().unwrap_or_else(|| "ok".into()),
+                state,
             ]
         })
         .collect();

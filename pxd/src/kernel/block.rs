@@ -98,12 +98,18 @@ pub fn read_direct(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> 
 
 /// Writes zeroes over `len` bytes at `offset`, durably.
 pub fn zero_direct(path: &Path, offset: u64, len: usize) -> io::Result<()> {
+    write_direct(path, offset, &vec![0u8; len])
+}
+
+/// Writes `data` at `offset` (both multiples of 512), durably and past the page cache.
+pub fn write_direct(path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
     let file = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
         .open(path)?;
-    let buf = AlignedBuf::zeroed(len);
-    file.write_all_at(buf.as_slice(), offset)
+    let mut buf = AlignedBuf::zeroed(data.len());
+    buf.as_mut_slice()[..data.len()].copy_from_slice(data);
+    file.write_all_at(&buf.as_slice()[..data.len()], offset)
 }
 
 /// A heap buffer aligned for O_DIRECT (4 KiB covers every logical block size pxd meets).

@@ -6,4 +6,6 @@ pub mod block;
 pub mod dm;
 pub mod fs;
 pub mod keyring;
+pub mod label;
 pub mod loop_device;
+pub mod thin_tools;

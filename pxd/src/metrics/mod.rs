@@ -26,6 +26,7 @@ pub struct Metrics {
     pub pool_metadata_used_blocks: IntGaugeVec,
     pub pool_metadata_total_blocks: IntGaugeVec,
     pub pool_near_full: IntGaugeVec,
+    pub pool_state: IntGaugeVec,
     pub volume_capacity_bytes: IntGaugeVec,
     pub volume_usage_bytes: IntGaugeVec,
 }
@@ -135,6 +136,12 @@ impl Metrics {
                 "pxd_pool_near_full",
                 "1 while the pool is past a near-full threshold and refuses new allocations",
                 &["pool", "class"],
+            )?,
+            pool_state: gauge_vec(
+                &r,
+                "pxd_pool_state",
+                "1 for the pool's state as its node last found it (online, degraded or damaged), 0 for the others",
+                &["pool", "class", "state"],
             )?,
             volume_capacity_bytes: gauge_vec(
                 &r,

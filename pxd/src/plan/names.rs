@@ -213,6 +213,12 @@ impl FromStr for DeviceName {
     }
 }
 
+/// True if `dm_name` is one of pxd's own devices, of any node: such a device (and anything
+/// stacked on it) is never a drive.
+pub fn is_pxd_name(dm_name: &str) -> bool {
+    dm_name.parse::<DeviceName>().is_ok()
+}
+
 /// The three devices of a thin pool.
 pub fn pool_devices(node: &Id, pool: &Id) -> [DeviceName; 3] {
     [

@@ -3,7 +3,10 @@
 
 pub use crate::kernel::block::whole_disks;
 use crate::kernel::{blkid, block};
+use crate::pool::label::{self, Found, Standing};
+use crate::store::types::{Class, NodeId};
 use devicemapper::Device;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What pxd knows of one drive.
@@ -20,6 +23,65 @@ pub struct DriveInfo {
     /// Why it is in use, if it is.
     pub in_use: Option<String>,
     pub rotational: bool,
+    /// The WWID or serial the device reports, if any.
+    pub hardware_id: Option<String>,
+    /// What its pxd label says.
+    #[serde(skip)]
+    pub label: Found,
+}
+
+/// Where a drive's pxd label puts it, as `drive list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", content = "reason", rename_all = "lowercase")]
+pub enum LabelStanding {
+    /// A member of a pool of this node, as the store records.
+    Member(String),
+    /// Labelled by this node, but no pool records it (an add that stopped half-way).
+    Unclaimed(String),
+    /// Another cluster's or node's drive: taken only with `--force`, then relabelled.
+    Foreign(String),
+    /// The label is there but fails its checksum or format: taken only with `--force`.
+    Damaged(String),
+}
+
+impl LabelStanding {
+    pub fn name(&self) -> &'static str {
+        match self {
+            LabelStanding::Member(_) => "member",
+            LabelStanding::Unclaimed(_) => "unclaimed",
+            LabelStanding::Foreign(_) => "foreign",
+            LabelStanding::Damaged(_) => "damaged",
+        }
+    }
+}
+
+/// Judges a drive's label against this cluster and node, and the store's pool members
+/// (drive uuid -> (pool, class)); none if it has no label.
+pub fn label_standing(
+    info: &DriveInfo,
+    cluster: &str,
+    node: NodeId,
+    members: &BTreeMap<String, (String, Class)>,
+) -> Option<LabelStanding> {
+    match &info.label {
+        Found::Unlabelled => None,
+        Found::Damaged(why) => Some(LabelStanding::Damaged(why.clone())),
+        Found::Labelled(l) => {
+            let recorded = members
+                .get(&l.drive.to_string())
+                .filter(|(pool, _)| *pool == l.pool);
+            Some(
+                match label::standing(l, cluster, node, recorded.is_some()) {
+                    Standing::Member => LabelStanding::Member(l.pool.clone()),
+                    Standing::Unclaimed => LabelStanding::Unclaimed(format!(
+                        "labelled for pool {} by this node, which never recorded it",
+                        l.pool
+                    )),
+                    Standing::Foreign(why) => LabelStanding::Foreign(why),
+                },
+            )
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +94,16 @@ pub enum DriveError {
     HasSignature { path: PathBuf, signature: String },
     #[error("path: {path} is not a whole disk of this node (see pxd drive list)")]
     NotADisk { path: PathBuf },
+    #[error("drive {path} is a member of pool {pool} already")]
+    Member { path: PathBuf, pool: String },
+    #[error(
+        "drive {path} carries a {state} pxd label ({reason}); add it with --force to relabel it"
+    )]
+    Label {
+        path: PathBuf,
+        state: &'static str,
+        reason: String,
+    },
 }
 
 /// Inspects one drive.
@@ -49,19 +121,23 @@ pub fn inspect(path: &Path) -> Result<DriveInfo, DriveError> {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
     };
-    let id = read("wwid")
+    let hardware_id = read("wwid")
         .or_else(|| read("device/wwid"))
         .or_else(|| read("serial"))
-        .or_else(|| read("device/serial"))
-        .unwrap_or_else(|| path.display().to_string());
+        .or_else(|| read("device/serial"));
+    let label = crate::kernel::label::read(path).unwrap_or(Found::Unlabelled);
     Ok(DriveInfo {
         path: path.to_owned(),
-        id,
+        id: hardware_id
+            .clone()
+            .unwrap_or_else(|| path.display().to_string()),
         dev,
         size_bytes,
         signature: blkid::signature(path).map_err(err)?,
         in_use: block::in_use(path),
         rotational: read("queue/rotational").as_deref() == Some("1"),
+        hardware_id,
+        label,
     })
 }
 
@@ -82,13 +158,24 @@ pub struct DriveView {
     #[serde(default)]
     pub pool: Option<String>,
     #[serde(default)]
-    pub class: Option<crate::volume::spec::Class>,
+    pub class: Option<Class>,
+    /// The uuid in its pxd label, if it has a valid one.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Where that label puts it.
+    #[serde(default)]
+    pub standing: Option<LabelStanding>,
 }
 
 impl From<DriveInfo> for DriveView {
     fn from(d: DriveInfo) -> Self {
         DriveView {
-            candidate: d.signature.is_none() && d.in_use.is_none(),
+            label: match &d.label {
+                Found::Labelled(l) => Some(l.drive.to_string()),
+                _ => None,
+            },
+            standing: None,
+            candidate: d.signature.is_none() && d.in_use.is_none() && d.label == Found::Unlabelled,
             path: d.path,
             id: d.id,
             size_bytes: d.size_bytes,
@@ -115,43 +202,49 @@ fn unreadable(path: PathBuf, e: DriveError) -> DriveView {
         error: Some(e.to_string()),
         pool: None,
         class: None,
+        label: None,
+        standing: None,
     }
 }
 
-fn view_of(path: PathBuf) -> DriveView {
+/// Whose this node is, for judging labels: the cluster id, the node id and the store's pool
+/// members (drive uuid -> (pool, class)).
+#[derive(Debug, Clone, Default)]
+pub struct Owner {
+    pub cluster: String,
+    pub node: NodeId,
+    pub members: BTreeMap<String, (String, Class)>,
+}
+
+fn view_of(path: PathBuf, owner: &Owner) -> DriveView {
     match inspect(&path) {
-        Ok(info) => info.into(),
+        Ok(info) => {
+            let standing = label_standing(&info, &owner.cluster, owner.node, &owner.members);
+            let mut v = DriveView::from(info);
+            if let Some(LabelStanding::Member(pool)) = &standing {
+                v.pool = Some(pool.clone());
+                v.class = owner.members.values().find(|m| &m.0 == pool).map(|m| m.1);
+            }
+            if let Some(LabelStanding::Unclaimed(_)) = &standing {
+                v.candidate = v.signature.is_none() && v.in_use.is_none();
+            }
+            v.standing = standing;
+            v
+        }
         Err(e) => unreadable(path, e),
     }
 }
 
-/// Every whole disk of this host, inspected.
-pub fn local_drives() -> std::io::Result<Vec<DriveView>> {
-    Ok(whole_disks()?.into_iter().map(view_of).collect())
-}
-
-/// [`local_drives`], plus the drives pxd pooled (path, pool, class), marked with their pool;
-/// a pooled drive that is no whole disk (a partition, a dm device) is listed too.
-pub fn local_drives_with(
-    pooled: &[(String, String, crate::volume::spec::Class)],
-) -> std::io::Result<Vec<DriveView>> {
-    let mut found = local_drives()?;
-    for (path, pool, class) in pooled {
-        let i = match found
-            .iter()
-            .position(|d| d.path.as_os_str() == path.as_str())
-        {
-            Some(i) => i,
-            None => {
-                found.push(view_of(PathBuf::from(path)));
-                found.len() - 1
-            }
-        };
-        found[i].pool = Some(pool.clone());
-        found[i].class = Some(*class);
-        found[i].candidate = false;
+/// Every whole disk of this host, and every other block device with a pxd label (a dm or
+/// loop device), inspected and judged against `owner`.
+pub fn local_drives(owner: &Owner) -> std::io::Result<Vec<DriveView>> {
+    let mut paths = whole_disks()?;
+    for s in crate::kernel::label::scan(&[]) {
+        if s.found != Found::Unlabelled && !paths.contains(&s.path) {
+            paths.push(s.path);
+        }
     }
-    Ok(found)
+    Ok(paths.into_iter().map(|p| view_of(p, owner)).collect())
 }
 
 /// A benchmark of one drive and the class it earns.
@@ -159,7 +252,7 @@ pub fn local_drives_with(
 pub struct DriveBenchmark {
     pub path: PathBuf,
     pub result: crate::pool::benchmark::BenchResult,
-    pub class: crate::volume::spec::Class,
+    pub class: Class,
 }
 
 /// Re-measures one of this node's whole disks, read-only (it may hold data), and classes it
@@ -187,13 +280,34 @@ pub fn benchmark_local(path: &Path) -> Result<DriveBenchmark, DriveError> {
     })
 }
 
-/// Refuses a drive pxd must not take: one in use always, one with a signature unless forced.
-pub fn check_addable(info: &DriveInfo, force: bool) -> Result<(), DriveError> {
+/// Refuses a drive pxd must not take: one in use or already a member of a pool always; one
+/// with a signature, a foreign or a damaged label unless forced.
+pub fn check_addable(
+    info: &DriveInfo,
+    standing: &Option<LabelStanding>,
+    force: bool,
+) -> Result<(), DriveError> {
+    if let Some(LabelStanding::Member(pool)) = standing {
+        return Err(DriveError::Member {
+            path: info.path.clone(),
+            pool: pool.clone(),
+        });
+    }
     if let Some(reason) = &info.in_use {
         return Err(DriveError::InUse {
             path: info.path.clone(),
             reason: reason.clone(),
         });
+    }
+    match standing {
+        Some(s @ (LabelStanding::Foreign(why) | LabelStanding::Damaged(why))) if !force => {
+            return Err(DriveError::Label {
+                path: info.path.clone(),
+                state: s.name(),
+                reason: why.clone(),
+            })
+        }
+        _ => {}
     }
     match &info.signature {
         Some(sig) if !force => Err(DriveError::HasSignature {
@@ -220,19 +334,69 @@ mod tests {
             signature: signature.map(Into::into),
             in_use: in_use.map(Into::into),
             rotational: false,
+            hardware_id: None,
+            label: Found::Unlabelled,
         }
     }
 
     #[test]
     fn signatures_need_force_and_drives_in_use_are_never_taken() {
-        assert!(check_addable(&info(None, None), false).is_ok());
-        let e = check_addable(&info(Some("ext4"), None), false).unwrap_err();
+        assert!(check_addable(&info(None, None), &None, false).is_ok());
+        let e = check_addable(&info(Some("ext4"), None), &None, false).unwrap_err();
         assert_eq!(
             e.to_string(),
             "drive /dev/vdx carries a ext4 signature; add it with --force to overwrite it"
         );
-        assert!(check_addable(&info(Some("ext4"), None), true).is_ok());
-        let e = check_addable(&info(None, Some("held by dm-0")), true).unwrap_err();
+        assert!(check_addable(&info(Some("ext4"), None), &None, true).is_ok());
+        let e = check_addable(&info(None, Some("held by dm-0")), &None, true).unwrap_err();
         assert!(e.to_string().contains("in use (held by dm-0)"), "{e}");
+    }
+
+    #[test]
+    fn labels_decide_what_force_may_take() {
+        let l = label::Label {
+            cluster: "c1".into(),
+            node: NodeId(1),
+            pool: "p1".into(),
+            drive: label::DriveUuid([1; 16]),
+            member: 0,
+            generation: 1,
+        };
+        let mut d = info(None, None);
+        d.label = Found::Labelled(l.clone());
+        let uuid = l.drive.to_string();
+        let members = BTreeMap::from([(uuid.clone(), ("p1".to_string(), Class::High))]);
+        let judge = |d: &DriveInfo, cluster: &str, node: u64, m: &BTreeMap<_, _>| {
+            label_standing(d, cluster, NodeId(node), m)
+        };
+
+        let member = judge(&d, "c1", 1, &members);
+        assert_eq!(member, Some(LabelStanding::Member("p1".into())));
+        let e = check_addable(&d, &member, true).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "drive /dev/vdx is a member of pool p1 already"
+        );
+
+        let unclaimed = judge(&d, "c1", 1, &BTreeMap::new());
+        assert!(matches!(unclaimed, Some(LabelStanding::Unclaimed(_))));
+        assert!(check_addable(&d, &unclaimed, false).is_ok());
+
+        let foreign = judge(&d, "c2", 1, &members);
+        let e = check_addable(&d, &foreign, false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "drive /dev/vdx carries a foreign pxd label (labelled by cluster c1); \
+             add it with --force to relabel it"
+        );
+        assert!(check_addable(&d, &foreign, true).is_ok());
+
+        d.label = Found::Damaged("label checksum mismatch".into());
+        let damaged = judge(&d, "c1", 1, &members);
+        assert!(check_addable(&d, &damaged, false)
+            .unwrap_err()
+            .to_string()
+            .contains("damaged pxd label (label checksum mismatch)"));
+        assert!(check_addable(&d, &damaged, true).is_ok());
     }
 }

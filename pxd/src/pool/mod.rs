@@ -4,6 +4,7 @@
 pub mod benchmark;
 pub mod class;
 pub mod drive;
+pub mod label;
 pub mod superblock;
 
 use crate::kernel::block;
@@ -12,7 +13,7 @@ use crate::plan::names::{DeviceName, Id};
 use crate::plan::pool::{plan_pool, PoolPlan, PoolPlanError, PoolSpec};
 use crate::plan::thin::{plan_thin, ThinPlanError};
 use crate::stack::{self, AppliedStack, Outcome, StackError};
-use devicemapper::{Sectors, ThinDevId, ThinPoolStatus};
+use devicemapper::{Device, Sectors, ThinDevId, ThinPoolStatus};
 use std::fmt;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,24 @@ pub enum PoolError {
     },
     #[error("pool {pool} is {state}; pxd will not use it until it is repaired")]
     Unusable { pool: String, state: String },
+    /// The metadata of a pool that was activated before is missing or fails its check. Its
+    /// bytes are left exactly as they are.
+    #[error("pool {pool} is damaged: its metadata on drive {drive} {check}; pxd leaves it as it is until an operator repairs it (thin_check, thin_repair)")]
+    Damaged {
+        pool: String,
+        drive: Device,
+        check: String,
+    },
+}
+
+/// What bringing up a pool whose devices are down may do to its metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metadata {
+    /// The pool was never activated: metadata without a thin superblock is made fresh.
+    MayBeNew,
+    /// The pool was activated before: its metadata must be there and pass `thin_check`,
+    /// or the pool is refused and left as it is.
+    MustExist,
 }
 
 /// A pool that is up.
@@ -58,10 +77,16 @@ impl Pool {
     }
 }
 
-/// Brings a pool up: its meta and data devices, then the thin-pool over them. Metadata is
-/// zeroed only when it carries no thin superblock, so re-running on a live pool adopts it and
-/// running after a reboot keeps every thin device. On failure, what this call made is removed.
-pub fn ensure_pool(dm: &dyn DeviceMapper, spec: &PoolSpec) -> Result<Pool, PoolError> {
+/// Brings a pool up: its meta and data devices, then the thin-pool over them. When the pool
+/// is not up yet, its metadata is checked first: without a thin superblock it is zeroed and
+/// made fresh only for [`Metadata::MayBeNew`]; otherwise the pool is refused as damaged, and
+/// so it is when `thin_check` fails. Re-running on a live pool adopts it. On failure, what
+/// this call made is removed, and nothing on the drives has changed.
+pub fn ensure_pool(
+    dm: &dyn DeviceMapper,
+    spec: &PoolSpec,
+    metadata: Metadata,
+) -> Result<Pool, PoolError> {
     let plan = plan_pool(spec)?;
     let lower = stack::apply(dm, &[&plan.meta, &plan.data])?;
     let upper = (|| {
@@ -74,12 +99,21 @@ pub fn ensure_pool(dm: &dyn DeviceMapper, spec: &PoolSpec) -> Result<Pool, PoolE
                 device: plan.meta.name.to_string(),
                 source,
             };
+            let damaged = |check: String| PoolError::Damaged {
+                pool: spec.pool.to_string(),
+                drive: spec.drives[0].dev,
+                check,
+            };
             let head = block::read_direct(&meta, 0, superblock::HEAD_LEN)
                 .map_err(|e| io("read metadata superblock of", e))?;
-            if !superblock::has_thin_superblock(&head) {
+            if superblock::has_thin_superblock(&head) {
+                crate::kernel::thin_tools::thin_check(&meta).map_err(damaged)?;
+            } else if metadata == Metadata::MayBeNew {
                 block::zero_direct(&meta, 0, superblock::HEAD_LEN)
                     .map_err(|e| io("clear metadata of", e))?;
                 fresh = true;
+            } else {
+                return Err(damaged("has no thin superblock".into()));
             }
         }
         let top = stack::apply(dm, &[&plan.pool])?;
@@ -114,7 +148,7 @@ pub fn ensure_pool(dm: &dyn DeviceMapper, spec: &PoolSpec) -> Result<Pool, PoolE
 pub fn grow_pool(dm: &dyn DeviceMapper, spec: &PoolSpec) -> Result<Pool, PoolError> {
     let plan = plan_pool(spec)?;
     stack::grow(dm, &[&plan.data, &plan.pool])?;
-    ensure_pool(dm, spec)
+    ensure_pool(dm, spec, Metadata::MustExist)
 }
 
 fn check_usable(dm: &dyn DeviceMapper, pool: &Pool) -> Result<(), PoolError> {

@@ -3,6 +3,7 @@
 //! Both directions are pure.
 
 use crate::reconcile::desired::{NodeState, OriginState, PoolState, SnapshotState, VolumeState};
+use crate::store::pools::PoolChange;
 use crate::store::state::{ClusterState, Command, SnapshotChange, VolumeChange};
 use crate::store::types::{NodeId, Volume};
 use std::path::PathBuf;
@@ -15,7 +16,9 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
         .filter(|p| p.node == node)
         .map(|p| PoolState {
             id: p.id.clone(),
+            members: p.drives.clone(),
             drives: p.drive_paths.iter().map(PathBuf::from).collect(),
+            activated: p.activated,
             chunk_sectors: p.chunk_sectors,
         })
         .collect();
@@ -26,6 +29,11 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
         .collect();
     NodeState {
         node: node.to_string(),
+        cluster: cluster
+            .cluster
+            .as_ref()
+            .map(|c| c.id.clone())
+            .unwrap_or_default(),
         pools,
         volumes,
         mount_root,
@@ -77,6 +85,14 @@ pub fn volume_state(cluster: &ClusterState, v: &Volume, node: NodeId) -> Option<
 /// `after`: filesystems made, copies and snapshots taken, retired ids and deletes finished.
 pub fn records(before: &NodeState, after: &NodeState) -> Vec<Command> {
     let mut out = Vec::new();
+    for b in &before.pools {
+        if !b.activated && after.pools.iter().any(|a| a.id == b.id && a.activated) {
+            out.push(Command::UpdatePool {
+                id: b.id.clone(),
+                change: PoolChange::Activated,
+            });
+        }
+    }
     for b in &before.volumes {
         let Some(a) = after.volume(&b.id) else {
             out.extend(
@@ -149,6 +165,9 @@ mod tests {
                 benchmark: None,
                 chunk_sectors: 128,
                 drive_paths: vec!["/dev/vdb".into()],
+                generation: 1,
+                activated: true,
+                health: PoolHealth::Online,
             },
         );
         c

@@ -8,6 +8,9 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeState {
     pub node: String,
+    /// The cluster's id: a drive's label must name it to be assembled.
+    #[serde(default)]
+    pub cluster: String,
     pub pools: Vec<PoolState>,
     pub volumes: Vec<VolumeState>,
     /// Where pxd mounts volumes; only mounts under it are pxd's to undo.
@@ -18,8 +21,15 @@ pub struct NodeState {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PoolState {
     pub id: String,
-    /// Drive paths in placement order (metadata on the first).
+    /// Label uuids of its drives in placement order (metadata on the first): what it is
+    /// assembled from.
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// Where the drives were when added, in the same order: hints for messages only.
     pub drives: Vec<PathBuf>,
+    /// Whether its metadata was ever activated; only a pool never activated is made fresh.
+    #[serde(default)]
+    pub activated: bool,
     /// Allocation chunk, in 512-byte sectors.
     pub chunk_sectors: u64,
 }

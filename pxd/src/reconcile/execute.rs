@@ -8,7 +8,7 @@ use crate::crypt::{ClusterKey, CryptError, VolumeKey};
 use crate::kernel::dm::{node_path, DeviceMapper, DmOpError};
 use crate::kernel::fs::{self, FsError};
 use crate::plan::names::{DeviceName, Id, Kind};
-use crate::pool::{self, Pool, PoolError};
+use crate::pool::{self, Metadata, Pool, PoolError};
 use crate::reconcile::desired::NodeState;
 use crate::reconcile::faults::{Faults, FaultyDm};
 use crate::reconcile::steps::Step;
@@ -69,7 +69,9 @@ impl Concern {
         };
         match step {
             Step::Resume(n) | Step::Deactivate(n) => by_name(n),
-            Step::EnsurePool(spec) | Step::GrowPool(spec) => Concern::Pool(spec.pool.to_string()),
+            Step::EnsurePool(spec) | Step::CreatePool(spec) | Step::GrowPool(spec) => {
+                Concern::Pool(spec.pool.to_string())
+            }
             Step::CreateThinId { pool, thin_id } | Step::DeleteThinId { pool, thin_id } => {
                 by_thin_id(pool, *thin_id)
             }
@@ -92,6 +94,14 @@ impl Concern {
             (a, b) if a == b => true,
             (Concern::Volume(v), Concern::Pool(p)) => state.volume(v).is_some_and(|v| &v.pool == p),
             _ => false,
+        }
+    }
+
+    /// The pool it concerns, if it is one.
+    pub fn pool(&self) -> Option<&str> {
+        match self {
+            Concern::Pool(p) => Some(p),
+            _ => None,
         }
     }
 
@@ -208,8 +218,16 @@ impl<'a> Executor<'a> {
                 dm.resume(&name.dm_name())?;
             }
             Step::EnsurePool(spec) => {
-                let pool = pool::ensure_pool(dm, spec)?;
+                let pool = pool::ensure_pool(dm, spec, Metadata::MustExist)?;
                 self.pools.insert(spec.pool.to_string(), pool);
+            }
+            Step::CreatePool(spec) => {
+                let pool = pool::ensure_pool(dm, spec, Metadata::MayBeNew)?;
+                self.pools.insert(spec.pool.to_string(), pool);
+                if let Some(p) = state.pools.iter_mut().find(|p| p.id == spec.pool.as_str()) {
+                    p.activated = true;
+                }
+                return Ok(true);
             }
             Step::GrowPool(spec) => {
                 let pool = pool::grow_pool(dm, spec)?;

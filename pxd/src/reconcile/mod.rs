@@ -28,6 +28,8 @@ pub enum ReconcileError {
 /// What one pass planned, and which of its steps failed.
 #[derive(Debug)]
 pub struct Pass {
+    /// What the kernel showed before the steps ran.
+    pub observed: steps::Observed,
     pub steps: Vec<steps::Step>,
     pub failures: Vec<execute::Failure>,
 }
@@ -42,7 +44,11 @@ pub fn reconcile_pass(
     let observed = observe::observe(dm, state)?;
     let steps = steps::plan(state, &observed)?;
     let failures = Executor::new(dm, cluster_key).run(&steps, state, persist)?;
-    Ok(Pass { steps, failures })
+    Ok(Pass {
+        observed,
+        steps,
+        failures,
+    })
 }
 
 /// One pass that fails with its first failed step. Returns the steps that were planned.

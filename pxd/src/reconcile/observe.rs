@@ -2,28 +2,24 @@
 //! devices exist, at what size.
 
 use crate::kernel::dm::{DeviceMapper, DmOpError};
-use crate::kernel::{block, fs};
+use crate::kernel::{fs, label};
 use crate::plan::crypt::kernel_has_workqueue_bypass;
 use crate::plan::pool::Drive;
+use crate::pool::label::Found;
 use crate::reconcile::desired::NodeState;
-use crate::reconcile::steps::Observed;
+use crate::reconcile::steps::{LabelledDrive, Observed};
 use devicemapper::Sectors;
 
 /// Reads what the kernel has for `desired.node`.
 pub fn observe(dm: &dyn DeviceMapper, desired: &NodeState) -> Result<Observed, DmOpError> {
     let mut observed = Observed::default();
-    for p in &desired.pools {
-        for path in &p.drives {
-            if let (Ok(dev), Ok(bytes)) = (block::device_of(path), block::size_bytes(path)) {
-                observed.drives.insert(
-                    path.clone(),
-                    Drive {
-                        dev,
-                        size: Sectors(bytes / 512),
-                    },
-                );
-            }
-        }
+    if !desired.pools.is_empty() {
+        let hints: Vec<_> = desired
+            .pools
+            .iter()
+            .flat_map(|p| p.drives.iter().cloned())
+            .collect();
+        observed.labelled = labelled_drives(&hints);
     }
     let prefix = format!("pxd-{}-", desired.node);
     for (name, dev) in dm.list()? {
@@ -62,4 +58,23 @@ pub fn observe(dm: &dyn DeviceMapper, desired: &NodeState) -> Result<Observed, D
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     observed.bypass_workqueues = kernel_has_workqueue_bypass(&release);
     Ok(observed)
+}
+
+/// Every block device of this host with a valid pxd label. Damaged labels are left out here:
+/// such a drive is no member, and `pxd drive list` shows why.
+pub fn labelled_drives(hints: &[std::path::PathBuf]) -> Vec<LabelledDrive> {
+    label::scan(hints)
+        .into_iter()
+        .filter_map(|s| match s.found {
+            Found::Labelled(l) => Some(LabelledDrive {
+                path: s.path,
+                drive: Drive {
+                    dev: s.dev,
+                    size: Sectors(s.size_bytes / 512),
+                },
+                label: l,
+            }),
+            _ => None,
+        })
+        .collect()
 }

@@ -7,10 +7,16 @@ use crate::cluster::{Cluster, Op};
 use crate::crypt::ClusterKey;
 use crate::kernel::dm::{DeviceMapper, KernelDm};
 use crate::plan::names::{pool_devices, DeviceName, Id, Kind};
+use crate::pool::PoolError;
 use crate::pool::{self, PoolUsage};
 use crate::reconcile::derive::{node_state, records};
 use crate::reconcile::desired::NodeState;
-use crate::reconcile::{reconcile_pass, steps::Step};
+use crate::reconcile::execute::ExecError;
+use crate::reconcile::steps::{assemble, Observed, Step};
+use crate::reconcile::{reconcile_pass, Pass};
+use crate::store::pools::PoolChange;
+use crate::store::state::Command;
+use crate::store::types::PoolHealth;
 use devicemapper::Sectors;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -68,12 +74,17 @@ impl PoolUse {
     }
 }
 
-/// A pass's failed steps, its pools' use, and its volumes' mapped bytes.
-type PassResult = (
-    Vec<StepFailure>,
-    BTreeMap<String, PoolUse>,
-    BTreeMap<String, u64>,
-);
+/// What one pass found besides its failures: its pools' use, its volumes' mapped bytes, how
+/// each pool stands and where each pool member was found.
+#[derive(Debug, Default)]
+struct Found {
+    pools: BTreeMap<String, PoolUse>,
+    volumes: BTreeMap<String, u64>,
+    health: BTreeMap<String, PoolHealth>,
+    members: BTreeMap<String, PathBuf>,
+}
+
+type PassResult = (Vec<StepFailure>, Found);
 
 /// A step of a pass that failed: the volume it concerned (none for a pool or the node).
 #[derive(Debug, Clone)]
@@ -86,6 +97,8 @@ pub struct StepFailure {
 #[derive(Debug, Clone, Default)]
 pub struct LastPass {
     pub pools: BTreeMap<String, PoolUse>,
+    /// Where each member drive of this node's pools was found, by label uuid.
+    pub members: BTreeMap<String, PathBuf>,
     pub error: Option<String>,
 }
 
@@ -148,27 +161,65 @@ impl Reconciler {
         let result = tokio::task::spawn_blocking(move || me.pass_blocking(&handle))
             .await
             .map_err(|e| format!("the reconcile pass stopped: {e}"))?;
-        if let Ok((_, pools, volumes)) = &result {
-            self.export(pools, volumes);
+        if let Ok((_, found)) = &result {
+            self.record_health(&found.health).await;
+            self.export(found);
         }
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
-            Ok((failures, pools, _)) => {
-                last.pools = pools.clone();
+            Ok((failures, found)) => {
+                last.pools = found.pools.clone();
+                last.members = found.members.clone();
                 last.error = failures.first().map(|f| f.error.clone());
             }
             Err(e) => last.error = Some(e.clone()),
         }
-        result.map(|(failures, _, _)| failures)
+        result.map(|(failures, _)| failures)
+    }
+
+    /// Records through Raft each pool whose health changed, logging the change.
+    async fn record_health(&self, health: &BTreeMap<String, PoolHealth>) {
+        let stored: BTreeMap<String, PoolHealth> = self.cluster.state().read(|st| {
+            st.pools
+                .values()
+                .map(|p| (p.id.clone(), p.health.clone()))
+                .collect()
+        });
+        for (pool, h) in health {
+            if stored.get(pool) == Some(h) {
+                continue;
+            }
+            match h {
+                PoolHealth::Online => tracing::info!(pool = %pool, "pool is online"),
+                PoolHealth::Degraded(why) => {
+                    tracing::warn!(pool = %pool, "pool is degraded: {why}")
+                }
+                PoolHealth::Damaged(why) => tracing::error!(pool = %pool, "pool is damaged: {why}"),
+            }
+            let cmd = Command::UpdatePool {
+                id: pool.clone(),
+                change: PoolChange::Health { health: h.clone() },
+            };
+            if let Err(e) = self.cluster.submit_and_apply(Op::Command(cmd)).await {
+                tracing::warn!(pool = %pool, error = %e, "could not record the pool's health");
+            }
+        }
     }
 
     /// Sets the pool and volume gauges from the store and what the pass read.
-    fn export(&self, pools: &BTreeMap<String, PoolUse>, volumes: &BTreeMap<String, u64>) {
+    fn export(&self, found: &Found) {
+        let (pools, volumes) = (&found.pools, &found.volumes);
         let m = self.cluster.metrics();
         let me = self.cluster.id();
         self.cluster.state().read(|st| {
             for p in st.pools.values().filter(|p| p.node == me) {
                 let labels = [p.id.as_str(), &p.class.to_string()];
+                let health = found.health.get(&p.id).unwrap_or(&p.health);
+                for state in ["online", "degraded", "damaged"] {
+                    m.pool_state
+                        .with_label_values(&[labels[0], labels[1], state])
+                        .set(i64::from(health.name() == state));
+                }
                 if let Some(u) = pools.get(&p.id) {
                     let set = |g: &prometheus::IntGaugeVec, v: u64| {
                         g.with_label_values(&labels).set(v as i64)
@@ -229,6 +280,8 @@ impl Reconciler {
         if !changed.is_empty() {
             tracing::info!(steps = ?changed.iter().map(|s| step_name(s)).collect::<Vec<_>>(), "reconciled");
         }
+        let health = pool_health(&state, &pass);
+        let members = member_paths(&state, &pass.observed);
         let failures: Vec<StepFailure> = pass
             .failures
             .into_iter()
@@ -240,11 +293,13 @@ impl Reconciler {
         for f in &failures {
             tracing::warn!(volume = ?f.volume, error = %f.error, "a reconcile step failed; retrying on the next pass");
         }
-        Ok((
-            failures,
-            self.pool_use(&dm, &state),
-            volume_use(&dm, &state),
-        ))
+        let found = Found {
+            pools: self.pool_use(&dm, &state),
+            volumes: volume_use(&dm, &state),
+            health,
+            members,
+        };
+        Ok((failures, found))
     }
 
     /// Reads each pool's use from its thin-pool status; a pool that is not up is left out.
@@ -281,6 +336,70 @@ impl Reconciler {
     }
 }
 
+/// How each pool of the pass stands: degraded when a member is missing (naming it), damaged
+/// when bringing it up found its metadata missing or failing `thin_check`, online when it is
+/// up; a pool that failed otherwise keeps what the store says.
+fn pool_health(state: &NodeState, pass: &Pass) -> BTreeMap<String, PoolHealth> {
+    let mut out = BTreeMap::new();
+    let Ok(node) = Id::node(&state.node) else {
+        return out;
+    };
+    for p in &state.pools {
+        if let Err(missing) = assemble(&state.cluster, &node, p, &pass.observed) {
+            let what = if missing.is_empty() {
+                "it has no members".to_string()
+            } else {
+                format!("no drive carries the label of {}", missing.join(", "))
+            };
+            out.insert(p.id.clone(), PoolHealth::Degraded(what));
+            continue;
+        }
+        let failed = pass
+            .failures
+            .iter()
+            .find(|f| f.concerns.pool() == Some(p.id.as_str()));
+        match failed.map(|f| &f.error) {
+            Some(ExecError::Pool(e @ PoolError::Damaged { .. })) => {
+                let first = p.members.first().cloned().unwrap_or_default();
+                let at = pass
+                    .observed
+                    .labelled
+                    .iter()
+                    .find(|d| d.label.drive.to_string() == first)
+                    .map(|d| d.path.display().to_string())
+                    .unwrap_or_default();
+                out.insert(
+                    p.id.clone(),
+                    PoolHealth::Damaged(format!("{e} [drive {first} at {at}]")),
+                );
+            }
+            Some(_) => {}
+            None => {
+                out.insert(p.id.clone(), PoolHealth::Online);
+            }
+        }
+    }
+    out
+}
+
+/// Where each member drive of the node's pools is now, by label uuid.
+fn member_paths(state: &NodeState, observed: &Observed) -> BTreeMap<String, PathBuf> {
+    let cluster = &state.cluster;
+    observed
+        .labelled
+        .iter()
+        .filter(|d| &d.label.cluster == cluster && d.label.node.to_string() == state.node)
+        .filter(|d| {
+            let uuid = d.label.drive.to_string();
+            state
+                .pools
+                .iter()
+                .any(|p| p.id == d.label.pool && p.members.contains(&uuid))
+        })
+        .map(|d| (d.label.drive.to_string(), d.path.clone()))
+        .collect()
+}
+
 /// Bytes each live volume has mapped in its pool, by volume id.
 fn volume_use(dm: &dyn DeviceMapper, state: &NodeState) -> BTreeMap<String, u64> {
     let Ok(node) = Id::node(&state.node) else {
@@ -302,6 +421,7 @@ fn step_name(s: &Step) -> String {
     match s {
         Step::Resume(n) => format!("resume {n}"),
         Step::EnsurePool(p) => format!("pool {}", p.pool),
+        Step::CreatePool(p) => format!("new pool {}", p.pool),
         Step::GrowPool(p) => format!("grow pool {}", p.pool),
         Step::CreateThinId { thin_id, .. } => format!("create thin {thin_id}"),
         Step::Activate { volume, .. } => format!("activate {volume}"),

@@ -7,17 +7,27 @@ use crate::plan::names::{pool_devices, DeviceName, Id, Kind, NameError, Role};
 use crate::plan::pool::{plan_pool, Drive, PoolSpec};
 use crate::plan::table::DevicePlan;
 use crate::plan::thin::{plan_thin, ThinPlanError};
-use crate::reconcile::desired::{NodeState, Phase, VolumeState};
+use crate::pool::label::Label;
+use crate::reconcile::desired::{NodeState, Phase, PoolState, VolumeState};
+use crate::store::types::NodeId;
 use crate::volume::spec::Fs;
 use devicemapper::{Device, Sectors, ThinDevId};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+
+/// A block device whose pxd label could be read and is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelledDrive {
+    pub path: PathBuf,
+    pub drive: Drive,
+    pub label: Label,
+}
 
 /// What the kernel shows for this node.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
-    /// Drives that could be opened: path -> (dev_t, size in sectors).
-    pub drives: HashMap<PathBuf, Drive>,
+    /// Every block device with a valid pxd label, whoever's it is and wherever it sits now.
+    pub labelled: Vec<LabelledDrive>,
     /// This node's dm devices: name -> (dev_t, total length in sectors).
     pub devices: BTreeMap<String, (Device, Sectors)>,
     /// Those of them that are suspended (a crash between suspend and resume leaves them so).
@@ -35,8 +45,12 @@ pub struct Observed {
 pub enum Step {
     /// Resume a device left suspended, so its I/O flows again. Comes before anything else.
     Resume(DeviceName),
-    /// Bring a pool's devices up (adopting them if they are).
+    /// Bring a pool's devices up (adopting them if they are). Its metadata must be there:
+    /// a pool whose metadata is missing or fails `thin_check` is refused, never rewritten.
     EnsurePool(PoolSpec),
+    /// Bring up a pool that was never activated, with fresh metadata, then record that it
+    /// was activated.
+    CreatePool(PoolSpec),
     /// Grow a live pool onto drives added to it.
     GrowPool(PoolSpec),
     /// Record thin id `thin_id` in the pool's metadata.
@@ -102,6 +116,44 @@ impl Step {
     /// Steps that read and compare only, never changing the kernel when all is in place.
     pub fn is_check(&self) -> bool {
         matches!(self, Step::EnsurePool(_))
+    }
+}
+
+/// The members of pool `p` as found on this node's drives, by label: each member's label
+/// must name this cluster, node and pool, its uuid and its place. `Err` lists the members
+/// (uuid and last known path) no drive answers for.
+pub fn assemble(
+    cluster: &str,
+    node: &Id,
+    p: &PoolState,
+    observed: &Observed,
+) -> Result<Vec<Drive>, Vec<String>> {
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for (i, uuid) in p.members.iter().enumerate() {
+        let hit = observed.labelled.iter().find(|d| {
+            let l = &d.label;
+            l.drive.to_string() == *uuid
+                && l.pool == p.id
+                && l.cluster == cluster
+                && node.as_str().parse::<NodeId>() == Ok(l.node)
+                && l.member as usize == i
+        });
+        match hit {
+            Some(d) => found.push(d.drive),
+            None => {
+                let hint = p.drives.get(i).map(|h| h.display().to_string());
+                missing.push(match hint {
+                    Some(h) => format!("member {i} (drive {uuid}, last at {h})"),
+                    None => format!("member {i} (drive {uuid})"),
+                });
+            }
+        }
+    }
+    if missing.is_empty() && !found.is_empty() {
+        Ok(found)
+    } else {
+        Err(missing)
     }
 }
 
@@ -178,14 +230,9 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
         for name in pool_devices(&node, &pool_id) {
             expected.insert(name.to_string());
         }
-        let drives: Option<Vec<Drive>> = p
-            .drives
-            .iter()
-            .map(|d| observed.drives.get(d).copied())
-            .collect();
         // A pool with a missing drive is left as the kernel has it: nothing is torn down,
         // nothing built on a partial set of drives.
-        if let Some(drives) = drives {
+        if let Ok(drives) = assemble(&desired.cluster, &node, p, observed) {
             let spec = PoolSpec {
                 node: node.clone(),
                 pool: pool_id.clone(),
@@ -197,6 +244,7 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
             let planned_data = plan_pool(&spec).ok().map(|plan| plan.data.length());
             match (live_data, planned_data) {
                 (Some(live), Some(planned)) if live < planned => steps.push(Step::GrowPool(spec)),
+                _ if !p.activated => steps.push(Step::CreatePool(spec)),
                 _ => steps.push(Step::EnsurePool(spec)),
             }
             pools_up.insert(&p.id);
@@ -210,11 +258,13 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
                 pool: v.pool.clone(),
             });
         }
-        if !pools_up.contains(v.pool.as_str()) {
-            continue;
-        }
         let pool = Id::object(&v.pool)?;
         let stack = volume_stack(&node, v, observed.bypass_workqueues)?;
+        if !pools_up.contains(v.pool.as_str()) {
+            // Its pool lacks a drive: whatever of its stack is up stays up, untouched.
+            expected.extend(stack.iter().map(|p| p.name.to_string()));
+            continue;
+        }
         match v.phase {
             Phase::Live => {
                 for plan in &stack {
@@ -430,12 +480,21 @@ mod tests {
     use super::*;
     use crate::reconcile::desired::{PoolState, SnapshotState};
 
+    const CLUSTER: &str = "c0ffee";
+
+    fn uuid(n: u8) -> String {
+        crate::pool::label::DriveUuid([n; 16]).to_string()
+    }
+
     fn state() -> NodeState {
         NodeState {
-            node: "n1".into(),
+            node: "a1".into(),
+            cluster: CLUSTER.into(),
             pools: vec![PoolState {
                 id: "p0".into(),
+                members: vec![uuid(1)],
                 drives: vec!["/dev/vda".into()],
+                activated: true,
                 chunk_sectors: 512,
             }],
             volumes: vec![VolumeState {
@@ -454,18 +513,31 @@ mod tests {
         }
     }
 
+    /// A drive labelled as member `member` of pool p0 on node 1, at `path`.
+    fn labelled(path: &str, n: u8, member: u32) -> LabelledDrive {
+        LabelledDrive {
+            path: path.into(),
+            drive: Drive {
+                dev: Device {
+                    major: 254,
+                    minor: 16 * u32::from(n),
+                },
+                size: Sectors(4 << 21),
+            },
+            label: Label {
+                cluster: CLUSTER.into(),
+                node: NodeId(0xa1),
+                pool: "p0".into(),
+                drive: crate::pool::label::DriveUuid([n; 16]),
+                member,
+                generation: 1,
+            },
+        }
+    }
+
     fn observed(devices: &[(&str, u64)]) -> Observed {
         Observed {
-            drives: HashMap::from([(
-                PathBuf::from("/dev/vda"),
-                Drive {
-                    dev: Device {
-                        major: 254,
-                        minor: 0,
-                    },
-                    size: Sectors(4 << 21),
-                },
-            )]),
+            labelled: vec![labelled("/dev/vda", 1, 0)],
             devices: devices
                 .iter()
                 .enumerate()
@@ -489,6 +561,7 @@ mod tests {
             .map(|s| match s {
                 Step::Resume(n) => format!("resume {n}"),
                 Step::EnsurePool(p) => format!("pool {}", p.pool),
+                Step::CreatePool(p) => format!("new pool {}", p.pool),
                 Step::GrowPool(p) => format!("grow pool {}", p.pool),
                 Step::CreateThinId { thin_id, .. } => format!("thin-id {thin_id}"),
                 Step::Activate { plans, .. } => format!("activate {}", plans.len()),
@@ -512,16 +585,16 @@ mod tests {
     fn pool_devs() -> Vec<(&'static str, u64)> {
         let o = observed(&[]);
         let spec = PoolSpec {
-            node: Id::node("n1").unwrap(),
+            node: Id::node("a1").unwrap(),
             pool: Id::object("p0").unwrap(),
-            drives: vec![o.drives[&PathBuf::from("/dev/vda")]],
+            drives: vec![o.labelled[0].drive],
             chunk: Sectors(512),
         };
         let plan = plan_pool(&spec).unwrap();
         vec![
-            ("pxd-n1-pool-p0", *plan.pool.length()),
-            ("pxd-n1-pool-p0-data", *plan.data.length()),
-            ("pxd-n1-pool-p0-meta", *plan.meta.length()),
+            ("pxd-a1-pool-p0", *plan.pool.length()),
+            ("pxd-a1-pool-p0-data", *plan.data.length()),
+            ("pxd-a1-pool-p0-meta", *plan.meta.length()),
         ]
     }
 
@@ -530,7 +603,7 @@ mod tests {
         let steps = plan(&state(), &observed(&[])).unwrap();
         assert_eq!(
             kinds(&steps),
-            ["pool p0", "thin-id 1", "activate 1", "mkfs pxd-n1-thin-v1"]
+            ["pool p0", "thin-id 1", "activate 1", "mkfs pxd-a1-thin-v1"]
         );
     }
 
@@ -539,7 +612,7 @@ mod tests {
         let mut s = state();
         s.volumes[0].formatted = true;
         let mut devs = pool_devs();
-        devs.push(("pxd-n1-thin-v1", (64 << 20) / 512));
+        devs.push(("pxd-a1-thin-v1", (64 << 20) / 512));
         let steps = plan(&s, &observed(&devs)).unwrap();
         assert!(steps.iter().all(Step::is_check), "{:?}", kinds(&steps));
     }
@@ -550,7 +623,7 @@ mod tests {
         s.volumes[0].formatted = true;
         s.volumes[0].size_bytes = 128 << 20;
         let mut devs = pool_devs();
-        devs.push(("pxd-n1-thin-v1", (64 << 20) / 512));
+        devs.push(("pxd-a1-thin-v1", (64 << 20) / 512));
         assert_eq!(kinds(&plan(&s, &observed(&devs)).unwrap())[1..], ["grow"]);
 
         s.volumes[0].key = Some(crate::crypt::WrappedKey {
@@ -576,7 +649,7 @@ mod tests {
             phase: Phase::Live,
         });
         let mut devs = pool_devs();
-        devs.push(("pxd-n1-thin-v1", (64 << 20) / 512));
+        devs.push(("pxd-a1-thin-v1", (64 << 20) / 512));
         assert_eq!(
             kinds(&plan(&s, &observed(&devs)).unwrap())[1..],
             ["snapshot 2"]
@@ -588,7 +661,7 @@ mod tests {
         assert_eq!(
             kinds(&plan(&s, &observed(&devs)).unwrap())[1..],
             [
-                "deactivate pxd-n1-thin-v1",
+                "deactivate pxd-a1-thin-v1",
                 "delete-id 2",
                 "delete-id 1",
                 "forget v1 None"
@@ -600,9 +673,9 @@ mod tests {
     fn orphans_of_this_node_go_top_down_and_others_are_left_alone() {
         let mut devs = pool_devs();
         devs.extend([
-            ("pxd-n1-thin-gone", 8),
-            ("pxd-n1-crypt-gone", 8),
-            ("pxd-n2-thin-x", 8),
+            ("pxd-a1-thin-gone", 8),
+            ("pxd-a1-crypt-gone", 8),
+            ("pxd-a2-thin-x", 8),
             ("vg0-root", 8),
         ]);
         let mut s = state();
@@ -611,8 +684,8 @@ mod tests {
         assert_eq!(
             kinds(&steps)[1..],
             [
-                "deactivate pxd-n1-crypt-gone",
-                "deactivate pxd-n1-thin-gone"
+                "deactivate pxd-a1-crypt-gone",
+                "deactivate pxd-a1-thin-gone"
             ]
         );
         s.pools.clear();
@@ -620,11 +693,11 @@ mod tests {
         assert_eq!(
             kinds(&steps),
             [
-                "deactivate pxd-n1-crypt-gone",
-                "deactivate pxd-n1-thin-gone",
-                "deactivate pxd-n1-pool-p0",
-                "deactivate pxd-n1-pool-p0-data",
-                "deactivate pxd-n1-pool-p0-meta"
+                "deactivate pxd-a1-crypt-gone",
+                "deactivate pxd-a1-thin-gone",
+                "deactivate pxd-a1-pool-p0",
+                "deactivate pxd-a1-pool-p0-data",
+                "deactivate pxd-a1-pool-p0-meta"
             ]
         );
     }
@@ -634,14 +707,14 @@ mod tests {
         let mut s = state();
         s.volumes[0].formatted = true;
         let mut devs = pool_devs();
-        devs.push(("pxd-n1-thin-v1", (64 << 20) / 512));
+        devs.push(("pxd-a1-thin-v1", (64 << 20) / 512));
         let mut o = observed(&devs);
-        o.suspended.insert("pxd-n1-thin-v1".into());
-        o.suspended.insert("pxd-n1-pool-p0".into());
-        o.suspended.insert("pxd-n2-thin-v9".into());
+        o.suspended.insert("pxd-a1-thin-v1".into());
+        o.suspended.insert("pxd-a1-pool-p0".into());
+        o.suspended.insert("pxd-a2-thin-v9".into());
         assert_eq!(
             kinds(&plan(&s, &o).unwrap()),
-            ["resume pxd-n1-pool-p0", "resume pxd-n1-thin-v1", "pool p0"]
+            ["resume pxd-a1-pool-p0", "resume pxd-a1-thin-v1", "pool p0"]
         );
     }
 
@@ -649,19 +722,73 @@ mod tests {
     fn an_added_drive_grows_the_live_pool() {
         let mut s = state();
         s.volumes.clear();
+        s.pools[0].members.push(uuid(2));
         s.pools[0].drives.push("/dev/vdb".into());
         let mut o = observed(&pool_devs());
-        o.drives.insert(
-            PathBuf::from("/dev/vdb"),
-            Drive {
-                dev: Device {
-                    major: 254,
-                    minor: 16,
-                },
-                size: Sectors(4 << 21),
-            },
-        );
+        o.labelled.push(labelled("/dev/vdc", 2, 1));
         assert_eq!(kinds(&plan(&s, &o).unwrap()), ["grow pool p0"]);
+    }
+
+    #[test]
+    fn pools_are_assembled_by_label_whatever_the_paths() {
+        let mut s = state();
+        s.pools[0].members.push(uuid(2));
+        s.pools[0].drives.push("/dev/vdb".into());
+        // Renumbered: member 1 is now /dev/vda, member 0 /dev/vdc; a blank disk and another
+        // node's labelled disk sit beside them.
+        let mut o = observed(&[]);
+        o.labelled = vec![labelled("/dev/vdc", 1, 0), labelled("/dev/vda", 2, 1)];
+        let mut other = labelled("/dev/vdd", 3, 2);
+        other.label.node = NodeId(2);
+        o.labelled.push(other);
+        let steps = plan(&s, &o).unwrap();
+        match &steps[0] {
+            Step::EnsurePool(spec) => assert_eq!(
+                spec.drives,
+                [o.labelled[0].drive, o.labelled[1].drive],
+                "in member order, by label"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A label in the wrong slot, pool, node or cluster is no member.
+        for spoil in [
+            |l: &mut Label| l.member = 5,
+            |l: &mut Label| l.pool = "p9".into(),
+            |l: &mut Label| l.node = NodeId(7),
+            |l: &mut Label| l.cluster = "another".into(),
+        ] {
+            let mut o2 = o.clone();
+            spoil(&mut o2.labelled[1].label);
+            let missing = assemble(CLUSTER, &Id::node("a1").unwrap(), &s.pools[0], &o2);
+            assert_eq!(
+                missing,
+                Err(vec![format!(
+                    "member 1 (drive {}, last at /dev/vdb)",
+                    uuid(2)
+                )])
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_pool_never_activated_is_made_fresh() {
+        let mut s = state();
+        s.volumes.clear();
+        assert_eq!(kinds(&plan(&s, &observed(&[])).unwrap()), ["pool p0"]);
+        s.pools[0].activated = false;
+        assert_eq!(kinds(&plan(&s, &observed(&[])).unwrap()), ["new pool p0"]);
+    }
+
+    #[test]
+    fn a_missing_drive_leaves_its_pool_and_volumes_as_they_are() {
+        let mut s = state();
+        s.volumes[0].formatted = true;
+        let mut devs = pool_devs();
+        devs.push(("pxd-a1-thin-v1", (64 << 20) / 512));
+        let mut o = observed(&devs);
+        o.labelled.clear();
+        let steps = plan(&s, &o).unwrap();
+        assert!(steps.is_empty(), "{:?}", kinds(&steps));
     }
 
     #[test]
@@ -675,13 +802,13 @@ mod tests {
             volume: None,
         });
         let mut devs = pool_devs();
-        devs.push(("pxd-n1-thin-v1", (64 << 20) / 512));
+        devs.push(("pxd-a1-thin-v1", (64 << 20) / 512));
         let mut o = observed(&devs);
-        o.thin_ids.insert("pxd-n1-thin-v1".into(), 1);
+        o.thin_ids.insert("pxd-a1-thin-v1".into(), 1);
         assert_eq!(
             kinds(&plan(&s, &o).unwrap())[1..],
             [
-                "deactivate pxd-n1-thin-v1",
+                "deactivate pxd-a1-thin-v1",
                 "copy 2 to 3",
                 "activate 1",
                 "delete-id 1",
@@ -697,14 +824,14 @@ mod tests {
         s.mount_root = Some("/var/lib/pxd/mounts".into());
         s.volumes[0].mount = Some("/var/lib/pxd/mounts/db".into());
         let mut devs = pool_devs();
-        devs.push(("pxd-n1-thin-v1", (64 << 20) / 512));
+        devs.push(("pxd-a1-thin-v1", (64 << 20) / 512));
         let mut o = observed(&devs);
         assert_eq!(
             kinds(&plan(&s, &o).unwrap())[1..],
             ["mount /var/lib/pxd/mounts/db"]
         );
         o.mounts.insert(
-            "pxd-n1-thin-v1".into(),
+            "pxd-a1-thin-v1".into(),
             vec!["/var/lib/pxd/mounts/db".into(), "/mnt/mine".into()],
         );
         assert_eq!(plan(&s, &o).unwrap().len(), 1);
@@ -718,7 +845,7 @@ mod tests {
     #[test]
     fn a_missing_drive_builds_nothing_and_tears_nothing_down() {
         let mut o = observed(&pool_devs());
-        o.drives.clear();
+        o.labelled.clear();
         let steps = plan(&state(), &o).unwrap();
         assert!(steps.is_empty(), "{:?}", kinds(&steps));
     }

@@ -2,6 +2,7 @@
 //! state machine that replicate it, both kept in one embedded redb database.
 
 pub mod log_store;
+pub mod pools;
 pub mod state;
 pub mod state_machine;
 pub mod types;

@@ -36,6 +36,19 @@ pub enum Command {
     PutDrive {
         drive: Drive,
     },
+    /// Adds `drive` as member `member` of its pool: `new_pool` when this makes the pool.
+    /// Refused unless `member` is the pool's next slot and the drive is in no pool yet.
+    AddDrive {
+        drive: Drive,
+        member: u32,
+        /// The pool's data bytes with the drive, as planned.
+        capacity: u64,
+        new_pool: Option<Pool>,
+    },
+    UpdatePool {
+        id: String,
+        change: super::pools::PoolChange,
+    },
     RemoveDrive {
         id: String,
     },
@@ -172,7 +185,7 @@ pub fn check_kv_name(what: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn encode<T: Serialize>(key: String, value: &T) -> Change {
+pub(super) fn encode<T: Serialize>(key: String, value: &T) -> Change {
     // Serializing these plain structs to JSON cannot fail (string keys, no custom errors).
     let value = serde_json::to_vec(value).unwrap_or_default();
     Change {
@@ -229,6 +242,13 @@ impl ClusterState {
                 self.drives.insert(drive.id.clone(), drive.clone());
                 encode(format!("drive/{}", drive.id), drive)
             }
+            Command::AddDrive {
+                drive,
+                member,
+                capacity,
+                new_pool,
+            } => return self.add_drive(drive, *member, *capacity, new_pool.as_ref()),
+            Command::UpdatePool { id, change } => return self.update_pool(id, change),
             Command::RemoveDrive { id } => {
                 self.drives
                     .remove(id)
@@ -463,7 +483,7 @@ impl ClusterState {
         Ok(vec![encode(format!("snapshot/{}", s.id), &s)])
     }
 
-    fn known_node(&self, id: NodeId) -> Result<(), String> {
+    pub(super) fn known_node(&self, id: NodeId) -> Result<(), String> {
         if self.nodes.contains_key(&id) {
             Ok(())
         } else {
@@ -630,6 +650,9 @@ mod tests {
                     benchmark: None,
                     chunk_sectors: 128,
                     drive_paths: vec![],
+                    generation: 0,
+                    activated: false,
+                    health: Default::default(),
                 },
             },
         ] {

@@ -164,7 +164,8 @@ pub struct Pool {
     pub id: String,
     pub node: NodeId,
     pub class: Class,
-    /// Ids of its drives, in concatenation order.
+    /// Label uuids of its drives (`pool::label`), in concatenation order: the member index
+    /// of each is its place here. The list only grows.
     pub drives: Vec<String>,
     pub capacity: u64,
     pub used: u64,
@@ -172,13 +173,59 @@ pub struct Pool {
     /// Allocation chunk, in 512-byte sectors (DESIGN §6: 64 KiB to 1 MiB).
     #[serde(default = "default_chunk_sectors")]
     pub chunk_sectors: u64,
-    /// Drive paths on the pool's node, in the order of `drives`.
+    /// Drive paths on the pool's node when they were added, in the order of `drives`: hints
+    /// for an operator, never what the pool is assembled from.
     #[serde(default)]
     pub drive_paths: Vec<String>,
+    /// Bumped by every member added; written into each new member's label.
+    #[serde(default)]
+    pub generation: u64,
+    /// Whether its thin metadata was ever activated. Only a pool never activated may get
+    /// fresh metadata; a pool stored before this field existed was, hence the default.
+    #[serde(default = "activated_before_the_record")]
+    pub activated: bool,
+    /// What the pool's node last found it to be.
+    #[serde(default)]
+    pub health: PoolHealth,
 }
 
 fn default_chunk_sectors() -> u64 {
     128
+}
+
+fn activated_before_the_record() -> bool {
+    true
+}
+
+/// A pool's condition as its node last found it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", content = "reason", rename_all = "lowercase")]
+pub enum PoolHealth {
+    /// Every member present and the pool up.
+    #[default]
+    Online,
+    /// A member is missing or failed; the reason names it. Whatever is up stays up.
+    Degraded(String),
+    /// Its metadata failed a check; its bytes are left as they are until an operator repairs
+    /// it. The reason names the drive and the check.
+    Damaged(String),
+}
+
+impl PoolHealth {
+    pub fn name(&self) -> &'static str {
+        match self {
+            PoolHealth::Online => "online",
+            PoolHealth::Degraded(_) => "degraded",
+            PoolHealth::Damaged(_) => "damaged",
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            PoolHealth::Online => None,
+            PoolHealth::Degraded(r) | PoolHealth::Damaged(r) => Some(r),
+        }
+    }
 }
 
 /// Where an object is in its life. `Deleting` is recorded before anything is torn down, so a
@@ -209,10 +256,17 @@ pub enum DriveState {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drive {
-    /// Stable id: WWN, serial or blkid UUID.
+    /// The uuid in the drive's pxd label: its identity.
     pub id: String,
     pub node: NodeId,
+    /// Where it was when added: a hint.
     pub path: String,
+    /// The WWN or serial the device reported, if any: a hint.
+    #[serde(default)]
+    pub hardware_id: Option<String>,
+    /// The pool it is a member of.
+    #[serde(default)]
+    pub pool: String,
     pub size: u64,
     pub class: Class,
     pub state: DriveState,
