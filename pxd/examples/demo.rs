@@ -144,7 +144,7 @@ fn main() -> Result<()> {
 
     step(
         3,
-        "add both drives: each is benchmarked and pooled by class (the second is slowed by 5 ms with dm-delay)",
+        "add both drives: each is benchmarked, labelled and pooled by class (the second is slowed by 5 ms with dm-delay)",
     );
     let sectors = cmd("blockdev", &["--getsz", &slow_disk.display().to_string()])?;
     let table = format!("0 {} delay {} 0 5", sectors.trim(), slow_disk.display());
@@ -162,6 +162,11 @@ fn main() -> Result<()> {
         );
     }
     node.show(&["pool", "list"])?;
+    println!(
+        "      each drive now carries a pxd label (cluster, node, pool, member): pools are\n      \
+         assembled from labels after a reboot, whatever /dev names the disks get"
+    );
+    node.show(&["drive", "list"])?;
 
     step(
         4,
@@ -285,7 +290,11 @@ fn main() -> Result<()> {
     let (_, body) = client.raw(pxd::api::client::Method::GET, "/metrics")?;
     String::from_utf8_lossy(&body)
         .lines()
-        .filter(|l| l.starts_with("pxd_pool_data") || l.starts_with("pxd_volume_"))
+        .filter(|l| {
+            l.starts_with("pxd_pool_data")
+                || l.starts_with("pxd_volume_")
+                || (l.starts_with("pxd_pool_state") && l.ends_with(" 1"))
+        })
         .for_each(|l| println!("        {l}"));
     node.kill();
     println!("\npxd demo: done (devices stay up when the daemon stops; that is the point)");

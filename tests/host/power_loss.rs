@@ -4,47 +4,10 @@
 //! directory: its daemon must bring back the pool and the volume, mounted, with the same
 //! `volume list`, every acknowledged record, and pool metadata clean under thin_check.
 
+use pxd_tests::boots::{boot_script, target_debug, xtask_vm};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// `target/debug`, from this test binary's path (`target/debug/deps/host_power_loss-*`).
-fn target_debug() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
-}
-
-fn xtask_vm(args: &[String], timeout: u32) -> (i32, String) {
-    let xtask = target_debug().join("xtask");
-    assert!(
-        xtask.exists(),
-        "{} is missing: run this tier through `cargo xtask test`",
-        xtask.display()
-    );
-    let out = Command::new(&xtask)
-        .arg("vm")
-        .args(["--timeout", &timeout.to_string()])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
-/// The shell of each boot: start the daemon over the shared data directory and wait for its
-/// API, then `then`. Host binaries run unchanged in the guest.
-fn boot_script(pxd: &str, share: &str, then: &str) -> String {
-    format!(
-        "P='{pxd} --socket /tmp/pxd.sock'; \
-         $P daemon --data-dir {share}/data --addr 127.0.0.1 --mount-root /mnt/pxd \
-            >>{share}/daemon.log 2>&1 & \
-         D=$!; until $P cluster status >/dev/null 2>&1; do sleep 0.5; done; {then}"
-    )
-}
 
 /// Counts the acknowledged records so far.
 fn acked(acks: &Path) -> usize {
@@ -61,13 +24,7 @@ fn pools_volumes_and_fsynced_data_survive_a_power_cut() {
     std::fs::create_dir_all(&work).unwrap();
     let acks = work.join("acks");
     let disk = format!("{}=1G", work.join("disk0.img").display());
-    let pxd = target_debug().join("pxd");
-    assert!(
-        pxd.exists(),
-        "{} is missing: build pxd first",
-        pxd.display()
-    );
-    let pxd = pxd.display().to_string();
+    let pxd = pxd_tests::boots::pxd();
     let powerloss = env!("CARGO_BIN_EXE_pxd-test-powerloss");
     let share = work.display().to_string();
     let a = acks.display();
@@ -77,6 +34,7 @@ fn pools_volumes_and_fsynced_data_survive_a_power_cut() {
     let first = boot_script(
         &pxd,
         &share,
+        "",
         &format!(
             "$P cluster init --name pl && $P drive add /dev/vda && \
              $P volume create pl --size 256M --secure && $P volume mount pl && \
@@ -121,6 +79,7 @@ fn pools_volumes_and_fsynced_data_survive_a_power_cut() {
     let second = boot_script(
         &pxd,
         &share,
+        "",
         &format!(
             "until grep -q ' /mnt/pxd/pl ' /proc/mounts; do sleep 0.5; done && \
              $P --json volume list >{share}/after.json && kill $D && wait $D; \

@@ -1,6 +1,7 @@
 //! Shared helpers for pxd's integration tests: finding the guest's disks, making and checking
 //! data, running external tools with their output in the failure message.
 
+pub mod boots;
 pub mod daemon;
 
 use pxd::kernel::block;

@@ -199,7 +199,9 @@ fn every_step_of_create_snapshot_resize_and_delete_survives_a_crash() {
     };
     label_member(&mut base, 0, &disk);
     save(&base);
-    converge(&dm);
+    // The first pass activates the pool, and records so: from here on that is the base.
+    base = converge(&dm);
+    assert!(base.pools[0].activated, "the first activation is recorded");
     expect_devices(&dm, false);
 
     let marker = pattern(7, MIB as usize);

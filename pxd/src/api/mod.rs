@@ -316,9 +316,26 @@ async fn join(State(s): State<AppState>, Json(req): Json<JoinRequest>) -> ApiRes
     }))
 }
 
-async fn token(State(s): State<AppState>) -> ApiResult<TokenResponse> {
+/// `?ttl=SECS`: how long the join token is valid (default 24 h, at most 30 days).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenQuery {
+    pub ttl: Option<u64>,
+}
+
+async fn token(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<TokenQuery>,
+) -> ApiResult<TokenResponse> {
+    use crate::cluster::token::{DEFAULT_TTL_SECS, MAX_TTL_SECS};
+    let ttl = q.ttl.unwrap_or(DEFAULT_TTL_SECS);
+    if !(1..=MAX_TTL_SECS).contains(&ttl) {
+        return Err(ApiError::BadRequest(format!(
+            "ttl: {ttl} s is out of range; a join token is valid for 1 to {MAX_TTL_SECS} s (30 days)"
+        )));
+    }
     Ok(Json(TokenResponse {
-        token: s.cluster.token()?,
+        token: s.cluster.token_for(ttl)?,
     }))
 }
 

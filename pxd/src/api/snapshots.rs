@@ -199,7 +199,7 @@ pub async fn clone(
     // The clone shares its source's blocks, so it shares its data key, sealed for its own id.
     let wrapped_key = match &src.wrapped_key {
         Some(w) => {
-            let ck = s.reconciler.cluster_key();
+            let ck = super::volumes::cluster_key(&s)?;
             let key = ck
                 .unwrap(w, &src.id)
                 .map_err(|e| ApiError::Node(e.to_string()))?;

@@ -102,6 +102,17 @@ pub(super) fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The cluster key that wraps volume keys; a node that is in no cluster has none.
+pub(super) fn cluster_key(
+    s: &AppState,
+) -> Result<std::sync::Arc<crate::crypt::ClusterKey>, ApiError> {
+    s.reconciler.cluster_key().ok_or_else(|| {
+        ApiError::Conflict(
+            "this node has no cluster key yet: run `pxd cluster init` or `pxd cluster join`".into(),
+        )
+    })
+}
+
 /// A random object id: 16 lowercase hex digits, valid in dm names.
 pub(super) fn new_id() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -350,9 +361,7 @@ pub async fn create(
         .await
         .map_err(|e| ApiError::Node(e.to_string()))?
         .map_err(|e| ApiError::Node(e.to_string()))?;
-        let wrapped = s
-            .reconciler
-            .cluster_key()
+        let wrapped = cluster_key(&s)?
             .wrap(&key.0, &id)
             .map_err(|e| ApiError::Node(e.to_string()))?;
         (Some(wrapped), key.1)
@@ -464,20 +473,48 @@ pub async fn delete(State(s): State<AppState>, Path(key): Path<String>) -> ApiRe
     Ok(Json(Deleted { deleted: v.name }))
 }
 
-/// Checks a mount path: absolute, with no `..`, so a request cannot aim outside what it names.
-fn check_mount_path(p: &std::path::Path) -> Result<(), ApiError> {
-    let ok = p.is_absolute()
+/// Checks a mount path: strictly inside the mount root (so the reconciler, which only ever
+/// undoes mounts under it, can always find and undo it), spelled plainly (absolute, no `.`,
+/// `..` or NUL), at most 1024 bytes, and neither inside nor above another volume's mount.
+fn check_mount_path(
+    p: &std::path::Path,
+    root: &std::path::Path,
+    others: &[String],
+) -> Result<(), ApiError> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Component;
+    let plain = p.is_absolute()
         && p.components()
-            .all(|c| !matches!(c, std::path::Component::ParentDir))
+            .skip(1)
+            .all(|c| matches!(c, Component::Normal(_)))
+        && !p.as_os_str().as_bytes().contains(&0)
+        // Spelled as /proc/mounts will show it: no `//`, `/./` or trailing `/`.
+        && p.components().collect::<PathBuf>().as_os_str() == p.as_os_str()
         && p.as_os_str().len() <= 1024;
-    if ok {
-        Ok(())
-    } else {
-        Err(bad(format!(
-            "path: {:?} must be an absolute path of at most 1024 bytes without ..",
+    if !plain {
+        return Err(bad(format!(
+            "path: {:?} must be an absolute path of at most 1024 bytes without ., .., // or NUL",
             p
-        )))
+        )));
     }
+    if !p.starts_with(root) || p == root {
+        return Err(bad(format!(
+            "path: {} is outside the mount root {}; pxd mounts volumes only below it (--mount-root)",
+            p.display(),
+            root.display()
+        )));
+    }
+    for other in others {
+        let other = std::path::Path::new(other);
+        if p.starts_with(other) || other.starts_with(p) {
+            return Err(ApiError::Conflict(format!(
+                "path: {} overlaps {}, where another volume is mounted",
+                p.display(),
+                other.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub async fn mount(
@@ -496,7 +533,14 @@ pub async fn mount(
     let path = req
         .path
         .unwrap_or_else(|| s.reconciler.mount_root().join(&v.name));
-    check_mount_path(&path)?;
+    let others: Vec<String> = s.cluster.state().read(|st| {
+        st.volumes
+            .values()
+            .filter(|o| o.id != v.id)
+            .filter_map(|o| o.mount_path.clone())
+            .collect()
+    });
+    check_mount_path(&path, s.reconciler.mount_root(), &others)?;
     let path = path.display().to_string();
     if let Some(at) = v.mount_path.as_ref().filter(|at| **at != path) {
         return Err(ApiError::Conflict(format!(
@@ -519,4 +563,46 @@ pub async fn unmount(State(s): State<AppState>, Path(key): Path<String>) -> ApiR
         path: None,
     });
     update(s, &v, change, "the unmount").await
+}
+
+#[cfg(test)]
+mod mount_path_tests {
+    use super::*;
+    use std::path::Path;
+
+    fn check(p: &str) -> Result<(), String> {
+        let others = ["/var/lib/pxd/mounts/db".to_string()];
+        check_mount_path(Path::new(p), Path::new("/var/lib/pxd/mounts"), &others)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn mounts_stay_strictly_inside_the_root_and_apart() {
+        assert!(check("/var/lib/pxd/mounts/web").is_ok());
+        assert!(check("/var/lib/pxd/mounts/a/b").is_ok());
+        for outside in ["/proc/x", "/var/lib/pxd", "/var/lib/pxd/mounts", "/etc"] {
+            let e = check(outside).unwrap_err();
+            assert!(
+                e.contains("outside the mount root /var/lib/pxd/mounts") && e.contains("path:"),
+                "{outside}: {e}"
+            );
+        }
+        for odd in [
+            "relative/x",
+            "/var/lib/pxd/mounts/../x",
+            "/var/lib/pxd/mounts/./x",
+            "/var/lib/pxd/mounts/a\0b",
+            "/var/lib/pxd/mounts//x",
+            "/var/lib/pxd/mounts/x/",
+        ] {
+            let e = check(odd).unwrap_err();
+            assert!(e.contains("without ., .., // or NUL"), "{odd:?}: {e}");
+        }
+        for overlap in ["/var/lib/pxd/mounts/db", "/var/lib/pxd/mounts/db/inner"] {
+            let e = check(overlap).unwrap_err();
+            assert!(e.contains("another volume is mounted"), "{overlap}: {e}");
+        }
+        let long = format!("/var/lib/pxd/mounts/{}", "x".repeat(1100));
+        assert!(check(&long).is_err());
+    }
 }

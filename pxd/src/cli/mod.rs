@@ -103,7 +103,11 @@ pub enum ClusterCommand {
     /// The members and their liveness.
     Members,
     /// Print a join token naming this node.
-    Token,
+    Token {
+        /// How long it is valid: seconds, or with a unit (30m, 24h, 7d); at most 30 days.
+        #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+        ttl: u64,
+    },
     /// Print the bearer token of the TCP API (for tools and `--api`).
     ApiToken,
     /// Remove a member, by id or name.
@@ -294,12 +298,12 @@ fn cluster(cli: &Cli, c: &BlockingClient, cmd: &ClusterCommand) -> Result<(), Cl
                 println!("joined cluster {} (leader {})", r.cluster_id, r.leader);
             }
         }
-        ClusterCommand::Token | ClusterCommand::ApiToken => {
+        ClusterCommand::Token { .. } | ClusterCommand::ApiToken => {
             let path = match cmd {
-                ClusterCommand::Token => "/v1/cluster/token",
-                _ => "/v1/cluster/api-token",
+                ClusterCommand::Token { ttl } => format!("/v1/cluster/token?ttl={ttl}"),
+                _ => "/v1/cluster/api-token".to_owned(),
             };
-            let r: TokenResponse = c.get(path)?;
+            let r: TokenResponse = c.get(&path)?;
             if cli.json {
                 print_json(&r);
             } else {
@@ -338,6 +342,7 @@ fn cluster(cli: &Cli, c: &BlockingClient, cmd: &ClusterCommand) -> Result<(), Cl
                     s.quorum.needed
                 );
                 println!("members:  {}", s.members.len());
+                println!("key:      {}", opt(&s.cluster_key_fingerprint));
             }
             let rows: Vec<Vec<String>> = s
                 .members
@@ -450,5 +455,38 @@ mod tests {
             Cli::try_parse_from(["pxd", "daemon", "--addr", "10.0.0.1", "--label", "nokey"])
                 .is_err()
         );
+    }
+}
+
+/// A duration in seconds: `90`, `30m`, `24h` or `7d`.
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("ttl {s:?}: use seconds or a unit of s, m, h or d")),
+    };
+    n.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("ttl {s:?} is not a number of {unit}"))
+}
+
+#[cfg(test)]
+mod ttl_tests {
+    #[test]
+    fn ttls_take_units() {
+        assert_eq!(super::parse_ttl("90"), Ok(90));
+        assert_eq!(super::parse_ttl("30m"), Ok(1800));
+        assert_eq!(super::parse_ttl("24h"), Ok(86400));
+        assert_eq!(super::parse_ttl("7d"), Ok(604800));
+        assert!(super::parse_ttl("1w").is_err());
+        assert!(super::parse_ttl("h").is_err());
+        assert!(super::parse_ttl("99999999999999999999").is_err());
     }
 }

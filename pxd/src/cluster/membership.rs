@@ -84,6 +84,11 @@ impl Cluster {
             c.leader() == Some(c.id())
         })
         .await?;
+        // The key that wraps volume keys: kept if an earlier start made one, else new.
+        let key = crate::crypt::ClusterKey::load_or_create(
+            &self.config.data_dir.join(super::CLUSTER_KEY_FILE),
+        )?;
+        self.keep_cluster_key(key)?;
         let random: u128 = rand::random();
         let info = ClusterInfo {
             id: format!("{random:032x}"),
@@ -113,11 +118,24 @@ impl Cluster {
             .ok_or(ClusterError::NotInCluster)
     }
 
-    /// A join token naming this node, for others to join with.
-    pub fn token(&self) -> Result<String, ClusterError> {
+    /// The cluster key as a joining node receives it (hex, in a reply that travels over
+    /// CURVE).
+    fn shared_cluster_key(&self) -> Option<Secret> {
+        self.cluster_key()
+            .map(|k| Secret::new(k.expose().iter().map(|b| format!("{b:02x}")).collect()))
+    }
+
+    /// A join token naming this node, for others to join with, valid for `ttl_secs`.
+    pub fn token_for(&self, ttl_secs: u64) -> Result<String, ClusterError> {
         let (id, secret) = self.cluster_secret()?;
         let node = self.raft_node();
-        Ok(JoinToken::issue(&secret, &id, &node.data_addr, &node.public_key).encode())
+        let expires = rpc::now_ms() / 1000 + ttl_secs;
+        Ok(JoinToken::issue(&secret, &id, &node.data_addr, &node.public_key, expires).encode())
+    }
+
+    /// A join token valid for the default time.
+    pub fn token(&self) -> Result<String, ClusterError> {
+        self.token_for(super::token::DEFAULT_TTL_SECS)
     }
 
     /// Joins the cluster a token names. Returns once this node has the cluster's state.
@@ -154,6 +172,14 @@ impl Cluster {
             }
             Err(e) => return Err(ClusterError::JoinRefused(format!("undecodable reply: {e}"))),
         };
+        let key = accepted
+            .cluster_key
+            .as_ref()
+            .and_then(|k| hex_decode(k.expose()))
+            .ok_or_else(|| {
+                ClusterError::JoinRefused("the member sent no usable cluster key".into())
+            })?;
+        self.keep_cluster_key(crate::crypt::ClusterKey::from_bytes(&key)?)?;
         let me = self.id();
         self.wait_for(
             Duration::from_secs(10),
@@ -183,7 +209,7 @@ impl Cluster {
                 reason: "a joining node must connect with the key it joins with".into(),
             });
         }
-        JoinToken::decode(token)?.verify(&cluster_id, &secret)?;
+        JoinToken::decode(token)?.verify(&cluster_id, &secret, rpc::now_ms() / 1000)?;
         check_node(&node)?;
         match self.leader() {
             Some(l) if l == self.id() => {}
@@ -204,6 +230,7 @@ impl Cluster {
                 Ok(JoinAccepted {
                     cluster_id,
                     leader: self.id(),
+                    cluster_key: self.shared_cluster_key(),
                 })
             } else {
                 Err(ClusterError::Invalid {
@@ -250,6 +277,7 @@ impl Cluster {
         Ok(JoinAccepted {
             cluster_id,
             leader: self.id(),
+            cluster_key: self.shared_cluster_key(),
         })
     }
 
@@ -376,6 +404,10 @@ fn led_error(e: Led) -> ClusterError {
         Led::Err(e) => e,
         Led::NotLeader => ClusterError::NoQuorum("this node lost the leadership".into()),
     }
+}
+
+fn hex_decode(s: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    super::token::hex_bytes(s).map(zeroize::Zeroizing::new)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod token;
 pub mod transport;
 pub mod view;
 
+use crate::crypt::ClusterKey;
 use crate::metrics::Metrics;
 use crate::store::types::{Node, Role};
 use crate::store::{self, Command, NodeId, Raft, RaftNode, Response, StateReader, StoreError};
@@ -33,6 +34,8 @@ use token::TokenError;
 use transport::{Transport, TransportError};
 
 /// How long a write may take to commit before it counts as "no quorum".
+/// The cluster key's file in the data directory.
+pub const CLUSTER_KEY_FILE: &str = "cluster.key";
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a join may take, end to end.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -66,6 +69,8 @@ pub enum ClusterError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    Key(#[from] crate::crypt::CryptError),
     #[error("prepare the data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -148,6 +153,8 @@ pub struct Cluster {
     beats: Beats,
     sampler: Mutex<StatsSampler>,
     metrics: Arc<Metrics>,
+    /// The key that wraps volume keys: made by `init`, received on `join`.
+    cluster_key: std::sync::RwLock<Option<Arc<ClusterKey>>>,
 }
 
 impl Cluster {
@@ -200,7 +207,9 @@ impl Cluster {
                 reason: e.to_string(),
             })?;
         let beats = Beats::new(config.beat_interval, config.missed_beats);
+        let cluster_key = ClusterKey::load(&config.data_dir.join(CLUSTER_KEY_FILE))?.map(Arc::new);
         let cluster = Arc::new(Cluster {
+            cluster_key: std::sync::RwLock::new(cluster_key),
             identity,
             config,
             raft,
@@ -226,6 +235,21 @@ impl Cluster {
 
     pub fn id(&self) -> NodeId {
         self.identity.id
+    }
+
+    /// The cluster key, once this node made it (`init`) or received it (`join`).
+    pub fn cluster_key(&self) -> Option<Arc<ClusterKey>> {
+        self.cluster_key
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Keeps `key` as the cluster key: in its 0600 file, then in memory.
+    fn keep_cluster_key(&self, key: ClusterKey) -> Result<(), ClusterError> {
+        key.save(&self.config.data_dir.join(CLUSTER_KEY_FILE))?;
+        *self.cluster_key.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(key));
+        Ok(())
     }
 
     pub fn state(&self) -> &StateReader {

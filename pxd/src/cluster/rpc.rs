@@ -72,6 +72,9 @@ pub enum RefusalKind {
 pub struct JoinAccepted {
     pub cluster_id: String,
     pub leader: NodeId,
+    /// The cluster key, hex, for the joining node to keep: this reply travels over CURVE.
+    #[serde(default)]
+    pub cluster_key: Option<crate::store::types::Secret>,
 }
 
 /// Wall-clock time in Unix milliseconds.

@@ -1,7 +1,8 @@
 //! Join tokens. A token names the cluster and one member (its ZeroMQ endpoint and CURVE
 //! public key), sealed with an HMAC-SHA256 under the cluster's join secret. The joining node
 //! uses the key to reach the member over CURVE, so it can only talk to the real member; the
-//! member checks the MAC, so only a token minted by a member lets a node in.
+//! member checks the MAC, so only a token minted by a member lets a node in. A token expires
+//! (24 hours by default), so one left in a shell history or a ticket stops opening the door.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -10,6 +11,10 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 const PREFIX: &str = "pxd1.";
+/// How long a join token is valid unless asked otherwise.
+pub const DEFAULT_TTL_SECS: u64 = 24 * 3600;
+/// The longest validity a token may be given: 30 days.
+pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 /// Longest token accepted, in bytes: far above a real one, small enough to refuse junk early.
 pub const MAX_TOKEN_LEN: usize = 1024;
 
@@ -21,6 +26,8 @@ pub enum TokenError {
     WrongCluster { token: String, ours: String },
     #[error("the join token was not issued by this cluster (its seal does not verify)")]
     Forged,
+    #[error("the join token expired {ago} s ago; get a new one with `pxd cluster token`")]
+    Expired { ago: u64 },
 }
 
 /// The readable part of a token.
@@ -31,15 +38,25 @@ pub struct JoinToken {
     pub addr: String,
     /// CURVE public key of that member, Z85.
     pub public_key: String,
+    /// Unix seconds after which it is refused.
+    #[serde(default)]
+    pub expires: u64,
     /// Hex HMAC-SHA256 over the fields above.
     pub mac: String,
 }
 
-fn mac_of(secret: &str, cluster_id: &str, addr: &str, public_key: &str) -> Hmac<Sha256> {
+fn mac_of(secret: &str, t: &JoinToken) -> Hmac<Sha256> {
     // HMAC takes keys of any length; this cannot fail.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
         .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-    for part in ["pxd-join-v1", cluster_id, addr, public_key] {
+    let expires = t.expires.to_string();
+    for part in [
+        "pxd-join-v2",
+        &t.cluster_id,
+        &t.addr,
+        &t.public_key,
+        &expires,
+    ] {
         mac.update(&(part.len() as u64).to_le_bytes());
         mac.update(part.as_bytes());
     }
@@ -47,17 +64,25 @@ fn mac_of(secret: &str, cluster_id: &str, addr: &str, public_key: &str) -> Hmac<
 }
 
 impl JoinToken {
-    /// A token for the member at `addr` with `public_key`, sealed with the join secret.
-    pub fn issue(secret: &str, cluster_id: &str, addr: &str, public_key: &str) -> JoinToken {
-        let tag = mac_of(secret, cluster_id, addr, public_key)
-            .finalize()
-            .into_bytes();
-        JoinToken {
+    /// A token for the member at `addr` with `public_key`, valid until unix second
+    /// `expires`, sealed with the join secret.
+    pub fn issue(
+        secret: &str,
+        cluster_id: &str,
+        addr: &str,
+        public_key: &str,
+        expires: u64,
+    ) -> JoinToken {
+        let mut t = JoinToken {
             cluster_id: cluster_id.to_owned(),
             addr: addr.to_owned(),
             public_key: public_key.to_owned(),
-            mac: tag.iter().map(|b| format!("{b:02x}")).collect(),
-        }
+            expires,
+            mac: String::new(),
+        };
+        let tag = mac_of(secret, &t).finalize().into_bytes();
+        t.mac = tag.iter().map(|b| format!("{b:02x}")).collect();
+        t
     }
 
     pub fn encode(&self) -> String {
@@ -83,8 +108,9 @@ impl JoinToken {
         serde_json::from_slice(&json).map_err(|e| TokenError::Garbled(format!("not a token: {e}")))
     }
 
-    /// Checks the token against this cluster's id and join secret, in constant time.
-    pub fn verify(&self, cluster_id: &str, secret: &str) -> Result<(), TokenError> {
+    /// Checks the token against this cluster's id and join secret, in constant time, and
+    /// that it has not expired at unix second `now`.
+    pub fn verify(&self, cluster_id: &str, secret: &str, now: u64) -> Result<(), TokenError> {
         if self.cluster_id != cluster_id {
             return Err(TokenError::WrongCluster {
                 token: self.cluster_id.clone(),
@@ -92,13 +118,19 @@ impl JoinToken {
             });
         }
         let tag = hex_bytes(&self.mac).ok_or(TokenError::Forged)?;
-        mac_of(secret, &self.cluster_id, &self.addr, &self.public_key)
+        mac_of(secret, self)
             .verify_slice(&tag)
-            .map_err(|_| TokenError::Forged)
+            .map_err(|_| TokenError::Forged)?;
+        if now > self.expires {
+            return Err(TokenError::Expired {
+                ago: now - self.expires,
+            });
+        }
+        Ok(())
     }
 }
 
-fn hex_bytes(s: &str) -> Option<Vec<u8>> {
+pub(super) fn hex_bytes(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
@@ -116,32 +148,39 @@ mod tests {
 
     #[test]
     fn issued_tokens_round_trip_and_verify() {
-        let t = JoinToken::issue(SECRET, "c1", "tcp://10.0.0.1:9011", "key");
+        let t = JoinToken::issue(SECRET, "c1", "tcp://10.0.0.1:9011", "key", 1000);
         let back = JoinToken::decode(&t.encode()).unwrap();
         assert_eq!(back, t);
-        back.verify("c1", SECRET).unwrap();
+        back.verify("c1", SECRET, 1000).unwrap();
     }
 
     #[test]
     fn altered_tokens_fail() {
-        let t = JoinToken::issue(SECRET, "c1", "tcp://10.0.0.1:9011", "key");
+        let t = JoinToken::issue(SECRET, "c1", "tcp://10.0.0.1:9011", "key", 1000);
         assert_eq!(
-            t.verify("c2", SECRET),
+            t.verify("c2", SECRET, 0),
             Err(TokenError::WrongCluster {
                 token: "c1".into(),
                 ours: "c2".into()
             })
         );
-        assert_eq!(t.verify("c1", "other"), Err(TokenError::Forged));
+        assert_eq!(t.verify("c1", "other", 0), Err(TokenError::Forged));
         let mut moved = t.clone();
         moved.addr = "tcp://10.0.0.9:9011".into();
-        assert_eq!(moved.verify("c1", SECRET), Err(TokenError::Forged));
+        assert_eq!(moved.verify("c1", SECRET, 0), Err(TokenError::Forged));
         let mut relabeled = t.clone();
         relabeled.cluster_id = "c2".into();
-        assert_eq!(relabeled.verify("c2", SECRET), Err(TokenError::Forged));
+        assert_eq!(relabeled.verify("c2", SECRET, 0), Err(TokenError::Forged));
+        let mut later = t.clone();
+        later.expires += 3600;
+        assert_eq!(later.verify("c1", SECRET, 0), Err(TokenError::Forged));
+        assert_eq!(
+            t.verify("c1", SECRET, 1001),
+            Err(TokenError::Expired { ago: 1 })
+        );
         let mut junk = t;
         junk.mac = "zz".into();
-        assert_eq!(junk.verify("c1", SECRET), Err(TokenError::Forged));
+        assert_eq!(junk.verify("c1", SECRET, 0), Err(TokenError::Forged));
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct Status {
     pub last_applied_index: Option<u64>,
     pub members: Vec<Member>,
     pub quorum: Quorum,
+    /// Tells cluster keys apart (equal on every member) without revealing the key.
+    #[serde(default)]
+    pub cluster_key_fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,6 +89,7 @@ impl Cluster {
             .count();
         let needed = voters.len() / 2 + 1;
         Status {
+            cluster_key_fingerprint: self.cluster_key().map(|k| k.fingerprint()),
             cluster_id,
             cluster_name,
             node: self.id(),

@@ -91,9 +91,12 @@ pub struct WrappedKey {
     pub sealed: Vec<u8>,
 }
 
-/// The key that wraps every volume key of the cluster, kept in a 0600 file.
+/// The key that wraps every volume key of the cluster, kept in a 0600 file on every node:
+/// `cluster init` makes it and a joining node receives it over CURVE, so an encrypted volume
+/// opens on any node and no one node's disk holds the only copy.
 pub struct ClusterKey {
     cipher: Aes256Gcm,
+    key: Zeroizing<[u8; CLUSTER_KEY_BYTES]>,
 }
 
 impl fmt::Debug for ClusterKey {
@@ -140,9 +143,72 @@ impl ClusterKey {
             }
             Err(e) => return Err(err(e.to_string())),
         }
-        let cipher = Aes256Gcm::new_from_slice(key.as_slice())
-            .map_err(|_| err("is not a valid AES-256 key".into()))?;
-        Ok(ClusterKey { cipher })
+        Self::from_bytes(key.as_slice()).map_err(|_| err("is not a valid AES-256 key".into()))
+    }
+
+    /// Loads the key at `path` if there is one.
+    pub fn load(path: &Path) -> Result<Option<ClusterKey>, CryptError> {
+        if path.exists() {
+            Self::load_or_create(path).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The key in `bytes`, as another member sent it.
+    pub fn from_bytes(bytes: &[u8]) -> Result<ClusterKey, CryptError> {
+        let bad = || CryptError::ClusterKey {
+            path: PathBuf::from("(received)"),
+            detail: format!(
+                "holds {} bytes; a cluster key is {CLUSTER_KEY_BYTES}",
+                bytes.len()
+            ),
+        };
+        let mut key = Zeroizing::new([0u8; CLUSTER_KEY_BYTES]);
+        if bytes.len() != CLUSTER_KEY_BYTES {
+            return Err(bad());
+        }
+        key.copy_from_slice(bytes);
+        let cipher = Aes256Gcm::new_from_slice(key.as_slice()).map_err(|_| bad())?;
+        Ok(ClusterKey { cipher, key })
+    }
+
+    /// Writes the key to `path` (mode 0600, replacing what was there, durably).
+    pub fn save(&self, path: &Path) -> Result<(), CryptError> {
+        let err = |e: std::io::Error| CryptError::ClusterKey {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        };
+        let tmp = path.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        f.write_all(self.key.as_slice())
+            .and_then(|()| f.sync_all())
+            .map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+
+    /// The raw key, to send to a joining member over CURVE; never to log or show.
+    pub fn expose(&self) -> &[u8] {
+        self.key.as_slice()
+    }
+
+    /// A short fingerprint that tells keys apart without revealing them: the first 8 bytes
+    /// of a domain-separated SHA-256 of the key, in hex.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut h = Sha256::new();
+        h.update(b"pxd cluster key fingerprint v1\0");
+        h.update(self.key.as_slice());
+        h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// Seals `key` for volume `volume_id`.

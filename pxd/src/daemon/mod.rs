@@ -7,7 +7,6 @@
 
 use crate::api;
 use crate::cluster::{Cluster, ClusterConfig, ClusterError};
-use crate::crypt::ClusterKey;
 use crate::metrics::{Metrics, MetricsError};
 use crate::pool::class::Thresholds;
 use crate::reconcile::service::{FullThresholds, Reconciler};
@@ -126,6 +125,37 @@ pub enum DaemonError {
     Key(#[from] crate::crypt::CryptError),
     #[error("wait for signals: {0}")]
     Signals(std::io::Error),
+    #[error("{tool} is missing; a storage node needs it for {needed_for}: install the Debian package {package}")]
+    MissingTool {
+        tool: &'static str,
+        package: &'static str,
+        needed_for: &'static str,
+    },
+}
+
+/// Checks the tools pxd runs: a storage node refuses to start without one that every pool
+/// needs, and warns, naming what will fail, for the others.
+fn check_tools(role: Role) -> Result<(), DaemonError> {
+    use crate::kernel::tools::{missing, TOOLS};
+    let path = std::env::var("PATH").unwrap_or_default();
+    for t in missing(TOOLS, &path) {
+        if t.essential && role == Role::Storage {
+            return Err(DaemonError::MissingTool {
+                tool: t.name,
+                package: t.package,
+                needed_for: t.needed_for,
+            });
+        }
+        tracing::warn!(
+            tool = t.name,
+            package = t.package,
+            "{} is missing: {} will fail until {} is installed",
+            t.name,
+            t.needed_for,
+            t.package
+        );
+    }
+    Ok(())
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -133,6 +163,7 @@ pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
     if args.addr.is_unspecified() {
         return Err(DaemonError::Unspecified(args.addr));
     }
+    check_tools(args.role)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pxd")
@@ -156,13 +187,11 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
     };
     let cluster = Cluster::start(config, metrics).await?;
     let st = &args.storage;
-    let cluster_key = ClusterKey::load_or_create(&args.data_dir.join("cluster.key"))?;
     let reconciler = Arc::new(Reconciler::new(
         cluster.clone(),
         st.mount_root
             .clone()
             .unwrap_or_else(|| args.data_dir.join("mounts")),
-        cluster_key,
         FullThresholds {
             data_percent: st.pool_full_percent,
             meta_percent: st.meta_full_percent,

@@ -168,6 +168,25 @@ pub fn whole_disks() -> io::Result<Vec<std::path::PathBuf>> {
     Ok(out)
 }
 
+/// The pxd device `dev` is, or is stacked on (through its slaves, at any depth), if any: such
+/// a device is never a drive, whatever the flags.
+pub fn pxd_beneath(dev: Device) -> Option<String> {
+    let sys = std::path::PathBuf::from(format!("/sys/dev/block/{dev}"));
+    if let Ok(name) = std::fs::read_to_string(sys.join("dm/name")) {
+        let name = name.trim();
+        if crate::plan::names::is_pxd_name(name) {
+            return Some(name.to_owned());
+        }
+    }
+    std::fs::read_dir(sys.join("slaves"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("dev")).ok())
+        .filter_map(|d| d.trim().parse::<Device>().ok())
+        .find_map(pxd_beneath)
+}
+
 /// Why a drive is in use: something stacked on it (holders, e.g. dm or md), a partition of
 /// it, or an exclusive opener (a mount takes one).
 pub fn in_use(path: &Path) -> Option<String> {

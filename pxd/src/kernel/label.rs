@@ -82,7 +82,33 @@ pub fn scan(extra: &[PathBuf]) -> Vec<Scanned> {
             Err(e) => tracing::debug!(path = %path.display(), error = %e, "label unreadable"),
         }
     }
-    out
+    // A device mapped whole by another (a dm-delay or multipath map over a disk) shows the
+    // same label through both: only the top one is the drive.
+    let beneath: Vec<bool> = out
+        .iter()
+        .map(|s| {
+            holders(s.dev)
+                .iter()
+                .any(|h| out.iter().any(|o| o.dev == *h && o.found == s.found))
+        })
+        .collect();
+    out.into_iter()
+        .zip(beneath)
+        .filter(|(s, below)| !(*below && s.found != Found::Unlabelled))
+        .map(|(s, _)| s)
+        .collect()
+}
+
+/// The devices stacked directly on `dev`, from sysfs.
+fn holders(dev: Device) -> Vec<Device> {
+    let dir = format!("/sys/dev/block/{dev}/holders");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("dev")).ok())
+        .filter_map(|d| d.trim().parse::<Device>().ok())
+        .collect()
 }
 
 /// Paths of the block devices sysfs lists, by the name `/dev` gives them.

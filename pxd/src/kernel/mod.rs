@@ -9,3 +9,4 @@ pub mod keyring;
 pub mod label;
 pub mod loop_device;
 pub mod thin_tools;
+pub mod tools;

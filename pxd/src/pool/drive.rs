@@ -134,7 +134,12 @@ pub fn inspect(path: &Path) -> Result<DriveInfo, DriveError> {
         dev,
         size_bytes,
         signature: blkid::signature(path).map_err(err)?,
-        in_use: block::in_use(path),
+        in_use: match block::pxd_beneath(dev) {
+            Some(own) => Some(format!(
+                "it is pxd's own device {own}, or stacked on it; pxd never pools those"
+            )),
+            None => block::in_use(path),
+        },
         rotational: read("queue/rotational").as_deref() == Some("1"),
         hardware_id,
         label,

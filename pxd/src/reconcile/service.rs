@@ -105,7 +105,6 @@ pub struct LastPass {
 pub struct Reconciler {
     cluster: Arc<Cluster>,
     mount_root: PathBuf,
-    cluster_key: ClusterKey,
     pub full: FullThresholds,
     /// One pass at a time; the API waits on it.
     running: tokio::sync::Mutex<()>,
@@ -113,16 +112,10 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(
-        cluster: Arc<Cluster>,
-        mount_root: PathBuf,
-        cluster_key: ClusterKey,
-        full: FullThresholds,
-    ) -> Reconciler {
+    pub fn new(cluster: Arc<Cluster>, mount_root: PathBuf, full: FullThresholds) -> Reconciler {
         Reconciler {
             cluster,
             mount_root,
-            cluster_key,
             full,
             running: tokio::sync::Mutex::new(()),
             last: Mutex::new(LastPass::default()),
@@ -133,8 +126,9 @@ impl Reconciler {
         &self.mount_root
     }
 
-    pub fn cluster_key(&self) -> &ClusterKey {
-        &self.cluster_key
+    /// The cluster key, once this node has it (after `cluster init` or `join`).
+    pub fn cluster_key(&self) -> Option<Arc<ClusterKey>> {
+        self.cluster.cluster_key()
     }
 
     /// The pools' use and the outcome of the last pass.
@@ -274,7 +268,8 @@ impl Reconciler {
             recorded = now.clone();
             Ok(())
         };
-        let pass = reconcile_pass(&dm, Some(&self.cluster_key), &mut state, &mut persist)
+        let key = self.cluster.cluster_key();
+        let pass = reconcile_pass(&dm, key.as_deref(), &mut state, &mut persist)
             .map_err(|e| e.to_string())?;
         let changed: Vec<_> = pass.steps.iter().filter(|s| !s.is_check()).collect();
         if !changed.is_empty() {

@@ -131,22 +131,36 @@ pub fn assemble(
     let mut found = Vec::new();
     let mut missing = Vec::new();
     for (i, uuid) in p.members.iter().enumerate() {
-        let hit = observed.labelled.iter().find(|d| {
-            let l = &d.label;
-            l.drive.to_string() == *uuid
-                && l.pool == p.id
-                && l.cluster == cluster
-                && node.as_str().parse::<NodeId>() == Ok(l.node)
-                && l.member as usize == i
-        });
-        match hit {
-            Some(d) => found.push(d.drive),
-            None => {
+        let hits: Vec<&LabelledDrive> = observed
+            .labelled
+            .iter()
+            .filter(|d| {
+                let l = &d.label;
+                l.drive.to_string() == *uuid
+                    && l.pool == p.id
+                    && l.cluster == cluster
+                    && node.as_str().parse::<NodeId>() == Ok(l.node)
+                    && l.member as usize == i
+            })
+            .collect();
+        match hits.as_slice() {
+            [d] => found.push(d.drive),
+            [] => {
                 let hint = p.drives.get(i).map(|h| h.display().to_string());
                 missing.push(match hint {
                     Some(h) => format!("member {i} (drive {uuid}, last at {h})"),
                     None => format!("member {i} (drive {uuid})"),
                 });
+            }
+            // Two disks with one label (a cloned disk image): pxd cannot tell which holds
+            // the pool's blocks, so it uses neither.
+            many => {
+                let at: Vec<String> = many.iter().map(|d| d.path.display().to_string()).collect();
+                missing.push(format!(
+                    "member {i} (drive {uuid}, found on {} disks at once: {})",
+                    many.len(),
+                    at.join(" and ")
+                ));
             }
         }
     }
@@ -768,6 +782,24 @@ mod tests {
                 )])
             );
         }
+    }
+
+    #[test]
+    fn a_label_found_on_two_disks_is_used_on_neither() {
+        let s = state();
+        let mut o = observed(&[]);
+        let mut twin = labelled("/dev/vdq", 1, 0);
+        twin.drive.dev.minor = 99;
+        o.labelled.push(twin);
+        let missing = assemble(CLUSTER, &Id::node("a1").unwrap(), &s.pools[0], &o).unwrap_err();
+        assert_eq!(
+            missing,
+            [format!(
+                "member 0 (drive {}, found on 2 disks at once: /dev/vda and /dev/vdq)",
+                uuid(1)
+            )]
+        );
+        assert!(plan(&s, &o).unwrap().is_empty(), "nothing is built on it");
     }
 
     #[test]

@@ -73,6 +73,11 @@ impl Secret {
         Secret(bytes.iter().map(|b| format!("{b:02x}")).collect())
     }
 
+    /// A secret with the given value (a key received from another member).
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -407,8 +407,27 @@ fn bad_joins_and_removals_are_refused_and_change_nothing() {
         &parsed.cluster_id,
         &parsed.addr,
         &parsed.public_key,
+        parsed.expires,
     );
+    // A real token that lived one second, used once that second is over.
+    let short: pxd::api::TokenResponse = c.nodes[0]
+        .client()
+        .get("/v1/cluster/token?ttl=1")
+        .expect("a short-lived token");
+    let expires = pxd::cluster::token::JoinToken::decode(&short.token)
+        .expect("a token")
+        .expires;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while now() <= expires {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for (token, want, says) in [
+        (short.token.clone(), "join_refused", "expired"),
         ("pxd1.bm90IGEgdG9rZW4".to_owned(), "bad_token", "garbled"),
         ("hello".to_owned(), "bad_token", "garbled"),
         (relabeled.encode(), "join_refused", "is for cluster"),
@@ -528,4 +547,72 @@ fn five_nodes_remove_one_and_the_rest_agree() {
         )
         .expect_err("it is gone");
     assert_eq!(code(&e), "unknown_node", "{e}");
+}
+
+#[test]
+fn every_member_holds_the_one_cluster_key_and_never_shows_it() {
+    let _turn = serial();
+    let c = TestCluster::formed(&["storage", "storage"]);
+    let prints: Vec<Option<String>> = c
+        .nodes
+        .iter()
+        .map(|n| n.status().cluster_key_fingerprint)
+        .collect();
+    assert!(prints[0].is_some(), "node 0 shows no key fingerprint");
+    assert_eq!(prints[0], prints[1], "the fingerprints differ");
+
+    // The key files: one key, owner-only, on both nodes.
+    let files: Vec<std::path::PathBuf> = c
+        .nodes
+        .iter()
+        .map(|n| n.dir.join("data").join(pxd::cluster::CLUSTER_KEY_FILE))
+        .collect();
+    for f in &files {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+    let keys: Vec<pxd::crypt::ClusterKey> = files
+        .iter()
+        .map(|f| pxd::crypt::ClusterKey::load(f).unwrap().unwrap())
+        .collect();
+    assert_eq!(Some(keys[1].fingerprint()), prints[1]);
+
+    // A volume key wrapped with one node's key unwraps with the other's, and only for the
+    // volume it was sealed for.
+    let volume_key = pxd::crypt::VolumeKey::generate().unwrap();
+    let wrapped = keys[0].wrap(&volume_key, "v1").unwrap();
+    let unwrapped = keys[1].unwrap(&wrapped, "v1").unwrap();
+    assert_eq!(unwrapped.bytes(), volume_key.bytes());
+    assert!(keys[1].unwrap(&wrapped, "v2").is_err());
+
+    // The key itself appears in no log, no API answer and no command line.
+    let hex: String = keys[0]
+        .expose()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut seen = String::new();
+    for n in &c.nodes {
+        seen.push_str(&std::fs::read_to_string(n.dir.join("daemon.log")).unwrap_or_default());
+        for path in ["/v1/cluster/status", "/v1/nodes", "/v1/pools", "/metrics"] {
+            if let Ok((_, body)) = n.client().raw(hyper_method_get(), path) {
+                seen.push_str(&String::from_utf8_lossy(&body));
+            }
+        }
+    }
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            seen.push_str(&String::from_utf8_lossy(&cmdline));
+        }
+    }
+    assert!(!seen.is_empty());
+    assert!(!seen.contains(&hex), "the cluster key leaked");
+    assert!(
+        !seen
+            .as_bytes()
+            .windows(keys[0].expose().len())
+            .any(|w| w == keys[0].expose()),
+        "the raw cluster key leaked"
+    );
 }
