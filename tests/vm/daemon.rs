@@ -514,6 +514,9 @@ fn encrypted_volumes_hide_their_data_and_open_again_after_a_restart() {
     // Random and passphrase keys; neither the passphrase nor a key shows anywhere.
     let passphrase = "correct horse battery staple";
     d.ok(&["volume", "create", "sfs", "--size", "128M", "--secure"]);
+    // The passphrase comes from a file, never from the command line.
+    let pw_file = d.dir.join("passphrase");
+    std::fs::write(&pw_file, format!("{passphrase}\n")).unwrap();
     d.ok(&[
         "volume",
         "create",
@@ -521,8 +524,18 @@ fn encrypted_volumes_hide_their_data_and_open_again_after_a_restart() {
         "--size",
         "128M",
         "--secret_key",
-        passphrase,
+        pw_file.to_str().unwrap(),
     ]);
+    let e = d.refused(&["volume", "create", "pw2", "--secret_key", passphrase]);
+    assert!(e.contains("secret_key:") && e.contains("give FILE"), "{e}");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(passphrase),
+            "the passphrase is on a command line: {}",
+            entry.path().display()
+        );
+    }
     let mut sums = Vec::new();
     for v in ["sfs", "pw"] {
         let view: VolumeView = d.json(&["volume", "mount", v]);

@@ -184,3 +184,167 @@ fn two_adds_of_one_disk_at_once_have_one_winner() {
     d.kill();
     take_down(&status.node.to_string());
 }
+
+/// Class thresholds for the emulated guest: a raw virtio disk is high, one behind dm-delay's
+/// 5 ms is low (as in the daemon tests).
+const THRESHOLDS: [&str; 8] = [
+    "--high-min-iops",
+    "100",
+    "--high-max-p50-us",
+    "4000",
+    "--medium-min-iops",
+    "50",
+    "--medium-max-p50-us",
+    "4500",
+];
+
+fn sectors(dev: &Path) -> u64 {
+    pxd_tests::run("blockdev", &["--getsz", dev.to_str().unwrap()])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn mounted(at: &Path) -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(at.to_str().unwrap()))
+}
+
+fn node_devices(node: &str) -> std::collections::BTreeSet<String> {
+    KernelDm::open()
+        .unwrap()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n.to_string())
+        .filter(|n| n.starts_with(&format!("pxd-{node}-")))
+        .collect()
+}
+
+#[test]
+fn a_missing_drive_degrades_its_pool_and_tears_nothing_down() {
+    use pxd::api::volumes::VolumeView;
+    use pxd::store::types::PoolHealth;
+    use pxd_tests::{pattern, run, sha256, wait_until};
+    use std::time::Duration;
+    let _one = serial();
+    let disks = vm_disks(6);
+    // The slow drive is a delay map that starts 1 MiB into the disk, like a partition would:
+    // once the map fails, nothing on the host shows its label any more.
+    let slow_len = sectors(&disks[4]) - 2048;
+    let slow_table = format!("0 {slow_len} delay {} 2048 5", disks[4].display());
+    run(
+        "dmsetup",
+        &["create", "pxdtest-gone", "--table", &slow_table],
+    );
+    let mut d = Daemon::new("missing", 9350, &THRESHOLDS);
+    d.start_cluster();
+    let node = d.json::<Status>(&["cluster", "status"]).node.to_string();
+    let fast: DriveAdded = d.json(&["drive", "add", disks[3].to_str().unwrap()]);
+    let slow: DriveAdded = d.json(&["drive", "add", "/dev/mapper/pxdtest-gone"]);
+    assert_ne!(
+        fast.pool, slow.pool,
+        "the delayed drive makes a pool of its own"
+    );
+    d.ok(&[
+        "volume",
+        "create",
+        "keep",
+        "--size",
+        "128M",
+        "--io_priority",
+        "high",
+    ]);
+    d.ok(&[
+        "volume",
+        "create",
+        "lost",
+        "--size",
+        "128M",
+        "--io_priority",
+        "low",
+    ]);
+    let keep: VolumeView = d.json(&["volume", "mount", "keep"]);
+    let lost: VolumeView = d.json(&["volume", "mount", "lost"]);
+    let keep_at = std::path::PathBuf::from(keep.mountpoint.unwrap());
+    let lost_at = std::path::PathBuf::from(lost.mountpoint.unwrap());
+    let data = pattern(21, 4 << 20);
+    std::fs::write(keep_at.join("data"), &data).unwrap();
+    run("sync", &[]);
+    let devices = node_devices(&node);
+
+    // The slow drive fails: its map now errors every I/O and its label cannot be read.
+    let error_table = format!("0 {slow_len} error");
+    run(
+        "dmsetup",
+        &["load", "pxdtest-gone", "--table", &error_table],
+    );
+    run("dmsetup", &["resume", "pxdtest-gone"]);
+    wait_until(Duration::from_secs(180), || {
+        let pools: Vec<PoolView> = d.json(&["pool", "list"]);
+        let p = pools.iter().find(|p| p.id == slow.pool).unwrap();
+        match &p.health {
+            PoolHealth::Degraded(why) if why.contains(&slow.id) => Ok(()),
+            other => Err(format!("the slow pool is {other:?}\n{}", d.log_tail())),
+        }
+    });
+    // The other pool carries on: a new volume there is built by a full reconcile pass, which
+    // also had the degraded pool in front of it. Nothing was torn down and both mounts stay.
+    d.ok(&[
+        "volume",
+        "create",
+        "more",
+        "--size",
+        "64M",
+        "--io_priority",
+        "high",
+        "--fs",
+        "raw",
+    ]);
+    let more: VolumeView = d.json(&["volume", "inspect", "more"]);
+    let mut devices = devices;
+    devices.extend(more.stack.iter().cloned());
+    assert_eq!(node_devices(&node), devices, "a device was torn down");
+    assert!(mounted(&keep_at) && mounted(&lost_at), "a mount was undone");
+    assert_eq!(
+        sha256(&std::fs::read(keep_at.join("data")).unwrap()),
+        sha256(&data)
+    );
+    let pools: Vec<PoolView> = d.json(&["pool", "list"]);
+    let high = pools.iter().find(|p| p.id == fast.pool).unwrap();
+    assert_eq!(high.health, PoolHealth::Online);
+    let shown = d.ok(&["pool", "list"]);
+    assert!(shown.contains("degraded"), "{shown}");
+    let client =
+        pxd::api::client::BlockingClient::new(pxd::api::client::Target::Unix(d.socket())).unwrap();
+    let (_, body) = client
+        .raw(pxd::api::client::Method::GET, "/metrics")
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&body);
+    assert!(
+        metrics.contains(&format!(
+            "pxd_pool_state{{class=\"low\",pool=\"{}\",state=\"degraded\"}} 1",
+            slow.pool
+        )),
+        "{metrics}"
+    );
+
+    // The drive comes back: the pool is online again.
+    run("dmsetup", &["load", "pxdtest-gone", "--table", &slow_table]);
+    run("dmsetup", &["resume", "pxdtest-gone"]);
+    wait_until(Duration::from_secs(180), || {
+        let pools: Vec<PoolView> = d.json(&["pool", "list"]);
+        let p = pools.iter().find(|p| p.id == slow.pool).unwrap();
+        (p.health == PoolHealth::Online)
+            .then_some(())
+            .ok_or_else(|| format!("the slow pool is {:?}", p.health))
+    });
+    d.ok(&["volume", "unmount", "keep"]);
+    d.ok(&["volume", "unmount", "lost"]);
+    d.ok(&["volume", "delete", "more"]);
+    d.kill();
+    take_down(&node);
+    run("dmsetup", &["remove", "pxdtest-gone"]);
+}

@@ -146,7 +146,8 @@ pub struct InitResponse {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JoinRequest {
-    pub token: String,
+    /// A join token is a credential: hidden from `Debug`.
+    pub token: crate::store::types::Secret,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -309,7 +310,7 @@ async fn init(State(s): State<AppState>, Json(req): Json<InitRequest>) -> ApiRes
 }
 
 async fn join(State(s): State<AppState>, Json(req): Json<JoinRequest>) -> ApiResult<JoinResponse> {
-    let accepted = s.cluster.join(&req.token).await?;
+    let accepted = s.cluster.join(req.token.expose()).await?;
     Ok(Json(JoinResponse {
         cluster_id: accepted.cluster_id,
         leader: accepted.leader.to_string(),

@@ -34,7 +34,8 @@ pub struct CreateRequest {
     pub options: BTreeMap<String, String>,
     /// A passphrase to derive the data key from, instead of a random key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_key: Option<String>,
+    /// Hidden from `Debug`, like every secret.
+    pub secret_key: Option<crate::store::types::Secret>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -324,7 +325,7 @@ pub async fn create(
             spec.repl
         )));
     }
-    if let Some(p) = &req.secret_key {
+    if let Some(p) = req.secret_key.as_ref().map(|k| k.expose()) {
         if p.is_empty() || p.len() > crate::crypt::MAX_PASSPHRASE {
             return Err(bad(format!(
                 "secret_key: must be 1 to {} bytes, got {}",
@@ -354,7 +355,10 @@ pub async fn create(
         let key = tokio::task::spawn_blocking(move || match secret {
             Some(p) => {
                 let salt = new_salt()?;
-                Ok((VolumeKey::from_passphrase(&p, &salt)?, Some(salt.to_vec())))
+                Ok((
+                    VolumeKey::from_passphrase(p.expose(), &salt)?,
+                    Some(salt.to_vec()),
+                ))
             }
             None => Ok::<_, crate::crypt::CryptError>((VolumeKey::generate()?, None)),
         })

@@ -2,6 +2,7 @@
 //! daemon's REST API, over the unix socket by default or over TCP with `--api` and a token.
 
 pub mod output;
+pub mod secret;
 pub mod storage;
 
 use crate::api::client::{BlockingClient, ClientError, Target};
@@ -30,8 +31,9 @@ pub struct Cli {
     /// Talk to a daemon's TCP API at IP:PORT instead of the local socket (needs --token).
     #[arg(long, global = true, env = "PXD_API")]
     pub api: Option<SocketAddr>,
-    /// Bearer token of the TCP API.
-    #[arg(long, global = true, env = "PXD_API_TOKEN", hide_env_values = true)]
+    /// Where the TCP API's bearer token is: FILE, - (stdin) or env:NAME; never the token
+    /// itself. Without it, the PXD_API_TOKEN variable holds the token.
+    #[arg(long, global = true, value_name = "SOURCE")]
     pub token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -96,7 +98,8 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "pxd")]
         name: String,
     },
-    /// Join the cluster a token from `pxd cluster init` or `pxd cluster token` names.
+    /// Join the cluster a token from `pxd cluster init` or `pxd cluster token` names: the
+    /// token itself (it expires), or where it is: FILE, - (stdin) or env:NAME.
     Join { token: String },
     /// Cluster id, leader, term, members and quorum, as this node sees them.
     Status,
@@ -154,7 +157,10 @@ fn client(cli: &Cli) -> Result<BlockingClient, CliError> {
     let target = match cli.api {
         Some(addr) => Target::Tcp {
             addr,
-            token: cli.token.clone().ok_or(CliError::NoToken)?,
+            token: match &cli.token {
+                Some(source) => secret::read("token", source)?.to_string(),
+                None => std::env::var("PXD_API_TOKEN").map_err(|_| CliError::NoToken)?,
+            },
         },
         None => Target::Unix(cli.socket.clone()),
     };
@@ -289,7 +295,11 @@ fn cluster(cli: &Cli, c: &BlockingClient, cmd: &ClusterCommand) -> Result<(), Cl
             let r: JoinResponse = c.post(
                 "/v1/cluster/join",
                 &JoinRequest {
-                    token: token.clone(),
+                    token: crate::store::types::Secret::new(if token.starts_with("pxd1.") {
+                        token.clone()
+                    } else {
+                        secret::read("token", token)?.to_string()
+                    }),
                 },
             )?;
             if cli.json {

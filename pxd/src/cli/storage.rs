@@ -10,7 +10,7 @@ use crate::api::volumes::{
     CreateRequest, Deleted, MountRequest, ResizeRequest, SnapshotView, VolumeView,
 };
 use crate::cli::output::{bytes, table};
-use crate::store::types::PoolHealth;
+use crate::store::types::{PoolHealth, Secret};
 use clap::Subcommand;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,8 +42,9 @@ pub enum VolumeCommand {
         /// Encrypt with dm-crypt (a random key, wrapped by the cluster key).
         #[arg(long)]
         secure: bool,
-        /// Encrypt with a key derived from this passphrase.
-        #[arg(long = "secret_key", env = "PXD_SECRET_KEY", hide_env_values = true)]
+        /// Encrypt with a key derived from a passphrase, read from FILE, - (stdin) or
+        /// env:NAME; never given on the command line.
+        #[arg(long = "secret_key", value_name = "SOURCE")]
         secret_key: Option<String>,
     },
     /// List volumes.
@@ -291,9 +292,15 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
                 labels,
                 *secure,
             )?;
+            let secret_key = match secret_key {
+                Some(source) => Some(Secret::new(
+                    super::secret::read("secret_key", source)?.to_string(),
+                )),
+                None => None,
+            };
             let req = CreateRequest {
                 options,
-                secret_key: secret_key.clone(),
+                secret_key,
             };
             show(c.post("/v1/volumes", &req)?);
         }

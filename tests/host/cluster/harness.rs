@@ -238,7 +238,7 @@ impl Daemon {
         self.client().post(
             "/v1/cluster/join",
             &JoinRequest {
-                token: token.to_owned(),
+                token: pxd::store::types::Secret::new(token.to_owned()),
             },
         )
     }
