@@ -145,11 +145,11 @@ pub fn parse_size(field: &'static str, s: &str) -> Result<u64, SpecError> {
     if bytes == 0 {
         return Err(refuse(field, s, "is zero: a volume needs at least 4 KiB"));
     }
-    let rounded = bytes.div_ceil(SIZE_GRANULE) * SIZE_GRANULE;
-    if rounded > MAX_SIZE {
-        return Err(too_big());
-    }
-    Ok(rounded)
+    // Checked: rounding 2^64-1 up to whole blocks overflows.
+    bytes
+        .checked_next_multiple_of(SIZE_GRANULE)
+        .filter(|r| *r <= MAX_SIZE)
+        .ok_or_else(too_big)
 }
 
 /// Bytes as a short human string (binary units).
@@ -404,6 +404,13 @@ mod tests {
             e("99999999999999999999"),
             "size: \"99999999999999999999\" is larger than the limit of 256 TiB"
         );
+        // The largest u64 overflowed when rounded up to whole blocks.
+        for huge in ["18446744073709551615", "18446744073709551615B", "16383P"] {
+            assert_eq!(
+                e(huge),
+                format!("size: {huge:?} is larger than the limit of 256 TiB")
+            );
+        }
         assert!(e("10X").contains("unknown unit"));
         assert!(e("G").contains("not a size"));
     }
