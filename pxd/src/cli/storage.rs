@@ -104,7 +104,9 @@ pub enum SnapshotCommand {
     },
 }
 
-/// The options of `volume create`, from the inline spec and the flags (flags win).
+/// The options of `volume create`, from the inline spec and the flags (flags win). As in
+/// [`crate::volume::spec::VolumeSpec::parse_inline`], whitespace after a comma separates and
+/// is dropped; keys and values are sent as typed, for the daemon to take or refuse.
 fn create_options(
     spec: &str,
     flags: [(&str, &Option<String>); 5],
@@ -113,18 +115,22 @@ fn create_options(
 ) -> Result<BTreeMap<String, String>, CliError> {
     let mut options = BTreeMap::new();
     if spec.contains('=') {
-        for pair in spec.split(',').filter(|p| !p.trim().is_empty()) {
+        for pair in spec
+            .split(',')
+            .map(str::trim_start)
+            .filter(|p| !p.is_empty())
+        {
             let (k, v) = pair
                 .split_once('=')
                 .ok_or_else(|| CliError::Usage(format!("spec: {pair:?} is not key=value")))?;
-            if k.trim() == "label" || k.trim() == "labels" {
+            if k == "label" || k == "labels" {
                 let joined: &mut String = options.entry("label".into()).or_default();
                 if !joined.is_empty() {
                     joined.push(';');
                 }
-                joined.push_str(v.trim());
+                joined.push_str(v);
             } else {
-                options.insert(k.trim().to_owned(), v.trim().to_owned());
+                options.insert(k.to_owned(), v.to_owned());
             }
         }
     } else {
@@ -485,6 +491,18 @@ mod tests {
         assert_eq!(o["name"], "db");
         assert_eq!(o["label"], "a=1;b=2");
         assert_eq!(o["secure"], "true");
+        // Values go to the daemon as typed; only whitespace after a comma separates.
+        let o = create_options(
+            "size=1G, name= lead,label=a=1 ",
+            [("size", &None); 5],
+            &[],
+            false,
+        )
+        .unwrap();
+        assert_eq!((o["size"].as_str(), o["name"].as_str()), ("1G", " lead"));
+        assert_eq!(o["label"], "a=1 ");
+        let o = create_options("trail\n", [("size", &None); 5], &[], false).unwrap();
+        assert_eq!(o["name"], "trail\n");
         let o = create_options("db", [("size", &None); 5], &[], false).unwrap();
         assert_eq!(
             o.into_iter().collect::<Vec<_>>(),

@@ -110,12 +110,12 @@ impl fmt::Display for Class {
 
 /// Parses a size: a byte count or a number with K, M, G, T or P (powers of 1024, as pxctl
 /// and dmsetup users expect), optionally followed by `i`/`iB`/`B`. Rounds up to whole 4 KiB.
+/// Nothing is trimmed: a size is valid as sent or refused.
 pub fn parse_size(field: &'static str, s: &str) -> Result<u64, SpecError> {
-    let t = s.trim();
-    if t.starts_with('-') {
+    if s.starts_with('-') {
         return Err(refuse(field, s, "is negative: a size must be positive"));
     }
-    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
         return Err(refuse(
             field,
@@ -123,8 +123,12 @@ pub fn parse_size(field: &'static str, s: &str) -> Result<u64, SpecError> {
             "is not a size like 10G, 512M or 1073741824",
         ));
     }
-    let (num, unit) = t.split_at(digits);
-    let shift = match unit.trim_end_matches("iB").trim_end_matches(['i', 'B']) {
+    let (num, unit) = s.split_at(digits);
+    let prefix = ["iB", "B", "i"]
+        .iter()
+        .find_map(|suffix| unit.strip_suffix(suffix))
+        .unwrap_or(unit);
+    let shift = match prefix {
         "" => 0,
         "K" | "k" => 10,
         "M" | "m" => 20,
@@ -256,7 +260,8 @@ pub struct VolumeSpec {
 
 impl VolumeSpec {
     /// Builds a spec from `key=value` options (the inline spec, REST, Docker `Opts`). Unknown
-    /// keys are refused, so a typo never silently yields a default.
+    /// keys are refused, so a typo never silently yields a default; nothing is trimmed, so a
+    /// value is used as sent or refused.
     pub fn from_options<'a>(
         opts: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<VolumeSpec, SpecError> {
@@ -273,7 +278,6 @@ impl VolumeSpec {
             labels: BTreeMap::new(),
         };
         for (k, v) in opts {
-            let (k, v) = (k.trim(), v.trim());
             match k {
                 "name" => {
                     check_name(v)?;
@@ -337,10 +341,11 @@ impl VolumeSpec {
         Ok(spec)
     }
 
-    /// Parses the inline spec `size=10G,repl=2,name=db`.
+    /// Parses the inline spec `size=10G,repl=2,name=db`. Whitespace after a comma is part of
+    /// the separator; anywhere else it stays in the key or value, which is then refused.
     pub fn parse_inline(s: &str) -> Result<VolumeSpec, SpecError> {
         let mut pairs = Vec::new();
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        for item in s.split(',').map(str::trim_start).filter(|i| !i.is_empty()) {
             let (k, v) = item
                 .split_once('=')
                 .ok_or_else(|| refuse("spec", item, "must be key=value"))?;
@@ -412,6 +417,7 @@ mod tests {
             );
         }
         assert!(e("10X").contains("unknown unit"));
+        assert!(e("10GBB").contains("unknown unit"));
         assert!(e("G").contains("not a size"));
     }
 
@@ -448,6 +454,36 @@ mod tests {
         );
         assert!(s.secure);
         assert_eq!(s.labels["tier"], "gold");
+        // Whitespace after a comma separates; the values themselves are as sent.
+        let s = VolumeSpec::parse_inline("size=1G, name=db,").unwrap();
+        assert_eq!((s.name.as_str(), s.size), ("db", 1 << 30));
+    }
+
+    #[test]
+    fn names_are_used_as_sent_or_refused_never_trimmed() {
+        let refused = "may only hold [A-Za-z0-9._-] and may not start with - or .";
+        for (opts, shown) in [
+            (vec![("name", "trail\n"), ("size", "1G")], "\"trail\\n\""),
+            (vec![("name", " lead"), ("size", "1G")], "\" lead\""),
+        ] {
+            let e = VolumeSpec::from_options(opts).unwrap_err();
+            assert_eq!(e.to_string(), format!("name: {shown} {refused}"));
+        }
+        for inline in [
+            "name= lead,size=1G",
+            "name=trail ,size=1G",
+            "size=1G,name=trail\n",
+        ] {
+            let e = VolumeSpec::parse_inline(inline).unwrap_err();
+            assert_eq!(e.field, "name", "{inline:?}");
+        }
+        // A key with whitespace is not a known option either.
+        let e = VolumeSpec::from_options([(" name", "a"), ("size", "1G")]).unwrap_err();
+        assert_eq!(e.field, "option");
+        assert_eq!(
+            parse_size("size", " 1G").unwrap_err().to_string(),
+            "size: \" 1G\" is not a size like 10G, 512M or 1073741824"
+        );
     }
 
     #[test]
