@@ -15,6 +15,10 @@ pub const MAX_SIZE: u64 = 256 << 40;
 pub const MAX_REPL: u8 = 3;
 /// mkfs.xfs refuses filesystems smaller than 300 MiB.
 pub const MIN_XFS_SIZE: u64 = 300 << 20;
+/// Smallest ext4 volume. mkfs.ext4 as `kernel::fs::mkfs` runs it (e2fsprogs 1.47) makes
+/// nothing below 224 KiB and leaves out the journal below 8 MiB; 16 MiB has a journal and
+/// room for files.
+pub const MIN_EXT4_SIZE: u64 = 16 << 20;
 pub const MAX_LABELS: usize = 32;
 pub const MAX_LABEL_LEN: usize = 63;
 
@@ -328,13 +332,19 @@ impl VolumeSpec {
         }
         spec.name = name.ok_or_else(|| refuse("name", "", "is required"))?;
         spec.size = size.ok_or_else(|| refuse("size", "", "is required"))?;
-        if spec.fs == Fs::Xfs && spec.size < MIN_XFS_SIZE {
+        let min = match spec.fs {
+            Fs::Ext4 => MIN_EXT4_SIZE,
+            Fs::Xfs => MIN_XFS_SIZE,
+            Fs::Raw => 0,
+        };
+        if spec.size < min {
             return Err(refuse(
                 "size",
                 &human(spec.size),
                 format!(
-                    "is below the {} an xfs filesystem needs",
-                    human(MIN_XFS_SIZE)
+                    "is below the {} an {} filesystem needs",
+                    human(min),
+                    spec.fs
                 ),
             ));
         }
@@ -516,6 +526,29 @@ mod tests {
             .to_string()
             .contains("1 to 64 bytes"));
         assert!(check_name(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn filesystems_have_a_minimum_size() {
+        let e = |fs, size| {
+            VolumeSpec::from_options([("name", "a"), ("fs", fs), ("size", size)])
+                .map(|s| s.size)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            e("ext4", "8M"),
+            Err("size: \"8 MiB\" is below the 16 MiB an ext4 filesystem needs".into())
+        );
+        assert_eq!(e("ext4", "16M"), Ok(MIN_EXT4_SIZE));
+        assert_eq!(
+            e("xfs", "299M"),
+            Err("size: \"299 MiB\" is below the 300 MiB an xfs filesystem needs".into())
+        );
+        assert_eq!(e("xfs", "300M"), Ok(MIN_XFS_SIZE));
+        assert_eq!(e("raw", "1"), Ok(4096));
+        // ext4 is the default filesystem.
+        let d = VolumeSpec::from_options([("name", "a"), ("size", "1M")]).unwrap_err();
+        assert_eq!(d.field, "size");
     }
 
     #[test]
