@@ -33,7 +33,7 @@ pub enum VolumeCommand {
         /// Replicas (1 to 3).
         #[arg(long)]
         repl: Option<String>,
-        /// IOPS limits `R,W`.
+        /// IOPS limits `R,W`; refused until pxd enforces them.
         #[arg(long = "max_iops")]
         max_iops: Option<String>,
         /// Label KEY=VALUE (repeatable).

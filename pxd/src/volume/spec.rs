@@ -271,6 +271,7 @@ impl VolumeSpec {
     ) -> Result<VolumeSpec, SpecError> {
         let mut name = None;
         let mut size = None;
+        let mut max_iops = None;
         let mut spec = VolumeSpec {
             name: String::new(),
             size: 0,
@@ -297,7 +298,10 @@ impl VolumeSpec {
                         .ok_or_else(|| refuse("repl", v, format!("must be 1 to {MAX_REPL}")))?
                 }
                 "io_priority" | "priority_io" => spec.io_priority = Some(v.parse()?),
-                "max_iops" => spec.max_iops = v.parse()?,
+                "max_iops" => {
+                    spec.max_iops = v.parse()?;
+                    max_iops = Some(v);
+                }
                 "secure" => {
                     spec.secure = match v {
                         "" | "true" | "1" | "yes" => true,
@@ -346,6 +350,14 @@ impl VolumeSpec {
                     human(min),
                     spec.fs
                 ),
+            ));
+        }
+        // Stored but not yet applied to the data path: taking it would promise a limit.
+        if let Some(v) = max_iops.filter(|_| spec.max_iops != IopsLimit::default()) {
+            return Err(refuse(
+                "max_iops",
+                v,
+                "is not accepted: per-volume IOPS limits are not enforced yet; pxd refuses the option until they are",
             ));
         }
         Ok(spec)
@@ -449,24 +461,37 @@ mod tests {
             ("size", "1G"),
             ("repl", "3"),
             ("io_priority", "HIGH"),
-            ("max_iops", "100,200"),
+            ("max_iops", "0"),
             ("secure", "true"),
             ("label", "app=web;tier=gold"),
         ])
         .unwrap();
         assert_eq!(s.io_priority, Some(Class::High));
-        assert_eq!(
-            s.max_iops,
-            IopsLimit {
-                read: 100,
-                write: 200
-            }
-        );
+        assert_eq!(s.max_iops, IopsLimit::default());
         assert!(s.secure);
         assert_eq!(s.labels["tier"], "gold");
         // Whitespace after a comma separates; the values themselves are as sent.
         let s = VolumeSpec::parse_inline("size=1G, name=db,").unwrap();
         assert_eq!((s.name.as_str(), s.size), ("db", 1 << 30));
+    }
+
+    #[test]
+    fn max_iops_parses_but_is_refused_until_enforced() {
+        assert_eq!(
+            "100,200".parse::<IopsLimit>().unwrap(),
+            IopsLimit {
+                read: 100,
+                write: 200
+            }
+        );
+        let e = VolumeSpec::from_options([("name", "a"), ("size", "1G"), ("max_iops", "100,200")])
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "max_iops: \"100,200\" is not accepted: per-volume IOPS limits are not enforced yet; pxd refuses the option until they are"
+        );
+        let e = VolumeSpec::parse_inline("name=a,size=1G,max_iops=5").unwrap_err();
+        assert_eq!(e.field, "max_iops");
     }
 
     #[test]
