@@ -2,7 +2,7 @@
 //! Options are passed on as the strings the user typed; the daemon parses and checks them,
 //! so the CLI, REST and the Docker plugin refuse bad input the same way.
 
-use super::{print_json, CliError};
+use super::{print_json, seg, CliError};
 use crate::api::client::BlockingClient;
 use crate::api::pools::{AddDriveRequest, DriveAdded, PoolView};
 use crate::api::snapshots::{CloneRequest, RestoreRequest, SnapshotRequest};
@@ -250,21 +250,6 @@ fn print_snapshots(snaps: &[SnapshotView]) {
     );
 }
 
-/// Path segment of a volume or snapshot name; names are `[A-Za-z0-9._-]`, so anything else
-/// is refused here rather than sent.
-fn seg(s: &str) -> Result<&str, CliError> {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        Ok(s)
-    } else {
-        Err(CliError::Usage(format!(
-            "name: {s:?} may only hold [A-Za-z0-9._-]"
-        )))
-    }
-}
-
 pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(), CliError> {
     let show = |v: VolumeView| {
         if json {
@@ -312,14 +297,14 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
             }
         }
         VolumeCommand::Inspect { volume } => {
-            show(c.get(&format!("/v1/volumes/{}", seg(volume)?))?);
+            show(c.get(&format!("/v1/volumes/{}", seg("volume", volume)?))?);
         }
         VolumeCommand::Update { volume, size } => {
             let req = ResizeRequest { size: size.clone() };
-            show(c.put(&format!("/v1/volumes/{}", seg(volume)?), &req)?);
+            show(c.put(&format!("/v1/volumes/{}", seg("volume", volume)?), &req)?);
         }
         VolumeCommand::Delete { volume } => {
-            let d: Deleted = c.delete(&format!("/v1/volumes/{}", seg(volume)?))?;
+            let d: Deleted = c.delete(&format!("/v1/volumes/{}", seg("volume", volume)?))?;
             if json {
                 print_json(&d);
             } else {
@@ -328,11 +313,14 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
         }
         VolumeCommand::Mount { volume, path } => {
             let req = MountRequest { path: path.clone() };
-            show(c.post(&format!("/v1/volumes/{}/mount", seg(volume)?), &req)?);
+            show(c.post(
+                &format!("/v1/volumes/{}/mount", seg("volume", volume)?),
+                &req,
+            )?);
         }
         VolumeCommand::Unmount { volume } => {
             show(c.post(
-                &format!("/v1/volumes/{}/unmount", seg(volume)?),
+                &format!("/v1/volumes/{}/unmount", seg("volume", volume)?),
                 &MountRequest::default(),
             )?);
         }
@@ -347,18 +335,26 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
                 snapshot: snapshot.clone(),
                 read_only: *read_only,
             };
-            show(c.post(&format!("/v1/volumes/{}/clone", seg(volume)?), &req)?);
+            show(c.post(
+                &format!("/v1/volumes/{}/clone", seg("volume", volume)?),
+                &req,
+            )?);
         }
         VolumeCommand::Restore { volume, snapshot } => {
             let req = RestoreRequest {
                 snapshot: snapshot.clone(),
             };
-            show(c.post(&format!("/v1/volumes/{}/restore", seg(volume)?), &req)?);
+            show(c.post(
+                &format!("/v1/volumes/{}/restore", seg("volume", volume)?),
+                &req,
+            )?);
         }
         VolumeCommand::Snapshot(SnapshotCommand::Create { volume, name }) => {
             let req = SnapshotRequest { name: name.clone() };
-            let s: SnapshotView =
-                c.post(&format!("/v1/volumes/{}/snapshots", seg(volume)?), &req)?;
+            let s: SnapshotView = c.post(
+                &format!("/v1/volumes/{}/snapshots", seg("volume", volume)?),
+                &req,
+            )?;
             if json {
                 print_json(&s);
             } else {
@@ -366,7 +362,8 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
             }
         }
         VolumeCommand::Snapshot(SnapshotCommand::List { volume }) => {
-            let s: Vec<SnapshotView> = c.get(&format!("/v1/volumes/{}/snapshots", seg(volume)?))?;
+            let s: Vec<SnapshotView> =
+                c.get(&format!("/v1/volumes/{}/snapshots", seg("volume", volume)?))?;
             if json {
                 print_json(&s);
             } else {
@@ -376,8 +373,8 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
         VolumeCommand::Snapshot(SnapshotCommand::Delete { volume, snapshot }) => {
             let d: Deleted = c.delete(&format!(
                 "/v1/volumes/{}/snapshots/{}",
-                seg(volume)?,
-                seg(snapshot)?
+                seg("volume", volume)?,
+                seg("snapshot", snapshot)?
             ))?;
             if json {
                 print_json(&d);
