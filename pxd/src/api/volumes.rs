@@ -467,17 +467,20 @@ pub async fn delete(State(s): State<AppState>, Path(key): Path<String>) -> ApiRe
     Ok(Json(Deleted { deleted: v.name }))
 }
 
-/// Checks a mount path: absolute, with no `..`, so a request cannot aim outside what it names.
+/// Checks a mount path: absolute, with no `..`, so a request cannot aim outside what it names,
+/// and no NUL, which the kernel cannot take (it would be recorded, then fail every mount).
 fn check_mount_path(p: &std::path::Path) -> Result<(), ApiError> {
+    let bytes = p.as_os_str().as_encoded_bytes();
     let ok = p.is_absolute()
         && p.components()
             .all(|c| !matches!(c, std::path::Component::ParentDir))
-        && p.as_os_str().len() <= 1024;
+        && bytes.len() <= 1024
+        && !bytes.contains(&0);
     if ok {
         Ok(())
     } else {
         Err(bad(format!(
-            "path: {:?} must be an absolute path of at most 1024 bytes without ..",
+            "path: {:?} must be an absolute path of at most 1024 bytes without .. or NUL",
             p
         )))
     }
@@ -522,4 +525,22 @@ pub async fn unmount(State(s): State<AppState>, Path(key): Path<String>) -> ApiR
         path: None,
     });
     update(s, &v, change, "the unmount").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_paths_are_absolute_plain_and_short() {
+        assert!(check_mount_path(std::path::Path::new("/mnt/db")).is_ok());
+        for bad in ["mnt/db", "/mnt/../etc", "/mnt/a\0b"] {
+            assert_eq!(
+                check_mount_path(std::path::Path::new(bad))
+                    .unwrap_err()
+                    .to_string(),
+                format!("path: {bad:?} must be an absolute path of at most 1024 bytes without .. or NUL")
+            );
+        }
+    }
 }
