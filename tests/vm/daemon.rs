@@ -771,7 +771,7 @@ fn a_near_full_pool_refuses_new_allocations_and_says_so() {
     });
     let before = pxd_devices();
     for args in [
-        vec!["volume", "create", "more", "--size", "8M"],
+        vec!["volume", "create", "more", "--size", "16M"],
         vec!["volume", "snapshot", "create", "fill", "--name", "s"],
         vec!["volume", "update", "fill", "--size", "256M"],
     ] {

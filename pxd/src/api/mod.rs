@@ -30,7 +30,8 @@ pub mod volumes;
 use crate::cluster::{Cluster, ClusterError, Op};
 use crate::store::state::{check_kv_name, MAX_KV_VALUE};
 use crate::store::Command;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -116,6 +117,32 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// A JSON request body. axum's own `Json` answers a body it cannot read with a plain-text
+/// 415/422; this answers 400 `bad_request` with serde's words, led by the path of the unknown,
+/// missing or mistyped field, like every other refusal.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(e) => Err(ApiError::BadRequest(format!("body: {}", body_error(&e)))),
+        }
+    }
+}
+
+fn body_error(e: &JsonRejection) -> String {
+    use std::error::Error;
+    let serde = match e {
+        JsonRejection::JsonDataError(d) => d.source(),
+        JsonRejection::JsonSyntaxError(d) => d.source(),
+        _ => None,
+    };
+    serde.map_or_else(|| e.body_text(), ToString::to_string)
+}
+
 /// Storage limits the daemon was configured with.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -134,6 +161,7 @@ pub struct AppState {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InitRequest {
     pub name: String,
 }
@@ -145,6 +173,7 @@ pub struct InitResponse {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     /// A join token is a credential: hidden from `Debug`.
     pub token: crate::store::types::Secret,
@@ -157,12 +186,14 @@ pub struct JoinResponse {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RemoveRequest {
     /// Node id or name.
     pub node: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KvValue {
     pub value: String,
 }
@@ -303,13 +334,19 @@ async fn status(State(s): State<AppState>) -> ApiResult<crate::cluster::view::St
     Ok(Json(s.cluster.status()))
 }
 
-async fn init(State(s): State<AppState>, Json(req): Json<InitRequest>) -> ApiResult<InitResponse> {
+async fn init(
+    State(s): State<AppState>,
+    JsonBody(req): JsonBody<InitRequest>,
+) -> ApiResult<InitResponse> {
     let token = s.cluster.init(&req.name).await?;
     let cluster_id = s.cluster.cluster_id().unwrap_or_default();
     Ok(Json(InitResponse { cluster_id, token }))
 }
 
-async fn join(State(s): State<AppState>, Json(req): Json<JoinRequest>) -> ApiResult<JoinResponse> {
+async fn join(
+    State(s): State<AppState>,
+    JsonBody(req): JsonBody<JoinRequest>,
+) -> ApiResult<JoinResponse> {
     let accepted = s.cluster.join(req.token.expose()).await?;
     Ok(Json(JoinResponse {
         cluster_id: accepted.cluster_id,
@@ -349,7 +386,7 @@ async fn api_token(State(s): State<AppState>) -> ApiResult<TokenResponse> {
 
 async fn remove(
     State(s): State<AppState>,
-    Json(req): Json<RemoveRequest>,
+    JsonBody(req): JsonBody<RemoveRequest>,
 ) -> ApiResult<RemoveResponse> {
     if s.cluster.cluster_id().is_none() {
         return Err(ClusterError::NotInCluster.into());
@@ -383,13 +420,14 @@ async fn drives(State(s): State<AppState>) -> ApiResult<Vec<crate::pool::drive::
 
 /// Which drive to benchmark.
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BenchmarkRequest {
     pub path: PathBuf,
 }
 
 /// Re-measures one of this node's disks (read-only; a few seconds), off the async runtime.
 async fn drive_benchmark(
-    Json(req): Json<BenchmarkRequest>,
+    JsonBody(req): JsonBody<BenchmarkRequest>,
 ) -> ApiResult<crate::pool::drive::DriveBenchmark> {
     use crate::pool::drive::{benchmark_local, DriveError};
     let path = req.path;
@@ -414,7 +452,7 @@ fn check_kv(ns: &str, key: Option<&str>) -> Result<(), ApiError> {
 async fn kv_put(
     State(s): State<AppState>,
     Path((ns, key)): Path<(String, String)>,
-    Json(v): Json<KvValue>,
+    JsonBody(v): JsonBody<KvValue>,
 ) -> ApiResult<Applied> {
     check_kv(&ns, Some(&key))?;
     if v.value.len() > MAX_KV_VALUE {
@@ -476,4 +514,100 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.cluster.metrics().render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::DeserializeOwned;
+
+    /// What a handler taking `T` answers to `body`: taken, or the status and message.
+    async fn read<T: DeserializeOwned>(body: &str) -> Result<T, (StatusCode, String)> {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap();
+        JsonBody::<T>::from_request(req, &())
+            .await
+            .map(|JsonBody(v)| v)
+            .map_err(|e| (e.status_and_code().0, e.to_string()))
+    }
+
+    #[tokio::test]
+    async fn unknown_fields_are_refused_by_name() {
+        let ok = r#"{"options": {"name": "a", "size": "1G"}, "secret_key": "pw"}"#;
+        assert!(read::<volumes::CreateRequest>(ok).await.is_ok());
+        let typo = r#"{"options": {"name": "a", "size": "1G"}, "secret_kee": "pw"}"#;
+        assert_eq!(
+            read::<volumes::CreateRequest>(typo).await.err(),
+            Some((
+                StatusCode::BAD_REQUEST,
+                "body: secret_kee: unknown field `secret_kee`, expected `options` or `secret_key` at line 1 column 53".into()
+            ))
+        );
+        let typo = r#"{"name": "c", "readonly": true}"#;
+        assert_eq!(
+            read::<snapshots::CloneRequest>(typo).await.err(),
+            Some((
+                StatusCode::BAD_REQUEST,
+                "body: readonly: unknown field `readonly`, expected one of `name`, `snapshot`, `read_only` at line 1 column 24".into()
+            ))
+        );
+    }
+
+    /// Every request body type refuses a field it does not have.
+    #[tokio::test]
+    async fn every_request_body_refuses_extra_fields() {
+        async fn extra<T: DeserializeOwned>(body: &str) -> String {
+            let with = format!("{}, \"x\": 1}}", &body[..body.len() - 1]);
+            match read::<T>(&with).await {
+                Ok(_) => format!("{with} was taken"),
+                Err((status, msg)) => format!("{status} {}", &msg[..msg.find(',').unwrap_or(0)]),
+            }
+        }
+        let want = "400 Bad Request body: x: unknown field `x`";
+        assert_eq!(extra::<InitRequest>(r#"{"name":"a"}"#).await, want);
+        assert_eq!(extra::<JoinRequest>(r#"{"token":"t"}"#).await, want);
+        assert_eq!(extra::<RemoveRequest>(r#"{"node":"n"}"#).await, want);
+        assert_eq!(extra::<KvValue>(r#"{"value":"v"}"#).await, want);
+        assert_eq!(extra::<BenchmarkRequest>(r#"{"path":"/d"}"#).await, want);
+        assert_eq!(
+            extra::<pools::AddDriveRequest>(r#"{"path":"/d"}"#).await,
+            want
+        );
+        assert_eq!(
+            extra::<volumes::CreateRequest>(r#"{"options":{}}"#).await,
+            want
+        );
+        assert_eq!(
+            extra::<volumes::ResizeRequest>(r#"{"size":"1G"}"#).await,
+            want
+        );
+        assert_eq!(
+            extra::<volumes::MountRequest>(r#"{"path":null}"#).await,
+            want
+        );
+        assert_eq!(
+            extra::<snapshots::SnapshotRequest>(r#"{"name":"s"}"#).await,
+            want
+        );
+        assert_eq!(
+            extra::<snapshots::CloneRequest>(r#"{"name":"c"}"#).await,
+            want
+        );
+        assert_eq!(
+            extra::<snapshots::RestoreRequest>(r#"{"snapshot":"s"}"#).await,
+            want
+        );
+        // Not JSON at all is a 400 with serde's words too.
+        assert_eq!(
+            read::<KvValue>("{").await.err(),
+            Some((
+                StatusCode::BAD_REQUEST,
+                "body: EOF while parsing an object at line 1 column 1".into()
+            ))
+        );
+    }
 }

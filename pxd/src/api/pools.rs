@@ -2,7 +2,7 @@
 //! a class and adds it to this node's pool of that class (made on first use, grown online
 //! after); `GET /v1/pools` lists the pools with their use.
 
-use super::{ApiError, ApiResult, AppState};
+use super::{ApiError, ApiResult, AppState, JsonBody};
 use crate::kernel::block;
 use crate::plan::names::Id;
 use crate::plan::pool::{plan_pool, Drive as PlanDrive, PoolSpec, DEFAULT_CHUNK};
@@ -24,6 +24,7 @@ use std::path::PathBuf;
 const WIPE_BYTES: usize = 4 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AddDriveRequest {
     pub path: PathBuf,
     #[serde(default)]
@@ -128,7 +129,7 @@ static ADDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// again takes it without `--force`.
 pub async fn add(
     State(s): State<AppState>,
-    Json(req): Json<AddDriveRequest>,
+    JsonBody(req): JsonBody<AddDriveRequest>,
 ) -> ApiResult<DriveAdded> {
     let Some(cluster) = s.cluster.cluster_id() else {
         return Err(crate::cluster::ClusterError::NotInCluster.into());

@@ -6,7 +6,7 @@ use super::volumes::{
     bad, candidates, find, inspect, new_id, now, open_count, record, this_node_volume, update,
     view, Deleted, SnapshotView, VolumeView,
 };
-use super::{ApiError, ApiResult, AppState};
+use super::{ApiError, ApiResult, AppState, JsonBody};
 use crate::plan::placement;
 use crate::store::state::{ClusterState, SnapshotChange, VolumeChange};
 use crate::store::types::{Origin, Phase, Replica, Snapshot, Volume};
@@ -18,11 +18,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SnapshotRequest {
     pub name: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CloneRequest {
     pub name: String,
     /// Clone this snapshot of the volume instead of the volume itself.
@@ -33,6 +35,7 @@ pub struct CloneRequest {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RestoreRequest {
     pub snapshot: String,
 }
@@ -51,7 +54,7 @@ pub async fn list(
 pub async fn create(
     State(s): State<AppState>,
     Path(key): Path<String>,
-    Json(req): Json<SnapshotRequest>,
+    JsonBody(req): JsonBody<SnapshotRequest>,
 ) -> ApiResult<SnapshotView> {
     check_name(&req.name).map_err(bad)?;
     let (v, pools) = s
@@ -148,7 +151,7 @@ pub async fn delete(
 pub async fn clone(
     State(s): State<AppState>,
     Path(key): Path<String>,
-    Json(req): Json<CloneRequest>,
+    JsonBody(req): JsonBody<CloneRequest>,
 ) -> ApiResult<VolumeView> {
     check_name(&req.name).map_err(bad)?;
     let me = s.cluster.id();
@@ -235,7 +238,7 @@ pub async fn clone(
 pub async fn restore(
     State(s): State<AppState>,
     Path(key): Path<String>,
-    Json(req): Json<RestoreRequest>,
+    JsonBody(req): JsonBody<RestoreRequest>,
 ) -> ApiResult<VolumeView> {
     let (v, sn) = s.cluster.state().read(|st| {
         let v = find(st, &key)?;

@@ -11,7 +11,7 @@
 //! | `POST /v1/volumes/{vol}/clone` `{name, snapshot?, read_only}` | clone a volume or snapshot |
 //! | `POST /v1/volumes/{vol}/restore` `{snapshot}` | put a snapshot's data back |
 
-use super::{ApiError, ApiResult, AppState};
+use super::{ApiError, ApiResult, AppState, JsonBody};
 use crate::cluster::Op;
 use crate::crypt::{new_salt, VolumeKey};
 use crate::kernel::dm::{node_path, DeviceMapper, KernelDm};
@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// The volume options: name, size, fs, repl, io_priority, max_iops, secure, label.
     pub options: BTreeMap<String, String>,
@@ -39,11 +40,13 @@ pub struct CreateRequest {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResizeRequest {
     pub size: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MountRequest {
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -314,7 +317,7 @@ pub async fn inspect(State(s): State<AppState>, Path(key): Path<String>) -> ApiR
 
 pub async fn create(
     State(s): State<AppState>,
-    Json(req): Json<CreateRequest>,
+    JsonBody(req): JsonBody<CreateRequest>,
 ) -> ApiResult<VolumeView> {
     require_cluster(&s)?;
     let spec = VolumeSpec::from_options(req.options.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -412,7 +415,7 @@ pub async fn create(
 pub async fn resize(
     State(s): State<AppState>,
     Path(key): Path<String>,
-    Json(req): Json<ResizeRequest>,
+    JsonBody(req): JsonBody<ResizeRequest>,
 ) -> ApiResult<VolumeView> {
     let size = parse_size("size", &req.size).map_err(bad)?;
     let (v, pools) = s
@@ -524,7 +527,7 @@ fn check_mount_path(
 pub async fn mount(
     State(s): State<AppState>,
     Path(key): Path<String>,
-    Json(req): Json<MountRequest>,
+    JsonBody(req): JsonBody<MountRequest>,
 ) -> ApiResult<VolumeView> {
     let v = s.cluster.state().read(|st| find(st, &key))?;
     this_node_volume(&s, &v)?;

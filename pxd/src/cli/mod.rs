@@ -172,6 +172,24 @@ fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// One URL path segment from user input, percent-encoded: every byte but `[A-Za-z0-9._~-]`,
+/// and every dot of a segment of dots only (`.`, `..`), so `/`, `?`, `#` and dot segments
+/// reach the daemon inside the name, to be checked there, instead of reshaping or cutting
+/// the path. An empty one would address the collection instead, so it is refused.
+pub(crate) fn seg(what: &str, s: &str) -> Result<String, CliError> {
+    if s.is_empty() {
+        return Err(CliError::Usage(format!("{what}: must not be empty")));
+    }
+    let dots = s.bytes().all(|b| b == b'.');
+    Ok(s.bytes()
+        .map(|b| match b {
+            b'.' if !dots => ".".to_owned(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'~' | b'-' => char::from(b).into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect())
+}
+
 fn opt<T: ToString>(v: &Option<T>) -> String {
     v.as_ref().map(T::to_string).unwrap_or_else(|| "-".into())
 }
@@ -373,18 +391,27 @@ fn cluster(cli: &Cli, c: &BlockingClient, cmd: &ClusterCommand) -> Result<(), Cl
     Ok(())
 }
 
+/// `/v1/kv/{ns}` or `/v1/kv/{ns}/{key}`, each segment encoded.
+fn kv_path(ns: &str, key: Option<&str>) -> Result<String, CliError> {
+    let mut path = format!("/v1/kv/{}", seg("namespace", ns)?);
+    if let Some(k) = key {
+        path = format!("{path}/{}", seg("key", k)?);
+    }
+    Ok(path)
+}
+
 fn kv(cli: &Cli, c: &BlockingClient, cmd: &KvCommand) -> Result<(), CliError> {
     match cmd {
         KvCommand::Put { ns, key, value } => {
             let _: Applied = c.put(
-                &format!("/v1/kv/{ns}/{key}"),
+                &kv_path(ns, Some(key))?,
                 &KvValue {
                     value: value.clone(),
                 },
             )?;
         }
         KvCommand::Get { ns, key } => {
-            let v: KvValue = c.get(&format!("/v1/kv/{ns}/{key}"))?;
+            let v: KvValue = c.get(&kv_path(ns, Some(key))?)?;
             if cli.json {
                 print_json(&v);
             } else {
@@ -392,7 +419,7 @@ fn kv(cli: &Cli, c: &BlockingClient, cmd: &KvCommand) -> Result<(), CliError> {
             }
         }
         KvCommand::List { ns } => {
-            let m: BTreeMap<String, String> = c.get(&format!("/v1/kv/{ns}"))?;
+            let m: BTreeMap<String, String> = c.get(&kv_path(ns, None)?)?;
             if cli.json {
                 print_json(&m);
             } else {
@@ -401,7 +428,7 @@ fn kv(cli: &Cli, c: &BlockingClient, cmd: &KvCommand) -> Result<(), CliError> {
             }
         }
         KvCommand::Delete { ns, key } => {
-            let _: Applied = c.delete(&format!("/v1/kv/{ns}/{key}"))?;
+            let _: Applied = c.delete(&kv_path(ns, Some(key))?)?;
         }
     }
     Ok(())
@@ -432,6 +459,23 @@ fn drive_status(d: &crate::pool::drive::DriveView) -> String {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn user_input_is_percent_encoded_in_url_paths() {
+        assert_eq!(kv_path("ns", Some("a?b")).unwrap(), "/v1/kv/ns/a%3Fb");
+        assert_eq!(kv_path("ns", Some("c#frag")).unwrap(), "/v1/kv/ns/c%23frag");
+        assert_eq!(kv_path("..", Some(".")).unwrap(), "/v1/kv/%2E%2E/%2E");
+        assert_eq!(
+            kv_path("a.b", Some("x_y-z~1")).unwrap(),
+            "/v1/kv/a.b/x_y-z~1"
+        );
+        assert_eq!(seg("volume", "a/b c%").unwrap(), "a%2Fb%20c%25");
+        assert_eq!(seg("volume", "é").unwrap(), "%C3%A9");
+        assert_eq!(
+            kv_path("ns", Some("")).unwrap_err().to_string(),
+            "key: must not be empty"
+        );
+    }
 
     #[test]
     fn the_command_line_is_consistent() {

@@ -2,7 +2,7 @@
 //! Options are passed on as the strings the user typed; the daemon parses and checks them,
 //! so the CLI, REST and the Docker plugin refuse bad input the same way.
 
-use super::{print_json, CliError};
+use super::{print_json, seg, CliError};
 use crate::api::client::BlockingClient;
 use crate::api::pools::{AddDriveRequest, DriveAdded, PoolView};
 use crate::api::snapshots::{CloneRequest, RestoreRequest, SnapshotRequest};
@@ -33,7 +33,7 @@ pub enum VolumeCommand {
         /// Replicas (1 to 3).
         #[arg(long)]
         repl: Option<String>,
-        /// IOPS limits `R,W`.
+        /// IOPS limits `R,W`; refused until pxd enforces them.
         #[arg(long = "max_iops")]
         max_iops: Option<String>,
         /// Label KEY=VALUE (repeatable).
@@ -105,7 +105,9 @@ pub enum SnapshotCommand {
     },
 }
 
-/// The options of `volume create`, from the inline spec and the flags (flags win).
+/// The options of `volume create`, from the inline spec and the flags (flags win). As in
+/// [`crate::volume::spec::VolumeSpec::parse_inline`], whitespace after a comma separates and
+/// is dropped; keys and values are sent as typed, for the daemon to take or refuse.
 fn create_options(
     spec: &str,
     flags: [(&str, &Option<String>); 5],
@@ -114,18 +116,22 @@ fn create_options(
 ) -> Result<BTreeMap<String, String>, CliError> {
     let mut options = BTreeMap::new();
     if spec.contains('=') {
-        for pair in spec.split(',').filter(|p| !p.trim().is_empty()) {
+        for pair in spec
+            .split(',')
+            .map(str::trim_start)
+            .filter(|p| !p.is_empty())
+        {
             let (k, v) = pair
                 .split_once('=')
                 .ok_or_else(|| CliError::Usage(format!("spec: {pair:?} is not key=value")))?;
-            if k.trim() == "label" || k.trim() == "labels" {
+            if k == "label" || k == "labels" {
                 let joined: &mut String = options.entry("label".into()).or_default();
                 if !joined.is_empty() {
                     joined.push(';');
                 }
-                joined.push_str(v.trim());
+                joined.push_str(v);
             } else {
-                options.insert(k.trim().to_owned(), v.trim().to_owned());
+                options.insert(k.to_owned(), v.to_owned());
             }
         }
     } else {
@@ -245,21 +251,6 @@ fn print_snapshots(snaps: &[SnapshotView]) {
     );
 }
 
-/// Path segment of a volume or snapshot name; names are `[A-Za-z0-9._-]`, so anything else
-/// is refused here rather than sent.
-fn seg(s: &str) -> Result<&str, CliError> {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        Ok(s)
-    } else {
-        Err(CliError::Usage(format!(
-            "name: {s:?} may only hold [A-Za-z0-9._-]"
-        )))
-    }
-}
-
 pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(), CliError> {
     let show = |v: VolumeView| {
         if json {
@@ -313,14 +304,14 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
             }
         }
         VolumeCommand::Inspect { volume } => {
-            show(c.get(&format!("/v1/volumes/{}", seg(volume)?))?);
+            show(c.get(&format!("/v1/volumes/{}", seg("volume", volume)?))?);
         }
         VolumeCommand::Update { volume, size } => {
             let req = ResizeRequest { size: size.clone() };
-            show(c.put(&format!("/v1/volumes/{}", seg(volume)?), &req)?);
+            show(c.put(&format!("/v1/volumes/{}", seg("volume", volume)?), &req)?);
         }
         VolumeCommand::Delete { volume } => {
-            let d: Deleted = c.delete(&format!("/v1/volumes/{}", seg(volume)?))?;
+            let d: Deleted = c.delete(&format!("/v1/volumes/{}", seg("volume", volume)?))?;
             if json {
                 print_json(&d);
             } else {
@@ -329,11 +320,14 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
         }
         VolumeCommand::Mount { volume, path } => {
             let req = MountRequest { path: path.clone() };
-            show(c.post(&format!("/v1/volumes/{}/mount", seg(volume)?), &req)?);
+            show(c.post(
+                &format!("/v1/volumes/{}/mount", seg("volume", volume)?),
+                &req,
+            )?);
         }
         VolumeCommand::Unmount { volume } => {
             show(c.post(
-                &format!("/v1/volumes/{}/unmount", seg(volume)?),
+                &format!("/v1/volumes/{}/unmount", seg("volume", volume)?),
                 &MountRequest::default(),
             )?);
         }
@@ -348,18 +342,26 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
                 snapshot: snapshot.clone(),
                 read_only: *read_only,
             };
-            show(c.post(&format!("/v1/volumes/{}/clone", seg(volume)?), &req)?);
+            show(c.post(
+                &format!("/v1/volumes/{}/clone", seg("volume", volume)?),
+                &req,
+            )?);
         }
         VolumeCommand::Restore { volume, snapshot } => {
             let req = RestoreRequest {
                 snapshot: snapshot.clone(),
             };
-            show(c.post(&format!("/v1/volumes/{}/restore", seg(volume)?), &req)?);
+            show(c.post(
+                &format!("/v1/volumes/{}/restore", seg("volume", volume)?),
+                &req,
+            )?);
         }
         VolumeCommand::Snapshot(SnapshotCommand::Create { volume, name }) => {
             let req = SnapshotRequest { name: name.clone() };
-            let s: SnapshotView =
-                c.post(&format!("/v1/volumes/{}/snapshots", seg(volume)?), &req)?;
+            let s: SnapshotView = c.post(
+                &format!("/v1/volumes/{}/snapshots", seg("volume", volume)?),
+                &req,
+            )?;
             if json {
                 print_json(&s);
             } else {
@@ -367,7 +369,8 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
             }
         }
         VolumeCommand::Snapshot(SnapshotCommand::List { volume }) => {
-            let s: Vec<SnapshotView> = c.get(&format!("/v1/volumes/{}/snapshots", seg(volume)?))?;
+            let s: Vec<SnapshotView> =
+                c.get(&format!("/v1/volumes/{}/snapshots", seg("volume", volume)?))?;
             if json {
                 print_json(&s);
             } else {
@@ -377,8 +380,8 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
         VolumeCommand::Snapshot(SnapshotCommand::Delete { volume, snapshot }) => {
             let d: Deleted = c.delete(&format!(
                 "/v1/volumes/{}/snapshots/{}",
-                seg(volume)?,
-                seg(snapshot)?
+                seg("volume", volume)?,
+                seg("snapshot", snapshot)?
             ))?;
             if json {
                 print_json(&d);
@@ -492,6 +495,18 @@ mod tests {
         assert_eq!(o["name"], "db");
         assert_eq!(o["label"], "a=1;b=2");
         assert_eq!(o["secure"], "true");
+        // Values go to the daemon as typed; only whitespace after a comma separates.
+        let o = create_options(
+            "size=1G, name= lead,label=a=1 ",
+            [("size", &None); 5],
+            &[],
+            false,
+        )
+        .unwrap();
+        assert_eq!((o["size"].as_str(), o["name"].as_str()), ("1G", " lead"));
+        assert_eq!(o["label"], "a=1 ");
+        let o = create_options("trail\n", [("size", &None); 5], &[], false).unwrap();
+        assert_eq!(o["name"], "trail\n");
         let o = create_options("db", [("size", &None); 5], &[], false).unwrap();
         assert_eq!(
             o.into_iter().collect::<Vec<_>>(),

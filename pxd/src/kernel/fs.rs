@@ -36,13 +36,16 @@ fn tool(op: &'static str, target: &Path, cmd: &mut Command) -> Result<(), FsErro
 }
 
 /// Makes `fs` on `dev`. Discards are skipped: a new thin volume has nothing to discard.
+/// ext4 always gets 4 KiB blocks: mke2fs picks 1 KiB below 512 MiB, and resize2fs 1.47.0
+/// cannot grow such a filesystem past about 1 TiB (its group descriptors must fit in one
+/// block group), while a 4 KiB one grows to `spec::MAX_SIZE`.
 pub fn mkfs(dev: &Path, fs: Fs) -> Result<(), FsError> {
     match fs {
         Fs::Ext4 => tool(
             "make ext4 on",
             dev,
             Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-E", "nodiscard"])
+                .args(["-q", "-F", "-b", "4096", "-E", "nodiscard"])
                 .arg(dev),
         ),
         Fs::Xfs => tool(

@@ -168,7 +168,8 @@ pub enum StateError {
 }
 
 /// Checks a KV namespace or key: 1 to `MAX_KV_KEY` bytes of `[A-Za-z0-9._-]`, so it can be
-/// part of an object key and a URL path without escaping.
+/// part of an object key and a URL path without escaping; never `.` or `..`, which a URL or
+/// path would read as a step rather than a name.
 pub fn check_kv_name(what: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_KV_KEY {
         return Err(format!(
@@ -181,6 +182,9 @@ pub fn check_kv_name(what: &str, name: &str) -> Result<(), String> {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     {
         return Err(format!("{what} {name:?} may hold only A-Z a-z 0-9 . _ -"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{what} {name:?} may not be . or .."));
     }
     Ok(())
 }
@@ -623,6 +627,26 @@ mod tests {
     }
 
     #[test]
+    fn kv_names_are_plain_segments() {
+        assert_eq!(
+            check_kv_name("key", ".."),
+            Err("key \"..\" may not be . or ..".into())
+        );
+        assert_eq!(
+            check_kv_name("namespace", "."),
+            Err("namespace \".\" may not be . or ..".into())
+        );
+        for bad in ["a?b", "c#frag", "a/b", "a b"] {
+            assert_eq!(
+                check_kv_name("key", bad),
+                Err(format!("key {bad:?} may hold only A-Z a-z 0-9 . _ -"))
+            );
+        }
+        assert!(check_kv_name("key", "...").is_ok());
+        assert!(check_kv_name("key", ".hidden").is_ok());
+    }
+
+    #[test]
     fn invalid_commands_are_rejected_without_change() {
         let mut s = ClusterState::default();
         s.apply(&Command::PutNode { node: node(1) });
@@ -632,6 +656,11 @@ mod tests {
             Command::KvPut {
                 ns: "a/b".into(),
                 key: "k".into(),
+                value: String::new(),
+            },
+            Command::KvPut {
+                ns: "a".into(),
+                key: "..".into(),
                 value: String::new(),
             },
             Command::KvPut {

@@ -15,6 +15,10 @@ pub const MAX_SIZE: u64 = 256 << 40;
 pub const MAX_REPL: u8 = 3;
 /// mkfs.xfs refuses filesystems smaller than 300 MiB.
 pub const MIN_XFS_SIZE: u64 = 300 << 20;
+/// Smallest ext4 volume. mkfs.ext4 as `kernel::fs::mkfs` runs it (e2fsprogs 1.47) makes
+/// nothing below 224 KiB and leaves out the journal below 8 MiB; 16 MiB has a journal and
+/// room for files.
+pub const MIN_EXT4_SIZE: u64 = 16 << 20;
 pub const MAX_LABELS: usize = 32;
 pub const MAX_LABEL_LEN: usize = 63;
 
@@ -110,12 +114,12 @@ impl fmt::Display for Class {
 
 /// Parses a size: a byte count or a number with K, M, G, T or P (powers of 1024, as pxctl
 /// and dmsetup users expect), optionally followed by `i`/`iB`/`B`. Rounds up to whole 4 KiB.
+/// Nothing is trimmed: a size is valid as sent or refused.
 pub fn parse_size(field: &'static str, s: &str) -> Result<u64, SpecError> {
-    let t = s.trim();
-    if t.starts_with('-') {
+    if s.starts_with('-') {
         return Err(refuse(field, s, "is negative: a size must be positive"));
     }
-    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
         return Err(refuse(
             field,
@@ -123,8 +127,12 @@ pub fn parse_size(field: &'static str, s: &str) -> Result<u64, SpecError> {
             "is not a size like 10G, 512M or 1073741824",
         ));
     }
-    let (num, unit) = t.split_at(digits);
-    let shift = match unit.trim_end_matches("iB").trim_end_matches(['i', 'B']) {
+    let (num, unit) = s.split_at(digits);
+    let prefix = ["iB", "B", "i"]
+        .iter()
+        .find_map(|suffix| unit.strip_suffix(suffix))
+        .unwrap_or(unit);
+    let shift = match prefix {
         "" => 0,
         "K" | "k" => 10,
         "M" | "m" => 20,
@@ -145,11 +153,11 @@ pub fn parse_size(field: &'static str, s: &str) -> Result<u64, SpecError> {
     if bytes == 0 {
         return Err(refuse(field, s, "is zero: a volume needs at least 4 KiB"));
     }
-    let rounded = bytes.div_ceil(SIZE_GRANULE) * SIZE_GRANULE;
-    if rounded > MAX_SIZE {
-        return Err(too_big());
-    }
-    Ok(rounded)
+    // Checked: rounding 2^64-1 up to whole blocks overflows.
+    bytes
+        .checked_next_multiple_of(SIZE_GRANULE)
+        .filter(|r| *r <= MAX_SIZE)
+        .ok_or_else(too_big)
 }
 
 /// Bytes as a short human string (binary units).
@@ -256,12 +264,14 @@ pub struct VolumeSpec {
 
 impl VolumeSpec {
     /// Builds a spec from `key=value` options (the inline spec, REST, Docker `Opts`). Unknown
-    /// keys are refused, so a typo never silently yields a default.
+    /// keys are refused, so a typo never silently yields a default; nothing is trimmed, so a
+    /// value is used as sent or refused.
     pub fn from_options<'a>(
         opts: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<VolumeSpec, SpecError> {
         let mut name = None;
         let mut size = None;
+        let mut max_iops = None;
         let mut spec = VolumeSpec {
             name: String::new(),
             size: 0,
@@ -273,7 +283,6 @@ impl VolumeSpec {
             labels: BTreeMap::new(),
         };
         for (k, v) in opts {
-            let (k, v) = (k.trim(), v.trim());
             match k {
                 "name" => {
                     check_name(v)?;
@@ -289,7 +298,10 @@ impl VolumeSpec {
                         .ok_or_else(|| refuse("repl", v, format!("must be 1 to {MAX_REPL}")))?
                 }
                 "io_priority" | "priority_io" => spec.io_priority = Some(v.parse()?),
-                "max_iops" => spec.max_iops = v.parse()?,
+                "max_iops" => {
+                    spec.max_iops = v.parse()?;
+                    max_iops = Some(v);
+                }
                 "secure" => {
                     spec.secure = match v {
                         "" | "true" | "1" | "yes" => true,
@@ -324,23 +336,38 @@ impl VolumeSpec {
         }
         spec.name = name.ok_or_else(|| refuse("name", "", "is required"))?;
         spec.size = size.ok_or_else(|| refuse("size", "", "is required"))?;
-        if spec.fs == Fs::Xfs && spec.size < MIN_XFS_SIZE {
+        let min = match spec.fs {
+            Fs::Ext4 => MIN_EXT4_SIZE,
+            Fs::Xfs => MIN_XFS_SIZE,
+            Fs::Raw => 0,
+        };
+        if spec.size < min {
             return Err(refuse(
                 "size",
                 &human(spec.size),
                 format!(
-                    "is below the {} an xfs filesystem needs",
-                    human(MIN_XFS_SIZE)
+                    "is below the {} an {} filesystem needs",
+                    human(min),
+                    spec.fs
                 ),
+            ));
+        }
+        // Stored but not yet applied to the data path: taking it would promise a limit.
+        if let Some(v) = max_iops.filter(|_| spec.max_iops != IopsLimit::default()) {
+            return Err(refuse(
+                "max_iops",
+                v,
+                "is not accepted: per-volume IOPS limits are not enforced yet; pxd refuses the option until they are",
             ));
         }
         Ok(spec)
     }
 
-    /// Parses the inline spec `size=10G,repl=2,name=db`.
+    /// Parses the inline spec `size=10G,repl=2,name=db`. Whitespace after a comma is part of
+    /// the separator; anywhere else it stays in the key or value, which is then refused.
     pub fn parse_inline(s: &str) -> Result<VolumeSpec, SpecError> {
         let mut pairs = Vec::new();
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        for item in s.split(',').map(str::trim_start).filter(|i| !i.is_empty()) {
             let (k, v) = item
                 .split_once('=')
                 .ok_or_else(|| refuse("spec", item, "must be key=value"))?;
@@ -404,7 +431,15 @@ mod tests {
             e("99999999999999999999"),
             "size: \"99999999999999999999\" is larger than the limit of 256 TiB"
         );
+        // The largest u64 overflowed when rounded up to whole blocks.
+        for huge in ["18446744073709551615", "18446744073709551615B", "16383P"] {
+            assert_eq!(
+                e(huge),
+                format!("size: {huge:?} is larger than the limit of 256 TiB")
+            );
+        }
         assert!(e("10X").contains("unknown unit"));
+        assert!(e("10GBB").contains("unknown unit"));
         assert!(e("G").contains("not a size"));
     }
 
@@ -426,21 +461,64 @@ mod tests {
             ("size", "1G"),
             ("repl", "3"),
             ("io_priority", "HIGH"),
-            ("max_iops", "100,200"),
+            ("max_iops", "0"),
             ("secure", "true"),
             ("label", "app=web;tier=gold"),
         ])
         .unwrap();
         assert_eq!(s.io_priority, Some(Class::High));
+        assert_eq!(s.max_iops, IopsLimit::default());
+        assert!(s.secure);
+        assert_eq!(s.labels["tier"], "gold");
+        // Whitespace after a comma separates; the values themselves are as sent.
+        let s = VolumeSpec::parse_inline("size=1G, name=db,").unwrap();
+        assert_eq!((s.name.as_str(), s.size), ("db", 1 << 30));
+    }
+
+    #[test]
+    fn max_iops_parses_but_is_refused_until_enforced() {
         assert_eq!(
-            s.max_iops,
+            "100,200".parse::<IopsLimit>().unwrap(),
             IopsLimit {
                 read: 100,
                 write: 200
             }
         );
-        assert!(s.secure);
-        assert_eq!(s.labels["tier"], "gold");
+        let e = VolumeSpec::from_options([("name", "a"), ("size", "1G"), ("max_iops", "100,200")])
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "max_iops: \"100,200\" is not accepted: per-volume IOPS limits are not enforced yet; pxd refuses the option until they are"
+        );
+        let e = VolumeSpec::parse_inline("name=a,size=1G,max_iops=5").unwrap_err();
+        assert_eq!(e.field, "max_iops");
+    }
+
+    #[test]
+    fn names_are_used_as_sent_or_refused_never_trimmed() {
+        let refused = "may only hold [A-Za-z0-9._-] and may not start with - or .";
+        for (opts, shown) in [
+            (vec![("name", "trail\n"), ("size", "1G")], "\"trail\\n\""),
+            (vec![("name", " lead"), ("size", "1G")], "\" lead\""),
+        ] {
+            let e = VolumeSpec::from_options(opts).unwrap_err();
+            assert_eq!(e.to_string(), format!("name: {shown} {refused}"));
+        }
+        for inline in [
+            "name= lead,size=1G",
+            "name=trail ,size=1G",
+            "size=1G,name=trail\n",
+        ] {
+            let e = VolumeSpec::parse_inline(inline).unwrap_err();
+            assert_eq!(e.field, "name", "{inline:?}");
+        }
+        // A key with whitespace is not a known option either.
+        let e = VolumeSpec::from_options([(" name", "a"), ("size", "1G")]).unwrap_err();
+        assert_eq!(e.field, "option");
+        assert_eq!(
+            parse_size("size", " 1G").unwrap_err().to_string(),
+            "size: \" 1G\" is not a size like 10G, 512M or 1073741824"
+        );
     }
 
     #[test]
@@ -473,6 +551,29 @@ mod tests {
             .to_string()
             .contains("1 to 64 bytes"));
         assert!(check_name(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn filesystems_have_a_minimum_size() {
+        let e = |fs, size| {
+            VolumeSpec::from_options([("name", "a"), ("fs", fs), ("size", size)])
+                .map(|s| s.size)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            e("ext4", "8M"),
+            Err("size: \"8 MiB\" is below the 16 MiB an ext4 filesystem needs".into())
+        );
+        assert_eq!(e("ext4", "16M"), Ok(MIN_EXT4_SIZE));
+        assert_eq!(
+            e("xfs", "299M"),
+            Err("size: \"299 MiB\" is below the 300 MiB an xfs filesystem needs".into())
+        );
+        assert_eq!(e("xfs", "300M"), Ok(MIN_XFS_SIZE));
+        assert_eq!(e("raw", "1"), Ok(4096));
+        // ext4 is the default filesystem.
+        let d = VolumeSpec::from_options([("name", "a"), ("size", "1M")]).unwrap_err();
+        assert_eq!(d.field, "size");
     }
 
     #[test]
