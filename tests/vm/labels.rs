@@ -348,3 +348,79 @@ fn a_missing_drive_degrades_its_pool_and_tears_nothing_down() {
     take_down(&node);
     run("dmsetup", &["remove", "pxdtest-gone"]);
 }
+
+#[test]
+fn a_crash_at_every_step_of_drive_add_converges() {
+    use pxd::store::types::PoolHealth;
+    use pxd_tests::wait_until;
+    use std::time::{Duration, Instant};
+    let _one = serial();
+    let disk = vm_disks(6)[5].clone();
+    let path = disk.to_str().unwrap();
+    let mut n = 1;
+    loop {
+        assert!(
+            n <= 30,
+            "drive add never finished without reaching step {n}"
+        );
+        // A fresh node and a blank disk for every abort point.
+        write_direct(&disk, 0, &vec![0u8; 8 << 20]);
+        let mut d = Daemon::new(&format!("addcrash{n}"), 9400 + 2 * n, &[]);
+        d.start_cluster();
+        let node = d.json::<Status>(&["cluster", "status"]).node.to_string();
+        d.kill();
+        let at = n.to_string();
+        d.start_with(&[("PXD_FAIL_AT_STEP", &at)]);
+        let answered = d.cli(&["drive", "add", path]).status.success();
+        // An abort happens inside the call; give the process a moment to be reaped.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut crashed = d.exited().is_some();
+        while !crashed && !answered && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            crashed = d.exited().is_some();
+        }
+        d.kill();
+        d.start();
+        // Whatever step it died at, the restarted node finishes the add: one pool, up and
+        // online, whose one member is this disk, labelled so.
+        wait_until(Duration::from_secs(300), || {
+            let pools: Vec<PoolView> = d.json(&["pool", "list"]);
+            let ok = pools.len() == 1
+                && pools[0].health == PoolHealth::Online
+                && pools[0].usage.is_some()
+                && pools[0].members.len() == 1
+                && pools[0].members[0].path.as_deref() == Some(path);
+            ok.then_some(())
+                .ok_or_else(|| format!("after an abort at step {n}: {pools:?}\n{}", d.log_tail()))
+        });
+        let pools: Vec<PoolView> = d.json(&["pool", "list"]);
+        let l = label_of(&disk);
+        assert_eq!(l.drive.to_string(), pools[0].members[0].uuid);
+        assert_eq!((l.pool.as_str(), l.member), (pools[0].id.as_str(), 0));
+        let listed = listed(&d, &disk);
+        assert_eq!(
+            listed.standing,
+            Some(LabelStanding::Member(pools[0].id.clone()))
+        );
+        eprintln!(
+            "drive add: abort at step {n}: {}",
+            if crashed {
+                "crashed, converged"
+            } else {
+                "finished"
+            }
+        );
+        d.kill();
+        take_down(&node);
+        if !crashed {
+            assert!(
+                answered,
+                "drive add neither crashed nor answered at step {n}:\n{}",
+                d.log_tail()
+            );
+            assert!(n > 3, "drive add had only {} steps to crash in", n - 1);
+            break;
+        }
+        n += 1;
+    }
+}

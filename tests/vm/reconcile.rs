@@ -196,6 +196,7 @@ fn every_step_of_create_snapshot_resize_and_delete_survives_a_crash() {
         }],
         volumes: vec![],
         mount_root: None,
+        ..Default::default()
     };
     label_member(&mut base, 0, &disk);
     save(&base);
@@ -320,6 +321,7 @@ fn adding_a_drive_grows_the_pool_online_under_a_live_volume() {
             ..volume(&ClusterKey::load_or_create(Path::new("/tmp/pxd-grow.key")).unwrap())
         }],
         mount_root: None,
+        ..Default::default()
     };
     label_member(&mut state, 0, &disks[1]);
     let mut keep = |_: &NodeState| Ok(());

@@ -150,7 +150,7 @@ fn host() -> Result<Counts> {
     let targets = test_targets("host_")?;
     build_pxd()?;
     let mut c = cargo();
-    c.args(["test", "-p", "pxd-tests"]);
+    c.args(["test", "--no-fail-fast", "-p", "pxd-tests"]);
     for t in &targets {
         c.args(["--test", t]);
     }
@@ -176,8 +176,9 @@ fn vm() -> Result<Counts> {
     }
     runner.push_str(" --");
     let mut c = cargo();
+    // Every test binary runs even when one fails, so a run reports the whole tier.
     c.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", runner)
-        .args(["test", "-p", "pxd-tests"]);
+        .args(["test", "--no-fail-fast", "-p", "pxd-tests"]);
     for t in &targets {
         c.args(["--test", t]);
     }

@@ -3,25 +3,18 @@
 //! after); `GET /v1/pools` lists the pools with their use.
 
 use super::{ApiError, ApiResult, AppState, JsonBody};
-use crate::kernel::block;
-use crate::plan::names::Id;
-use crate::plan::pool::{plan_pool, Drive as PlanDrive, PoolSpec, DEFAULT_CHUNK};
-use crate::pool::benchmark::{self, BenchConfig, BenchResult};
-use crate::pool::drive::{check_addable, inspect, label_standing, DriveError, DriveInfo};
-use crate::pool::label::{DriveUuid, Label};
+use crate::cluster::Op;
+use crate::pool::benchmark::BenchResult;
+use crate::pool::drive::{check_addable, inspect, label_standing, DriveError};
+use crate::pool::label::DriveUuid;
 use crate::reconcile::service::PoolUse;
-use crate::store::state::ClusterState;
-use crate::store::types::{Benchmark, Class, Drive, DriveState, NodeId, Pool, PoolHealth};
+use crate::store::state::{ClusterState, Command};
+use crate::store::types::{Class, Drive, DriveState, NodeId, PoolHealth};
 use axum::extract::State;
 use axum::Json;
-use devicemapper::Sectors;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-
-/// Bytes zeroed at the head of an added drive: its label and any old pool metadata there, so
-/// a reused disk is never mistaken for a pool to adopt.
-const WIPE_BYTES: usize = 4 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,16 +110,22 @@ fn drive_error(e: DriveError) -> ApiError {
     }
 }
 
+/// The smallest drive pxd takes: its label area, the smallest metadata and some data.
+pub const MIN_DRIVE_BYTES: u64 = 64 << 20;
+
 /// One drive add at a time on a node: the second of two adds of one disk then finds the
-/// first one's label (or its pool holding the disk) and is refused, rather than
-/// benchmarking a disk that was just pooled.
+/// first one recorded (or its label) and is refused with the reason.
 static ADDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Adds a drive: checks it (in use, signatures, labels), benchmarks it into a class, wipes its
-/// head and writes its label as the next member of this node's pool of that class, then
-/// records it through Raft, where `apply` refuses a member slot or drive taken meanwhile.
-/// A crash after the label but before the record leaves the drive "unclaimed": adding it
-/// again takes it without `--force`.
+/// How long an add may take: a benchmark of a few seconds and a few reconcile passes, with a
+/// wide margin for a slow host.
+const ADD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Adds a drive. The checks that can refuse it read the disk only (in use, signatures,
+/// labels, size), so a refused add records nothing. The add is then recorded, and this
+/// node's reconciler finishes it: measures the drive into a class (which gives it the next
+/// member slot of the node's pool of that class), wipes its head, writes its label and grows
+/// the pool onto it. A crash at any point is finished by the next pass.
 pub async fn add(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<AddDriveRequest>,
@@ -145,92 +144,82 @@ pub async fn add(
     let _one = ADDING.lock().await;
     let shown = path.display().to_string();
     let members = s.cluster.state().read(member_index);
-    let thresholds = s.config.thresholds;
     let force = req.force;
-    let (cluster_id, node) = (cluster.clone(), me);
-    // Inspect and measure (writes are fine: the drive is about to be pooled).
-    let (info, result, class) = tokio::task::spawn_blocking(move || {
+    let info = tokio::task::spawn_blocking(move || {
         let info = inspect(&path).map_err(drive_error)?;
-        let standing = label_standing(&info, &cluster_id, node, &members);
+        let standing = label_standing(&info, &cluster, me, &members);
         check_addable(&info, &standing, force).map_err(drive_error)?;
-        let cfg = BenchConfig {
-            destructive: true,
-            ..BenchConfig::default()
-        };
-        let result = benchmark::run(&path, &cfg)
-            .map_err(|e| ApiError::Node(format!("benchmark {}: {e}", path.display())))?;
-        let class = crate::pool::class::classify(&result, &thresholds);
-        Ok::<_, ApiError>((info, result, class))
+        Ok::<_, ApiError>(info)
     })
     .await
     .map_err(|e| ApiError::Node(e.to_string()))??;
-
-    let existing = s.cluster.state().read(|st| {
-        st.pools
-            .values()
-            .find(|p| p.node == me && p.class == class)
-            .cloned()
-    });
-    let new_pool = match existing {
-        Some(_) => None,
-        None => Some(Pool {
-            id: format!("{:016x}", rand::random::<u64>()),
-            node: me,
-            class,
-            drives: vec![],
-            capacity: 0,
-            used: 0,
-            benchmark: Some(stored_benchmark(&result)),
-            chunk_sectors: *DEFAULT_CHUNK,
-            drive_paths: vec![],
-            generation: 0,
-            activated: false,
-            health: PoolHealth::Online,
-        }),
-    };
-    let Some(pool) = existing.or_else(|| new_pool.clone()) else {
-        return Err(ApiError::Node("no pool to add the drive to".into()));
-    };
-    let uuid = DriveUuid::random();
-    let member = u32::try_from(pool.drives.len())
-        .map_err(|_| ApiError::Conflict(format!("pool {} has too many drives", pool.id)))?;
-    let label = Label {
-        cluster: cluster.clone(),
-        node: me,
-        pool: pool.id.clone(),
-        drive: uuid,
-        member,
-        generation: pool.generation + 1,
-    };
-    let (dev_path, written) = (req.path.clone(), label);
-    tokio::task::spawn_blocking(move || {
-        block::zero_direct(&dev_path, 0, WIPE_BYTES)
-            .and_then(|()| crate::kernel::label::write(&dev_path, &written))
-            .map_err(|e| ApiError::Node(format!("label {}: {e}", dev_path.display())))
-    })
-    .await
-    .map_err(|e| ApiError::Node(e.to_string()))??;
-
-    let capacity = capacity(&s, &pool, &info).unwrap_or(pool.capacity + info.size_bytes);
+    if info.size_bytes < MIN_DRIVE_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "path: {shown} has {} bytes; a drive needs at least {MIN_DRIVE_BYTES} (64 MiB)",
+            info.size_bytes
+        )));
+    }
+    let id = DriveUuid::random().to_string();
     let drive = Drive {
-        id: uuid.to_string(),
+        id: id.clone(),
         node: me,
         path: shown.clone(),
         hardware_id: info.hardware_id.clone(),
-        pool: pool.id.clone(),
+        pool: String::new(),
         size: info.size_bytes,
-        class,
-        state: DriveState::Online,
+        class: None,
+        state: DriveState::Adding,
+        force,
+        benchmark: None,
+        note: None,
     };
-    let what = format!("drive {shown} in pool {}", pool.id);
-    let cmd = crate::store::pools::add_drive(drive, member, capacity, new_pool);
-    super::volumes::record(&s, Some(cmd), None, &what).await?;
+    match s
+        .cluster
+        .submit_and_apply(Op::Command(Command::BeginDriveAdd { drive }))
+        .await
+    {
+        Err(crate::cluster::ClusterError::Rejected(why)) => return Err(ApiError::Conflict(why)),
+        other => other.map(drop)?,
+    }
+    let started = std::time::Instant::now();
+    let added = loop {
+        let failures = s.reconciler.pass().await.map_err(ApiError::Node)?;
+        let d = s.cluster.state().read(|st| st.drives.get(&id).cloned());
+        match d {
+            Some(d) if d.state == DriveState::Online => break d,
+            Some(d) if d.state == DriveState::Failed => {
+                let why = d.note.unwrap_or_default();
+                return Err(ApiError::Conflict(format!("drive {shown}: {why}")));
+            }
+            None => {
+                return Err(ApiError::Node(format!(
+                    "drive {id} vanished from the store"
+                )))
+            }
+            Some(_) if started.elapsed() > ADD_DEADLINE => {
+                let why: Vec<String> = failures.into_iter().map(|f| f.error).collect();
+                return Err(ApiError::Node(format!(
+                    "the add of drive {shown} is recorded, but not finished after {} s: {} (the reconciler keeps trying)",
+                    ADD_DEADLINE.as_secs(),
+                    why.join("; ")
+                )));
+            }
+            Some(_) => {}
+        }
+    };
+    // One more pass grows (or first brings up) the pool onto the new member.
+    super::volumes::record(&s, None, None, &format!("drive {shown}")).await?;
     Ok(Json(DriveAdded {
         path: req.path,
-        id: uuid.to_string(),
-        class,
-        pool: pool.id,
-        benchmark: result,
+        id,
+        class: added
+            .class
+            .ok_or_else(|| ApiError::Node("the drive was recorded without its class".into()))?,
+        pool: added.pool,
+        benchmark: added
+            .benchmark
+            .map(|b| b.to_result())
+            .ok_or_else(|| ApiError::Node("the drive was recorded without its benchmark".into()))?,
     }))
 }
 
@@ -244,44 +233,4 @@ pub fn member_index(st: &ClusterState) -> BTreeMap<String, (String, Class)> {
                 .map(|d| (d.clone(), (p.id.clone(), p.class)))
         })
         .collect()
-}
-
-fn stored_benchmark(r: &BenchResult) -> Benchmark {
-    let w = r.random_write.unwrap_or(r.random_read);
-    Benchmark {
-        read_iops: r.random_read.iops as u64,
-        write_iops: w.iops as u64,
-        read_p99_us: r.random_read.p99_us,
-        write_p99_us: w.p99_us,
-        seq_mb_per_s: r.sequential_read_mib_s as u64,
-    }
-}
-
-/// The pool's data bytes as planned over its drives and the new one. The members count by
-/// their recorded sizes: the plan needs sizes only, not where the drives are now.
-fn capacity(s: &AppState, pool: &Pool, added: &DriveInfo) -> Option<u64> {
-    let sizes: Vec<u64> = s.cluster.state().read(|st| {
-        pool.drives
-            .iter()
-            .filter_map(|d| st.drives.get(d).map(|d| d.size))
-            .collect()
-    });
-    if sizes.len() != pool.drives.len() {
-        return None;
-    }
-    let drives = sizes
-        .iter()
-        .chain(std::iter::once(&added.size_bytes))
-        .map(|b| PlanDrive {
-            dev: added.dev,
-            size: Sectors(b / 512),
-        })
-        .collect();
-    let spec = PoolSpec {
-        node: Id::node(&pool.node.to_string()).ok()?,
-        pool: Id::object(&pool.id).ok()?,
-        drives,
-        chunk: Sectors(pool.chunk_sectors),
-    };
-    Some(*plan_pool(&spec).ok()?.data.length() * 512)
 }

@@ -187,11 +187,18 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
     };
     let cluster = Cluster::start(config, metrics).await?;
     let st = &args.storage;
+    let thresholds = Thresholds {
+        high_min_iops: st.high_min_iops,
+        high_max_p50_us: st.high_max_p50_us,
+        medium_min_iops: st.medium_min_iops,
+        medium_max_p50_us: st.medium_max_p50_us,
+    };
     let reconciler = Arc::new(Reconciler::new(
         cluster.clone(),
         st.mount_root
             .clone()
             .unwrap_or_else(|| args.data_dir.join("mounts")),
+        thresholds,
         FullThresholds {
             data_percent: st.pool_full_percent,
             meta_percent: st.meta_full_percent,
@@ -211,12 +218,7 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
         reconciler,
         config: api::Policy {
             overcommit: st.overcommit,
-            thresholds: Thresholds {
-                high_min_iops: st.high_min_iops,
-                high_max_p50_us: st.high_max_p50_us,
-                medium_min_iops: st.medium_min_iops,
-                medium_max_p50_us: st.medium_max_p50_us,
-            },
+            thresholds,
         },
     };
     api::serve_unix(state.clone(), &socket).await?;

@@ -90,6 +90,31 @@ pub struct Label {
     pub generation: u64,
 }
 
+/// A label as the store describes it, before it is written (ids as the store spells them).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LabelSpec {
+    pub cluster: String,
+    pub node: NodeId,
+    pub pool: String,
+    pub drive: String,
+    pub member: u32,
+    pub generation: u64,
+}
+
+impl LabelSpec {
+    /// The label to write; an ill-formed drive uuid is refused.
+    pub fn label(&self) -> Result<Label, String> {
+        Ok(Label {
+            cluster: self.cluster.clone(),
+            node: self.node,
+            pool: self.pool.clone(),
+            drive: self.drive.parse()?,
+            member: self.member,
+            generation: self.generation,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LabelError {
     #[error("{field} {value:?} is longer than the label's {MAX_ID} bytes")]

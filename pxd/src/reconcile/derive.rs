@@ -2,9 +2,12 @@
 //! from the replicated state, and the store commands that record what a reconcile pass did.
 //! Both directions are pure.
 
+use crate::pool::label::LabelSpec;
+use crate::reconcile::desired::{JoinPhase, JoiningDrive};
 use crate::reconcile::desired::{NodeState, OriginState, PoolState, SnapshotState, VolumeState};
-use crate::store::pools::PoolChange;
+use crate::store::pools::{DriveChange, PoolChange};
 use crate::store::state::{ClusterState, Command, SnapshotChange, VolumeChange};
+use crate::store::types::DriveState;
 use crate::store::types::{NodeId, Volume};
 use std::path::PathBuf;
 
@@ -14,12 +17,65 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
         .pools
         .values()
         .filter(|p| p.node == node)
-        .map(|p| PoolState {
-            id: p.id.clone(),
-            members: p.drives.clone(),
-            drives: p.drive_paths.iter().map(PathBuf::from).collect(),
-            activated: p.activated,
-            chunk_sectors: p.chunk_sectors,
+        .map(|p| {
+            // Members still being added are not assembled yet: their labels may not exist.
+            let (members, drives) = p
+                .drives
+                .iter()
+                .zip(p.drive_paths.iter().map(PathBuf::from))
+                .filter(|(d, _)| {
+                    cluster
+                        .drives
+                        .get(*d)
+                        .is_none_or(|d| d.state == DriveState::Online)
+                })
+                .map(|(d, path)| (d.clone(), path))
+                .unzip();
+            PoolState {
+                id: p.id.clone(),
+                members,
+                drives,
+                activated: p.activated,
+                chunk_sectors: p.chunk_sectors,
+            }
+        })
+        .collect();
+    let cluster_id = cluster
+        .cluster
+        .as_ref()
+        .map(|c| c.id.clone())
+        .unwrap_or_default();
+    let joining = cluster
+        .drives
+        .values()
+        .filter(|d| d.node == node)
+        .filter_map(|d| {
+            let phase = match d.state {
+                DriveState::Adding => JoinPhase::Measure,
+                DriveState::Labelling => {
+                    let pool = cluster.pools.get(&d.pool)?;
+                    let member = pool.drives.iter().position(|m| *m == d.id)?;
+                    let member = u32::try_from(member).ok()?;
+                    JoinPhase::Label(LabelSpec {
+                        cluster: cluster_id.clone(),
+                        node,
+                        pool: d.pool.clone(),
+                        drive: d.id.clone(),
+                        member,
+                        // The pool's generation when this member joined it.
+                        generation: u64::from(member) + 1,
+                    })
+                }
+                DriveState::Online | DriveState::Failed => return None,
+            };
+            Some(JoiningDrive {
+                id: d.id.clone(),
+                path: PathBuf::from(&d.path),
+                size_bytes: d.size,
+                hardware_id: d.hardware_id.clone(),
+                force: d.force,
+                phase,
+            })
         })
         .collect();
     let volumes = cluster
@@ -29,11 +85,9 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
         .collect();
     NodeState {
         node: node.to_string(),
-        cluster: cluster
-            .cluster
-            .as_ref()
-            .map(|c| c.id.clone())
-            .unwrap_or_default(),
+        cluster: cluster_id,
+        joining,
+        thresholds: Default::default(),
         pools,
         volumes,
         mount_root,
@@ -85,6 +139,27 @@ pub fn volume_state(cluster: &ClusterState, v: &Volume, node: NodeId) -> Option<
 /// `after`: filesystems made, copies and snapshots taken, retired ids and deletes finished.
 pub fn records(before: &NodeState, after: &NodeState) -> Vec<Command> {
     let mut out = Vec::new();
+    for b in &before.joining {
+        let Some(a) = after.joining.iter().find(|a| a.id == b.id) else {
+            continue;
+        };
+        let change = match &a.phase {
+            _ if a.phase == b.phase => continue,
+            JoinPhase::Measured { class, benchmark } => DriveChange::Measured {
+                class: *class,
+                benchmark: benchmark.clone(),
+            },
+            JoinPhase::Labelled => DriveChange::Labelled,
+            JoinPhase::Failed(reason) => DriveChange::Failed {
+                reason: reason.clone(),
+            },
+            JoinPhase::Measure | JoinPhase::Label(_) => continue,
+        };
+        out.push(Command::UpdateDrive {
+            id: b.id.clone(),
+            change,
+        });
+    }
     for b in &before.pools {
         if !b.activated && after.pools.iter().any(|a| a.id == b.id && a.activated) {
             out.push(Command::UpdatePool {
@@ -345,5 +420,91 @@ mod tests {
             records(&node_state(&c, NodeId(1), None), &after),
             [Command::RemoveVolume { id: "a".into() }]
         );
+    }
+
+    #[test]
+    fn a_drive_add_is_finished_by_the_node_that_has_the_drive() {
+        use crate::store::pools::DriveChange;
+        let mut c = cluster();
+        c.cluster = Some(ClusterInfo {
+            id: "c1".into(),
+            name: "c".into(),
+            join_secret: Secret::random(),
+            api_token: Secret::random(),
+        });
+        let uuid = crate::pool::label::DriveUuid([3; 16]).to_string();
+        apply(
+            &mut c,
+            Command::BeginDriveAdd {
+                drive: Drive {
+                    id: uuid.clone(),
+                    node: NodeId(1),
+                    path: "/dev/vdc".into(),
+                    hardware_id: None,
+                    pool: String::new(),
+                    size: 1 << 30,
+                    class: None,
+                    state: DriveState::Adding,
+                    force: false,
+                    benchmark: None,
+                    note: None,
+                },
+            },
+        );
+        assert!(node_state(&c, NodeId(2), None).joining.is_empty());
+        let before = node_state(&c, NodeId(1), None);
+        assert_eq!(before.joining.len(), 1);
+        assert_eq!(before.joining[0].phase, JoinPhase::Measure);
+
+        // What the executor did becomes the store's record.
+        let bench = Benchmark {
+            read_iops: 10,
+            write_iops: 10,
+            read_p99_us: 1,
+            write_p99_us: 1,
+            seq_mb_per_s: 1,
+            read_p50_us: 1,
+            write_p50_us: 1,
+        };
+        let mut after = before.clone();
+        after.joining[0].phase = JoinPhase::Measured {
+            class: Class::High,
+            benchmark: bench.clone(),
+        };
+        let cmds = records(&before, &after);
+        assert_eq!(
+            cmds,
+            [Command::UpdateDrive {
+                id: uuid.clone(),
+                change: DriveChange::Measured {
+                    class: Class::High,
+                    benchmark: bench
+                }
+            }]
+        );
+        for cmd in cmds {
+            apply(&mut c, cmd);
+        }
+        // It joined pool p1 (the node's high pool) as member 1, but is not assembled yet.
+        let labelling = node_state(&c, NodeId(1), None);
+        assert_eq!(labelling.pools[0].members, ["d1"]);
+        match &labelling.joining[0].phase {
+            JoinPhase::Label(spec) => {
+                assert_eq!(
+                    (spec.pool.as_str(), spec.member, spec.generation),
+                    ("p1", 1, 2)
+                );
+                assert_eq!(spec.cluster, "c1");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut done = labelling.clone();
+        done.joining[0].phase = JoinPhase::Labelled;
+        for cmd in records(&labelling, &done) {
+            apply(&mut c, cmd);
+        }
+        let online = node_state(&c, NodeId(1), None);
+        assert!(online.joining.is_empty());
+        assert_eq!(online.pools[0].members, ["d1".to_string(), uuid]);
     }
 }

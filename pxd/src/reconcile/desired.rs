@@ -5,7 +5,7 @@ use crate::crypt::WrappedKey;
 use crate::volume::spec::Fs;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NodeState {
     pub node: String,
     /// The cluster's id: a drive's label must name it to be assembled.
@@ -16,6 +16,46 @@ pub struct NodeState {
     /// Where pxd mounts volumes; only mounts under it are pxd's to undo.
     #[serde(default)]
     pub mount_root: Option<PathBuf>,
+    /// Drives being added to this node's pools.
+    #[serde(default)]
+    pub joining: Vec<JoiningDrive>,
+    /// How a measured drive is classed.
+    #[serde(default)]
+    pub thresholds: crate::pool::class::Thresholds,
+}
+
+/// A drive whose add is recorded but not finished.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JoiningDrive {
+    /// Its label uuid to be.
+    pub id: String,
+    /// Where it was when the add was asked for; checked again (size, hardware id, use,
+    /// label) before anything is written.
+    pub path: PathBuf,
+    pub size_bytes: u64,
+    pub hardware_id: Option<String>,
+    /// The add may take a disk with a signature, or a foreign or damaged label.
+    pub force: bool,
+    pub phase: JoinPhase,
+}
+
+/// How far an add has come. `Measure` and `Label` come from the store; the others are what
+/// the executor did, for the store to record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum JoinPhase {
+    /// To be benchmarked and classed.
+    Measure,
+    /// Benchmarked: class and result, to be recorded (which picks its pool and slot).
+    Measured {
+        class: crate::volume::spec::Class,
+        benchmark: crate::store::types::Benchmark,
+    },
+    /// To be labelled as this member of its pool.
+    Label(crate::pool::label::LabelSpec),
+    /// Labelled: to be recorded online.
+    Labelled,
+    /// Cannot be finished, for this reason.
+    Failed(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

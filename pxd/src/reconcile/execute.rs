@@ -9,8 +9,9 @@ use crate::kernel::dm::{node_path, DeviceMapper, DmOpError};
 use crate::kernel::fs::{self, FsError};
 use crate::plan::names::{DeviceName, Id, Kind};
 use crate::pool::{self, Metadata, Pool, PoolError};
-use crate::reconcile::desired::NodeState;
+use crate::reconcile::desired::{JoinPhase, NodeState};
 use crate::reconcile::faults::{Faults, FaultyDm};
+use crate::reconcile::joining;
 use crate::reconcile::steps::Step;
 use crate::volume::{self, VolumeError};
 use devicemapper::ThinDevId;
@@ -43,6 +44,8 @@ pub enum ExecError {
 pub enum Concern {
     Volume(String),
     Pool(String),
+    /// A drive being added.
+    Drive(String),
     Node,
 }
 
@@ -69,6 +72,9 @@ impl Concern {
         };
         match step {
             Step::Resume(n) | Step::Deactivate(n) => by_name(n),
+            Step::MeasureDrive { drive } | Step::LabelDrive { drive, .. } => {
+                Concern::Drive(drive.clone())
+            }
             Step::EnsurePool(spec) | Step::CreatePool(spec) | Step::GrowPool(spec) => {
                 Concern::Pool(spec.pool.to_string())
             }
@@ -216,6 +222,24 @@ impl<'a> Executor<'a> {
         match step {
             Step::Resume(name) => {
                 dm.resume(&name.dm_name())?;
+            }
+            Step::MeasureDrive { drive } | Step::LabelDrive { drive, .. } => {
+                let Some(j) = state.joining.iter().find(|j| &j.id == drive).cloned() else {
+                    return Ok(false);
+                };
+                let phase = match step {
+                    Step::LabelDrive { label, .. } => {
+                        joining::write_label(&j, label, state, &self.faults)
+                    }
+                    _ => joining::measure(&j, state, &self.faults),
+                };
+                if let JoinPhase::Failed(why) = &phase {
+                    tracing::warn!(drive = %j.path.display(), "the drive add failed: {why}");
+                }
+                if let Some(j) = state.joining.iter_mut().find(|j| &j.id == drive) {
+                    j.phase = phase;
+                }
+                return Ok(true);
             }
             Step::EnsurePool(spec) => {
                 let pool = pool::ensure_pool(dm, spec, Metadata::MustExist)?;

@@ -6,13 +6,16 @@
 
 use crate::kernel::dm::{DeviceMapper, DmInfo, DmResult, RawTable, Removed};
 use devicemapper::{Device, DmName, DmNameBuf, DmUuid};
-use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Kernel changes counted since the process started: an operation that takes several passes
+/// (a drive add: measure, label, then build the pool) can be cut at any of its changes.
+static COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// The countdown to an injected crash.
 #[derive(Debug, Default)]
 pub struct Faults {
     fail_at: Option<usize>,
-    count: Cell<usize>,
 }
 
 impl Faults {
@@ -21,14 +24,12 @@ impl Faults {
             fail_at: std::env::var("PXD_FAIL_AT_STEP")
                 .ok()
                 .and_then(|v| v.parse().ok()),
-            count: Cell::new(0),
         }
     }
 
     /// Counts one change that is about to happen, and crashes if it is the chosen one.
     pub fn tick(&self, what: &dyn std::fmt::Display) {
-        let n = self.count.get() + 1;
-        self.count.set(n);
+        let n = COUNT.fetch_add(1, Ordering::SeqCst) + 1;
         if self.fail_at == Some(n) {
             eprintln!("pxd: fault injection: aborting before step {n}: {what}");
             std::process::abort();

@@ -6,6 +6,7 @@ pub mod derive;
 pub mod desired;
 pub mod execute;
 pub mod faults;
+pub mod joining;
 pub mod observe;
 pub mod service;
 pub mod steps;

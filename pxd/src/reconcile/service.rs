@@ -7,6 +7,7 @@ use crate::cluster::{Cluster, Op};
 use crate::crypt::ClusterKey;
 use crate::kernel::dm::{DeviceMapper, KernelDm};
 use crate::plan::names::{pool_devices, DeviceName, Id, Kind};
+use crate::pool::class::Thresholds;
 use crate::pool::PoolError;
 use crate::pool::{self, PoolUsage};
 use crate::reconcile::derive::{node_state, records};
@@ -105,6 +106,8 @@ pub struct LastPass {
 pub struct Reconciler {
     cluster: Arc<Cluster>,
     mount_root: PathBuf,
+    /// How drives being added are classed.
+    thresholds: Thresholds,
     pub full: FullThresholds,
     /// One pass at a time; the API waits on it.
     running: tokio::sync::Mutex<()>,
@@ -112,10 +115,16 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(cluster: Arc<Cluster>, mount_root: PathBuf, full: FullThresholds) -> Reconciler {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        mount_root: PathBuf,
+        thresholds: Thresholds,
+        full: FullThresholds,
+    ) -> Reconciler {
         Reconciler {
             cluster,
             mount_root,
+            thresholds,
             full,
             running: tokio::sync::Mutex::new(()),
             last: Mutex::new(LastPass::default()),
@@ -140,7 +149,9 @@ impl Reconciler {
     pub fn desired(&self) -> NodeState {
         let me = self.cluster.id();
         let root = self.mount_root.clone();
-        self.cluster.state().read(|s| node_state(s, me, Some(root)))
+        let mut state = self.cluster.state().read(|s| node_state(s, me, Some(root)));
+        state.thresholds = self.thresholds;
+        state
     }
 
     /// Runs one pass to completion. Returns the steps that failed (each skipped the rest of
@@ -415,6 +426,8 @@ fn volume_use(dm: &dyn DeviceMapper, state: &NodeState) -> BTreeMap<String, u64>
 fn step_name(s: &Step) -> String {
     match s {
         Step::Resume(n) => format!("resume {n}"),
+        Step::MeasureDrive { drive } => format!("measure drive {drive}"),
+        Step::LabelDrive { drive, .. } => format!("label drive {drive}"),
         Step::EnsurePool(p) => format!("pool {}", p.pool),
         Step::CreatePool(p) => format!("new pool {}", p.pool),
         Step::GrowPool(p) => format!("grow pool {}", p.pool),

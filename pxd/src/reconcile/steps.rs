@@ -8,7 +8,7 @@ use crate::plan::pool::{plan_pool, Drive, PoolSpec};
 use crate::plan::table::DevicePlan;
 use crate::plan::thin::{plan_thin, ThinPlanError};
 use crate::pool::label::Label;
-use crate::reconcile::desired::{NodeState, Phase, PoolState, VolumeState};
+use crate::reconcile::desired::{JoinPhase, NodeState, Phase, PoolState, VolumeState};
 use crate::store::types::NodeId;
 use crate::volume::spec::Fs;
 use devicemapper::{Device, Sectors, ThinDevId};
@@ -45,6 +45,10 @@ pub struct Observed {
 pub enum Step {
     /// Resume a device left suspended, so its I/O flows again. Comes before anything else.
     Resume(DeviceName),
+    /// Benchmark a drive being added, to class it (then recorded).
+    MeasureDrive { drive: String },
+    /// Wipe the head of a drive being added and write its label (then recorded).
+    LabelDrive { drive: String, label: Label },
     /// Bring a pool's devices up (adopting them if they are). Its metadata must be there:
     /// a pool whose metadata is missing or fails `thin_check` is refused, never rewritten.
     EnsurePool(PoolSpec),
@@ -238,6 +242,24 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
         .collect();
     frozen.sort_by_key(|n| std::cmp::Reverse(layer(n)));
     steps.extend(frozen.into_iter().map(Step::Resume));
+    for j in &desired.joining {
+        match &j.phase {
+            JoinPhase::Measure => steps.push(Step::MeasureDrive {
+                drive: j.id.clone(),
+            }),
+            // A label the store describes badly fails the add rather than the whole pass.
+            JoinPhase::Label(spec) => match spec.label() {
+                Ok(label) => steps.push(Step::LabelDrive {
+                    drive: j.id.clone(),
+                    label,
+                }),
+                Err(_) => steps.push(Step::MeasureDrive {
+                    drive: j.id.clone(),
+                }),
+            },
+            _ => {}
+        }
+    }
 
     for p in &desired.pools {
         let pool_id = Id::object(&p.id)?;
@@ -524,6 +546,7 @@ mod tests {
                 ..Default::default()
             }],
             mount_root: None,
+            ..Default::default()
         }
     }
 
@@ -574,6 +597,8 @@ mod tests {
             .iter()
             .map(|s| match s {
                 Step::Resume(n) => format!("resume {n}"),
+                Step::MeasureDrive { drive } => format!("measure {drive}"),
+                Step::LabelDrive { drive, .. } => format!("label {drive}"),
                 Step::EnsurePool(p) => format!("pool {}", p.pool),
                 Step::CreatePool(p) => format!("new pool {}", p.pool),
                 Step::GrowPool(p) => format!("grow pool {}", p.pool),

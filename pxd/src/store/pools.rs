@@ -1,9 +1,13 @@
-//! Pool and drive commands of the state machine: a drive joins a pool as its next member,
-//! and a pool records that it was activated and how its node last found it. Checked in
-//! `apply`, so two racing adds cannot both take one member slot or one drive.
+//! Pool and drive commands of the state machine. A drive add is recorded before anything
+//! touches the disk, then finished by the node's reconciler: it measures the drive (which
+//! gives it a class, a pool and the pool's next member slot, chosen here so that two racing
+//! adds cannot take one slot), labels it, and the drive is online. Pools record that they
+//! were activated and how their node last found them.
 
-use super::state::{ClusterState, Command};
-use super::types::{Drive, Pool, PoolHealth};
+use super::state::{encode, Change, ClusterState};
+use super::types::{Benchmark, Class, Drive, DriveState, Pool, PoolHealth};
+use crate::plan::pool::{plan_pool, Drive as PlanDrive, PoolSpec, DEFAULT_CHUNK};
+use devicemapper::{Device, Sectors};
 use serde::{Deserialize, Serialize};
 
 /// A change to one pool.
@@ -16,82 +20,178 @@ pub enum PoolChange {
     Health { health: PoolHealth },
 }
 
+/// A step of a drive add, as the reconciler records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum DriveChange {
+    /// Measured into `class`: it joins the node's pool of that class (made now if there is
+    /// none) as its next member.
+    Measured { class: Class, benchmark: Benchmark },
+    /// Its label is written: it is a member the pool is assembled from.
+    Labelled,
+    /// The add cannot finish (the disk changed, went away, or is in use); the drive leaves
+    /// the pool it was given, which never used it.
+    Failed { reason: String },
+}
+
 impl ClusterState {
-    /// Adds `drive` as member `member` of pool `drive.pool`: a new pool (`new_pool`, whose
-    /// first member it is) or an existing one, whose next member it must be.
-    pub(super) fn add_drive(
-        &mut self,
-        drive: &Drive,
-        member: u32,
-        capacity: u64,
-        new_pool: Option<&Pool>,
-    ) -> Result<Vec<super::state::Change>, String> {
+    /// Records the intent to add `drive` (state `adding`, no pool yet).
+    pub(super) fn begin_drive_add(&mut self, drive: &Drive) -> Result<Vec<Change>, String> {
         self.known_node(drive.node)?;
-        if let Some(p) = self.pools.values().find(|p| p.drives.contains(&drive.id)) {
-            return Err(format!("drive {} is in pool {} already", drive.id, p.id));
+        if drive.state != DriveState::Adding || !drive.pool.is_empty() {
+            return Err(format!(
+                "drive {} must start as adding, in no pool",
+                drive.id
+            ));
+        }
+        if self.drives.contains_key(&drive.id) {
+            return Err(format!("drive {} exists already", drive.id));
+        }
+        let busy = |d: &&Drive| {
+            d.node == drive.node && matches!(d.state, DriveState::Adding | DriveState::Labelling)
+        };
+        if let Some(d) = self
+            .drives
+            .values()
+            .filter(busy)
+            .find(|d| d.path == drive.path)
+        {
+            return Err(format!(
+                "drive {} is being added already (as {})",
+                drive.path, d.id
+            ));
         }
         if let Some(hw) = &drive.hardware_id {
-            if let Some(d) = self
-                .drives
-                .values()
-                .find(|d| d.node == drive.node && d.hardware_id.as_ref() == Some(hw))
-            {
+            if let Some(d) = self.drives.values().find(|d| {
+                d.node == drive.node
+                    && d.hardware_id.as_ref() == Some(hw)
+                    && d.state != DriveState::Failed
+            }) {
                 return Err(format!(
-                    "a drive with hardware id {hw} is in pool {} already (as {})",
-                    d.pool, d.id
+                    "drive {} (hardware id {hw}) is drive {} already",
+                    drive.path, d.id
                 ));
             }
         }
-        let mut pool = match (self.pools.get(&drive.pool), new_pool) {
-            (Some(_), Some(_)) => return Err(format!("pool {} exists already", drive.pool)),
-            (None, None) => return Err(format!("pool {} does not exist", drive.pool)),
-            (None, Some(p)) => {
-                if p.id != drive.pool || p.node != drive.node || !p.drives.is_empty() {
-                    return Err(format!(
-                        "new pool {} must be empty, on the drive's node",
-                        p.id
-                    ));
-                }
-                let mut p = p.clone();
-                p.activated = false;
-                p.generation = 0;
-                p.health = PoolHealth::Online;
-                p
-            }
-            (Some(p), None) => {
-                if p.node != drive.node || p.class != drive.class {
-                    return Err(format!(
-                        "pool {} is a {} pool of node {}; the drive is {} on node {}",
-                        p.id, p.class, p.node, drive.class, drive.node
-                    ));
-                }
-                p.clone()
-            }
-        };
-        if member as usize != pool.drives.len() {
-            return Err(format!(
-                "pool {} has {} members now; member {member} was asked for (another add took it: retry)",
-                pool.id,
-                pool.drives.len()
-            ));
-        }
-        pool.drives.push(drive.id.clone());
-        pool.drive_paths.push(drive.path.clone());
-        pool.generation += 1;
-        pool.capacity = capacity;
-        self.pools.insert(pool.id.clone(), pool.clone());
         self.drives.insert(drive.id.clone(), drive.clone());
-        Ok(vec![
-            super::state::encode(format!("pool/{}", pool.id), &pool),
-            super::state::encode(format!("drive/{}", drive.id), drive),
-        ])
+        Ok(vec![encode(format!("drive/{}", drive.id), drive)])
+    }
+
+    pub(super) fn update_drive(
+        &mut self,
+        id: &str,
+        change: &DriveChange,
+    ) -> Result<Vec<Change>, String> {
+        let mut drive = self
+            .drives
+            .get(id)
+            .cloned()
+            .ok_or_else(|| format!("drive {id} does not exist"))?;
+        let mut out = Vec::new();
+        match (change, drive.state) {
+            (DriveChange::Measured { class, benchmark }, DriveState::Adding) => {
+                let mut pool = self.pool_for(&drive, *class, benchmark);
+                pool.drives.push(drive.id.clone());
+                pool.drive_paths.push(drive.path.clone());
+                pool.generation += 1;
+                pool.capacity = self.planned_capacity(&pool, &drive);
+                drive.pool = pool.id.clone();
+                drive.class = Some(*class);
+                drive.benchmark = Some(benchmark.clone());
+                drive.state = DriveState::Labelling;
+                out.push(encode(format!("pool/{}", pool.id), &pool));
+                self.pools.insert(pool.id.clone(), pool);
+            }
+            (DriveChange::Labelled, DriveState::Labelling) => drive.state = DriveState::Online,
+            (DriveChange::Failed { reason }, DriveState::Adding | DriveState::Labelling) => {
+                if let Some(pool) = self.pools.get(&drive.pool).cloned() {
+                    // The drive is the pool's last member, never assembled (it was not
+                    // labelled online): it leaves; a pool it alone made goes with it.
+                    let mut pool = pool;
+                    if pool.drives.last() == Some(&drive.id) {
+                        pool.drives.pop();
+                        pool.drive_paths.pop();
+                    }
+                    if pool.drives.is_empty() && !pool.activated {
+                        self.pools.remove(&pool.id);
+                        out.push(super::state::removed(format!("pool/{}", pool.id)));
+                    } else {
+                        out.push(encode(format!("pool/{}", pool.id), &pool));
+                        self.pools.insert(pool.id.clone(), pool);
+                    }
+                }
+                drive.pool.clear();
+                drive.state = DriveState::Failed;
+                drive.note = Some(reason.clone());
+            }
+            (change, state) => {
+                return Err(format!(
+                    "drive {id} is {state:?}; {change:?} does not apply to it"
+                ))
+            }
+        }
+        out.push(encode(format!("drive/{id}"), &drive));
+        self.drives.insert(id.to_owned(), drive);
+        Ok(out)
+    }
+
+    /// The node's pool of `class`, or a new one whose id comes from the drive's uuid, so
+    /// every member applying this picks the same.
+    fn pool_for(&self, drive: &Drive, class: Class, benchmark: &Benchmark) -> Pool {
+        if let Some(p) = self
+            .pools
+            .values()
+            .find(|p| p.node == drive.node && p.class == class)
+        {
+            return p.clone();
+        }
+        let id: String = drive.id.chars().filter(|c| *c != '-').take(16).collect();
+        Pool {
+            id,
+            node: drive.node,
+            class,
+            drives: vec![],
+            capacity: 0,
+            used: 0,
+            benchmark: Some(benchmark.clone()),
+            chunk_sectors: *DEFAULT_CHUNK,
+            drive_paths: vec![],
+            generation: 0,
+            activated: false,
+            health: PoolHealth::Online,
+        }
+    }
+
+    /// The pool's data bytes as planned over its members' recorded sizes (where they sit
+    /// does not matter for the size).
+    fn planned_capacity(&self, pool: &Pool, adding: &Drive) -> u64 {
+        let sizes = pool.drives.iter().map(|d| match self.drives.get(d) {
+            Some(d) => d.size,
+            None => adding.size,
+        });
+        let spec = crate::plan::names::Id::node(&pool.node.to_string())
+            .and_then(|node| Ok((node, crate::plan::names::Id::object(&pool.id)?)))
+            .map(|(node, id)| PoolSpec {
+                node,
+                pool: id,
+                drives: sizes
+                    .map(|b| PlanDrive {
+                        dev: Device { major: 0, minor: 0 },
+                        size: Sectors(b / 512),
+                    })
+                    .collect(),
+                chunk: Sectors(pool.chunk_sectors),
+            });
+        spec.ok()
+            .and_then(|s| plan_pool(&s).ok())
+            .map_or(pool.capacity, |p| *p.data.length() * 512)
     }
 
     pub(super) fn update_pool(
         &mut self,
         id: &str,
         change: &PoolChange,
-    ) -> Result<Vec<super::state::Change>, String> {
+    ) -> Result<Vec<Change>, String> {
         let pool = self
             .pools
             .get_mut(id)
@@ -100,24 +200,14 @@ impl ClusterState {
             PoolChange::Activated => pool.activated = true,
             PoolChange::Health { health } => pool.health = health.clone(),
         }
-        Ok(vec![super::state::encode(format!("pool/{id}"), &*pool)])
-    }
-}
-
-/// The command that records a drive added to a pool.
-pub fn add_drive(drive: Drive, member: u32, capacity: u64, new_pool: Option<Pool>) -> Command {
-    Command::AddDrive {
-        drive,
-        member,
-        capacity,
-        new_pool,
+        Ok(vec![encode(format!("pool/{id}"), &*pool)])
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::state::Response;
+    use crate::store::state::{Command, Response};
     use crate::store::types::*;
 
     fn state() -> ClusterState {
@@ -137,33 +227,47 @@ mod tests {
         s
     }
 
-    fn drive(id: &str, pool: &str, hw: Option<&str>) -> Drive {
-        Drive {
-            id: id.into(),
-            node: NodeId(1),
-            path: "/dev/vdb".into(),
-            hardware_id: hw.map(Into::into),
-            pool: pool.into(),
-            size: 1 << 30,
-            class: Class::High,
-            state: DriveState::Online,
+    fn uuid(n: u8) -> String {
+        crate::pool::label::DriveUuid([n; 16]).to_string()
+    }
+
+    fn adding(n: u8, path: &str, hw: Option<&str>) -> Command {
+        Command::BeginDriveAdd {
+            drive: Drive {
+                id: uuid(n),
+                node: NodeId(1),
+                path: path.into(),
+                hardware_id: hw.map(Into::into),
+                pool: String::new(),
+                size: 1 << 30,
+                class: None,
+                state: DriveState::Adding,
+                force: false,
+                benchmark: None,
+                note: None,
+            },
         }
     }
 
-    fn new_pool(id: &str) -> Pool {
-        Pool {
-            id: id.into(),
-            node: NodeId(1),
-            class: Class::High,
-            drives: vec![],
-            capacity: 0,
-            used: 0,
-            benchmark: None,
-            chunk_sectors: 512,
-            drive_paths: vec![],
-            generation: 0,
-            activated: true,
-            health: PoolHealth::Online,
+    fn change(n: u8, change: DriveChange) -> Command {
+        Command::UpdateDrive {
+            id: uuid(n),
+            change,
+        }
+    }
+
+    fn measured(class: Class) -> DriveChange {
+        DriveChange::Measured {
+            class,
+            benchmark: Benchmark {
+                read_iops: 1,
+                write_iops: 1,
+                read_p99_us: 1,
+                write_p99_us: 1,
+                seq_mb_per_s: 1,
+                read_p50_us: 1,
+                write_p50_us: 1,
+            },
         }
     }
 
@@ -175,71 +279,96 @@ mod tests {
     }
 
     #[test]
-    fn members_only_grow_and_one_slot_has_one_winner() {
+    fn an_add_is_recorded_then_measured_into_a_pool_slot_then_labelled() {
         let mut s = state();
-        let first = add_drive(drive("d1", "p", Some("wwn-1")), 0, 10, Some(new_pool("p")));
-        assert_eq!(s.apply(&first).0, Response::Applied);
-        let p = &s.pools["p"];
-        assert_eq!(p.drives, ["d1"]);
-        assert!(!p.activated, "a new pool is never activated yet");
-        assert_eq!(p.generation, 1);
-
-        // Two adds that both saw one member: the first wins slot 1, the second is refused.
-        let a = add_drive(drive("d2", "p", None), 1, 20, None);
-        let b = add_drive(drive("d3", "p", None), 1, 20, None);
-        assert_eq!(s.apply(&a).0, Response::Applied);
-        assert!(rejected(s.apply(&b).0).contains("another add took it"));
-        assert_eq!(s.pools["p"].drives, ["d1", "d2"]);
-        assert_eq!(s.pools["p"].generation, 2);
-
-        // The same drive twice, by uuid or by hardware id, is refused.
-        assert!(
-            rejected(s.apply(&add_drive(drive("d2", "p", None), 2, 0, None)).0)
-                .contains("in pool p already")
+        assert_eq!(
+            s.apply(&adding(1, "/dev/vdb", Some("w1"))).0,
+            Response::Applied
         );
-        assert!(rejected(
-            s.apply(&add_drive(drive("d9", "p", Some("wwn-1")), 2, 0, None))
-                .0
-        )
-        .contains("hardware id wwn-1"));
-        assert!(rejected(
-            s.apply(&add_drive(
-                drive("d9", "q", None),
-                0,
-                0,
-                Some(new_pool("p"))
-            ))
-            .0
-        )
-        .contains("new pool p must be empty"));
-        assert!(
-            rejected(s.apply(&add_drive(drive("d9", "zz", None), 0, 0, None)).0)
-                .contains("does not exist")
+        // A second add of the same disk while the first runs is refused, by path or id.
+        let why = rejected(s.apply(&adding(2, "/dev/vdb", None)).0);
+        assert_eq!(
+            why,
+            format!("drive /dev/vdb is being added already (as {})", uuid(1))
         );
+        assert!(rejected(s.apply(&adding(3, "/dev/vdc", Some("w1"))).0).contains("hardware id w1"));
+
+        assert_eq!(
+            s.apply(&change(1, measured(Class::High))).0,
+            Response::Applied
+        );
+        let d = s.drives[&uuid(1)].clone();
+        assert_eq!(d.state, DriveState::Labelling);
+        let p = &s.pools[&d.pool];
+        assert_eq!(p.drives, [uuid(1)]);
+        assert_eq!((p.generation, p.activated), (1, false));
+        assert!(p.capacity > 0 && p.capacity < 1 << 30);
+        assert_eq!(
+            p.id, "0101010101010101",
+            "a new pool's id comes from the drive"
+        );
+
+        // A second drive of the class takes the next slot of the same pool.
+        s.apply(&adding(2, "/dev/vdc", None));
+        s.apply(&change(2, measured(Class::High)));
+        assert_eq!(s.pools[&d.pool].drives, [uuid(1), uuid(2)]);
+        assert_eq!(s.pools.len(), 1);
+
+        assert_eq!(
+            s.apply(&change(1, DriveChange::Labelled)).0,
+            Response::Applied
+        );
+        assert_eq!(s.drives[&uuid(1)].state, DriveState::Online);
+        assert!(rejected(s.apply(&change(1, measured(Class::Low))).0).contains("Online"));
+    }
+
+    #[test]
+    fn a_failed_add_leaves_its_pool_as_it_was() {
+        let mut s = state();
+        s.apply(&adding(1, "/dev/vdb", None));
+        s.apply(&change(1, measured(Class::High)));
+        let pool = s.drives[&uuid(1)].pool.clone();
+        let failed = DriveChange::Failed {
+            reason: "the disk changed".into(),
+        };
+        assert_eq!(s.apply(&change(1, failed.clone())).0, Response::Applied);
+        assert!(s.pools.is_empty(), "the pool the drive alone made is gone");
+        let d = &s.drives[&uuid(1)];
+        assert_eq!(
+            (d.state, d.note.as_deref()),
+            (DriveState::Failed, Some("the disk changed"))
+        );
+        // The path is free again.
+        assert_eq!(s.apply(&adding(2, "/dev/vdb", None)).0, Response::Applied);
+        // A failure of a later member leaves the earlier ones.
+        s.apply(&change(2, measured(Class::High)));
+        s.apply(&change(2, DriveChange::Labelled));
+        s.apply(&adding(3, "/dev/vdc", None));
+        s.apply(&change(3, measured(Class::High)));
+        s.apply(&change(3, failed));
+        assert_eq!(s.pools[&s.drives[&uuid(2)].pool].drives, [uuid(2)]);
+        assert!(!s.pools.contains_key(&pool) || s.pools[&pool].drives == [uuid(2)]);
     }
 
     #[test]
     fn activation_and_health_are_recorded() {
         let mut s = state();
-        s.apply(&add_drive(
-            drive("d1", "p", None),
-            0,
-            10,
-            Some(new_pool("p")),
-        ));
+        s.apply(&adding(1, "/dev/vdb", None));
+        s.apply(&change(1, measured(Class::High)));
+        let p = s.drives[&uuid(1)].pool.clone();
         let activated = Command::UpdatePool {
-            id: "p".into(),
+            id: p.clone(),
             change: PoolChange::Activated,
         };
         assert_eq!(s.apply(&activated).0, Response::Applied);
-        assert!(s.pools["p"].activated);
+        assert!(s.pools[&p].activated);
         let damaged = PoolHealth::Damaged("no thin superblock".into());
         s.apply(&Command::UpdatePool {
-            id: "p".into(),
+            id: p.clone(),
             change: PoolChange::Health {
                 health: damaged.clone(),
             },
         });
-        assert_eq!(s.pools["p"].health, damaged);
+        assert_eq!(s.pools[&p].health, damaged);
     }
 }

@@ -36,14 +36,15 @@ pub enum Command {
     PutDrive {
         drive: Drive,
     },
-    /// Adds `drive` as member `member` of its pool: `new_pool` when this makes the pool.
-    /// Refused unless `member` is the pool's next slot and the drive is in no pool yet.
-    AddDrive {
+    /// Records the intent to add a drive: state `adding`, no pool yet. Refused while the
+    /// same disk (path or hardware id) is being added.
+    BeginDriveAdd {
         drive: Drive,
-        member: u32,
-        /// The pool's data bytes with the drive, as planned.
-        capacity: u64,
-        new_pool: Option<Pool>,
+    },
+    /// A step of a drive add, as the node's reconciler did it.
+    UpdateDrive {
+        id: String,
+        change: super::pools::DriveChange,
     },
     UpdatePool {
         id: String,
@@ -198,7 +199,7 @@ pub(super) fn encode<T: Serialize>(key: String, value: &T) -> Change {
     }
 }
 
-fn removed(key: String) -> Change {
+pub(super) fn removed(key: String) -> Change {
     Change { key, value: None }
 }
 
@@ -246,12 +247,8 @@ impl ClusterState {
                 self.drives.insert(drive.id.clone(), drive.clone());
                 encode(format!("drive/{}", drive.id), drive)
             }
-            Command::AddDrive {
-                drive,
-                member,
-                capacity,
-                new_pool,
-            } => return self.add_drive(drive, *member, *capacity, new_pool.as_ref()),
+            Command::BeginDriveAdd { drive } => return self.begin_drive_add(drive),
+            Command::UpdateDrive { id, change } => return self.update_drive(id, change),
             Command::UpdatePool { id, change } => return self.update_pool(id, change),
             Command::RemoveDrive { id } => {
                 self.drives

@@ -162,6 +162,46 @@ pub struct Benchmark {
     pub read_p99_us: u64,
     pub write_p99_us: u64,
     pub seq_mb_per_s: u64,
+    #[serde(default)]
+    pub read_p50_us: u64,
+    #[serde(default)]
+    pub write_p50_us: u64,
+}
+
+impl From<&crate::pool::benchmark::BenchResult> for Benchmark {
+    /// Whole IOPS and MiB/s: the store keeps integers, so applying stays exact everywhere.
+    fn from(r: &crate::pool::benchmark::BenchResult) -> Benchmark {
+        let w = r.random_write.unwrap_or(r.random_read);
+        Benchmark {
+            read_iops: r.random_read.iops as u64,
+            write_iops: w.iops as u64,
+            read_p99_us: r.random_read.p99_us,
+            write_p99_us: w.p99_us,
+            seq_mb_per_s: r.sequential_read_mib_s as u64,
+            read_p50_us: r.random_read.p50_us,
+            write_p50_us: w.p50_us,
+        }
+    }
+}
+
+impl Benchmark {
+    /// The benchmark as the API reports it.
+    pub fn to_result(&self) -> crate::pool::benchmark::BenchResult {
+        use crate::pool::benchmark::{BenchResult, Measured};
+        BenchResult {
+            random_read: Measured {
+                iops: self.read_iops as f64,
+                p50_us: self.read_p50_us,
+                p99_us: self.read_p99_us,
+            },
+            random_write: Some(Measured {
+                iops: self.write_iops as f64,
+                p50_us: self.write_p50_us,
+                p99_us: self.write_p99_us,
+            }),
+            sequential_read_mib_s: self.seq_mb_per_s as f64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,11 +292,16 @@ pub struct Origin {
     pub volume: Option<String>,
 }
 
+/// Where a drive is in its life. A drive add is recorded first (`adding`), then the node's
+/// reconciler measures it (`labelling`, once it has a class, a pool and a member slot),
+/// writes its label, and it is `online`: a member the pool is assembled from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DriveState {
     Online,
     Failed,
+    Adding,
+    Labelling,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,12 +314,21 @@ pub struct Drive {
     /// The WWN or serial the device reported, if any: a hint.
     #[serde(default)]
     pub hardware_id: Option<String>,
-    /// The pool it is a member of.
+    /// The pool it is a member of; empty until it is measured.
     #[serde(default)]
     pub pool: String,
     pub size: u64,
-    pub class: Class,
+    /// What its benchmark earned; none until it is measured.
+    pub class: Option<Class>,
     pub state: DriveState,
+    /// The add may take a drive with a signature or a foreign or damaged label.
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub benchmark: Option<Benchmark>,
+    /// Why the add failed, when it did.
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
