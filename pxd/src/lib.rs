@@ -8,7 +8,6 @@ pub mod kernel;
 pub mod plan;
 pub mod pool;
 pub mod reconcile;
-pub mod stack;
 pub mod volume;
 
 // The control plane: desired state, cluster, API, CLI, daemon.

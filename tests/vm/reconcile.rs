@@ -291,7 +291,7 @@ fn every_step_of_create_snapshot_resize_and_delete_survives_a_crash() {
     );
     let spec = pool_spec_of(&base);
     let p = pool::ensure_pool(&dm, &spec, pool::Metadata::MayBeNew).unwrap();
-    pxd::stack::teardown(&dm, &[&p.plan.pool.name]).unwrap();
+    pxd::kernel::stack::teardown(&dm, &[&p.plan.pool.name]).unwrap();
     run(
         "thin_check",
         &[node_path(&p.plan.meta.name.dm_name()).to_str().unwrap()],

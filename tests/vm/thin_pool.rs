@@ -4,10 +4,10 @@
 use devicemapper::{Sectors, ThinDevId};
 use pxd::kernel::block;
 use pxd::kernel::dm::{node_path, DeviceMapper, KernelDm};
+use pxd::kernel::stack::{self, Outcome, StackError};
 use pxd::plan::names::Id;
 use pxd::plan::pool::DEFAULT_CHUNK;
 use pxd::pool::{self, Pool};
-use pxd::stack::{self, Outcome, StackError};
 use pxd_tests::{pattern, pool_spec, read_direct, run, sha256, vm_disks, write_direct};
 
 const MIB: usize = 1 << 20;

@@ -252,8 +252,7 @@ pub async fn restore(
             v.name
         )));
     }
-    let shown = s.cluster.state().read(|st| view(st, &v));
-    if open_count(&shown).await? > 0 {
+    if open_count(&s, &v).await? > 0 {
         return Err(ApiError::Conflict(format!(
             "volume {} is in use; stop its users before restoring",
             v.name

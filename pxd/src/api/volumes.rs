@@ -14,7 +14,7 @@
 use super::{ApiError, ApiResult, AppState, JsonBody};
 use crate::cluster::Op;
 use crate::crypt::{new_salt, VolumeKey};
-use crate::kernel::dm::{node_path, DeviceMapper, KernelDm};
+use crate::kernel::dm::node_path;
 use crate::plan::names::Id;
 use crate::plan::placement::{self, Candidate};
 use crate::reconcile::steps::volume_stack;
@@ -270,23 +270,16 @@ pub(super) fn this_node_volume(s: &AppState, v: &Volume) -> Result<(), ApiError>
     }
 }
 
-/// Whether the kernel has the volume's top device open (mounted or used by a process).
-pub(super) async fn open_count(v: &VolumeView) -> Result<i32, ApiError> {
-    let Some(top) = v.stack.last().cloned() else {
-        return Ok(0);
-    };
-    tokio::task::spawn_blocking(move || {
-        let dm = KernelDm::open().map_err(|e| e.to_string())?;
-        let name = devicemapper::DmNameBuf::new(top).map_err(|e| e.to_string())?;
-        Ok::<_, String>(
-            dm.info(&name)
-                .map_err(|e| e.to_string())?
-                .map_or(0, |i| i.open_count),
-        )
-    })
-    .await
-    .map_err(|e| ApiError::Node(e.to_string()))?
-    .map_err(ApiError::Node)
+/// How many openers the volume's top device has (a mount counts as one), as a reconcile pass
+/// run for this call saw it: the handler reads what the reconciler observed, never the
+/// kernel itself.
+pub(super) async fn open_count(s: &AppState, v: &Volume) -> Result<i32, ApiError> {
+    s.reconciler.pass().await.map_err(ApiError::Node)?;
+    Ok(s.reconciler
+        .last()
+        .volumes
+        .get(&v.id)
+        .map_or(0, |seen| seen.open_count))
 }
 
 pub async fn list(State(s): State<AppState>) -> ApiResult<Vec<VolumeView>> {
@@ -303,15 +296,13 @@ pub async fn inspect(State(s): State<AppState>, Path(key): Path<String>) -> ApiR
         .cluster
         .state()
         .read(|st| find(st, &key).map(|v| view(st, &v)))?;
-    if let Some(thin) = v.stack.first().cloned() {
-        v.usage = tokio::task::spawn_blocking(move || {
-            let name: crate::plan::names::DeviceName = thin.parse().ok()?;
-            crate::pool::thin_mapped_bytes(&KernelDm::open().ok()?, &name)
-        })
-        .await
-        .ok()
-        .flatten();
-    }
+    // Usage as the last reconcile pass on this node read it.
+    v.usage = s
+        .reconciler
+        .last()
+        .volumes
+        .get(&v.id)
+        .and_then(|seen| seen.mapped_bytes);
     Ok(Json(v))
 }
 
@@ -455,7 +446,7 @@ pub async fn delete(State(s): State<AppState>, Path(key): Path<String>) -> ApiRe
         )));
     }
     let shown = s.cluster.state().read(|st| view(st, &v));
-    let open = open_count(&shown).await?;
+    let open = open_count(&s, &v).await?;
     if open > 0 {
         return Err(ApiError::Conflict(format!(
             "volume {} is in use ({open} opener(s) of {}); stop them first",

@@ -8,5 +8,6 @@ pub mod fs;
 pub mod keyring;
 pub mod label;
 pub mod loop_device;
+pub mod stack;
 pub mod thin_tools;
 pub mod tools;

@@ -9,10 +9,10 @@ pub mod superblock;
 
 use crate::kernel::block;
 use crate::kernel::dm::{node_path, DeviceMapper, DmOpError};
+use crate::kernel::stack::{self, AppliedStack, Outcome, StackError};
 use crate::plan::names::{DeviceName, Id};
 use crate::plan::pool::{plan_pool, PoolPlan, PoolPlanError, PoolSpec};
 use crate::plan::thin::{plan_thin, ThinPlanError};
-use crate::stack::{self, AppliedStack, Outcome, StackError};
 use devicemapper::{Device, Sectors, ThinDevId, ThinPoolStatus};
 use std::fmt;
 

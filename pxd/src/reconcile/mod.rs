@@ -8,6 +8,8 @@ pub mod execute;
 pub mod faults;
 pub mod joining;
 pub mod observe;
+pub mod plan_pools;
+pub mod plan_volumes;
 pub mod service;
 pub mod steps;
 

@@ -80,7 +80,7 @@ impl PoolUse {
 #[derive(Debug, Default)]
 struct Found {
     pools: BTreeMap<String, PoolUse>,
-    volumes: BTreeMap<String, u64>,
+    volumes: BTreeMap<String, VolumeSeen>,
     health: BTreeMap<String, PoolHealth>,
     members: BTreeMap<String, PathBuf>,
 }
@@ -98,6 +98,8 @@ pub struct StepFailure {
 #[derive(Debug, Clone, Default)]
 pub struct LastPass {
     pub pools: BTreeMap<String, PoolUse>,
+    /// This node's volumes as the pass saw them, by id.
+    pub volumes: BTreeMap<String, VolumeSeen>,
     /// Where each member drive of this node's pools was found, by label uuid.
     pub members: BTreeMap<String, PathBuf>,
     pub error: Option<String>,
@@ -174,6 +176,7 @@ impl Reconciler {
         match &result {
             Ok((failures, found)) => {
                 last.pools = found.pools.clone();
+                last.volumes = found.volumes.clone();
                 last.members = found.members.clone();
                 last.error = failures.first().map(|f| f.error.clone());
             }
@@ -247,10 +250,10 @@ impl Reconciler {
                     m.volume_capacity_bytes
                         .with_label_values(&labels)
                         .set(v.size as i64);
-                    if let Some(used) = volumes.get(&v.id) {
+                    if let Some(used) = volumes.get(&v.id).and_then(|s| s.mapped_bytes) {
                         m.volume_usage_bytes
                             .with_label_values(&labels)
-                            .set(*used as i64);
+                            .set(used as i64);
                     }
                 }
             }
@@ -301,7 +304,7 @@ impl Reconciler {
         }
         let found = Found {
             pools: self.pool_use(&dm, &state),
-            volumes: volume_use(&dm, &state),
+            volumes: volumes_seen(&dm, &state),
             health,
             members,
         };
@@ -406,8 +409,18 @@ fn member_paths(state: &NodeState, observed: &Observed) -> BTreeMap<String, Path
         .collect()
 }
 
-/// Bytes each live volume has mapped in its pool, by volume id.
-fn volume_use(dm: &dyn DeviceMapper, state: &NodeState) -> BTreeMap<String, u64> {
+/// What a pass saw of one volume on this node: the API answers from this, so its handlers
+/// never go to the kernel themselves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VolumeSeen {
+    /// Bytes its thin device has mapped in the pool.
+    pub mapped_bytes: Option<u64>,
+    /// Openers of its top device (a mount counts as one).
+    pub open_count: i32,
+}
+
+/// What each live volume of the node looks like in the kernel, by volume id.
+fn volumes_seen(dm: &dyn DeviceMapper, state: &NodeState) -> BTreeMap<String, VolumeSeen> {
     let Ok(node) = Id::node(&state.node) else {
         return BTreeMap::new();
     };
@@ -417,7 +430,21 @@ fn volume_use(dm: &dyn DeviceMapper, state: &NodeState) -> BTreeMap<String, u64>
         .filter_map(|v| {
             let id = Id::object(&v.id).ok()?;
             let thin = DeviceName::new(&node, Kind::Thin, &id, None);
-            Some((v.id.clone(), pool::thin_mapped_bytes(dm, &thin)?))
+            let top = if v.key.is_some() {
+                DeviceName::new(&node, Kind::Crypt, &id, None)
+            } else {
+                thin.clone()
+            };
+            let open_count = dm
+                .info(&top.dm_name())
+                .ok()
+                .flatten()
+                .map_or(0, |i| i.open_count);
+            let seen = VolumeSeen {
+                mapped_bytes: pool::thin_mapped_bytes(dm, &thin),
+                open_count,
+            };
+            Some((v.id.clone(), seen))
         })
         .collect()
 }

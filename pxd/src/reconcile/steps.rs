@@ -2,18 +2,21 @@
 //! the kernel shows ([`Observed`]), the ordered steps that close the gap. Every step is
 //! idempotent, so a pass interrupted anywhere is completed by the next one.
 
-use crate::plan::crypt::plan_crypt;
-use crate::plan::names::{pool_devices, DeviceName, Id, Kind, NameError, Role};
-use crate::plan::pool::{plan_pool, Drive, PoolSpec};
+use crate::plan::names::{DeviceName, Id, Kind, NameError, Role};
+use crate::plan::pool::{Drive, PoolSpec};
 use crate::plan::table::DevicePlan;
-use crate::plan::thin::{plan_thin, ThinPlanError};
+use crate::plan::thin::ThinPlanError;
 use crate::pool::label::Label;
-use crate::reconcile::desired::{JoinPhase, NodeState, Phase, PoolState, VolumeState};
-use crate::store::types::NodeId;
+use crate::reconcile::desired::{NodeState, Phase};
+use crate::reconcile::plan_pools::{joining_steps, pool_steps};
+use crate::reconcile::plan_volumes::{deleting_steps, live_volume_steps};
 use crate::volume::spec::Fs;
 use devicemapper::{Device, Sectors, ThinDevId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+
+pub use crate::reconcile::plan_pools::assemble;
+pub use crate::reconcile::plan_volumes::volume_stack;
 
 /// A block device whose pxd label could be read and is valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,58 +126,6 @@ impl Step {
     }
 }
 
-/// The members of pool `p` as found on this node's drives, by label: each member's label
-/// must name this cluster, node and pool, its uuid and its place. `Err` lists the members
-/// (uuid and last known path) no drive answers for.
-pub fn assemble(
-    cluster: &str,
-    node: &Id,
-    p: &PoolState,
-    observed: &Observed,
-) -> Result<Vec<Drive>, Vec<String>> {
-    let mut found = Vec::new();
-    let mut missing = Vec::new();
-    for (i, uuid) in p.members.iter().enumerate() {
-        let hits: Vec<&LabelledDrive> = observed
-            .labelled
-            .iter()
-            .filter(|d| {
-                let l = &d.label;
-                l.drive.to_string() == *uuid
-                    && l.pool == p.id
-                    && l.cluster == cluster
-                    && node.as_str().parse::<NodeId>() == Ok(l.node)
-                    && l.member as usize == i
-            })
-            .collect();
-        match hits.as_slice() {
-            [d] => found.push(d.drive),
-            [] => {
-                let hint = p.drives.get(i).map(|h| h.display().to_string());
-                missing.push(match hint {
-                    Some(h) => format!("member {i} (drive {uuid}, last at {h})"),
-                    None => format!("member {i} (drive {uuid})"),
-                });
-            }
-            // Two disks with one label (a cloned disk image): pxd cannot tell which holds
-            // the pool's blocks, so it uses neither.
-            many => {
-                let at: Vec<String> = many.iter().map(|d| d.path.display().to_string()).collect();
-                missing.push(format!(
-                    "member {i} (drive {uuid}, found on {} disks at once: {})",
-                    many.len(),
-                    at.join(" and ")
-                ));
-            }
-        }
-    }
-    if missing.is_empty() && !found.is_empty() {
-        Ok(found)
-    } else {
-        Err(missing)
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error("node state: {0}")]
@@ -190,49 +141,11 @@ pub enum PlanError {
     NoPool { volume: String, pool: String },
 }
 
-fn thin_id(volume: &str, n: u64) -> Result<ThinDevId, PlanError> {
-    ThinDevId::new_u64(n).map_err(|_| PlanError::ThinId {
-        volume: volume.to_owned(),
-        thin_id: n,
-    })
-}
-
-/// A live volume's stack, lowest first: its thin device, then dm-crypt if it is encrypted.
-pub fn volume_stack(
-    node: &Id,
-    v: &VolumeState,
-    bypass_workqueues: bool,
-) -> Result<Vec<DevicePlan>, PlanError> {
-    let vid = Id::object(&v.id)?;
-    let size = Sectors(v.size_bytes / 512);
-    let thin = plan_thin(
-        node,
-        &Id::object(&v.pool)?,
-        &vid,
-        thin_id(&v.id, v.thin_id)?,
-        size,
-    )
-    .map_err(|source| PlanError::Thin {
-        volume: v.id.clone(),
-        source,
-    })?;
-    let mut plans = vec![thin];
-    if v.key.is_some() {
-        let lower = plans[0].name.clone();
-        plans.push(plan_crypt(node, &vid, size, lower, bypass_workqueues));
-    }
-    for p in &mut plans {
-        p.read_only = v.read_only;
-    }
-    Ok(plans)
-}
-
 /// The steps that bring the kernel to `desired`.
 pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanError> {
     let node = Id::node(&desired.node)?;
     let mut steps = Vec::new();
     let mut expected: BTreeSet<String> = BTreeSet::new();
-    let mut pools_up: BTreeSet<&str> = BTreeSet::new();
     // Lowest first, so a device above resumes onto one that already takes I/O.
     let mut frozen: Vec<DeviceName> = observed
         .suspended
@@ -242,50 +155,8 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
         .collect();
     frozen.sort_by_key(|n| std::cmp::Reverse(layer(n)));
     steps.extend(frozen.into_iter().map(Step::Resume));
-    for j in &desired.joining {
-        match &j.phase {
-            JoinPhase::Measure => steps.push(Step::MeasureDrive {
-                drive: j.id.clone(),
-            }),
-            // A label the store describes badly fails the add rather than the whole pass.
-            JoinPhase::Label(spec) => match spec.label() {
-                Ok(label) => steps.push(Step::LabelDrive {
-                    drive: j.id.clone(),
-                    label,
-                }),
-                Err(_) => steps.push(Step::MeasureDrive {
-                    drive: j.id.clone(),
-                }),
-            },
-            _ => {}
-        }
-    }
-
-    for p in &desired.pools {
-        let pool_id = Id::object(&p.id)?;
-        for name in pool_devices(&node, &pool_id) {
-            expected.insert(name.to_string());
-        }
-        // A pool with a missing drive is left as the kernel has it: nothing is torn down,
-        // nothing built on a partial set of drives.
-        if let Ok(drives) = assemble(&desired.cluster, &node, p, observed) {
-            let spec = PoolSpec {
-                node: node.clone(),
-                pool: pool_id.clone(),
-                drives,
-                chunk: Sectors(p.chunk_sectors),
-            };
-            let [_, data, _] = pool_devices(&node, &pool_id);
-            let live_data = observed.devices.get(&data.to_string()).map(|(_, len)| *len);
-            let planned_data = plan_pool(&spec).ok().map(|plan| plan.data.length());
-            match (live_data, planned_data) {
-                (Some(live), Some(planned)) if live < planned => steps.push(Step::GrowPool(spec)),
-                _ if !p.activated => steps.push(Step::CreatePool(spec)),
-                _ => steps.push(Step::EnsurePool(spec)),
-            }
-            pools_up.insert(&p.id);
-        }
-    }
+    steps.extend(joining_steps(desired));
+    let pools_up = pool_steps(desired, observed, &node, &mut steps, &mut expected)?;
 
     for v in &desired.volumes {
         if !desired.pools.iter().any(|p| p.id == v.pool) {
@@ -308,29 +179,7 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
                 }
                 live_volume_steps(&mut steps, desired, v, &pool, stack, observed)?;
             }
-            Phase::Deleting => {
-                let top = stack[stack.len() - 1].name.to_string();
-                steps.extend(managed_mounts(desired, observed, &top).map(Step::Unmount));
-                for plan in stack.iter().rev() {
-                    if observed.devices.contains_key(&plan.name.to_string()) {
-                        steps.push(Step::Deactivate(plan.name.clone()));
-                    }
-                }
-                for s in &v.snapshots {
-                    steps.push(Step::DeleteThinId {
-                        pool: pool.clone(),
-                        thin_id: thin_id(&v.id, s.thin_id)?,
-                    });
-                }
-                steps.push(Step::DeleteThinId {
-                    pool,
-                    thin_id: thin_id(&v.id, v.thin_id)?,
-                });
-                steps.push(Step::Forget {
-                    volume: v.id.clone(),
-                    snapshot: None,
-                });
-            }
+            Phase::Deleting => deleting_steps(&mut steps, desired, v, pool, &stack, observed)?,
         }
     }
 
@@ -359,162 +208,12 @@ fn layer(n: &DeviceName) -> u8 {
     }
 }
 
-/// Mount points of device `name` under the node's mount root: the mounts pxd made.
-fn managed_mounts<'a>(
-    desired: &'a NodeState,
-    observed: &'a Observed,
-    name: &str,
-) -> impl Iterator<Item = PathBuf> + 'a {
-    observed
-        .mounts
-        .get(name)
-        .into_iter()
-        .flatten()
-        .filter(|m| {
-            desired
-                .mount_root
-                .as_ref()
-                .is_some_and(|r| m.starts_with(r))
-        })
-        .cloned()
-}
-
-fn live_volume_steps(
-    steps: &mut Vec<Step>,
-    desired: &NodeState,
-    v: &VolumeState,
-    pool: &Id,
-    stack: Vec<DevicePlan>,
-    observed: &Observed,
-) -> Result<(), PlanError> {
-    let node = Id::node(&desired.node)?;
-    let name = |p: &DevicePlan| p.name.to_string();
-    // A restore points the volume at a new thin id: the stack on the old one comes down
-    // first (a mounted or open one refuses, and the restore waits).
-    let replaced = observed
-        .thin_ids
-        .get(&name(&stack[0]))
-        .is_some_and(|id| *id != v.thin_id);
-    if replaced {
-        for plan in stack.iter().rev() {
-            if observed.devices.contains_key(&name(plan)) {
-                steps.push(Step::Deactivate(plan.name.clone()));
-            }
-        }
-    }
-    let present = |p: &DevicePlan| {
-        if replaced {
-            return None;
-        }
-        observed.devices.get(&name(p)).map(|(_, len)| *len)
-    };
-    if let Some(origin) = &v.origin {
-        let live_top_down = match origin.volume.as_deref().and_then(|id| desired.volume(id)) {
-            Some(src) => volume_stack(&node, src, observed.bypass_workqueues)?
-                .into_iter()
-                .rev()
-                .map(|p| p.name)
-                .filter(|n| observed.devices.contains_key(&n.to_string()))
-                .collect(),
-            None => Vec::new(),
-        };
-        steps.push(Step::Copy {
-            volume: v.id.clone(),
-            pool: pool.clone(),
-            source: thin_id(&v.id, origin.thin_id)?,
-            thin_id: thin_id(&v.id, v.thin_id)?,
-            live_top_down,
-        });
-    } else if present(&stack[0]).is_none() {
-        steps.push(Step::CreateThinId {
-            pool: pool.clone(),
-            thin_id: thin_id(&v.id, v.thin_id)?,
-        });
-    }
-    if stack.iter().any(|p| present(p).is_none()) {
-        steps.push(Step::Activate {
-            volume: v.id.clone(),
-            plans: stack.clone(),
-        });
-    } else if stack
-        .iter()
-        .any(|p| present(p).is_some_and(|len| len < p.length()))
-    {
-        steps.push(Step::Grow {
-            volume: v.id.clone(),
-            plans: stack.clone(),
-            fs: v.fs,
-        });
-    }
-    if !v.retired.is_empty() {
-        for r in &v.retired {
-            steps.push(Step::DeleteThinId {
-                pool: pool.clone(),
-                thin_id: thin_id(&v.id, *r)?,
-            });
-        }
-        steps.push(Step::ForgetRetired {
-            volume: v.id.clone(),
-        });
-    }
-    let top = &stack[stack.len() - 1];
-    if !v.formatted && v.fs != Fs::Raw && !v.read_only {
-        steps.push(Step::Mkfs {
-            volume: v.id.clone(),
-            device: top.name.clone(),
-            fs: v.fs,
-        });
-    }
-    let mounted: Vec<PathBuf> = if replaced {
-        Vec::new()
-    } else {
-        managed_mounts(desired, observed, &name(top)).collect()
-    };
-    for m in &mounted {
-        if v.mount.as_ref() != Some(m) {
-            steps.push(Step::Unmount(m.clone()));
-        }
-    }
-    if let Some(path) = &v.mount {
-        if v.fs != Fs::Raw && !mounted.contains(path) {
-            steps.push(Step::Mount {
-                device: top.name.clone(),
-                path: path.clone(),
-                fs: v.fs,
-                read_only: v.read_only,
-            });
-        }
-    }
-    for s in &v.snapshots {
-        match (s.phase, s.taken) {
-            (Phase::Live, false) => steps.push(Step::Snapshot {
-                volume: v.id.clone(),
-                snapshot: s.id.clone(),
-                pool: pool.clone(),
-                source: thin_id(&v.id, v.thin_id)?,
-                thin_id: thin_id(&v.id, s.thin_id)?,
-                live_top_down: stack.iter().rev().map(|p| p.name.clone()).collect(),
-            }),
-            (Phase::Deleting, _) => {
-                steps.push(Step::DeleteThinId {
-                    pool: pool.clone(),
-                    thin_id: thin_id(&v.id, s.thin_id)?,
-                });
-                steps.push(Step::Forget {
-                    volume: v.id.clone(),
-                    snapshot: Some(s.id.clone()),
-                });
-            }
-            (Phase::Live, true) => {}
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::desired::{PoolState, SnapshotState};
+    use crate::plan::pool::plan_pool;
+    use crate::reconcile::desired::{PoolState, SnapshotState, VolumeState};
+    use crate::store::types::NodeId;
 
     const CLUSTER: &str = "c0ffee";
 

@@ -6,8 +6,8 @@ pub mod spec;
 use crate::crypt::VolumeKey;
 use crate::kernel::dm::DeviceMapper;
 use crate::kernel::keyring;
+use crate::kernel::stack::{self, AppliedStack, StackError};
 use crate::plan::table::{DevicePlan, TargetSpec};
-use crate::stack::{self, AppliedStack, StackError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
