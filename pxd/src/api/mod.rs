@@ -17,7 +17,9 @@
 //! | `/v1/volumes...` | volumes and snapshots (see [`volumes`]) |
 //! | `GET /metrics` | Prometheus text (no token needed over TCP) |
 //!
-//! Errors are `{"error": message, "code": code}`; `code` is one of `no_quorum`,
+//! Errors are `{"error": message, "code": code}`; `code` is one of `no_quorum` (503: a
+//! majority of the voters does not answer; never on a one-node cluster), `timeout` (504: a
+//! change took too long for another reason, such as a busy node, and may still be applied),
 //! `unknown_node`, `last_member`, `already_member`, `not_in_cluster`, `bad_token`,
 //! `join_refused`, `unreachable`, `rejected`, `bad_request`, `not_found`, `unauthorized`,
 //! `internal`.
@@ -88,6 +90,8 @@ impl ApiError {
             ApiError::Node(_) => (StatusCode::INTERNAL_SERVER_ERROR, "node"),
             ApiError::Cluster(e) => match e {
                 ClusterError::NoQuorum(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
+                // Not a quorum problem: the change may still be applied, so not a plain 503.
+                ClusterError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
                 ClusterError::UnknownNode(_) => (StatusCode::NOT_FOUND, "unknown_node"),
                 ClusterError::LastMember(_) => (StatusCode::CONFLICT, "last_member"),
                 ClusterError::AlreadyMember(_) => (StatusCode::CONFLICT, "already_member"),
@@ -533,6 +537,19 @@ mod tests {
             .await
             .map(|JsonBody(v)| v)
             .map_err(|e| (e.status_and_code().0, e.to_string()))
+    }
+
+    #[test]
+    fn a_timeout_is_not_reported_as_no_quorum() {
+        let code = |e: ClusterError| ApiError::Cluster(e).status_and_code();
+        assert_eq!(
+            code(ClusterError::Timeout("slow".into())),
+            (StatusCode::GATEWAY_TIMEOUT, "timeout")
+        );
+        assert_eq!(
+            code(ClusterError::NoQuorum("gone".into())),
+            (StatusCode::SERVICE_UNAVAILABLE, "no_quorum")
+        );
     }
 
     #[tokio::test]

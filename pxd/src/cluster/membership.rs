@@ -102,7 +102,7 @@ impl Cluster {
                 node: self.node_record(),
             },
         ] {
-            self.write_local(cmd).await.map_err(led_error)?;
+            self.write_local(cmd).await.map_err(|e| self.led_error(e))?;
         }
         self.token()
     }
@@ -161,6 +161,7 @@ impl Cluster {
             Ok(Reply::Join(Err(r))) => {
                 return Err(match r.kind {
                     rpc::RefusalKind::NoQuorum => ClusterError::NoQuorum(r.message),
+                    rpc::RefusalKind::Timeout => ClusterError::Timeout(r.message),
                     _ => ClusterError::JoinRefused(r.message),
                 })
             }
@@ -214,11 +215,7 @@ impl Cluster {
         match self.leader() {
             Some(l) if l == self.id() => {}
             Some(l) => return self.forward_join(l, token, node).await,
-            None => {
-                return Err(ClusterError::NoQuorum(
-                    "no leader is known; a majority of the members is not reachable".into(),
-                ))
-            }
+            None => return Err(self.stalled("no leader is known".into())),
         }
         let id = node.id;
         let membership = self.membership();
@@ -239,7 +236,7 @@ impl Cluster {
                 })
             };
         }
-        self.ensure_quorum().await.map_err(led_error)?;
+        self.ensure_quorum().await.map_err(|e| self.led_error(e))?;
         let raft_node = crate::store::RaftNode {
             data_addr: node.data_addr.clone(),
             public_key: node.public_key.clone(),
@@ -272,7 +269,7 @@ impl Cluster {
             })?;
         self.write_local(Command::PutNode { node })
             .await
-            .map_err(led_error)?;
+            .map_err(|e| self.led_error(e))?;
         tracing::info!(node = %id, "node joined");
         Ok(JoinAccepted {
             cluster_id,
@@ -291,9 +288,7 @@ impl Cluster {
             .membership()
             .get_node(&leader)
             .cloned()
-            .ok_or_else(|| {
-                ClusterError::NoQuorum(format!("the leader {leader} is not in the membership"))
-            })?;
+            .ok_or_else(|| self.stalled(format!("the leader {leader} is not in the membership")))?;
         let req = rpc::encode(&Request::Join {
             token: token.to_owned(),
             node,
@@ -302,9 +297,7 @@ impl Cluster {
             .transport
             .call(&target.data_addr, &target.public_key, req, JOIN_TIMEOUT)
             .await
-            .map_err(|e| {
-                ClusterError::NoQuorum(format!("the leader {leader} does not answer: {e}"))
-            })?;
+            .map_err(|e| self.stalled(format!("the leader {leader} does not answer: {e}")))?;
         match rpc::decode::<Reply>(&reply) {
             Ok(Reply::Join(r)) => r.map_err(ClusterError::from_refusal),
             other => Err(ClusterError::Raft {
@@ -378,6 +371,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// An error of work only the leader may do, for a caller that cannot pass it on.
+    fn led_error(&self, e: Led) -> ClusterError {
+        match e {
+            Led::Err(e) => e,
+            Led::NotLeader => {
+                self.stalled("this node lost the leadership during the change".into())
+            }
+        }
+    }
+
     /// Polls `done` until it holds or `limit` passes.
     async fn wait_for(
         &self,
@@ -396,13 +399,6 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
-    }
-}
-
-fn led_error(e: Led) -> ClusterError {
-    match e {
-        Led::Err(e) => e,
-        Led::NotLeader => ClusterError::NoQuorum("this node lost the leadership".into()),
     }
 }
 

@@ -24,7 +24,7 @@ use gossip::{Beats, StatsSampler};
 use identity::{Identity, IdentityError};
 use openraft::error::{ClientWriteError, RaftError};
 use rpc::{Refusal, RefusalKind, Reply, Request};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -33,15 +33,25 @@ use std::time::{Duration, Instant};
 use token::TokenError;
 use transport::{Transport, TransportError};
 
-/// How long a write may take to commit before it counts as "no quorum".
 /// The cluster key's file in the data directory.
 pub const CLUSTER_KEY_FILE: &str = "cluster.key";
+/// How long a write may wait for a quorum: for a leader that a majority answers, or, at
+/// that leader, for a majority's acknowledgement. Past it a write counts as "no quorum",
+/// where a missing majority can be the reason (see [`quorum_is_not_the_cause`]).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write may take to be applied while its leader has a quorum (it is queued
+/// behind others, or the machine is busy) before the caller is told it timed out, with its
+/// outcome unknown. Raft keeps a proposed entry when its caller stops waiting, so a shorter
+/// wait would report writes that are then applied as failed. Below the API client's timeout.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
+/// A leader counts as having a quorum while a majority of the voters acknowledged it this
+/// recently (followers answer its heartbeats every 150 ms).
+const QUORUM_ACK_MAX_AGE: Duration = Duration::from_secs(2);
 /// How long a join may take, end to end.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
-/// Timeout of one forwarded write: short enough that a leader that died leaves time to
-/// find the next one within [`WRITE_TIMEOUT`].
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time for a forwarded write to travel to the leader and back, on top of what the leader
+/// may take for it ([`APPLY_TIMEOUT`]).
+const FORWARD_MARGIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -86,6 +96,10 @@ pub enum ClusterError {
     NotInCluster,
     #[error("no quorum: {0}")]
     NoQuorum(String),
+    /// A change took longer than it may, for a reason other than a missing majority (a slow
+    /// apply, a busy node); it may still be applied.
+    #[error("timed out: {0}")]
+    Timeout(String),
     #[error("node {0:?} is not a member of the cluster")]
     UnknownNode(String),
     #[error("node {0} is the last member; a cluster cannot remove its last member")]
@@ -108,6 +122,7 @@ impl ClusterError {
     fn from_refusal(r: Refusal) -> ClusterError {
         match r.kind {
             RefusalKind::NoQuorum => ClusterError::NoQuorum(r.message),
+            RefusalKind::Timeout => ClusterError::Timeout(r.message),
             RefusalKind::Invalid => ClusterError::Rejected(r.message),
             RefusalKind::NotLeader | RefusalKind::Failed => ClusterError::Raft {
                 op: "forwarded request",
@@ -119,6 +134,7 @@ impl ClusterError {
     fn refusal(&self) -> Refusal {
         let kind = match self {
             ClusterError::NoQuorum(_) => RefusalKind::NoQuorum,
+            ClusterError::Timeout(_) => RefusalKind::Timeout,
             ClusterError::Token(_)
             | ClusterError::Invalid { .. }
             | ClusterError::Rejected(_)
@@ -127,10 +143,12 @@ impl ClusterError {
             | ClusterError::NotInCluster => RefusalKind::Invalid,
             _ => RefusalKind::Failed,
         };
-        Refusal {
-            kind,
-            message: self.to_string(),
-        }
+        let message = match self {
+            // The receiver's error of the same kind says "no quorum: " or "timed out: " again.
+            ClusterError::NoQuorum(m) | ClusterError::Timeout(m) => m.clone(),
+            other => other.to_string(),
+        };
+        Refusal { kind, message }
     }
 }
 
@@ -309,6 +327,25 @@ impl Cluster {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// [`quorum_is_not_the_cause`] for this node, as Raft sees it now.
+    fn quorum_is_not_the_cause(&self) -> Option<&'static str> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        quorum_is_not_the_cause(&voters, self.id(), m.millis_since_quorum_ack)
+    }
+
+    /// The error for a change that did not finish in time: "no quorum" only where a missing
+    /// majority can be the reason, else a timeout that says why it is not.
+    fn stalled(&self, what: String) -> ClusterError {
+        match self.quorum_is_not_the_cause() {
+            None => ClusterError::NoQuorum(format!(
+                "{what}; a majority of the voters is not reachable from this node"
+            )),
+            Some(held) => ClusterError::Timeout(format!("{what}: this node is busy ({held})")),
+        }
+    }
+
     /// True if `key` is the CURVE key of a member in this node's Raft membership.
     fn is_member_key(&self, key: &str) -> bool {
         self.membership().nodes().any(|(_, n)| n.public_key == key)
@@ -378,8 +415,9 @@ impl Cluster {
     }
 
     /// Makes a change through the leader: here if this node leads, else forwarded to the
-    /// leader over the transport. Fails with "no quorum" when no leader commits it within
-    /// [`WRITE_TIMEOUT`].
+    /// leader over the transport. Fails with "no quorum" when no leader with a majority takes
+    /// it within [`WRITE_TIMEOUT`], and with a timeout when a leader that has one does not
+    /// apply it within [`APPLY_TIMEOUT`]. A change known to be applied is reported applied.
     pub async fn submit(&self, op: Op) -> Result<Response, ClusterError> {
         self.submit_indexed(op).await.map(|(r, _)| r)
     }
@@ -389,14 +427,15 @@ impl Cluster {
     pub async fn submit_and_apply(&self, op: Op) -> Result<Response, ClusterError> {
         let (response, index) = self.submit_indexed(op).await?;
         if let Some(index) = index {
+            // The change is committed: no quorum is missing, this node is only behind.
             self.raft
-                .wait(Some(WRITE_TIMEOUT))
+                .wait(Some(APPLY_TIMEOUT))
                 .applied_index_at_least(Some(index), "a submitted change applied here")
                 .await
                 .map_err(|e| {
-                    ClusterError::NoQuorum(format!(
-                        "the change was committed but this node has not applied it within \
-                         {WRITE_TIMEOUT:?}: {e}"
+                    ClusterError::Timeout(format!(
+                        "the change was committed at log index {index}, but this node has not \
+                         applied it within {APPLY_TIMEOUT:?} (it will): {e}"
                     ))
                 })?;
         }
@@ -414,7 +453,7 @@ impl Cluster {
                     Err(Led::Err(e)) => return Err(e),
                     Err(Led::NotLeader) => last = "leadership moved".into(),
                 },
-                Some(l) => match self.forward(l, &op, deadline).await {
+                Some(l) => match self.forward(l, &op).await {
                     Ok(r) => return Ok(r),
                     Err(Forward::Unreachable(why)) => last = why,
                     Err(Forward::Led(Led::Err(e))) => return Err(e),
@@ -425,43 +464,47 @@ impl Cluster {
                 None => {}
             }
             if Instant::now() >= deadline {
-                return Err(ClusterError::NoQuorum(format!(
-                    "nothing was committed within {WRITE_TIMEOUT:?} ({last}); a majority of \
-                     the members is not reachable from this node"
+                return Err(self.stalled(format!(
+                    "no leader took the write within {WRITE_TIMEOUT:?} ({last})"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// Passes an op to the leader. A leader that does not answer may have died; the caller
-    /// tries again with whichever node leads next, so an op can be proposed twice (the
-    /// commands are idempotent puts and removes).
-    async fn forward(
-        &self,
-        leader: NodeId,
-        op: &Op,
-        deadline: Instant,
-    ) -> Result<(Response, Option<u64>), Forward> {
+    /// Passes an op to the leader and waits for the answer for as long as Raft here still
+    /// follows that leader. A busy leader answers late, within [`APPLY_TIMEOUT`]; giving up
+    /// on it sooner would report a write that it then applies as failed. A leader that died
+    /// is noticed by Raft within an election timeout, and the caller tries again with
+    /// whichever node leads next, so an op can be proposed twice (the commands are
+    /// idempotent puts and removes).
+    async fn forward(&self, leader: NodeId, op: &Op) -> Result<(Response, Option<u64>), Forward> {
         let node = self
             .membership()
             .get_node(&leader)
             .cloned()
             .ok_or(Forward::Led(Led::NotLeader))?;
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_millis(100), FORWARD_TIMEOUT);
+        let limit = APPLY_TIMEOUT + FORWARD_MARGIN;
         let req = rpc::encode(&Request::Submit {
             op: op.clone(),
-            expires: rpc::now_ms() + u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+            expires: rpc::now_ms() + u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
         });
-        let reply = self
+        let mut metrics = self.raft.metrics();
+        let call = self
             .transport
-            .call(&node.data_addr, &node.public_key, req, left)
-            .await
-            .map_err(|e| {
+            .call(&node.data_addr, &node.public_key, req, limit);
+        let reply = tokio::select! {
+            reply = call => reply.map_err(|e| {
                 Forward::Unreachable(format!("the leader {leader} does not answer: {e}"))
-            })?;
+            })?,
+            // Also when Raft stopped: then no leader will answer.
+            _ = metrics.wait_for(|m| m.current_leader != Some(leader)) => {
+                return Err(Forward::Unreachable(format!(
+                    "node {leader} stopped leading before it answered; the write may have \
+                     been applied"
+                )))
+            }
+        };
         match rpc::decode::<Reply>(&reply) {
             Ok(Reply::Submit(Ok(r))) => Ok(r),
             Ok(Reply::Submit(Err(r))) if r.kind == RefusalKind::NotLeader => {
@@ -493,26 +536,49 @@ impl Cluster {
         }
     }
 
-    /// Proposes a command here; commits within [`WRITE_TIMEOUT`] or reports no quorum.
+    /// Proposes a command here and waits until it is applied; see
+    /// [`Cluster::write_local_indexed`].
     async fn write_local(&self, cmd: Command) -> Result<Response, Led> {
         self.write_local_indexed(cmd).await.map(|(r, _)| r)
     }
 
     /// [`Cluster::write_local`], with the log index the command was applied at.
+    ///
+    /// A proposed entry stays in Raft's log when its caller stops waiting, and is applied
+    /// once it commits, so the write is waited for for as long as it can still commit: past
+    /// [`WRITE_TIMEOUT`] only while a majority acknowledges this leader (always, when it is
+    /// the only voter), and then up to [`APPLY_TIMEOUT`], after which its outcome is unknown.
     async fn write_local_indexed(&self, cmd: Command) -> Result<(Response, u64), Led> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
-            Err(_) => Err(Led::Err(ClusterError::NoQuorum(format!(
-                "the write was not committed within {WRITE_TIMEOUT:?}: a majority of the \
-                 members does not answer the leader"
-            )))),
-            Ok(Ok(resp)) => match resp.data {
+        let started = tokio::time::Instant::now();
+        let write = self.raft.client_write(cmd);
+        tokio::pin!(write);
+        let mut wait = WRITE_TIMEOUT;
+        let written = loop {
+            if let Ok(written) = tokio::time::timeout_at(started + wait, &mut write).await {
+                break written;
+            }
+            let waited = started.elapsed();
+            let Some(held) = self.quorum_is_not_the_cause() else {
+                return Err(Led::Err(ClusterError::NoQuorum(format!(
+                    "the write was not committed within {waited:?}: a majority of the voters \
+                     does not answer the leader"
+                ))));
+            };
+            if waited >= APPLY_TIMEOUT {
+                return Err(Led::Err(ClusterError::Timeout(format!(
+                    "the write was not applied within {waited:?}: this node is busy ({held}); \
+                     it may still be applied"
+                ))));
+            }
+            wait = waited + Duration::from_secs(1);
+        };
+        match written {
+            Ok(resp) => match resp.data {
                 Response::Rejected(reason) => Err(Led::Err(ClusterError::Rejected(reason))),
                 r => Ok((r, resp.log_id.index)),
             },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(Led::NotLeader)
-            }
-            Ok(Err(e)) => Err(Led::Err(ClusterError::Raft {
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Led::NotLeader),
+            Err(e) => Err(Led::Err(ClusterError::Raft {
                 op: "write",
                 reason: e.to_string(),
             })),
@@ -521,18 +587,44 @@ impl Cluster {
 
     /// Confirms with a majority that this node still leads.
     async fn ensure_quorum(&self) -> Result<(), Led> {
-        match tokio::time::timeout(Duration::from_secs(3), self.raft.ensure_linearizable()).await {
+        use openraft::error::CheckIsLeaderError;
+        let limit = Duration::from_secs(3);
+        match tokio::time::timeout(limit, self.raft.ensure_linearizable()).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
-                _,
-            )))) => Err(Led::NotLeader),
-            Ok(Err(e)) => Err(Led::Err(ClusterError::NoQuorum(format!(
-                "the leader cannot confirm a majority: {e}"
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                Err(Led::NotLeader)
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => Err(Led::Err(
+                ClusterError::NoQuorum(format!("the leader cannot confirm a majority: {e}")),
+            )),
+            Ok(Err(e)) => Err(Led::Err(ClusterError::Raft {
+                op: "confirm the leadership",
+                reason: e.to_string(),
+            })),
+            Err(_) => Err(Led::Err(self.stalled(format!(
+                "the leader could not confirm its leadership within {limit:?}"
             )))),
-            Err(_) => Err(Led::Err(ClusterError::NoQuorum(
-                "the leader cannot reach a majority of the members".into(),
-            ))),
         }
+    }
+}
+
+/// Why a change that did not finish in time cannot be blamed on a missing majority, or
+/// `None` when it may be. A node that is the only voter is a quorum by itself, and a leader
+/// that a majority acknowledged within [`QUORUM_ACK_MAX_AGE`] has one: the change is slow,
+/// not stuck. Only a leader sees acknowledgements (`millis_since_quorum_ack`); elsewhere a
+/// missing majority stays possible.
+fn quorum_is_not_the_cause(
+    voters: &BTreeSet<NodeId>,
+    me: NodeId,
+    millis_since_quorum_ack: Option<u64>,
+) -> Option<&'static str> {
+    let max_age = u64::try_from(QUORUM_ACK_MAX_AGE.as_millis()).unwrap_or(u64::MAX);
+    if voters.len() == 1 && voters.contains(&me) {
+        Some("this node is the only voter, a quorum by itself")
+    } else if millis_since_quorum_ack.is_some_and(|ms| ms <= max_age) {
+        Some("a majority of the voters answers this leader")
+    } else {
+        None
     }
 }
 
@@ -585,5 +677,55 @@ async fn gossip_loop(cluster: Arc<Cluster>) {
             });
         }
         cluster.update_metrics();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(ids: &[u64]) -> BTreeSet<NodeId> {
+        ids.iter().copied().map(NodeId).collect()
+    }
+
+    #[test]
+    fn the_only_voter_never_lacks_a_quorum() {
+        // Whatever Raft's metrics say (a follower or a frozen node reports no ack at all).
+        for ack in [None, Some(0), Some(1_000), Some(60_000), Some(u64::MAX)] {
+            assert_eq!(
+                quorum_is_not_the_cause(&ids(&[1]), NodeId(1), ack),
+                Some("this node is the only voter, a quorum by itself"),
+                "{ack:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_leader_lacks_a_quorum_only_once_a_majority_is_silent() {
+        let three = ids(&[1, 2, 3]);
+        let held = Some("a majority of the voters answers this leader");
+        assert_eq!(quorum_is_not_the_cause(&three, NodeId(1), Some(150)), held);
+        assert_eq!(
+            quorum_is_not_the_cause(&three, NodeId(1), Some(2_000)),
+            held
+        );
+        assert_eq!(
+            quorum_is_not_the_cause(&three, NodeId(1), Some(2_001)),
+            None
+        );
+        // A follower sees no acknowledgements: a missing majority stays possible.
+        assert_eq!(quorum_is_not_the_cause(&three, NodeId(2), None), None);
+        // The only voter is another node (this one is a learner, or not yet a member).
+        assert_eq!(quorum_is_not_the_cause(&ids(&[2]), NodeId(1), None), None);
+    }
+
+    #[test]
+    fn a_timeout_travels_to_the_forwarding_node_as_a_timeout() {
+        let e = ClusterError::Timeout("slow".into());
+        let r = e.refusal();
+        assert_eq!(r.kind, RefusalKind::Timeout);
+        let back = ClusterError::from_refusal(rpc::decode(&rpc::encode(&r)).unwrap());
+        assert!(matches!(back, ClusterError::Timeout(_)), "{back:?}");
+        assert_eq!(back.to_string(), "timed out: slow");
     }
 }

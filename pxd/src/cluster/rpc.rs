@@ -63,6 +63,8 @@ pub enum RefusalKind {
     /// Bad token, wrong cluster, taken id: the caller's request is wrong.
     Invalid,
     NoQuorum,
+    /// The leader has a quorum but did not finish in time; the change may still be applied.
+    Timeout,
     /// The receiver is not the leader (any more); ask again.
     NotLeader,
     Failed,

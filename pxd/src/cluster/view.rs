@@ -56,8 +56,16 @@ pub struct NodeView {
 }
 
 impl Cluster {
+    /// A node's liveness as seen from here. This node is online to itself, since it is
+    /// answering: its own beat can be late when the machine is busy, and a one-node cluster
+    /// must not then show itself without a quorum.
     fn liveness(&self, id: NodeId) -> (Liveness, Option<NodeStats>) {
-        self.beats.view(id)
+        let (liveness, stats) = self.beats.view(id);
+        if id == self.id() {
+            (Liveness::Online, stats)
+        } else {
+            (liveness, stats)
+        }
     }
 
     pub fn status(&self) -> Status {

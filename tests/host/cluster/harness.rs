@@ -186,6 +186,18 @@ impl Daemon {
         c.wait().expect("wait for the daemon")
     }
 
+    /// Freezes the daemon (SIGSTOP) for `d`, then lets it go on (SIGCONT): a node that got
+    /// no CPU for that long, as on a saturated machine or a paused VM.
+    pub fn pause(&self, d: Duration) {
+        let c = self.child.as_ref().expect("a running daemon");
+        let pid = i32::try_from(c.id()).expect("a pid");
+        // SAFETY: signalling our own child, which `ip netns exec` replaced with pxd.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        std::thread::sleep(d);
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+
     /// SIGKILL: no chance to clean up, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

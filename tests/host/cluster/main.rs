@@ -282,6 +282,83 @@ fn writes_survive_killing_the_leader() {
     );
 }
 
+/// A one-node cluster is a quorum by itself. Writes that queue up behind each other, or that
+/// wait while the node gets no CPU, are slow, never "no quorum", and a write that was
+/// applied is answered as applied: every one of a burst of parallel writes succeeds and
+/// reads back, also when the daemon is frozen for longer than a write may wait for a quorum.
+#[test]
+fn a_one_node_cluster_answers_every_parallel_write() {
+    let _turn = serial();
+    let c = TestCluster::formed(&["storage"]);
+    let node = &c.nodes[0];
+    // Large values give each apply some work, so the writes queue behind each other.
+    let value = "v".repeat(32 * 1024);
+    for (ns, freeze) in [("burst", None), ("frozen", Some(Duration::from_secs(7)))] {
+        const WRITES: usize = 50;
+        let started = Instant::now();
+        let answers: Vec<(String, Result<(), ClientError>)> = std::thread::scope(|s| {
+            let writers: Vec<_> = (0..WRITES)
+                .map(|i| {
+                    let value = &value;
+                    s.spawn(move || {
+                        let key = format!("k{i}");
+                        let answer = node.put(ns, &key, value);
+                        (key, answer)
+                    })
+                })
+                .collect();
+            if let Some(d) = freeze {
+                // While the writes are in flight: longer than the 5 s a write waits for a
+                // quorum, so every timer in the daemon has run out when it goes on.
+                std::thread::sleep(Duration::from_millis(150));
+                node.pause(d);
+                // Its own beat is late now, but a node is online to itself.
+                let status = node.status();
+                assert!(
+                    status.quorum.ok,
+                    "a one-node cluster without a quorum: {status:?}"
+                );
+            }
+            writers
+                .into_iter()
+                .map(|w| w.join().expect("a writer thread"))
+                .collect()
+        });
+        eprintln!(
+            "{WRITES} parallel writes ({ns}) answered in {:?}",
+            started.elapsed()
+        );
+        let stored = node.kv(ns);
+        let failed: Vec<String> = answers
+            .iter()
+            .filter_map(|(key, r)| {
+                let applied = if stored.contains_key(key) {
+                    " (applied)"
+                } else {
+                    ""
+                };
+                r.as_ref()
+                    .err()
+                    .map(|e| format!("{key}{applied}: [{}] {e}", code(e)))
+            })
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {WRITES} writes ({ns}) failed on a one-node cluster:\n{}\n{}",
+            failed.len(),
+            failed.join("\n"),
+            node.log_tail()
+        );
+        for (key, _) in &answers {
+            assert_eq!(
+                stored.get(key),
+                Some(&value),
+                "{ns}/{key} does not read back"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_cut_off_node_refuses_writes_and_converges_after_healing() {
     let _turn = serial();
