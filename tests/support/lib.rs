@@ -184,6 +184,42 @@ pub fn pool_spec(node: &str, disks: &[PathBuf], chunk: devicemapper::Sectors) ->
     }
 }
 
+/// Daemon flags of the drive classes for the emulated guest: a raw virtio disk (median well
+/// under 4 ms here) is high, and dm-delay's 5 ms on every I/O puts a disk's median above both
+/// limits, so it is low whatever the emulator's speed.
+pub const EMULATOR_CLASSES: [&str; 8] = [
+    "--high-min-iops",
+    "100",
+    "--high-max-p50-us",
+    "4000",
+    "--medium-min-iops",
+    "50",
+    "--medium-max-p50-us",
+    "4500",
+];
+
+/// A block device's size in 512-byte sectors.
+pub fn sectors(dev: &Path) -> u64 {
+    run("blockdev", &["--getsz", &dev.display().to_string()])
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("size of {}: {e}", dev.display()))
+}
+
+/// The dm devices of pxd node `node` in this kernel.
+pub fn node_devices(node: &str) -> std::collections::BTreeSet<String> {
+    use pxd::kernel::dm::DeviceMapper;
+    let prefix = format!("pxd-{node}-");
+    pxd::kernel::dm::KernelDm::open()
+        .expect("device-mapper")
+        .list()
+        .expect("list dm devices")
+        .into_iter()
+        .map(|(n, _)| n.to_string())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
 /// Labels `disk` as the next member of pool `pool` of `state` (cluster `state.cluster`,
 /// node `state.node`, which must be a hex node id), as `pxd drive add` does, so the
 /// reconciler can assemble the pool from it.

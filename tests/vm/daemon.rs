@@ -13,26 +13,15 @@ use pxd::plan::names::{pool_devices, Id};
 use pxd::pool::drive::DriveView;
 use pxd::volume::spec::Class;
 use pxd_tests::daemon::Daemon;
-use pxd_tests::{pattern, read_direct, run, sha256, vm_disks, wait_until, write_direct};
+use pxd_tests::{
+    pattern, read_direct, run, sectors, sha256, vm_disks, wait_until, write_direct,
+    EMULATOR_CLASSES,
+};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-/// Class thresholds for the emulated guest: a raw virtio disk (median well under 4 ms here)
-/// is high, and dm-delay's 5 ms on every I/O puts a disk's median above both limits, so it
-/// is low whatever the emulator's speed.
-const THRESHOLDS: [&str; 8] = [
-    "--high-min-iops",
-    "100",
-    "--high-max-p50-us",
-    "4000",
-    "--medium-min-iops",
-    "50",
-    "--medium-max-p50-us",
-    "4500",
-];
 
 /// One test at a time: they share two emulated cores, and fio timing is generous only alone.
 fn serial() -> MutexGuard<'static, ()> {
@@ -93,17 +82,10 @@ fn wait_converged(d: &Daemon) {
 /// A one-node cluster with the guest's disk `disk` in a pool.
 fn pooled_node(name: &str, port: u16, disk: usize) -> Daemon {
     let disks = vm_disks(6);
-    let mut d = Daemon::new(name, port, &THRESHOLDS);
+    let mut d = Daemon::new(name, port, &EMULATOR_CLASSES);
     d.start_cluster();
     d.ok(&["drive", "add", disks[disk].to_str().unwrap()]);
     d
-}
-
-fn sectors(dev: &Path) -> u64 {
-    run("blockdev", &["--getsz", dev.to_str().unwrap()])
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// Writes `len` bytes of pattern `seed` to a file and fsyncs it; returns the checksum.
@@ -191,7 +173,7 @@ fn drives_volumes_snapshots_clones_and_growth_through_the_cli() {
         "dmsetup",
         &["create", "pxdtest-slow", "--table", &slow_table],
     );
-    let mut d = Daemon::new("main", 9100, &THRESHOLDS);
+    let mut d = Daemon::new("main", 9100, &EMULATOR_CLASSES);
     d.start_cluster();
 
     // Drives: measured, classed, pooled.
@@ -743,7 +725,7 @@ fn a_near_full_pool_refuses_new_allocations_and_says_so() {
         "full",
         9140,
         &[
-            &THRESHOLDS[..],
+            &EMULATOR_CLASSES[..],
             &[
                 "--pool-full-percent",
                 "10",

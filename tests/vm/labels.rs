@@ -8,7 +8,7 @@ use pxd::kernel::dm::{DeviceMapper, KernelDm};
 use pxd::pool::drive::{DriveView, LabelStanding};
 use pxd::pool::label::{self, Found};
 use pxd_tests::daemon::Daemon;
-use pxd_tests::{read_direct, vm_disks, write_direct};
+use pxd_tests::{node_devices, read_direct, sectors, vm_disks, write_direct};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -29,15 +29,15 @@ fn listed(d: &Daemon, disk: &Path) -> DriveView {
 /// Removes the daemon node's devices, top first, as a reboot would: its drives are free.
 fn take_down(node: &str) {
     let dm = KernelDm::open().unwrap();
-    let mut names: Vec<String> = dm
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|(n, _)| n.to_string())
-        .filter(|n| n.starts_with(&format!("pxd-{node}-")))
-        .collect();
-    // The thin-pool before its -data and -meta devices.
-    names.sort_by_key(|n| (n.ends_with("-meta") || n.ends_with("-data"), n.clone()));
+    let mut names: Vec<String> = node_devices(node).into_iter().collect();
+    // Top of each stack first: crypt, thin, then the thin-pool, then its -data and -meta.
+    let layer = |n: &String| match () {
+        _ if n.contains("-crypt-") => 0,
+        _ if n.contains("-thin-") => 1,
+        _ if n.ends_with("-meta") || n.ends_with("-data") => 3,
+        _ => 2,
+    };
+    names.sort_by_key(|n| (layer(n), n.clone()));
     for n in names {
         dm.remove(&devicemapper::DmNameBuf::new(n).unwrap())
             .unwrap();
@@ -185,42 +185,11 @@ fn two_adds_of_one_disk_at_once_have_one_winner() {
     take_down(&status.node.to_string());
 }
 
-/// Class thresholds for the emulated guest: a raw virtio disk is high, one behind dm-delay's
-/// 5 ms is low (as in the daemon tests).
-const THRESHOLDS: [&str; 8] = [
-    "--high-min-iops",
-    "100",
-    "--high-max-p50-us",
-    "4000",
-    "--medium-min-iops",
-    "50",
-    "--medium-max-p50-us",
-    "4500",
-];
-
-fn sectors(dev: &Path) -> u64 {
-    pxd_tests::run("blockdev", &["--getsz", dev.to_str().unwrap()])
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn mounted(at: &Path) -> bool {
     std::fs::read_to_string("/proc/mounts")
         .unwrap()
         .lines()
         .any(|l| l.split(' ').nth(1) == Some(at.to_str().unwrap()))
-}
-
-fn node_devices(node: &str) -> std::collections::BTreeSet<String> {
-    KernelDm::open()
-        .unwrap()
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|(n, _)| n.to_string())
-        .filter(|n| n.starts_with(&format!("pxd-{node}-")))
-        .collect()
 }
 
 #[test]
@@ -239,7 +208,7 @@ fn a_missing_drive_degrades_its_pool_and_tears_nothing_down() {
         "dmsetup",
         &["create", "pxdtest-gone", "--table", &slow_table],
     );
-    let mut d = Daemon::new("missing", 9350, &THRESHOLDS);
+    let mut d = Daemon::new("missing", 9350, &pxd_tests::EMULATOR_CLASSES);
     d.start_cluster();
     let node = d.json::<Status>(&["cluster", "status"]).node.to_string();
     let fast: DriveAdded = d.json(&["drive", "add", disks[3].to_str().unwrap()]);
@@ -275,13 +244,23 @@ fn a_missing_drive_degrades_its_pool_and_tears_nothing_down() {
     run("sync", &[]);
     let devices = node_devices(&node);
 
-    // The slow drive fails: its map now errors every I/O and its label cannot be read.
+    // The slow drive fails: its map now errors every I/O and its label cannot be read. A
+    // write to the volume on it fails.
     let error_table = format!("0 {slow_len} error");
     run(
         "dmsetup",
         &["load", "pxdtest-gone", "--table", &error_table],
     );
     run("dmsetup", &["resume", "pxdtest-gone"]);
+    let wrote = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "count=4", "oflag=direct"])
+        .arg(format!("of={}", lost_at.join("x").display()))
+        .output()
+        .unwrap();
+    assert!(
+        !wrote.status.success(),
+        "a write to the failed drive succeeded"
+    );
     wait_until(Duration::from_secs(180), || {
         let pools: Vec<PoolView> = d.json(&["pool", "list"]);
         let p = pools.iter().find(|p| p.id == slow.pool).unwrap();
@@ -331,22 +310,41 @@ fn a_missing_drive_degrades_its_pool_and_tears_nothing_down() {
         "{metrics}"
     );
 
-    // The drive comes back: the pool is online again.
+    // The drive comes back, but the pool took write errors meanwhile: the kernel flags it,
+    // and pxd reports it damaged, for an operator to check, rather than online.
     run("dmsetup", &["load", "pxdtest-gone", "--table", &slow_table]);
     run("dmsetup", &["resume", "pxdtest-gone"]);
     wait_until(Duration::from_secs(180), || {
         let pools: Vec<PoolView> = d.json(&["pool", "list"]);
         let p = pools.iter().find(|p| p.id == slow.pool).unwrap();
-        (p.health == PoolHealth::Online)
-            .then_some(())
-            .ok_or_else(|| format!("the slow pool is {:?}", p.health))
+        match &p.health {
+            PoolHealth::Damaged(why) if why.contains(&slow.pool) => Ok(()),
+            other => Err(format!("the slow pool is {other:?}")),
+        }
     });
-    d.ok(&["volume", "unmount", "keep"]);
-    d.ok(&["volume", "unmount", "lost"]);
-    d.ok(&["volume", "delete", "more"]);
+    assert!(mounted(&keep_at), "the other pool's mount was undone");
     d.kill();
-    take_down(&node);
-    run("dmsetup", &["remove", "pxdtest-gone"]);
+    // Best effort from here: the failed pool's filesystem may refuse a clean unmount.
+    for at in [&keep_at, &lost_at] {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(at)
+            .status();
+    }
+    let dm = KernelDm::open().unwrap();
+    let mut names: Vec<String> = node_devices(&node).into_iter().collect();
+    names.sort_by_key(|n| {
+        (
+            n.contains("-pool-"),
+            n.ends_with("-meta") || n.ends_with("-data"),
+        )
+    });
+    for n in names {
+        let _ = dm.remove(&devicemapper::DmNameBuf::new(n).unwrap());
+    }
+    let _ = std::process::Command::new("dmsetup")
+        .args(["remove", "pxdtest-gone"])
+        .status();
 }
 
 #[test]
@@ -422,5 +420,75 @@ fn a_crash_at_every_step_of_drive_add_converges() {
             break;
         }
         n += 1;
+    }
+}
+
+/// A loop device over a new file of `mib` MiB in the guest's /tmp.
+fn loop_device(name: &str, mib: u64) -> String {
+    let file = format!("/tmp/pxd-{name}.img");
+    let f = std::fs::File::create(&file).unwrap();
+    f.set_len(mib << 20).unwrap();
+    pxd_tests::run("losetup", &["-f", "--show", &file])
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn drive_add_refuses_what_is_no_drive_and_records_nothing() {
+    use pxd::api::volumes::VolumeView;
+    use pxd_tests::run;
+    let _one = serial();
+    let mut d = Daemon::new("baddrives", 9380, &[]);
+    d.start_cluster();
+    let node = d.json::<Status>(&["cluster", "status"]).node.to_string();
+    // A small pool on a loop device, with a volume: pxd's own devices to try.
+    let pooled = loop_device("pooled", 256);
+    d.ok(&["drive", "add", &pooled]);
+    let v: VolumeView = d.json(&["volume", "create", "own", "--size", "32M", "--fs", "raw"]);
+    let thin = format!("/dev/mapper/{}", v.stack[0]);
+    let pool_data = format!("/dev/mapper/pxd-{node}-pool-{}-data", {
+        let pools: Vec<PoolView> = d.json(&["pool", "list"]);
+        pools[0].id.clone()
+    });
+    // A mounted disk, a disk too small to be a drive, a regular file and /dev/null.
+    let mounted = loop_device("mounted", 64);
+    run("mkfs.ext4", &["-q", "-F", &mounted]);
+    std::fs::create_dir_all("/tmp/pxd-mounted").unwrap();
+    run("mount", &[&mounted, "/tmp/pxd-mounted"]);
+    let small = loop_device("small", 32);
+    std::fs::write("/tmp/pxd-regular-file", b"not a disk").unwrap();
+
+    let store = |d: &Daemon| {
+        (
+            d.ok(&["--json", "pool", "list"]),
+            d.ok(&["--json", "volume", "list"]),
+        )
+    };
+    let before = (store(&d), node_devices(&node));
+    for (path, says) in [
+        (mounted.as_str(), "in use"),
+        (small.as_str(), "at least 67108864"),
+        ("/tmp/pxd-regular-file", "not a block device"),
+        ("/dev/null", "not a block device"),
+        (thin.as_str(), "pxd's own device"),
+        (pool_data.as_str(), "pxd's own device"),
+        (pooled.as_str(), "member of pool"),
+        ("relative/path", "absolute"),
+    ] {
+        let e = d.refused(&["drive", "add", "--force", path]);
+        assert!(e.contains("path") || e.contains(path), "{path}: {e}");
+        assert!(e.contains(says), "{path}: {e}");
+        assert_eq!(
+            (store(&d), node_devices(&node)),
+            before,
+            "{path} changed something"
+        );
+    }
+    run("umount", &["/tmp/pxd-mounted"]);
+    d.ok(&["volume", "delete", "own"]);
+    d.kill();
+    take_down(&node);
+    for dev in [&pooled, &mounted, &small] {
+        run("losetup", &["-d", dev]);
     }
 }

@@ -382,6 +382,11 @@ fn pool_health(state: &NodeState, pass: &Pass) -> BTreeMap<String, PoolHealth> {
                     PoolHealth::Damaged(format!("{e} [drive {first} at {at}]")),
                 );
             }
+            // Up, but the kernel has it read-only, failed or flagged needs_check (after I/O
+            // errors on its drives): pxd will not use it until an operator repairs it.
+            Some(ExecError::Pool(e @ PoolError::Unusable { .. })) => {
+                out.insert(p.id.clone(), PoolHealth::Damaged(e.to_string()));
+            }
             Some(_) => {}
             None => {
                 out.insert(p.id.clone(), PoolHealth::Online);

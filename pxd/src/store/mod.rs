@@ -1,11 +1,13 @@
 //! Desired state (DESIGN §3): its types, the commands that change it, and the Raft log and
 //! state machine that replicate it, both kept in one embedded redb database.
 
+pub mod codec;
 pub mod log_store;
 pub mod pools;
 pub mod state;
 pub mod state_machine;
 pub mod types;
+pub mod volumes;
 
 pub use log_store::LogStore;
 pub use state::{ClusterState, Command, Response};

@@ -3,7 +3,9 @@
 //! same state, and each change is reported as an object key and its new value so the state
 //! machine can persist exactly what changed.
 
-use super::types::{ClusterInfo, Drive, Node, NodeId, Origin, Phase, Pool, Snapshot, Volume};
+pub use super::codec::StateError;
+pub(super) use super::codec::{encode, removed};
+use super::types::{ClusterInfo, Drive, Node, NodeId, Phase, Pool, Snapshot, Volume};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -157,17 +159,6 @@ pub struct ClusterState {
     pub kv: BTreeMap<String, BTreeMap<String, String>>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("stored object {key:?} cannot be decoded: {source}")]
-    Decode {
-        key: String,
-        source: serde_json::Error,
-    },
-    #[error("stored object key {0:?} names no kind of object")]
-    UnknownKey(String),
-}
-
 /// Checks a KV namespace or key: 1 to `MAX_KV_KEY` bytes of `[A-Za-z0-9._-]`, so it can be
 /// part of an object key and a URL path without escaping; never `.` or `..`, which a URL or
 /// path would read as a step rather than a name.
@@ -188,19 +179,6 @@ pub fn check_kv_name(what: &str, name: &str) -> Result<(), String> {
         return Err(format!("{what} {name:?} may not be . or .."));
     }
     Ok(())
-}
-
-pub(super) fn encode<T: Serialize>(key: String, value: &T) -> Change {
-    // Serializing these plain structs to JSON cannot fail (string keys, no custom errors).
-    let value = serde_json::to_vec(value).unwrap_or_default();
-    Change {
-        key,
-        value: Some(value),
-    }
-}
-
-pub(super) fn removed(key: String) -> Change {
-    Change { key, value: None }
 }
 
 impl ClusterState {
@@ -339,240 +317,12 @@ impl ClusterState {
 
     /// The next thin id of pool `pool` on `node`: one past the highest any volume, retired
     /// device or snapshot there holds. Deterministic, so every member allocates the same.
-    pub fn next_thin_id(&self, node: NodeId, pool: &str) -> u32 {
-        let mut top = 0;
-        for v in self.volumes.values() {
-            for r in v
-                .replicas
-                .iter()
-                .filter(|r| r.node == node && r.pool == pool)
-            {
-                top = top.max(r.thin_id);
-                top = v.retired_thin_ids.iter().fold(top, |t, x| t.max(*x));
-                for s in self.snapshots.values().filter(|s| s.volume == v.id) {
-                    top = top.max(s.thin_ids.get(&node).copied().unwrap_or(0));
-                }
-            }
-        }
-        top + 1
-    }
-
-    /// The live volume called `name`, if any.
-    pub fn volume_named(&self, name: &str) -> Option<&Volume> {
-        self.volumes
-            .values()
-            .find(|v| v.name == name && v.phase == Phase::Live)
-    }
-
-    fn create_volume(&mut self, volume: &Volume) -> Result<Vec<Change>, String> {
-        if !(1..=3).contains(&volume.repl) {
-            return Err(format!("repl must be 1 to 3, got {}", volume.repl));
-        }
-        if self.volumes.contains_key(&volume.id) {
-            return Err(format!("volume id {} exists already", volume.id));
-        }
-        if self.volume_named(&volume.name).is_some() {
-            return Err(format!(
-                "name: a volume called {:?} exists already",
-                volume.name
-            ));
-        }
-        let mut v = volume.clone();
-        for r in &mut v.replicas {
-            self.known_node(r.node)?;
-            match self.pools.get(&r.pool) {
-                Some(p) if p.node == r.node => {}
-                _ => return Err(format!("pool {} is not on node {}", r.pool, r.node)),
-            }
-            r.thin_id = self.next_thin_id(r.node, &r.pool);
-        }
-        self.volumes.insert(v.id.clone(), v.clone());
-        Ok(vec![encode(format!("volume/{}", v.id), &v)])
-    }
-
-    fn update_volume(&mut self, id: &str, change: &VolumeChange) -> Result<Vec<Change>, String> {
-        let current = self
-            .volumes
-            .get(id)
-            .ok_or_else(|| format!("volume {id} does not exist"))?;
-        let mut v = current.clone();
-        let live = v.phase == Phase::Live;
-        match change {
-            VolumeChange::Resize { size } if live => {
-                if *size < v.size {
-                    return Err(format!(
-                        "size: {size} bytes is smaller than the volume's {} bytes; shrinking is not supported",
-                        v.size
-                    ));
-                }
-                v.size = *size;
-            }
-            VolumeChange::Mount { node, path } if live => {
-                self.known_node(*node)?;
-                v.mount_path = path.clone();
-                v.attachment = path.as_ref().map(|_| super::types::Attachment {
-                    node: *node,
-                    epoch: v.attachment.as_ref().map_or(1, |a| a.epoch + 1),
-                });
-            }
-            VolumeChange::Restore { snapshot } if live => {
-                let snap = self
-                    .snapshots
-                    .get(snapshot)
-                    .filter(|s| s.volume == id && s.taken && s.phase == Phase::Live)
-                    .ok_or_else(|| format!("snapshot {snapshot} of volume {id} is not ready"))?;
-                let mut origin = None;
-                for i in 0..v.replicas.len() {
-                    let (node, pool) = (v.replicas[i].node, v.replicas[i].pool.clone());
-                    let from = *snap
-                        .thin_ids
-                        .get(&node)
-                        .ok_or_else(|| format!("snapshot {snapshot} has no copy on node {node}"))?;
-                    let fresh = self
-                        .next_thin_id(node, &pool)
-                        .max(v.replicas[i].thin_id + 1);
-                    v.retired_thin_ids.push(v.replicas[i].thin_id);
-                    v.replicas[i].thin_id = fresh;
-                    origin = Some(Origin {
-                        thin_id: from,
-                        volume: None,
-                    });
-                }
-                v.origin = origin;
-            }
-            VolumeChange::Delete => {
-                if v.mount_path.is_some() {
-                    return Err(format!("volume {id} is mounted; unmount it first"));
-                }
-                v.phase = Phase::Deleting;
-            }
-            VolumeChange::Formatted => v.formatted = true,
-            VolumeChange::OriginCopied => v.origin = None,
-            VolumeChange::RetiredDeleted => v.retired_thin_ids.clear(),
-            _ => return Err(format!("volume {id} is being deleted")),
-        }
-        let change = encode(format!("volume/{id}"), &v);
-        self.volumes.insert(id.to_owned(), v);
-        Ok(vec![change])
-    }
-
-    fn create_snapshot(&mut self, snapshot: &Snapshot) -> Result<Vec<Change>, String> {
-        let v = self
-            .volumes
-            .get(&snapshot.volume)
-            .filter(|v| v.phase == Phase::Live)
-            .ok_or_else(|| format!("volume {} does not exist", snapshot.volume))?;
-        if self.snapshots.contains_key(&snapshot.id) {
-            return Err(format!("snapshot id {} exists already", snapshot.id));
-        }
-        if self.snapshots.values().any(|s| {
-            s.volume == snapshot.volume && s.name == snapshot.name && s.phase == Phase::Live
-        }) {
-            return Err(format!(
-                "name: volume {} has a snapshot called {:?} already",
-                v.name, snapshot.name
-            ));
-        }
-        let mut s = snapshot.clone();
-        s.thin_ids = v
-            .replicas
-            .iter()
-            .map(|r| (r.node, self.next_thin_id(r.node, &r.pool)))
-            .collect();
-        s.taken = false;
-        self.snapshots.insert(s.id.clone(), s.clone());
-        Ok(vec![encode(format!("snapshot/{}", s.id), &s)])
-    }
-
     pub(super) fn known_node(&self, id: NodeId) -> Result<(), String> {
         if self.nodes.contains_key(&id) {
             Ok(())
         } else {
             Err(format!("node {id} is not a member"))
         }
-    }
-
-    /// Every object as (key, encoding): what a fresh store must hold for this state.
-    pub fn objects(&self) -> Vec<Change> {
-        let mut out = Vec::new();
-        if let Some(c) = &self.cluster {
-            out.push(encode("cluster".into(), c));
-        }
-        out.extend(
-            self.nodes
-                .values()
-                .map(|n| encode(format!("node/{}", n.id), n)),
-        );
-        out.extend(
-            self.pools
-                .values()
-                .map(|p| encode(format!("pool/{}", p.id), p)),
-        );
-        out.extend(
-            self.drives
-                .values()
-                .map(|d| encode(format!("drive/{}", d.id), d)),
-        );
-        out.extend(
-            self.volumes
-                .values()
-                .map(|v| encode(format!("volume/{}", v.id), v)),
-        );
-        out.extend(
-            self.snapshots
-                .values()
-                .map(|s| encode(format!("snapshot/{}", s.id), s)),
-        );
-        for (ns, space) in &self.kv {
-            out.extend(space.iter().map(|(k, v)| encode(format!("kv/{ns}/{k}"), v)));
-        }
-        out
-    }
-
-    /// Adds one stored object back into the state (the inverse of `objects`).
-    pub fn load_object(&mut self, key: &str, value: &[u8]) -> Result<(), StateError> {
-        fn de<T: for<'a> Deserialize<'a>>(key: &str, value: &[u8]) -> Result<T, StateError> {
-            serde_json::from_slice(value).map_err(|source| StateError::Decode {
-                key: key.to_owned(),
-                source,
-            })
-        }
-        let (kind, rest) = key.split_once('/').unwrap_or((key, ""));
-        match kind {
-            "cluster" => self.cluster = Some(de(key, value)?),
-            "node" => {
-                let n: Node = de(key, value)?;
-                self.nodes.insert(n.id, n);
-            }
-            "pool" => {
-                let p: Pool = de(key, value)?;
-                self.pools.insert(p.id.clone(), p);
-            }
-            "drive" => {
-                let d: Drive = de(key, value)?;
-                self.drives.insert(d.id.clone(), d);
-            }
-            "volume" => {
-                let v: Volume = de(key, value)?;
-                self.volumes.insert(v.id.clone(), v);
-            }
-            "snapshot" => {
-                let s: Snapshot = de(key, value)?;
-                self.snapshots.insert(s.id.clone(), s);
-            }
-            "kv" => {
-                let (ns, k) = rest
-                    .split_once('/')
-                    .ok_or_else(|| StateError::UnknownKey(key.to_owned()))?;
-                let v: String = de(key, value)?;
-                self.kv
-                    .entry(ns.to_owned())
-                    .or_default()
-                    .insert(k.to_owned(), v);
-            }
-            _ => return Err(StateError::UnknownKey(key.to_owned())),
-        }
-        Ok(())
     }
 }
 

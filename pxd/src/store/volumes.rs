@@ -1,0 +1,158 @@
+//! Volume and snapshot commands of the state machine: thin ids allocated per pool, names
+//! unique, one change at a time applied to the current record.
+
+use super::state::{encode, Change, ClusterState, VolumeChange};
+use super::types::{NodeId, Origin, Phase, Snapshot, Volume};
+
+impl ClusterState {
+    /// The next free thin id of pool `pool` on `node`: above every id a volume, retired id
+    /// or snapshot there holds.
+    pub fn next_thin_id(&self, node: NodeId, pool: &str) -> u32 {
+        let mut top = 0;
+        for v in self.volumes.values() {
+            for r in v
+                .replicas
+                .iter()
+                .filter(|r| r.node == node && r.pool == pool)
+            {
+                top = top.max(r.thin_id);
+                top = v.retired_thin_ids.iter().fold(top, |t, x| t.max(*x));
+                for s in self.snapshots.values().filter(|s| s.volume == v.id) {
+                    top = top.max(s.thin_ids.get(&node).copied().unwrap_or(0));
+                }
+            }
+        }
+        top + 1
+    }
+
+    /// The live volume called `name`, if any.
+    pub fn volume_named(&self, name: &str) -> Option<&Volume> {
+        self.volumes
+            .values()
+            .find(|v| v.name == name && v.phase == Phase::Live)
+    }
+
+    pub(super) fn create_volume(&mut self, volume: &Volume) -> Result<Vec<Change>, String> {
+        if !(1..=3).contains(&volume.repl) {
+            return Err(format!("repl must be 1 to 3, got {}", volume.repl));
+        }
+        if self.volumes.contains_key(&volume.id) {
+            return Err(format!("volume id {} exists already", volume.id));
+        }
+        if self.volume_named(&volume.name).is_some() {
+            return Err(format!(
+                "name: a volume called {:?} exists already",
+                volume.name
+            ));
+        }
+        let mut v = volume.clone();
+        for r in &mut v.replicas {
+            self.known_node(r.node)?;
+            match self.pools.get(&r.pool) {
+                Some(p) if p.node == r.node => {}
+                _ => return Err(format!("pool {} is not on node {}", r.pool, r.node)),
+            }
+            r.thin_id = self.next_thin_id(r.node, &r.pool);
+        }
+        self.volumes.insert(v.id.clone(), v.clone());
+        Ok(vec![encode(format!("volume/{}", v.id), &v)])
+    }
+
+    pub(super) fn update_volume(
+        &mut self,
+        id: &str,
+        change: &VolumeChange,
+    ) -> Result<Vec<Change>, String> {
+        let current = self
+            .volumes
+            .get(id)
+            .ok_or_else(|| format!("volume {id} does not exist"))?;
+        let mut v = current.clone();
+        let live = v.phase == Phase::Live;
+        match change {
+            VolumeChange::Resize { size } if live => {
+                if *size < v.size {
+                    return Err(format!(
+                        "size: {size} bytes is smaller than the volume's {} bytes; shrinking is not supported",
+                        v.size
+                    ));
+                }
+                v.size = *size;
+            }
+            VolumeChange::Mount { node, path } if live => {
+                self.known_node(*node)?;
+                v.mount_path = path.clone();
+                v.attachment = path.as_ref().map(|_| super::types::Attachment {
+                    node: *node,
+                    epoch: v.attachment.as_ref().map_or(1, |a| a.epoch + 1),
+                });
+            }
+            VolumeChange::Restore { snapshot } if live => {
+                let snap = self
+                    .snapshots
+                    .get(snapshot)
+                    .filter(|s| s.volume == id && s.taken && s.phase == Phase::Live)
+                    .ok_or_else(|| format!("snapshot {snapshot} of volume {id} is not ready"))?;
+                let mut origin = None;
+                for i in 0..v.replicas.len() {
+                    let (node, pool) = (v.replicas[i].node, v.replicas[i].pool.clone());
+                    let from = *snap
+                        .thin_ids
+                        .get(&node)
+                        .ok_or_else(|| format!("snapshot {snapshot} has no copy on node {node}"))?;
+                    let fresh = self
+                        .next_thin_id(node, &pool)
+                        .max(v.replicas[i].thin_id + 1);
+                    v.retired_thin_ids.push(v.replicas[i].thin_id);
+                    v.replicas[i].thin_id = fresh;
+                    origin = Some(Origin {
+                        thin_id: from,
+                        volume: None,
+                    });
+                }
+                v.origin = origin;
+            }
+            VolumeChange::Delete => {
+                if v.mount_path.is_some() {
+                    return Err(format!("volume {id} is mounted; unmount it first"));
+                }
+                v.phase = Phase::Deleting;
+            }
+            VolumeChange::Formatted => v.formatted = true,
+            VolumeChange::OriginCopied => v.origin = None,
+            VolumeChange::RetiredDeleted => v.retired_thin_ids.clear(),
+            _ => return Err(format!("volume {id} is being deleted")),
+        }
+        let change = encode(format!("volume/{id}"), &v);
+        self.volumes.insert(id.to_owned(), v);
+        Ok(vec![change])
+    }
+
+    pub(super) fn create_snapshot(&mut self, snapshot: &Snapshot) -> Result<Vec<Change>, String> {
+        let v = self
+            .volumes
+            .get(&snapshot.volume)
+            .filter(|v| v.phase == Phase::Live)
+            .ok_or_else(|| format!("volume {} does not exist", snapshot.volume))?;
+        if self.snapshots.contains_key(&snapshot.id) {
+            return Err(format!("snapshot id {} exists already", snapshot.id));
+        }
+        if self.snapshots.values().any(|s| {
+            s.volume == snapshot.volume && s.name == snapshot.name && s.phase == Phase::Live
+        }) {
+            return Err(format!(
+                "name: volume {} has a snapshot called {:?} already",
+                v.name, snapshot.name
+            ));
+        }
+        let mut s = snapshot.clone();
+        s.thin_ids = v
+            .replicas
+            .iter()
+            .map(|r| (r.node, self.next_thin_id(r.node, &r.pool)))
+            .collect();
+        s.taken = false;
+        self.snapshots.insert(s.id.clone(), s.clone());
+        Ok(vec![encode(format!("snapshot/{}", s.id), &s)])
+    }
+}
