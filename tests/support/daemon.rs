@@ -122,6 +122,25 @@ impl Daemon {
         Some(status)
     }
 
+    /// Restarts the daemon to abort before its `n`-th kernel change, runs the CLI with
+    /// `args`, waits (generously) for the abort, then restarts it cleanly, as after a crash.
+    /// Returns whether the call answered with success and whether the daemon crashed.
+    pub fn cli_crashing_at(&mut self, n: usize, args: &[&str]) -> (bool, bool) {
+        self.kill();
+        self.start_with(&[("PXD_FAIL_AT_STEP", &n.to_string())]);
+        let answered = self.cli(args).status.success();
+        // An abort happens inside the call; give the process a moment to be reaped.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut crashed = self.exited().is_some();
+        while !crashed && !answered && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            crashed = self.exited().is_some();
+        }
+        self.kill();
+        self.start();
+        (answered, crashed)
+    }
+
     /// SIGKILL: no chance to clean up, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One test at a time: they share two emulated cores, and fio timing is generous only alone.
 fn serial() -> MutexGuard<'static, ()> {
@@ -612,9 +612,6 @@ fn a_crash_at_every_step_of_create_snapshot_resize_and_delete_converges() {
             if op == "delete" {
                 d.ok(&["volume", "create", &name, "--size", "32M", "--fs", "raw"]);
             }
-            d.kill();
-            let at = n.to_string();
-            d.start_with(&[("PXD_FAIL_AT_STEP", &at)]);
             let size = format!("{}M", size_mib + 8);
             let args: Vec<&str> = match op {
                 "create" => vec!["volume", "create", &name, "--size", "32M"],
@@ -622,16 +619,7 @@ fn a_crash_at_every_step_of_create_snapshot_resize_and_delete_converges() {
                 "resize" => vec!["volume", "update", "base", "--size", &size],
                 _ => vec!["volume", "delete", &name],
             };
-            let answered = d.cli(&args).status.success();
-            // An abort happens inside the call; give the process a moment to be reaped.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let mut crashed = d.exited().is_some();
-            while !crashed && !answered && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(200));
-                crashed = d.exited().is_some();
-            }
-            d.kill();
-            d.start();
+            let (answered, crashed) = d.cli_crashing_at(n, &args);
             wait_converged(&d);
             // Whatever step it died at, the operation is finished after the restart.
             let vols: Vec<VolumeView> = d.json(&["volume", "list"]);

@@ -351,7 +351,7 @@ fn a_missing_drive_degrades_its_pool_and_tears_nothing_down() {
 fn a_crash_at_every_step_of_drive_add_converges() {
     use pxd::store::types::PoolHealth;
     use pxd_tests::wait_until;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let _one = serial();
     let disk = vm_disks(6)[5].clone();
     let path = disk.to_str().unwrap();
@@ -363,22 +363,10 @@ fn a_crash_at_every_step_of_drive_add_converges() {
         );
         // A fresh node and a blank disk for every abort point.
         write_direct(&disk, 0, &vec![0u8; 8 << 20]);
-        let mut d = Daemon::new(&format!("addcrash{n}"), 9400 + 2 * n, &[]);
+        let mut d = Daemon::new(&format!("addcrash{n}"), 9400 + 2 * n as u16, &[]);
         d.start_cluster();
         let node = d.json::<Status>(&["cluster", "status"]).node.to_string();
-        d.kill();
-        let at = n.to_string();
-        d.start_with(&[("PXD_FAIL_AT_STEP", &at)]);
-        let answered = d.cli(&["drive", "add", path]).status.success();
-        // An abort happens inside the call; give the process a moment to be reaped.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut crashed = d.exited().is_some();
-        while !crashed && !answered && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-            crashed = d.exited().is_some();
-        }
-        d.kill();
-        d.start();
+        let (answered, crashed) = d.cli_crashing_at(n, &["drive", "add", path]);
         // Whatever step it died at, the restarted node finishes the add: one pool, up and
         // online, whose one member is this disk, labelled so.
         wait_until(Duration::from_secs(300), || {

@@ -160,19 +160,14 @@ pub async fn add(
         )));
     }
     let id = DriveUuid::random().to_string();
-    let drive = Drive {
-        id: id.clone(),
-        node: me,
-        path: shown.clone(),
-        hardware_id: info.hardware_id.clone(),
-        pool: String::new(),
-        size: info.size_bytes,
-        class: None,
-        state: DriveState::Adding,
+    let drive = Drive::adding(
+        id.clone(),
+        me,
+        shown.clone(),
+        info.hardware_id.clone(),
+        info.size_bytes,
         force,
-        benchmark: None,
-        note: None,
-    };
+    );
     match s
         .cluster
         .submit_and_apply(Op::Command(Command::BeginDriveAdd { drive }))

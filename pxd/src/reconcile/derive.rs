@@ -436,19 +436,14 @@ mod tests {
         apply(
             &mut c,
             Command::BeginDriveAdd {
-                drive: Drive {
-                    id: uuid.clone(),
-                    node: NodeId(1),
-                    path: "/dev/vdc".into(),
-                    hardware_id: None,
-                    pool: String::new(),
-                    size: 1 << 30,
-                    class: None,
-                    state: DriveState::Adding,
-                    force: false,
-                    benchmark: None,
-                    note: None,
-                },
+                drive: Drive::adding(
+                    uuid.clone(),
+                    NodeId(1),
+                    "/dev/vdc".into(),
+                    None,
+                    1 << 30,
+                    false,
+                ),
             },
         );
         assert!(node_state(&c, NodeId(2), None).joining.is_empty());

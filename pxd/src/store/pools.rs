@@ -233,19 +233,14 @@ mod tests {
 
     fn adding(n: u8, path: &str, hw: Option<&str>) -> Command {
         Command::BeginDriveAdd {
-            drive: Drive {
-                id: uuid(n),
-                node: NodeId(1),
-                path: path.into(),
-                hardware_id: hw.map(Into::into),
-                pool: String::new(),
-                size: 1 << 30,
-                class: None,
-                state: DriveState::Adding,
-                force: false,
-                benchmark: None,
-                note: None,
-            },
+            drive: Drive::adding(
+                uuid(n),
+                NodeId(1),
+                path.into(),
+                hw.map(Into::into),
+                1 << 30,
+                false,
+            ),
         }
     }
 

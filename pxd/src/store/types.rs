@@ -331,6 +331,32 @@ pub struct Drive {
     pub note: Option<String>,
 }
 
+impl Drive {
+    /// A drive whose add is recorded and not started: no pool, no class yet.
+    pub fn adding(
+        id: String,
+        node: NodeId,
+        path: String,
+        hardware_id: Option<String>,
+        size: u64,
+        force: bool,
+    ) -> Drive {
+        Drive {
+            id,
+            node,
+            path,
+            hardware_id,
+            pool: String::new(),
+            size,
+            class: None,
+            state: DriveState::Adding,
+            force,
+            benchmark: None,
+            note: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplicaState {
