@@ -175,10 +175,7 @@ pub struct DriveView {
 impl From<DriveInfo> for DriveView {
     fn from(d: DriveInfo) -> Self {
         DriveView {
-            label: match &d.label {
-                Found::Labelled(l) => Some(l.drive.to_string()),
-                _ => None,
-            },
+            label: label_uuid(&d.label),
             standing: None,
             candidate: d.signature.is_none() && d.in_use.is_none() && d.label == Found::Unlabelled,
             path: d.path,
@@ -242,14 +239,43 @@ fn view_of(path: PathBuf, owner: &Owner) -> DriveView {
 
 /// Every whole disk of this host, and every other block device with a pxd label (a dm or
 /// loop device), inspected and judged against `owner`.
+/// A disk mapped whole by a device above it (dm-delay, multipath) shows that device's label
+/// too; only the device on top is the drive, so the disk is listed by its use alone.
 pub fn local_drives(owner: &Owner) -> std::io::Result<Vec<DriveView>> {
     let mut paths = whole_disks()?;
-    for s in crate::kernel::label::scan(&[]) {
+    let tops = crate::kernel::label::scan(&[]);
+    for s in &tops {
         if s.found != Found::Unlabelled && !paths.contains(&s.path) {
-            paths.push(s.path);
+            paths.push(s.path.clone());
         }
     }
-    Ok(paths.into_iter().map(|p| view_of(p, owner)).collect())
+    let beneath = |v: &DriveView| {
+        v.label.is_some()
+            && tops
+                .iter()
+                .any(|t| t.path != v.path && label_uuid(&t.found) == v.label)
+            && !tops.iter().any(|t| t.path == v.path)
+    };
+    Ok(paths
+        .into_iter()
+        .map(|p| {
+            let mut v = view_of(p, owner);
+            if beneath(&v) {
+                v.label = None;
+                v.standing = None;
+                v.pool = None;
+                v.class = None;
+            }
+            v
+        })
+        .collect())
+}
+
+fn label_uuid(found: &Found) -> Option<String> {
+    match found {
+        Found::Labelled(l) => Some(l.drive.to_string()),
+        _ => None,
+    }
 }
 
 /// A benchmark of one drive and the class it earns.
