@@ -2,6 +2,8 @@
 //! nodes is. Placement uses [`spread`] to prefer replica sets that share the least fate; the
 //! detectors (DMI, vSphere, cloud metadata, a topology file) fill [`Labels`] on each node.
 
+pub mod place;
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;

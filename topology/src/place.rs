@@ -1,0 +1,304 @@
+//! Placement: which nodes and pools hold a volume's replicas. Pure, so the same cluster view
+//! always gives the same answer, and every rule is a property test.
+//!
+//! Rules, in order: only online storage nodes with a pool of the requested class that has
+//! room and is not near full; the operator's node, zone and rack constraints; one replica
+//! per node; spread over the widest fault domain that has at least as many values as
+//! replicas (region, then zone, rack, hypervisor); then the most free space; ties by id.
+
+use crate::{Domain, Labels};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One pool of one node, as placement sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub node: String,
+    pub pool: String,
+    pub labels: Labels,
+    pub class: String,
+    pub free_bytes: u64,
+    /// A storage node that is online; storage-less and offline nodes are never picked.
+    pub usable: bool,
+    /// The pool refuses new allocations.
+    pub near_full: bool,
+}
+
+/// What is asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    pub repl: usize,
+    pub class: String,
+    pub size: u64,
+    /// Only these nodes / zones / racks, when given (pxctl's `--nodes`, `--zones`, `--racks`).
+    pub nodes: BTreeSet<String>,
+    pub zones: BTreeSet<String>,
+    pub racks: BTreeSet<String>,
+}
+
+/// The chosen replicas, widest spread first, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// (node, pool) per replica.
+    pub replicas: Vec<(String, String)>,
+    /// The domain the replicas are spread across (none: only across nodes).
+    pub spread_over: Option<Domain>,
+    /// For an operator: "3 replicas over 3 hypervisors in 2 racks".
+    pub explanation: String,
+}
+
+/// Why no placement could be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
+    #[error("repl must be 1 or more")]
+    NoReplicas,
+    #[error("{available} node(s) have a {class} pool with {size} bytes free that the constraints allow; {asked} replica(s) asked")]
+    Short {
+        available: usize,
+        asked: usize,
+        class: String,
+        size: u64,
+    },
+}
+
+/// Picks the replicas of a volume.
+pub fn place(candidates: &[Candidate], req: &Request) -> Result<Placement, PlaceError> {
+    if req.repl == 0 {
+        return Err(PlaceError::NoReplicas);
+    }
+    let allowed = |c: &&Candidate| {
+        c.usable
+            && !c.near_full
+            && c.class == req.class
+            && c.free_bytes >= req.size
+            && (req.nodes.is_empty() || req.nodes.contains(&c.node))
+            && within(&req.zones, c.labels.get(Domain::Zone))
+            && within(&req.racks, c.labels.get(Domain::Rack))
+    };
+    // The best pool of each node: the most free space, then the lowest id.
+    let mut best: BTreeMap<&str, &Candidate> = BTreeMap::new();
+    for c in candidates.iter().filter(allowed) {
+        let slot = best.entry(c.node.as_str()).or_insert(c);
+        if rank(c) < rank(slot) {
+            *slot = c;
+        }
+    }
+    let mut nodes: Vec<&Candidate> = best.into_values().collect();
+    nodes.sort_by_key(|c| rank(c));
+    if nodes.len() < req.repl {
+        return Err(PlaceError::Short {
+            available: nodes.len(),
+            asked: req.repl,
+            class: req.class.clone(),
+            size: req.size,
+        });
+    }
+    // The widest level with enough known values to give every replica its own.
+    let level = Domain::ALL.into_iter().find(|d| {
+        let values: BTreeSet<&str> = nodes.iter().filter_map(|c| c.labels.get(*d)).collect();
+        values.len() >= req.repl
+    });
+    let chosen: Vec<&Candidate> = match level {
+        Some(d) => {
+            // The best node of each value, best values first.
+            let mut seen = BTreeSet::new();
+            nodes
+                .iter()
+                .filter(|c| c.labels.get(d).is_some_and(|v| seen.insert(v)))
+                .take(req.repl)
+                .copied()
+                .collect()
+        }
+        None => nodes.iter().take(req.repl).copied().collect(),
+    };
+    Ok(Placement {
+        explanation: explain(&chosen),
+        replicas: chosen
+            .iter()
+            .map(|c| (c.node.clone(), c.pool.clone()))
+            .collect(),
+        spread_over: level,
+    })
+}
+
+/// Sort key: most free space first, then node and pool ids.
+fn rank(c: &Candidate) -> (std::cmp::Reverse<u64>, String, String) {
+    (
+        std::cmp::Reverse(c.free_bytes),
+        c.node.clone(),
+        c.pool.clone(),
+    )
+}
+
+fn within(allowed: &BTreeSet<String>, value: Option<&str>) -> bool {
+    allowed.is_empty() || value.is_some_and(|v| allowed.contains(v))
+}
+
+/// "2 replicas over 2 hypervisors in 1 rack": the count of distinct known values at each
+/// level, narrowest first, down to the first level they all share.
+fn explain(chosen: &[&Candidate]) -> String {
+    let mut parts = vec![format!(
+        "{} replica{} over {} node{}",
+        chosen.len(),
+        plural(chosen.len()),
+        chosen.len(),
+        plural(chosen.len())
+    )];
+    for d in Domain::ALL.into_iter().rev() {
+        let values: BTreeSet<&str> = chosen.iter().filter_map(|c| c.labels.get(d)).collect();
+        if !values.is_empty() {
+            parts.push(format!("{} {}{}", values.len(), d, plural(values.len())));
+            if values.len() == 1 {
+                break;
+            }
+        }
+    }
+    parts.join(" in ")
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cand(node: &str, zone: &str, rack: &str, hv: &str, free: u64) -> Candidate {
+        let mut labels = Labels::default();
+        labels.set(Domain::Zone, zone).unwrap();
+        labels.set(Domain::Rack, rack).unwrap();
+        labels.set(Domain::Hypervisor, hv).unwrap();
+        Candidate {
+            node: node.into(),
+            pool: format!("{node}-p"),
+            labels,
+            class: "high".into(),
+            free_bytes: free,
+            usable: true,
+            near_full: false,
+        }
+    }
+
+    fn req(repl: usize) -> Request {
+        Request {
+            repl,
+            class: "high".into(),
+            size: 10,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn replicas_go_to_distinct_hypervisors_before_more_free_space() {
+        // n1 and n2 share an ESXi host; n3 has the least space but its own host.
+        let c = [
+            cand("n1", "z1", "r1", "esx1", 900),
+            cand("n2", "z1", "r1", "esx1", 800),
+            cand("n3", "z1", "r2", "esx2", 100),
+        ];
+        let p = place(&c, &req(2)).unwrap();
+        assert_eq!(
+            p.replicas,
+            [("n1".into(), "n1-p".into()), ("n3".into(), "n3-p".into())]
+        );
+        assert_eq!(p.spread_over, Some(Domain::Rack));
+        assert_eq!(
+            p.explanation,
+            "2 replicas over 2 nodes in 2 hypervisors in 2 racks in 1 zone"
+        );
+    }
+
+    #[test]
+    fn shortfalls_and_constraints_are_named() {
+        let c = [
+            cand("n1", "z1", "r1", "h1", 900),
+            cand("n2", "z2", "r2", "h2", 900),
+        ];
+        assert_eq!(
+            place(&c, &req(3)).unwrap_err().to_string(),
+            "2 node(s) have a high pool with 10 bytes free that the constraints allow; 3 replica(s) asked"
+        );
+        let mut r = req(1);
+        r.zones = ["z2".to_string()].into();
+        assert_eq!(place(&c, &r).unwrap().replicas[0].0, "n2");
+        r.zones = ["z9".to_string()].into();
+        assert!(matches!(
+            place(&c, &r),
+            Err(PlaceError::Short { available: 0, .. })
+        ));
+        assert_eq!(place(&c, &req(0)), Err(PlaceError::NoReplicas));
+    }
+
+    /// Pools of six nodes whose places are fixed by the node (two zones, three racks, one
+    /// hypervisor per two nodes in some), in random number, state, class and fill.
+    fn arb_candidate() -> impl Strategy<Value = Candidate> {
+        (
+            0..6u8,
+            0..2u8,
+            any::<bool>(),
+            any::<bool>(),
+            prop_oneof![Just("high"), Just("low")],
+            0..1000u64,
+        )
+            .prop_map(|(node, pool, usable, full, class, free)| {
+                let mut c = cand(
+                    &format!("n{node}"),
+                    &format!("z{}", node / 3),
+                    &format!("r{}", node / 2),
+                    &format!("h{}", node / 2 + node % 2 * (node / 4)),
+                    free,
+                );
+                c.pool = format!("n{node}-p{pool}");
+                c.usable = usable;
+                c.near_full = full;
+                c.class = class.into();
+                c
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn placement_properties(cands in prop::collection::vec(arb_candidate(), 0..14), repl in 1..4usize) {
+            // One candidate per (node, pool), as a cluster view has.
+            let mut seen = BTreeSet::new();
+            let cands: Vec<Candidate> = cands
+                .into_iter()
+                .filter(|c| seen.insert((c.node.clone(), c.pool.clone())))
+                .collect();
+            let r = req(repl);
+            let first = place(&cands, &r);
+            prop_assert_eq!(&first, &place(&cands, &r), "deterministic");
+            let Ok(p) = first else { return Ok(()) };
+            let picked: Vec<&Candidate> = p
+                .replicas
+                .iter()
+                .map(|(n, pool)| cands.iter().find(|c| &c.node == n && &c.pool == pool).unwrap())
+                .collect();
+            let nodes: BTreeSet<&str> = picked.iter().map(|c| c.node.as_str()).collect();
+            prop_assert_eq!(nodes.len(), repl, "never two replicas on one node");
+            for c in &picked {
+                prop_assert!(c.usable && !c.near_full, "only usable pools");
+                prop_assert_eq!(c.class.as_str(), "high", "the class is honoured");
+                prop_assert!(c.free_bytes >= r.size);
+            }
+            // With enough distinct values at a level, the replicas sit on distinct values at
+            // the widest such level.
+            let eligible: Vec<&Candidate> = cands
+                .iter()
+                .filter(|c| c.usable && !c.near_full && c.class == "high" && c.free_bytes >= r.size)
+                .collect();
+            let widest = Domain::ALL.into_iter().find(|d| {
+                eligible.iter().filter_map(|c| c.labels.get(*d)).collect::<BTreeSet<_>>().len() >= repl
+            });
+            if let Some(d) = widest {
+                let values: BTreeSet<&str> = picked.iter().filter_map(|c| c.labels.get(d)).collect();
+                prop_assert_eq!(values.len(), repl, "distinct at {}", d);
+            }
+        }
+    }
+}
