@@ -3,6 +3,7 @@
 //! detectors (DMI, vSphere, cloud metadata, a topology file) fill [`Labels`] on each node.
 
 pub mod place;
+pub mod sources;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
