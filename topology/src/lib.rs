@@ -2,6 +2,7 @@
 //! nodes is. Placement uses [`spread`] to prefer replica sets that share the least fate; the
 //! detectors (DMI, vSphere, cloud metadata, a topology file) fill [`Labels`] on each node.
 
+pub mod detect;
 pub mod place;
 pub mod sources;
 
