@@ -20,15 +20,19 @@ pub enum Domain {
     Zone,
     Rack,
     Hypervisor,
+    /// The physical machine: on bare metal the node itself, so two nodes sharing one is a
+    /// test rig or a misconfiguration, and placement avoids it like a shared hypervisor.
+    Host,
 }
 
 impl Domain {
     /// Widest first: the order in which placement tries to spread.
-    pub const ALL: [Domain; 4] = [
+    pub const ALL: [Domain; 5] = [
         Domain::Region,
         Domain::Zone,
         Domain::Rack,
         Domain::Hypervisor,
+        Domain::Host,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +41,7 @@ impl Domain {
             Domain::Zone => "zone",
             Domain::Rack => "rack",
             Domain::Hypervisor => "hypervisor",
+            Domain::Host => "host",
         }
     }
 }
@@ -50,7 +55,7 @@ impl fmt::Display for Domain {
 /// Why a label could not be taken.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LabelError {
-    #[error("unknown fault domain {0:?}: expected one of region, zone, rack, hypervisor")]
+    #[error("unknown fault domain {0:?}: expected one of region, zone, rack, hypervisor, host")]
     UnknownDomain(String),
     #[error("label {0:?} is not of the form domain=value")]
     NotKeyValue(String),
@@ -129,14 +134,15 @@ impl FromStr for Labels {
 }
 
 /// How widely a set of nodes is spread: for each pair, the widest domain at which the two
-/// differ scores highest (region 4 .. hypervisor 1, distinct nodes with nothing known 0).
+/// differ scores highest (region 5 .. host 1, distinct nodes with nothing known 0).
 /// The worst pair decides, because one shared failure takes out both replicas of that pair.
 pub fn spread(nodes: &[&Labels]) -> u32 {
     let score = |d: Option<Domain>| match d {
-        Some(Domain::Region) => 4,
-        Some(Domain::Zone) => 3,
-        Some(Domain::Rack) => 2,
-        Some(Domain::Hypervisor) => 1,
+        Some(Domain::Region) => 5,
+        Some(Domain::Zone) => 4,
+        Some(Domain::Rack) => 3,
+        Some(Domain::Hypervisor) => 2,
+        Some(Domain::Host) => 1,
         None => 0,
     };
     let mut worst: Option<u32> = None;
@@ -189,9 +195,9 @@ mod tests {
         let b = labels("zone=z1,rack=r1,hypervisor=esx2");
         let c = labels("zone=z1,rack=r2,hypervisor=esx3");
         let d = labels("zone=z2,rack=r9,hypervisor=esx9");
-        assert_eq!(spread(&[&a, &b]), 1);
-        assert_eq!(spread(&[&a, &c]), 2);
-        assert_eq!(spread(&[&a, &d]), 3);
+        assert_eq!(spread(&[&a, &b]), 2);
+        assert_eq!(spread(&[&a, &c]), 3);
+        assert_eq!(spread(&[&a, &d]), 4);
         // Two VMs on one hypervisor drag the whole set down to "shares fate".
         let a2 = labels("zone=z1,rack=r1,hypervisor=esx1");
         assert_eq!(spread(&[&a, &d, &a2]), 0);

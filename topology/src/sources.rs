@@ -111,7 +111,7 @@ mod tests {
         assert!("rack=a b".parse::<Labels>().is_err());
         assert_eq!(
             "shelf=s1".parse::<Labels>().unwrap_err().to_string(),
-            "unknown fault domain \"shelf\": expected one of region, zone, rack, hypervisor"
+            "unknown fault domain \"shelf\": expected one of region, zone, rack, hypervisor, host"
         );
     }
 }
