@@ -107,6 +107,20 @@ impl Labels {
         Ok(())
     }
 
+    /// Forgets one level (`pxd topology tag --clear`).
+    pub fn remove(&mut self, domain: Domain) {
+        self.0.remove(&domain);
+    }
+
+    /// The known levels, widest first.
+    pub fn iter(&self) -> impl Iterator<Item = (Domain, &str)> {
+        self.0.iter().map(|(d, v)| (*d, v.as_str()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The widest level at which `self` and `other` are known to differ.
     pub fn first_difference(&self, other: &Labels) -> Option<Domain> {
         Domain::ALL

@@ -4,7 +4,9 @@
 //! Rules, in order: only online storage nodes with a pool of the requested class that has
 //! room and is not near full; the operator's node, zone and rack constraints; one replica
 //! per node; spread over the widest fault domain that has at least as many values as
-//! replicas (region, then zone, rack, hypervisor); then the most free space; ties by id.
+//! replicas (region, then zone, rack, hypervisor, host); then the most free space; ties by
+//! id. Two replicas never share a hypervisor or a host (one failure would take both) unless
+//! the request is best effort, which then records the shortfall.
 
 use crate::{Domain, Labels};
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,6 +35,8 @@ pub struct Request {
     pub nodes: BTreeSet<String>,
     pub zones: BTreeSet<String>,
     pub racks: BTreeSet<String>,
+    /// Place what can be placed (fewer replicas, or replicas sharing a machine) and say so.
+    pub best_effort: bool,
 }
 
 /// The chosen replicas, widest spread first, and why.
@@ -44,6 +48,8 @@ pub struct Placement {
     pub spread_over: Option<Domain>,
     /// For an operator: "3 replicas over 3 hypervisors in 2 racks".
     pub explanation: String,
+    /// What a best-effort placement could not give, as the error would have said it.
+    pub shortfall: Option<String>,
 }
 
 /// Why no placement could be made.
@@ -58,7 +64,16 @@ pub enum PlaceError {
         class: String,
         size: u64,
     },
+    #[error("{available} {level}s available, {asked} replicas asked: replicas on one {level} fail together (best_effort places them anyway)")]
+    SharedFate {
+        level: Domain,
+        available: usize,
+        asked: usize,
+    },
 }
+
+/// Levels at which two replicas must differ: a failure there takes the whole machine.
+const MACHINE: [Domain; 2] = [Domain::Hypervisor, Domain::Host];
 
 /// Picks the replicas of a volume.
 pub fn place(candidates: &[Candidate], req: &Request) -> Result<Placement, PlaceError> {
@@ -84,18 +99,25 @@ pub fn place(candidates: &[Candidate], req: &Request) -> Result<Placement, Place
     }
     let mut nodes: Vec<&Candidate> = best.into_values().collect();
     nodes.sort_by_key(|c| rank(c));
+    let mut shortfall = None;
+    let mut repl = req.repl;
     if nodes.len() < req.repl {
-        return Err(PlaceError::Short {
+        let short = PlaceError::Short {
             available: nodes.len(),
             asked: req.repl,
             class: req.class.clone(),
             size: req.size,
-        });
+        };
+        if !req.best_effort || nodes.is_empty() {
+            return Err(short);
+        }
+        shortfall = Some(short.to_string());
+        repl = nodes.len();
     }
     // The widest level with enough known values to give every replica its own.
     let level = Domain::ALL.into_iter().find(|d| {
         let values: BTreeSet<&str> = nodes.iter().filter_map(|c| c.labels.get(*d)).collect();
-        values.len() >= req.repl
+        values.len() >= repl
     });
     let chosen: Vec<&Candidate> = match level {
         Some(d) => {
@@ -104,12 +126,27 @@ pub fn place(candidates: &[Candidate], req: &Request) -> Result<Placement, Place
             nodes
                 .iter()
                 .filter(|c| c.labels.get(d).is_some_and(|v| seen.insert(v)))
-                .take(req.repl)
+                .take(repl)
                 .copied()
                 .collect()
         }
-        None => nodes.iter().take(req.repl).copied().collect(),
+        None => spread_greedily(&nodes, repl),
     };
+    if let Some(level) = shared_machine(&chosen) {
+        let fate = PlaceError::SharedFate {
+            level,
+            available: nodes
+                .iter()
+                .filter_map(|c| c.labels.get(level))
+                .collect::<BTreeSet<_>>()
+                .len(),
+            asked: req.repl,
+        };
+        if !req.best_effort {
+            return Err(fate);
+        }
+        shortfall.get_or_insert(fate.to_string());
+    }
     Ok(Placement {
         explanation: explain(&chosen),
         replicas: chosen
@@ -117,7 +154,41 @@ pub fn place(candidates: &[Candidate], req: &Request) -> Result<Placement, Place
             .map(|c| (c.node.clone(), c.pool.clone()))
             .collect(),
         spread_over: level,
+        shortfall,
     })
+}
+
+/// When no level has a value for every replica: each next replica is the best node that
+/// shares a machine with none picked so far, if there is one, else the best node left.
+fn spread_greedily<'a>(nodes: &[&'a Candidate], repl: usize) -> Vec<&'a Candidate> {
+    let mut chosen: Vec<&Candidate> = Vec::new();
+    while chosen.len() < repl {
+        let left = nodes
+            .iter()
+            .filter(|c| !chosen.iter().any(|x| x.node == c.node));
+        let apart = left
+            .clone()
+            .find(|c| chosen.iter().all(|x| shared(c, x).is_none()));
+        match apart.or_else(|| left.clone().next()) {
+            Some(c) => chosen.push(c),
+            None => break,
+        }
+    }
+    chosen
+}
+
+/// The machine level two replicas share, if any.
+fn shared(a: &Candidate, b: &Candidate) -> Option<Domain> {
+    MACHINE
+        .into_iter()
+        .find(|d| matches!((a.labels.get(*d), b.labels.get(*d)), (Some(x), Some(y)) if x == y))
+}
+
+fn shared_machine(chosen: &[&Candidate]) -> Option<Domain> {
+    chosen
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| chosen[i + 1..].iter().find_map(|b| shared(a, b)))
 }
 
 /// Sort key: most free space first, then node and pool ids.
@@ -234,6 +305,45 @@ mod tests {
         assert_eq!(place(&c, &req(0)), Err(PlaceError::NoReplicas));
     }
 
+    #[test]
+    fn replicas_sharing_a_hypervisor_are_refused_unless_best_effort() {
+        // Three VMs on two ESXi hosts, nothing else known.
+        let mut c = vec![
+            cand("n1", "z1", "r1", "esx1", 900),
+            cand("n2", "z1", "r1", "esx1", 800),
+            cand("n3", "z1", "r1", "esx2", 700),
+        ];
+        assert_eq!(
+            place(&c, &req(3)).unwrap_err().to_string(),
+            "2 hypervisors available, 3 replicas asked: replicas on one hypervisor fail together (best_effort places them anyway)"
+        );
+        let mut r = req(3);
+        r.best_effort = true;
+        let p = place(&c, &r).unwrap();
+        assert_eq!(p.replicas.len(), 3);
+        assert_eq!(
+            p.shortfall.as_deref(),
+            Some("2 hypervisors available, 3 replicas asked: replicas on one hypervisor fail together (best_effort places them anyway)")
+        );
+        // Two replicas fit apart: n1 and n3, not the roomier n2 beside n1.
+        let p = place(&c, &req(2)).unwrap();
+        assert_eq!(p.replicas[1].0, "n3");
+        assert_eq!(p.shortfall, None);
+        // Too few nodes: best effort places on all there are.
+        c.truncate(1);
+        let p = place(&c, &r).unwrap();
+        assert_eq!(p.replicas.len(), 1);
+        assert!(p
+            .shortfall
+            .unwrap()
+            .starts_with("1 node(s) have a high pool"));
+        c.clear();
+        assert!(matches!(
+            place(&c, &r),
+            Err(PlaceError::Short { available: 0, .. })
+        ));
+    }
+
     /// Pools of six nodes whose places are fixed by the node (two zones, three racks, one
     /// hypervisor per two nodes in some), in random number, state, class and fill.
     fn arb_candidate() -> impl Strategy<Value = Candidate> {
@@ -263,6 +373,34 @@ mod tests {
 
     proptest! {
         #[test]
+        fn best_effort_places_whenever_a_pool_fits_and_says_what_is_short(
+            cands in prop::collection::vec(arb_candidate(), 0..14),
+            repl in 1..4usize,
+        ) {
+            let mut seen = BTreeSet::new();
+            let cands: Vec<Candidate> = cands
+                .into_iter()
+                .filter(|c| seen.insert((c.node.clone(), c.pool.clone())))
+                .collect();
+            let mut r = req(repl);
+            r.best_effort = true;
+            let strict = place(&cands, &req(repl));
+            match place(&cands, &r) {
+                Ok(p) => {
+                    prop_assert!(!p.replicas.is_empty());
+                    prop_assert_eq!(p.shortfall.is_some(), strict.is_err());
+                    if let Ok(s) = strict {
+                        prop_assert_eq!(s.replicas, p.replicas, "best effort changes nothing that fits");
+                    }
+                }
+                Err(e) => {
+                    let nothing = matches!(e, PlaceError::Short { available: 0, .. });
+                    prop_assert!(nothing, "best effort failed with {}", e);
+                }
+            }
+        }
+
+        #[test]
         fn placement_properties(cands in prop::collection::vec(arb_candidate(), 0..14), repl in 1..4usize) {
             // One candidate per (node, pool), as a cluster view has.
             let mut seen = BTreeSet::new();
@@ -281,6 +419,11 @@ mod tests {
                 .collect();
             let nodes: BTreeSet<&str> = picked.iter().map(|c| c.node.as_str()).collect();
             prop_assert_eq!(nodes.len(), repl, "never two replicas on one node");
+            for (i, a) in picked.iter().enumerate() {
+                for b in &picked[i + 1..] {
+                    prop_assert_ne!(a.labels.get(Domain::Hypervisor), b.labels.get(Domain::Hypervisor), "no shared machine");
+                }
+            }
             for c in &picked {
                 prop_assert!(c.usable && !c.near_full, "only usable pools");
                 prop_assert_eq!(c.class.as_str(), "high", "the class is honoured");

@@ -493,21 +493,25 @@ mod tests {
             "10.0.0.1",
             "--role",
             "storageless",
-            "--label",
-            "zone=a",
+            "--topology-file",
+            "/srv/topology.yaml",
         ])
         .unwrap();
         let Command::Daemon(args) = cli.command else {
             panic!("not the daemon command")
         };
         assert_eq!(args.role, crate::store::types::Role::Storageless);
-        assert_eq!(args.labels, vec![("zone".to_owned(), "a".to_owned())]);
+        assert_eq!(
+            args.topology.topology_file,
+            PathBuf::from("/srv/topology.yaml")
+        );
         assert!(
             Cli::try_parse_from(["pxd", "daemon", "--addr", "10.0.0.1", "--role", "x"]).is_err()
         );
         assert!(
-            Cli::try_parse_from(["pxd", "daemon", "--addr", "10.0.0.1", "--label", "nokey"])
-                .is_err()
+            Cli::try_parse_from(["pxd", "daemon", "--addr", "10.0.0.1", "--label", "zone=a"])
+                .is_err(),
+            "--label is gone: labels come from the topology file, detection and tags"
         );
     }
 }

@@ -24,7 +24,7 @@ use gossip::{Beats, StatsSampler};
 use identity::{Identity, IdentityError};
 use openraft::error::{ClientWriteError, RaftError};
 use rpc::{Refusal, RefusalKind, Reply, Request};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -63,7 +63,6 @@ pub struct ClusterConfig {
     pub data_addr: SocketAddr,
     /// Where other nodes and tools reach the TCP API.
     pub api_addr: SocketAddr,
-    pub labels: BTreeMap<String, String>,
     pub beat_interval: Duration,
     /// Beats missed in a row before a node counts as offline.
     pub missed_beats: u32,
@@ -297,7 +296,7 @@ impl Cluster {
             api_addr: self.config.api_addr.to_string(),
             data_addr: self.data_endpoint(),
             public_key: self.identity.keys.public.clone(),
-            labels: self.config.labels.clone(),
+            topology: Default::default(),
             role: self.config.role,
         }
     }

@@ -11,7 +11,6 @@ use crate::metrics::{Metrics, MetricsError};
 use crate::pool::class::Thresholds;
 use crate::reconcile::service::{FullThresholds, Reconciler};
 use crate::store::types::Role;
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,9 +37,6 @@ pub struct DaemonArgs {
     /// `storage`, or `storageless` for a compute-only node.
     #[arg(long, default_value = "storage")]
     pub role: Role,
-    /// Topology label KEY=VALUE (repeatable).
-    #[arg(long = "label", value_parser = parse_label)]
-    pub labels: Vec<(String, String)>,
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub beat_interval_ms: u64,
@@ -49,6 +45,32 @@ pub struct DaemonArgs {
     pub missed_beats: u32,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+}
+
+/// Where this node's fault-domain labels come from, besides `pxd topology tag`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TopologyArgs {
+    /// The topology file: labels by node name or IP (a missing file is no labels).
+    #[arg(long, default_value = "/etc/pxd/topology.yaml")]
+    pub topology_file: PathBuf,
+    /// vCenter to ask for this VM's ESXi host and the host's rack and zone tags
+    /// (`https://vcenter.example`).
+    #[arg(long, requires = "vcenter_credentials")]
+    pub vcenter_url: Option<String>,
+    /// File holding `user=` and `password=` lines for vCenter (never on the command line).
+    #[arg(long)]
+    pub vcenter_credentials: Option<PathBuf>,
+    /// PEM file of the CA that signed vCenter's certificate, if the system does not trust it.
+    #[arg(long)]
+    pub vcenter_ca: Option<PathBuf>,
+    /// This VM's name in vCenter (default: the node's name).
+    #[arg(long)]
+    pub vcenter_vm_name: Option<String>,
+    /// How long one metadata or vCenter request may take, in milliseconds.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=30_000))]
+    pub detect_timeout_ms: u64,
 }
 
 /// Storage limits and the reconciler's pace.
@@ -87,25 +109,6 @@ fn parse_overcommit(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.1..=100.0).contains(&v) => Ok(v),
         _ => Err(format!("overcommit {s:?} must be a number from 0.1 to 100")),
-    }
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("label {s:?} is not KEY=VALUE"))?;
-    let ok = |x: &str| {
-        !x.is_empty()
-            && x.len() <= 63
-            && x.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
-    };
-    if ok(k) && ok(v) {
-        Ok((k.to_owned(), v.to_owned()))
-    } else {
-        Err(format!(
-            "label {s:?}: key and value must be 1 to 63 bytes of A-Z a-z 0-9 . _ - /"
-        ))
     }
 }
 
@@ -181,7 +184,6 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
         role: args.role,
         data_addr: SocketAddr::new(args.addr, args.data_port),
         api_addr,
-        labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         beat_interval: Duration::from_millis(args.beat_interval_ms),
         missed_beats: args.missed_beats,
     };

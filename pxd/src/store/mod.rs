@@ -6,6 +6,7 @@ pub mod log_store;
 pub mod pools;
 pub mod state;
 pub mod state_machine;
+pub mod topology;
 pub mod types;
 pub mod volumes;
 

@@ -220,7 +220,7 @@ mod tests {
                 api_addr: String::new(),
                 data_addr: String::new(),
                 public_key: String::new(),
-                labels: Default::default(),
+                topology: Default::default(),
                 role: Role::Storage,
             },
         );

@@ -29,6 +29,11 @@ pub enum Command {
     RemoveNode {
         id: NodeId,
     },
+    /// A manual tag, or what a node reported finding about its own place.
+    ChangeTopology {
+        node: NodeId,
+        change: super::topology::TopologyChange,
+    },
     PutPool {
         pool: Pool,
     },
@@ -200,9 +205,17 @@ impl ClusterState {
                 encode("cluster".into(), info)
             }
             Command::PutNode { node } => {
-                self.nodes.insert(node.id, node.clone());
-                encode(format!("node/{}", node.id), node)
+                let mut node = node.clone();
+                // A node's record is put again when it rejoins or restarts; where it sits
+                // changes only through its own commands.
+                if let Some(old) = self.nodes.get(&node.id) {
+                    node.topology = old.topology.clone();
+                }
+                let change = encode(format!("node/{}", node.id), &node);
+                self.nodes.insert(node.id, node);
+                change
             }
+            Command::ChangeTopology { node, change } => return self.change_topology(*node, change),
             Command::RemoveNode { id } => {
                 self.nodes
                     .remove(id)
@@ -338,7 +351,7 @@ mod tests {
             api_addr: "127.0.0.1:1".into(),
             data_addr: "tcp://127.0.0.1:2".into(),
             public_key: "k".into(),
-            labels: Default::default(),
+            topology: Default::default(),
             role: Role::Storage,
         }
     }

@@ -145,8 +145,9 @@ pub struct Node {
     pub data_addr: String,
     /// The node's CURVE public key, Z85 encoded.
     pub public_key: String,
+    /// Where it sits (manual tags and what it reported); placement spreads over these.
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub topology: super::topology::NodeTopology,
     pub role: Role,
 }
 

@@ -2,7 +2,7 @@
 //! CLI flags, the inline spec (`size=10G,fs=xfs,name=db`), REST and the Docker plugin's `Opts`.
 //! Every refusal names the field, what was given, and the limit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -199,6 +199,15 @@ pub fn check_name(s: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// A flag's value: present alone (`secure`) or spelled out.
+fn parse_bool(field: &'static str, v: &str) -> Result<bool, SpecError> {
+    match v {
+        "" | "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(refuse(field, v, "must be true or false")),
+    }
+}
+
 fn check_label(k: &str, v: &str) -> Result<(), SpecError> {
     let good = |x: &str, allow_empty: bool| {
         (allow_empty || !x.is_empty())
@@ -260,6 +269,55 @@ pub struct VolumeSpec {
     pub max_iops: IopsLimit,
     pub secure: bool,
     pub labels: BTreeMap<String, String>,
+    /// Where replicas may go (pxctl's `--nodes`, `--zones`, `--racks`); empty is anywhere.
+    #[serde(default)]
+    pub placement: Constraints,
+    /// Place fewer replicas, or spread them less widely, than asked when the cluster cannot
+    /// do better; the shortfall is recorded on the volume.
+    #[serde(default)]
+    pub best_effort: bool,
+}
+
+/// Placement constraints: node names or ids, zone and rack values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Constraints {
+    pub nodes: BTreeSet<String>,
+    pub zones: BTreeSet<String>,
+    pub racks: BTreeSet<String>,
+}
+
+/// Most values one constraint may list.
+pub const MAX_CONSTRAINT_VALUES: usize = 64;
+
+/// Parses `a;b` (or `a,b` from a flag) into a set of label-like values.
+fn parse_set(field: &'static str, v: &str) -> Result<BTreeSet<String>, SpecError> {
+    let mut out = BTreeSet::new();
+    for item in v.split([';', ',']) {
+        let ok = !item.is_empty()
+            && item.len() <= MAX_LABEL_LEN
+            && item
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok {
+            return Err(refuse(
+                field,
+                item,
+                format!("must be a list of values of 1 to {MAX_LABEL_LEN} bytes of [A-Za-z0-9._-], separated by ;"),
+            ));
+        }
+        out.insert(item.to_owned());
+    }
+    if out.len() > MAX_CONSTRAINT_VALUES {
+        return Err(refuse(
+            field,
+            v,
+            format!(
+                "lists {} values; the limit is {MAX_CONSTRAINT_VALUES}",
+                out.len()
+            ),
+        ));
+    }
+    Ok(out)
 }
 
 impl VolumeSpec {
@@ -281,6 +339,8 @@ impl VolumeSpec {
             max_iops: IopsLimit::default(),
             secure: false,
             labels: BTreeMap::new(),
+            placement: Constraints::default(),
+            best_effort: false,
         };
         for (k, v) in opts {
             match k {
@@ -302,13 +362,11 @@ impl VolumeSpec {
                     spec.max_iops = v.parse()?;
                     max_iops = Some(v);
                 }
-                "secure" => {
-                    spec.secure = match v {
-                        "" | "true" | "1" | "yes" => true,
-                        "false" | "0" | "no" => false,
-                        _ => return Err(refuse("secure", v, "must be true or false")),
-                    }
-                }
+                "secure" => spec.secure = parse_bool("secure", v)?,
+                "nodes" => spec.placement.nodes = parse_set("nodes", v)?,
+                "zones" => spec.placement.zones = parse_set("zones", v)?,
+                "racks" => spec.placement.racks = parse_set("racks", v)?,
+                "best_effort" => spec.best_effort = parse_bool("best_effort", v)?,
                 "label" | "labels" => {
                     for kv in v.split(';').filter(|s| !s.is_empty()) {
                         let (lk, lv) = kv
@@ -329,7 +387,7 @@ impl VolumeSpec {
                     return Err(refuse(
                         "option",
                         other,
-                        "is not a volume option: use name, size, fs, repl, io_priority, max_iops, secure, label",
+                        "is not a volume option: use name, size, fs, repl, io_priority, max_iops, secure, label, nodes, zones, racks, best_effort",
                     ))
                 }
             }
@@ -587,6 +645,35 @@ mod tests {
         assert_eq!(
             e,
             "size: \"1 GiB\" does not fit: the pool holds 8 GiB of volumes already and allows 8 GiB (2x its 4 GiB capacity)"
+        );
+    }
+
+    #[test]
+    fn placement_constraints_parse_as_sets_and_refuse_bad_values() {
+        let s = VolumeSpec::parse_inline("name=a,size=1G,zones=z1;z2,racks=r1,best_effort=true")
+            .unwrap();
+        assert_eq!(
+            s.placement.zones,
+            BTreeSet::from(["z1".to_owned(), "z2".to_owned()])
+        );
+        assert_eq!(s.placement.racks, BTreeSet::from(["r1".to_owned()]));
+        assert!(s.placement.nodes.is_empty());
+        assert!(s.best_effort);
+        // A flag's comma-separated list arrives as one option value.
+        let s =
+            VolumeSpec::from_options([("name", "a"), ("size", "1G"), ("nodes", "n1,n2")]).unwrap();
+        assert_eq!(s.placement.nodes.len(), 2);
+        let e = VolumeSpec::from_options([("name", "a"), ("size", "1G"), ("zones", "z 1")])
+            .unwrap_err();
+        assert_eq!(e.field, "zones");
+        let e = VolumeSpec::from_options([("name", "a"), ("size", "1G"), ("racks", "r1;;r2")])
+            .unwrap_err();
+        assert_eq!(e.field, "racks");
+        let e = VolumeSpec::from_options([("name", "a"), ("size", "1G"), ("best_effort", "maybe")])
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "best_effort: \"maybe\" must be true or false"
         );
     }
 }
