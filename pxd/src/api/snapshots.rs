@@ -228,6 +228,7 @@ pub async fn clone(
         mount_path: None,
         retired_thin_ids: vec![],
         created: now(),
+        placement: None,
         ..src.clone()
     };
     let what = format!("clone {}", req.name);

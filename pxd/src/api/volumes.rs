@@ -12,6 +12,7 @@
 //! | `POST /v1/volumes/{vol}/restore` `{snapshot}` | put a snapshot's data back |
 
 use super::{ApiError, ApiResult, AppState, JsonBody};
+use crate::cluster::gossip::PoolBeat;
 use crate::cluster::Op;
 use crate::crypt::{new_salt, VolumeKey};
 use crate::kernel::dm::node_path;
@@ -19,7 +20,7 @@ use crate::plan::names::Id;
 use crate::plan::placement::{self, Candidate};
 use crate::reconcile::steps::volume_stack;
 use crate::store::state::{ClusterState, VolumeChange};
-use crate::store::types::{IopsLimit, NodeId, Phase, Replica, ReplicaState, Volume};
+use crate::store::types::{IopsLimit, NodeId, Phase, PlacementNote, Replica, ReplicaState, Volume};
 use crate::store::Command;
 use crate::volume::spec::{parse_size, Class, Fs, VolumeSpec};
 use axum::extract::{Path, State};
@@ -86,9 +87,24 @@ pub struct VolumeView {
     pub phase: Phase,
     pub snapshots: Vec<SnapshotView>,
     pub created: u64,
+    /// Where each replica is: which node (and its name) and pool. A scheduler runs the
+    /// container on one of these nodes to keep it next to its data.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaView>,
+    /// Why the replicas are there, and what a best-effort placement could not give.
+    #[serde(default)]
+    pub placement: Option<PlacementNote>,
     /// Bytes the volume has mapped in its pool (thin status); inspect only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub node: NodeId,
+    pub node_name: String,
+    pub pool: String,
+    pub state: ReplicaState,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -181,6 +197,21 @@ pub(super) fn view(st: &ClusterState, v: &Volume) -> VolumeView {
         phase: v.phase,
         snapshots,
         created: v.created,
+        replicas: v
+            .replicas
+            .iter()
+            .map(|r| ReplicaView {
+                node: r.node,
+                node_name: st
+                    .nodes
+                    .get(&r.node)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_default(),
+                pool: r.pool.clone(),
+                state: r.state,
+            })
+            .collect(),
+        placement: v.placement.clone(),
         usage: None,
     }
 }
@@ -208,6 +239,36 @@ pub(super) fn candidates(s: &AppState, st: &ClusterState) -> Vec<Candidate> {
             }
         })
         .collect()
+}
+
+/// The nodes online as seen from here.
+fn online_nodes(s: &AppState) -> std::collections::BTreeSet<NodeId> {
+    s.cluster
+        .nodes()
+        .into_iter()
+        .filter(|n| n.liveness == crate::cluster::gossip::Liveness::Online)
+        .map(|n| n.id)
+        .collect()
+}
+
+/// Every pool's use as its node last reported it: this node's from its own last pass (the
+/// freshest), the others' from their heartbeats.
+fn pools_seen(s: &AppState) -> BTreeMap<String, PoolBeat> {
+    let mut seen = BTreeMap::new();
+    for n in s.cluster.nodes() {
+        if let Some(stats) = n.stats {
+            seen.extend(stats.pools);
+        }
+    }
+    for (id, u) in s.reconciler.last().pools {
+        let beat = PoolBeat {
+            data_used: u.data_used,
+            data_total: u.data_total,
+            near_full: u.near_full(&s.reconciler.full),
+        };
+        seen.insert(id, beat);
+    }
+    seen
 }
 
 /// Records `cmd` (if there is one: a repeated call may have nothing new to record), then
@@ -328,12 +389,24 @@ pub async fn create(
             )));
         }
     }
-    let me = s.cluster.id();
-    let (pool, exists) = s.cluster.state().read(|st| {
-        let pools = candidates(&s, st);
-        let pool = placement::place(&pools, spec.io_priority, spec.size, s.config.overcommit)
-            .map(|p| (p.id.clone(), p.class));
-        (pool, st.volume_named(&spec.name).is_some())
+    let online = online_nodes(&s);
+    let seen = pools_seen(&s);
+    let (placed, exists) = s.cluster.state().read(|st| {
+        let view = placement::ClusterView {
+            state: st,
+            online: &online,
+            seen: &seen,
+            overcommit: s.config.overcommit,
+        };
+        let placed = placement::place_volume(
+            &view,
+            spec.io_priority,
+            spec.size,
+            usize::from(spec.repl),
+            &spec.placement,
+            spec.best_effort,
+        );
+        (placed, st.volume_named(&spec.name).is_some())
     });
     if exists {
         return Err(bad(format!(
@@ -341,7 +414,8 @@ pub async fn create(
             spec.name
         )));
     }
-    let (pool, class) = pool.map_err(bad)?;
+    let placed = placed.map_err(bad)?;
+    let class = placed.class;
     let id = new_id();
     let encrypted = spec.secure || req.secret_key.is_some();
     let (wrapped_key, key_salt) = if encrypted {
@@ -380,12 +454,16 @@ pub async fn create(
         encrypted,
         key_ref: encrypted.then(|| "cluster".to_owned()),
         labels: spec.labels.clone(),
-        replicas: vec![Replica {
-            node: me,
-            pool,
-            thin_id: 0,
-            state: ReplicaState::Clean,
-        }],
+        replicas: placed
+            .replicas
+            .iter()
+            .map(|(node, pool)| Replica {
+                node: *node,
+                pool: pool.clone(),
+                thin_id: 0,
+                state: ReplicaState::Clean,
+            })
+            .collect(),
         attachment: None,
         snapshot_schedule: None,
         phase: Phase::Live,
@@ -397,6 +475,10 @@ pub async fn create(
         mount_path: None,
         retired_thin_ids: vec![],
         created: now(),
+        placement: Some(PlacementNote {
+            explanation: placed.explanation.clone(),
+            shortfall: placed.shortfall.clone(),
+        }),
     };
     let what = format!("volume {}", spec.name);
     record(&s, Some(Command::CreateVolume { volume }), Some(&id), &what).await?;

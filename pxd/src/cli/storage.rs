@@ -46,6 +46,19 @@ pub enum VolumeCommand {
         /// env:NAME; never given on the command line.
         #[arg(long = "secret_key", value_name = "SOURCE")]
         secret_key: Option<String>,
+        /// Only on these nodes (names or ids, comma-separated).
+        #[arg(long)]
+        nodes: Option<String>,
+        /// Only in these zones (comma-separated).
+        #[arg(long)]
+        zones: Option<String>,
+        /// Only in these racks (comma-separated).
+        #[arg(long)]
+        racks: Option<String>,
+        /// Place what the cluster allows (fewer replicas, or replicas sharing a machine)
+        /// instead of refusing; the shortfall is shown by `volume inspect`.
+        #[arg(long = "best_effort")]
+        best_effort: bool,
     },
     /// List volumes.
     List,
@@ -110,9 +123,9 @@ pub enum SnapshotCommand {
 /// is dropped; keys and values are sent as typed, for the daemon to take or refuse.
 fn create_options(
     spec: &str,
-    flags: [(&str, &Option<String>); 5],
+    flags: &[(&str, &Option<String>)],
     labels: &[String],
-    secure: bool,
+    switches: &[(&str, bool)],
 ) -> Result<BTreeMap<String, String>, CliError> {
     let mut options = BTreeMap::new();
     if spec.contains('=') {
@@ -139,7 +152,7 @@ fn create_options(
     }
     for (k, v) in flags {
         if let Some(v) = v {
-            options.insert(k.to_owned(), v.clone());
+            options.insert((*k).to_owned(), v.clone());
         }
     }
     if !labels.is_empty() {
@@ -151,8 +164,10 @@ fn create_options(
             joined.push_str(l);
         }
     }
-    if secure {
-        options.insert("secure".into(), "true".into());
+    for (k, on) in switches {
+        if *on {
+            options.insert((*k).to_owned(), "true".into());
+        }
     }
     Ok(options)
 }
@@ -212,11 +227,17 @@ fn print_volume(v: &VolumeView) {
     if v.read_only {
         println!("read-only:  yes");
     }
-    if let (Some(n), Some(p)) = (&v.node, &v.pool) {
+    for r in &v.replicas {
         println!(
-            "placement:  node {n}, pool {p}, thin id {}",
-            v.thin_id.unwrap_or(0)
+            "replica:    node {} ({}), pool {}, {:?}",
+            r.node_name, r.node, r.pool, r.state
         );
+    }
+    if let Some(p) = &v.placement {
+        println!("placement:  {}", p.explanation);
+        if let Some(s) = &p.shortfall {
+            println!("shortfall:  {s}");
+        }
     }
     println!("stack:      {}", v.stack.join(" <- "));
     if let Some(d) = &v.device {
@@ -270,18 +291,25 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
             labels,
             secure,
             secret_key,
+            nodes,
+            zones,
+            racks,
+            best_effort,
         } => {
             let options = create_options(
                 spec,
-                [
+                &[
                     ("size", size),
                     ("fs", fs),
                     ("io_priority", io_priority),
                     ("repl", repl),
                     ("max_iops", max_iops),
+                    ("nodes", nodes),
+                    ("zones", zones),
+                    ("racks", racks),
                 ],
                 labels,
-                *secure,
+                &[("secure", *secure), ("best_effort", *best_effort)],
             )?;
             let secret_key = match secret_key {
                 Some(source) => Some(Secret::new(
@@ -479,15 +507,16 @@ mod tests {
     fn inline_specs_and_flags_make_one_set_of_options() {
         let o = create_options(
             "size=10G,fs=xfs,name=db,label=a=1",
-            [
+            &[
                 ("size", &Some("20G".into())),
                 ("fs", &None),
                 ("io_priority", &Some("high".into())),
                 ("repl", &None),
                 ("max_iops", &None),
+                ("racks", &Some("r1,r2".into())),
             ],
             &["b=2".into()],
-            true,
+            &[("secure", true), ("best_effort", false)],
         )
         .unwrap();
         assert_eq!(o["size"], "20G");
@@ -495,19 +524,15 @@ mod tests {
         assert_eq!(o["name"], "db");
         assert_eq!(o["label"], "a=1;b=2");
         assert_eq!(o["secure"], "true");
+        assert_eq!(o["racks"], "r1,r2");
+        assert!(!o.contains_key("best_effort"));
         // Values go to the daemon as typed; only whitespace after a comma separates.
-        let o = create_options(
-            "size=1G, name= lead,label=a=1 ",
-            [("size", &None); 5],
-            &[],
-            false,
-        )
-        .unwrap();
+        let o = create_options("size=1G, name= lead,label=a=1 ", &[], &[], &[]).unwrap();
         assert_eq!((o["size"].as_str(), o["name"].as_str()), ("1G", " lead"));
         assert_eq!(o["label"], "a=1 ");
-        let o = create_options("trail\n", [("size", &None); 5], &[], false).unwrap();
+        let o = create_options("trail\n", &[], &[], &[]).unwrap();
         assert_eq!(o["name"], "trail\n");
-        let o = create_options("db", [("size", &None); 5], &[], false).unwrap();
+        let o = create_options("db", &[], &[], &[]).unwrap();
         assert_eq!(
             o.into_iter().collect::<Vec<_>>(),
             [("name".into(), "db".into())]

@@ -5,7 +5,7 @@
 
 use crate::store::NodeId;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -22,6 +22,19 @@ pub struct NodeStats {
     pub cpu_percent: f64,
     pub memory_total: u64,
     pub memory_used: u64,
+    /// This node's pools as its last reconcile pass read them, by pool id: what placement on
+    /// any node needs to know about them beyond the store.
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolBeat>,
+}
+
+/// One pool in a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolBeat {
+    pub data_used: u64,
+    pub data_total: u64,
+    /// Why it refuses new allocations, if it is near full.
+    pub near_full: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +118,9 @@ pub struct StatsSampler {
 }
 
 impl StatsSampler {
-    pub fn sample(&mut self, capacity: u64, used: u64) -> NodeStats {
+    pub fn sample(&mut self, pools: BTreeMap<String, PoolBeat>) -> NodeStats {
+        let capacity = pools.values().map(|p| p.data_total).sum();
+        let used = pools.values().map(|p| p.data_used).sum();
         let (memory_total, memory_used) = memory().unwrap_or((0, 0));
         let cpu_percent = match (cpu_times(), self.last_cpu) {
             (Some((busy, total)), Some((b0, t0))) if total > t0 => {
@@ -140,6 +155,7 @@ impl StatsSampler {
             cpu_percent,
             memory_total,
             memory_used,
+            pools,
         }
     }
 }

@@ -24,7 +24,7 @@ use gossip::{Beats, StatsSampler};
 use identity::{Identity, IdentityError};
 use openraft::error::{ClientWriteError, RaftError};
 use rpc::{Refusal, RefusalKind, Reply, Request};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -169,6 +169,8 @@ pub struct Cluster {
     transport: Arc<Transport>,
     beats: Beats,
     sampler: Mutex<StatsSampler>,
+    /// This node's pools as the reconciler last read them, sent with every beat.
+    local_pools: Mutex<BTreeMap<String, gossip::PoolBeat>>,
     metrics: Arc<Metrics>,
     /// The key that wraps volume keys: made by `init`, received on `join`.
     cluster_key: std::sync::RwLock<Option<Arc<ClusterKey>>>,
@@ -234,6 +236,7 @@ impl Cluster {
             transport,
             beats,
             sampler: Mutex::new(StatsSampler::default()),
+            local_pools: Mutex::new(BTreeMap::new()),
             metrics,
         });
         let server = cluster.clone();
@@ -299,6 +302,18 @@ impl Cluster {
             topology: Default::default(),
             role: self.config.role,
         }
+    }
+
+    /// Records this node's pools as a reconcile pass read them; the next beats carry them.
+    pub fn report_pools(&self, pools: BTreeMap<String, gossip::PoolBeat>) {
+        *self.local_pools.lock().unwrap_or_else(|p| p.into_inner()) = pools;
+    }
+
+    fn local_pools(&self) -> BTreeMap<String, gossip::PoolBeat> {
+        self.local_pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The cluster's id, once this node is in one.
@@ -653,17 +668,19 @@ async fn gossip_loop(cluster: Arc<Cluster>) {
     loop {
         tick.tick().await;
         let me = cluster.id();
-        let (capacity, used, peers) = cluster.state.read(|s| {
-            let mine = s.pools.values().filter(|p| p.node == me);
-            let (c, u) = mine.fold((0, 0), |(c, u), p| (c + p.capacity, u + p.used));
-            let peers: Vec<Node> = s.nodes.values().filter(|n| n.id != me).cloned().collect();
-            (c, u, peers)
+        let peers = cluster.state.read(|s| {
+            s.nodes
+                .values()
+                .filter(|n| n.id != me)
+                .cloned()
+                .collect::<Vec<Node>>()
         });
+        let pools = cluster.local_pools();
         let stats = cluster
             .sampler
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .sample(capacity, used);
+            .sample(pools);
         cluster.beats.record(me, stats.clone());
         let beat = rpc::encode(&Request::Heartbeat { from: me, stats });
         for peer in peers {

@@ -1,8 +1,14 @@
-//! Where a new volume goes on this node, and whether its pool can take it: the pool of the
-//! class asked for (or the best class the node has), within the pool's overcommit and below
-//! its near-full thresholds. Pure: the caller passes the pools and their last known use.
+//! Where a new volume's replicas go in the cluster, and whether a pool can take more: the
+//! class asked for (or the best class that fits), within each pool's overcommit and below
+//! its near-full thresholds, spread over fault domains by the `topology` crate. Pure: the
+//! caller passes the store, liveness and the pools' last known use.
 
-use crate::volume::spec::{human, Class};
+use crate::cluster::gossip::PoolBeat;
+use crate::store::types::{NodeId, PoolHealth, Role};
+use crate::store::ClusterState;
+use crate::volume::spec::{human, Class, Constraints};
+use std::collections::{BTreeMap, BTreeSet};
+use topology::place::{place, Candidate as TopoCandidate, Request};
 
 /// A pool as placement sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,32 +23,154 @@ pub struct Candidate {
     pub near_full: Option<String>,
 }
 
-/// Picks the pool for a volume of `size` bytes asking for `class`, with at most `overcommit`
-/// times a pool's capacity provisioned on it.
-pub fn place(
-    pools: &[Candidate],
+/// What placement knows of the cluster: the store, who is online, and each pool's use as
+/// its node last reported it (in heartbeats, or this node's own last pass).
+pub struct ClusterView<'a> {
+    pub state: &'a ClusterState,
+    pub online: &'a BTreeSet<NodeId>,
+    pub seen: &'a BTreeMap<String, PoolBeat>,
+    pub overcommit: f64,
+}
+
+/// Where a new volume's replicas go, and which class it got.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placed {
+    pub class: Class,
+    /// (node, pool) per replica.
+    pub replicas: Vec<(NodeId, String)>,
+    pub explanation: String,
+    pub shortfall: Option<String>,
+}
+
+/// Places `repl` replicas of `size` bytes, over the whole cluster, through the `topology`
+/// crate: the class asked for, or the best class that can take it. A refusal names what is
+/// short and why each pool that could not take the volume was passed over.
+pub fn place_volume(
+    view: &ClusterView<'_>,
     class: Option<Class>,
     size: u64,
-    overcommit: f64,
-) -> Result<&Candidate, String> {
-    if pools.is_empty() {
-        return Err(
-            "io_priority: this node has no pool yet; add a drive with `pxd drive add`".into(),
-        );
+    repl: usize,
+    constraints: &Constraints,
+    best_effort: bool,
+) -> Result<Placed, String> {
+    let st = view.state;
+    if st.pools.is_empty() {
+        return Err("io_priority: no node has a pool yet; add a drive with `pxd drive add`".into());
     }
-    let chosen = match class {
-        Some(c) => pools.iter().find(|p| p.class == c).ok_or_else(|| {
-            let have: Vec<String> = pools.iter().map(|p| p.class.to_string()).collect();
-            format!(
-                "io_priority: this node has no {c} pool (it has: {}); add a drive of that class",
-                have.join(", ")
-            )
-        })?,
-        // High before medium before low: the best this node has.
-        None => pools.iter().min_by_key(|p| p.class).unwrap_or(&pools[0]),
+    let mut nodes = BTreeSet::new();
+    for n in &constraints.nodes {
+        let found = st
+            .nodes
+            .values()
+            .find(|x| &x.name == n || &x.id.to_string() == n)
+            .ok_or_else(|| format!("nodes: no member is called or numbered {n:?}"))?;
+        nodes.insert(found.id.to_string());
+    }
+    let classes = match class {
+        Some(c) => vec![c],
+        None => vec![Class::High, Class::Medium, Class::Low],
     };
-    admit(chosen, size, overcommit)?;
-    Ok(chosen)
+    if let Some(c) = class {
+        if !st.pools.values().any(|p| p.class == c) {
+            let have: BTreeSet<String> = st.pools.values().map(|p| p.class.to_string()).collect();
+            return Err(format!(
+                "io_priority: no node has a {c} pool (the cluster has: {}); add a drive of that class",
+                have.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    let (candidates, passed_over) = candidates(view, size);
+    let mut first_error = None;
+    for class in classes {
+        let req = Request {
+            repl,
+            class: class.to_string(),
+            size,
+            nodes: nodes.clone(),
+            zones: constraints.zones.clone(),
+            racks: constraints.racks.clone(),
+            best_effort,
+        };
+        match place(&candidates, &req) {
+            Ok(p) => {
+                let replicas = p
+                    .replicas
+                    .iter()
+                    .filter_map(|(n, pool)| Some((n.parse::<NodeId>().ok()?, pool.clone())))
+                    .collect();
+                return Ok(Placed {
+                    class,
+                    replicas,
+                    explanation: p.explanation,
+                    shortfall: p.shortfall,
+                });
+            }
+            Err(e) if st.pools.values().any(|p| p.class == class) => {
+                first_error.get_or_insert(e.to_string());
+            }
+            Err(_) => {}
+        }
+    }
+    let mut why = first_error.unwrap_or_else(|| "no pool can take it".into());
+    if !passed_over.is_empty() {
+        why = format!("{why}; {}", passed_over.join("; "));
+    }
+    Err(format!("size: {} cannot be placed: {why}", human(size)))
+}
+
+/// Every pool as the `topology` crate sees it, and why each one that cannot take `size`
+/// more bytes is passed over. Free space is what the overcommit limit leaves.
+fn candidates(view: &ClusterView<'_>, size: u64) -> (Vec<TopoCandidate>, Vec<String>) {
+    let st = view.state;
+    let mut out = Vec::new();
+    let mut passed_over = Vec::new();
+    for p in st.pools.values() {
+        let Some(node) = st.nodes.get(&p.node) else {
+            continue;
+        };
+        let seen = view.seen.get(&p.id);
+        let capacity = seen.map_or(p.capacity, |u| u.data_total);
+        let provisioned: u64 = st
+            .volumes
+            .values()
+            .filter(|v| v.replicas.iter().any(|r| r.pool == p.id))
+            .map(|v| v.size)
+            .sum();
+        let limit = (capacity as f64 * view.overcommit) as u64;
+        let free = limit.saturating_sub(provisioned);
+        let near_full = seen.and_then(|u| u.near_full.clone());
+        let online = view.online.contains(&p.node);
+        let healthy = !matches!(p.health, PoolHealth::Damaged(_));
+        let storage = node.role == Role::Storage;
+        let at = format!("pool {} ({}) on {}", p.id, p.class, node.name);
+        if !storage {
+            passed_over.push(format!("{at}: the node is storageless"));
+        } else if !online {
+            passed_over.push(format!("{at}: the node is offline"));
+        } else if let PoolHealth::Damaged(r) = &p.health {
+            passed_over.push(format!("{at}: damaged: {r}"));
+        } else if let Some(r) = &near_full {
+            passed_over.push(format!("{at}: near full: {r}"));
+        } else if free < size {
+            passed_over.push(format!(
+                "{at}: {} provisioned of the {} allowed ({}x its {} capacity, --overcommit)",
+                human(provisioned),
+                human(limit),
+                view.overcommit,
+                human(capacity)
+            ));
+        }
+        out.push(TopoCandidate {
+            node: node.id.to_string(),
+            pool: p.id.clone(),
+            labels: node.topology.labels(),
+            class: p.class.to_string(),
+            free_bytes: free,
+            usable: storage && online && healthy,
+            near_full: near_full.is_some(),
+        });
+    }
+    (out, passed_over)
 }
 
 /// Checks that `pool` can take `more` bytes of new provisioning.
@@ -81,26 +209,152 @@ mod tests {
         }
     }
 
+    use crate::store::topology::NodeTopology;
+    use crate::store::types::{Node, Pool};
+
+    const G: u64 = 1 << 30;
+
+    /// Nodes n1..n3 (ids 1..3) with one pool each, of 1 GiB, racked as given.
+    fn cluster(racks: &[(&str, Class)]) -> ClusterState {
+        let mut st = ClusterState::default();
+        for (i, (rack, class)) in racks.iter().enumerate() {
+            let id = NodeId(i as u64 + 1);
+            let mut topology = NodeTopology::default();
+            topology.manual = format!("rack={rack}").parse().unwrap();
+            st.nodes.insert(
+                id,
+                Node {
+                    id,
+                    name: format!("n{}", i + 1),
+                    api_addr: String::new(),
+                    data_addr: String::new(),
+                    public_key: String::new(),
+                    topology,
+                    role: Role::Storage,
+                },
+            );
+            let pool = Pool {
+                id: format!("p{}", i + 1),
+                node: id,
+                class: *class,
+                drives: vec![],
+                capacity: G,
+                used: 0,
+                benchmark: None,
+                chunk_sectors: 128,
+                drive_paths: vec![],
+                generation: 1,
+                activated: true,
+                health: PoolHealth::Online,
+            };
+            st.pools.insert(pool.id.clone(), pool);
+        }
+        st
+    }
+
+    fn all_online(st: &ClusterState) -> BTreeSet<NodeId> {
+        st.nodes.keys().copied().collect()
+    }
+
+    fn place1(
+        st: &ClusterState,
+        online: &BTreeSet<NodeId>,
+        seen: &BTreeMap<String, PoolBeat>,
+        class: Option<Class>,
+        c: &Constraints,
+    ) -> Result<Placed, String> {
+        let view = ClusterView {
+            state: st,
+            online,
+            seen,
+            overcommit: 1.0,
+        };
+        place_volume(&view, class, 100 << 20, 1, c, false)
+    }
+
     #[test]
-    fn the_class_asked_for_is_the_pool_chosen() {
-        let pools = [pool("slow", Class::Low), pool("fast", Class::High)];
+    fn the_cluster_wide_pick_honours_class_constraints_and_liveness() {
+        let st = cluster(&[("r1", Class::Low), ("r2", Class::High), ("r3", Class::High)]);
+        let online = all_online(&st);
+        let none = BTreeMap::new();
+        let any = Constraints::default();
+        // The best class there is; ties between equal pools go to the lowest id.
+        let p = place1(&st, &online, &none, None, &any).unwrap();
+        assert_eq!((p.class, p.replicas[0].0), (Class::High, NodeId(2)));
+        let p = place1(&st, &online, &none, Some(Class::Low), &any).unwrap();
+        assert_eq!(p.replicas, [(NodeId(1), "p1".to_owned())]);
+        // --racks and --nodes (by name or id).
+        let mut c = Constraints::default();
+        c.racks.insert("r3".into());
         assert_eq!(
-            place(&pools, Some(Class::High), 1 << 20, 4.0).unwrap().id,
-            "fast"
+            place1(&st, &online, &none, None, &c).unwrap().replicas[0].0,
+            NodeId(3)
         );
+        let mut c = Constraints::default();
+        c.nodes.insert("0000000000000003".into());
         assert_eq!(
-            place(&pools, Some(Class::Low), 1 << 20, 4.0).unwrap().id,
-            "slow"
+            place1(&st, &online, &none, None, &c).unwrap().replicas[0].0,
+            NodeId(3)
         );
-        assert_eq!(place(&pools, None, 1 << 20, 4.0).unwrap().id, "fast");
-        let e = place(&pools, Some(Class::Medium), 1 << 20, 4.0).unwrap_err();
+        c.nodes = ["n9".to_owned()].into();
+        assert_eq!(
+            place1(&st, &online, &none, None, &c).unwrap_err(),
+            "nodes: no member is called or numbered \"n9\""
+        );
+        // Offline nodes and near-full pools are passed over, and the refusal says why.
+        let only1: BTreeSet<NodeId> = [NodeId(1)].into();
+        let e = place1(&st, &only1, &none, Some(Class::High), &any).unwrap_err();
         assert!(
-            e.starts_with("io_priority: this node has no medium pool"),
+            e.contains("pool p2 (high) on n2: the node is offline"),
             "{e}"
         );
-        assert!(place(&[], None, 1, 4.0)
+        let full: BTreeMap<String, PoolBeat> = [(
+            "p2".to_owned(),
+            PoolBeat {
+                data_used: 95,
+                data_total: G,
+                near_full: Some("its data is 95% used".into()),
+            },
+        )]
+        .into();
+        let p = place1(&st, &online, &full, Some(Class::High), &any).unwrap();
+        assert_eq!(p.replicas[0].0, NodeId(3));
+        let e = place1(&st, &online, &full, Some(Class::Medium), &any).unwrap_err();
+        assert!(
+            e.starts_with("io_priority: no node has a medium pool"),
+            "{e}"
+        );
+        let mut c = Constraints::default();
+        c.zones.insert("z9".into());
+        let e = place1(&st, &online, &none, None, &c).unwrap_err();
+        assert!(e.contains("0 node(s) have a high pool"), "{e}");
+        assert!(place1(&ClusterState::default(), &online, &none, None, &any)
             .unwrap_err()
             .contains("pxd drive add"));
+    }
+
+    #[test]
+    fn the_overcommit_limit_is_named_when_nothing_fits() {
+        let mut st = cluster(&[("r1", Class::High)]);
+        let v: crate::store::types::Volume = serde_json::from_value(serde_json::json!({
+            "id": "v1", "name": "big", "size": G - (50 << 20), "fs": "raw", "repl": 1,
+            "io_priority": "high", "max_iops": null, "encrypted": false, "key_ref": null,
+            "labels": {}, "replicas": [{"node": "0000000000000001", "pool": "p1", "thin_id": 1, "state": "clean"}],
+            "attachment": null, "snapshot_schedule": null, "phase": "live", "formatted": false,
+            "created": 0
+        }))
+        .unwrap();
+        st.volumes.insert(v.id.clone(), v);
+        let e = place1(
+            &st,
+            &all_online(&st),
+            &BTreeMap::new(),
+            None,
+            &Constraints::default(),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("size: 100 MiB cannot be placed"), "{e}");
+        assert!(e.contains("(1x its 1 GiB capacity, --overcommit)"), "{e}");
     }
 
     #[test]

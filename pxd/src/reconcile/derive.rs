@@ -277,6 +277,7 @@ mod tests {
             mount_path: None,
             retired_thin_ids: vec![],
             created: 0,
+            placement: None,
         }
     }
 

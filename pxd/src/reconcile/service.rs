@@ -175,6 +175,20 @@ impl Reconciler {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
             Ok((failures, found)) => {
+                self.cluster.report_pools(
+                    found
+                        .pools
+                        .iter()
+                        .map(|(id, u)| {
+                            let beat = crate::cluster::gossip::PoolBeat {
+                                data_used: u.data_used,
+                                data_total: u.data_total,
+                                near_full: u.near_full(&self.full),
+                            };
+                            (id.clone(), beat)
+                        })
+                        .collect(),
+                );
                 last.pools = found.pools.clone();
                 last.volumes = found.volumes.clone();
                 last.members = found.members.clone();

@@ -479,6 +479,7 @@ mod tests {
             mount_path: None,
             retired_thin_ids: vec![],
             created: 0,
+            placement: None,
         };
         assert!(matches!(
             s.apply(&Command::PutVolume { volume: v.clone() }).0,

@@ -433,6 +433,9 @@ pub struct Volume {
     /// Unix seconds, chosen by the proposer.
     #[serde(default)]
     pub created: u64,
+    /// How placement chose the replicas, and what a best-effort placement could not give.
+    #[serde(default)]
+    pub placement: Option<PlacementNote>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -473,4 +476,14 @@ mod tests {
         assert!(!format!("{s:?}").contains(s.expose()));
         assert_eq!(s.expose().len(), 64);
     }
+}
+
+/// Why a volume's replicas are where they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementNote {
+    /// "1 replica over 1 node in 1 rack".
+    pub explanation: String,
+    /// Set when `best_effort` placed less than was asked.
+    #[serde(default)]
+    pub shortfall: Option<String>,
 }
