@@ -245,6 +245,25 @@ mod tests {
     }
 
     #[test]
+    fn system_config_points_at_the_real_places() {
+        let c = Config::system("node-a");
+        assert_eq!(c.dmi_dir, Path::new("/sys/class/dmi/id"));
+        assert_eq!(c.hostname, "node-a");
+        assert_eq!(
+            c.guestinfo_tools,
+            [
+                Path::new("/usr/bin/vmware-rpctool"),
+                Path::new("/usr/bin/vmtoolsd")
+            ]
+        );
+        assert_eq!(c.aws_url, "http://169.254.169.254");
+        assert_eq!(c.gcp_url, "http://metadata.google.internal");
+        assert_eq!(c.azure_url, "http://169.254.169.254");
+        assert_eq!(c.vcenter, None);
+        assert_eq!(c.timeout, Duration::from_secs(2));
+    }
+
+    #[test]
     fn mesos_attributes_list_labels_widest_first() {
         let labels: Labels = "rack=r1,zone=z1,hypervisor=esx-3".parse().unwrap();
         assert_eq!(

@@ -2,7 +2,9 @@
 //! metadata protocol (and fail in each way), and the result is checked label by label and
 //! warning by warning. No assertion is on timing.
 
-use super::testserver::{ok, refused_url, script, serve, status, Answer, Seen, Server, FORKS};
+use super::testserver::{
+    ok, refused_url, script, serve, serve_tls, status, Answer, Seen, Server, FORKS,
+};
 use super::*;
 use base64::Engine;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -331,10 +333,18 @@ type Fault = Option<(&'static str, fn() -> Answer)>;
 /// `domain-c7`. The host is tagged rack r1; the cluster zone z1, rack r-cluster, and an
 /// `owner` tag that is no fault domain.
 fn vcenter_server(fault: Fault) -> (Server, Arc<AtomicUsize>) {
+    vcenter_on(fault, false)
+}
+
+fn vcenter_server_tls() -> (Server, Arc<AtomicUsize>) {
+    vcenter_on(None, true)
+}
+
+fn vcenter_on(fault: Fault, tls: bool) -> (Server, Arc<AtomicUsize>) {
     let category_gets = Arc::new(AtomicUsize::new(0));
     let counter = category_gets.clone();
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
-    let server = serve(move |r: &Seen| {
+    let handler = move |r: &Seen| {
         if let Some((prefix, answer)) = fault {
             if r.target.starts_with(prefix) {
                 return answer();
@@ -397,7 +407,12 @@ fn vcenter_server(fault: Fault) -> (Server, Arc<AtomicUsize>) {
             }
             _ => status(404, ""),
         }
-    });
+    };
+    let server = if tls {
+        serve_tls(handler)
+    } else {
+        serve(handler)
+    };
     (server, category_gets)
 }
 
@@ -610,4 +625,35 @@ fn vsphere_without_tools_or_vcenter_says_what_to_do() {
     let d = detect(&config(&dir));
     assert_eq!(d.layers, [(Source::BareMetal, labels("host=node-a"))]);
     one_warning(&d, "install open-vm-tools");
+}
+
+#[test]
+fn vcenter_over_https_trusts_the_ca_file_beside_the_public_roots() {
+    let dir = dmi(Platform::VSphere);
+    let ca = dir.path().join("vcenter-ca.pem");
+    std::fs::write(&ca, include_str!("testdata/ca.pem")).unwrap();
+    let (server, _) = vcenter_server_tls();
+    let mut cfg = vsphere_config(&dir, &server, PASSWORD);
+    if let Some(vc) = cfg.vcenter.as_mut() {
+        vc.ca_file = Some(ca);
+    }
+    let d = detect(&cfg);
+    assert_eq!(without_guestinfo_warning(&d), Vec::<&str>::new());
+    assert_eq!(
+        layer(&d, Source::VSphere),
+        Some(&labels("zone=z1,rack=r1,hypervisor=esx-03.lab"))
+    );
+    let asked = server.seen().len();
+
+    // Without it the certificate is unknown: a warning, no labels, and no login was sent.
+    if let Some(vc) = cfg.vcenter.as_mut() {
+        vc.ca_file = None;
+    }
+    let d = detect(&cfg);
+    assert_eq!(layer(&d, Source::VSphere), None);
+    let w = without_guestinfo_warning(&d);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with("vcenter: POST /api/session: "), "{w:?}");
+    assert!(w[0].contains("certificate"), "{w:?}");
+    assert_eq!(server.seen().len(), asked, "no request got through");
 }

@@ -62,26 +62,67 @@ impl Server {
 
 type Handler = dyn Fn(&Seen) -> Answer + Send + Sync;
 
-/// Serves on 127.0.0.1 until the test process ends; each connection on its own thread.
+/// Serves plain HTTP on 127.0.0.1 until the test process ends; each connection on its own
+/// thread.
 pub fn serve(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Server {
+    listen("http", Arc::new(handler), |s, handler, log| {
+        connection(s, handler, log)
+    })
+}
+
+/// Serves HTTPS with the certificate in `testdata/` (for 127.0.0.1, issued by
+/// `testdata/ca.pem`, valid 2000 to 2126).
+pub fn serve_tls(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Server {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(include_bytes!("testdata/server.pem"))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(include_bytes!("testdata/server.key")).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap(),
+    );
+    listen("https", Arc::new(handler), move |s, handler, log| {
+        let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+            return;
+        };
+        connection(rustls::StreamOwned::new(conn, s), handler, log)
+    })
+}
+
+/// What a connection thread does with its socket.
+type Serve = dyn Fn(TcpStream, &Handler, &Mutex<Vec<Seen>>) + Send + Sync;
+
+fn listen(
+    scheme: &str,
+    handler: Arc<Handler>,
+    serve: impl Fn(TcpStream, &Handler, &Mutex<Vec<Seen>>) + Send + Sync + 'static,
+) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let url = format!("{scheme}://{}", listener.local_addr().unwrap());
     let log = Arc::new(Mutex::new(Vec::new()));
-    let handler: Arc<Handler> = Arc::new(handler);
     let log2 = log.clone();
+    let serve: Arc<Serve> = Arc::new(serve);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
-            let (handler, log) = (handler.clone(), log2.clone());
-            std::thread::spawn(move || connection(stream, &*handler, &log));
+            // Bounds a thread whose client went away without closing.
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let (handler, log, serve) = (handler.clone(), log2.clone(), serve.clone());
+            std::thread::spawn(move || serve(stream, &*handler, &log));
         }
     });
     Server { url, log }
 }
 
-fn connection(mut s: TcpStream, handler: &Handler, log: &Mutex<Vec<Seen>>) {
-    // Bounds a thread whose client went away without closing.
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+fn connection(mut s: impl Read + Write, handler: &Handler, log: &Mutex<Vec<Seen>>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -145,6 +186,7 @@ fn connection(mut s: TcpStream, handler: &Handler, log: &Mutex<Vec<Seen>>) {
             out.push_str("\r\n");
             out.push_str(&body);
             let _ = s.write_all(out.as_bytes());
+            let _ = s.flush();
         }
     }
 }
