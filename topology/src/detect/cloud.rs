@@ -3,19 +3,9 @@
 //! is down, slow or says something odd costs a warning, never the node's start.
 
 use super::http::{Client, Failure};
+use super::shown;
 use crate::{Domain, Labels};
 use ureq::http::Method;
-
-/// A value as a warning shows it: quoted, and cut short if it is long garbage.
-pub(super) fn shown(s: &str) -> String {
-    const MAX: usize = 80;
-    if s.chars().count() <= MAX {
-        format!("{s:?}")
-    } else {
-        let cut: String = s.chars().take(MAX).collect();
-        format!("{cut:?}...")
-    }
-}
 
 /// Sets one label, or says why not.
 fn put(l: &mut Labels, d: Domain, value: &str, what: &str, src: &str, warnings: &mut Vec<String>) {

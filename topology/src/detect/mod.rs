@@ -130,6 +130,17 @@ pub fn detect(cfg: &Config) -> Detected {
     }
 }
 
+/// A value as a warning shows it: quoted, and cut short if it is long garbage.
+fn shown(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.chars().count() <= MAX {
+        format!("{s:?}")
+    } else {
+        let cut: String = s.chars().take(MAX).collect();
+        format!("{cut:?}...")
+    }
+}
+
 /// The bare-metal layer: the host is its own fault domain. A fully qualified name too long
 /// or odd for a label falls back to its first DNS label, which is what `hostname -s` shows.
 fn host_labels(hostname: &str, warnings: &mut Vec<String>) -> Labels {

@@ -7,8 +7,8 @@
 //! left out with a warning rather than rewritten, so a label always reads back as a name an
 //! administrator can find in vCenter.
 
-use super::cloud::shown;
 use super::http::{encode, Client, Failure};
+use super::shown;
 use super::VCenter;
 use crate::{Domain, Labels};
 use base64::Engine;

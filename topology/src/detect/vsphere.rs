@@ -2,7 +2,7 @@
 //! the VM's advanced settings, or `vmware-rpctool "info-set guestinfo.pxd.rack r7"`), read
 //! back inside the guest with the VMware tools. Needs no network and no credentials.
 
-use super::cloud::shown;
+use super::shown;
 use super::Config;
 use crate::{Domain, Labels};
 use std::io::Read;
@@ -132,7 +132,7 @@ mod tests {
     fn config(tools: Vec<PathBuf>) -> Config {
         let mut cfg = Config::system("node-a");
         cfg.guestinfo_tools = tools;
-        cfg.timeout = Duration::from_millis(500);
+        cfg.timeout = Duration::from_millis(1500);
         cfg
     }
 
