@@ -3,6 +3,7 @@
 //! detectors (DMI, vSphere, cloud metadata, a topology file) fill [`Labels`] on each node.
 
 pub mod detect;
+pub mod file;
 pub mod place;
 pub mod sources;
 
@@ -107,18 +108,26 @@ impl Labels {
         Ok(())
     }
 
-    /// Forgets one level (`pxd topology tag --clear`).
-    pub fn remove(&mut self, domain: Domain) {
-        self.0.remove(&domain);
-    }
-
-    /// The known levels, widest first.
-    pub fn iter(&self) -> impl Iterator<Item = (Domain, &str)> {
-        self.0.iter().map(|(d, v)| (*d, v.as_str()))
+    /// Forgets one level: `pxd topology tag --clear`, and the topology file's `clear`.
+    pub fn remove(&mut self, domain: Domain) -> Option<String> {
+        self.0.remove(&domain)
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The known levels, widest first.
+    pub fn iter(&self) -> impl Iterator<Item = (Domain, &str)> + '_ {
+        self.0.iter().map(|(d, v)| (*d, v.as_str()))
+    }
+
+    /// Takes every level `top` knows, keeping the others: a node's own entry over the
+    /// file's defaults, guestinfo over what vCenter says.
+    pub fn overlay(&mut self, top: &Labels) {
+        for (d, v) in &top.0 {
+            self.0.insert(*d, v.clone());
+        }
     }
 
     /// The widest level at which `self` and `other` are known to differ.

@@ -398,7 +398,7 @@ impl Cluster {
                 }))
             }
             Request::Submit { op, .. } if self.is_member_key(key) => {
-                Reply::Submit(self.execute(op).await.map_err(|e| match e {
+                Reply::Submit(self.execute(*op).await.map_err(|e| match e {
                     Led::NotLeader => Refusal {
                         kind: RefusalKind::NotLeader,
                         message: format!("node {} is not the leader", self.id()),
@@ -500,7 +500,7 @@ impl Cluster {
             .ok_or(Forward::Led(Led::NotLeader))?;
         let limit = APPLY_TIMEOUT + FORWARD_MARGIN;
         let req = rpc::encode(&Request::Submit {
-            op: op.clone(),
+            op: Box::new(op.clone()),
             expires: rpc::now_ms() + u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
         });
         let mut metrics = self.raft.metrics();

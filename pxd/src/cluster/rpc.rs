@@ -27,7 +27,8 @@ pub enum Request {
     /// send queue while the link was down, is refused rather than applied after the sender
     /// reported failure. Members' clocks must agree to well within a second (NTP).
     Submit {
-        op: Op,
+        /// Boxed: a whole volume record is larger than every other request.
+        op: Box<Op>,
         expires: u64,
     },
     Heartbeat {

@@ -219,8 +219,10 @@ mod tests {
         let mut st = ClusterState::default();
         for (i, (rack, class)) in racks.iter().enumerate() {
             let id = NodeId(i as u64 + 1);
-            let mut topology = NodeTopology::default();
-            topology.manual = format!("rack={rack}").parse().unwrap();
+            let topology = NodeTopology {
+                manual: format!("rack={rack}").parse().unwrap(),
+                ..Default::default()
+            };
             st.nodes.insert(
                 id,
                 Node {
