@@ -85,7 +85,13 @@ pub struct Detected {
 pub fn detect(cfg: &Config) -> Detected {
     let platform = platform(&cfg.dmi_dir);
     let mut warnings = Vec::new();
-    let mut layers = vec![(Source::BareMetal, host_labels(&cfg.hostname, &mut warnings))];
+    // On a VM the hostname names the guest, not the machine it runs on: the host is then
+    // unknown unless vCenter, guestinfo or the operator says which hypervisor it is.
+    let host = match platform {
+        Platform::Other => host_labels(&cfg.hostname, &mut warnings),
+        _ => Labels::default(),
+    };
+    let mut layers = vec![(Source::BareMetal, host)];
     if cfg.vcenter.is_some() && platform != Platform::VSphere {
         warnings.push(format!(
             "vcenter: configured, but DMI says this is {platform}, not a VMware VM; not asked"

@@ -119,7 +119,7 @@ fn aws_imdsv2_gives_region_and_zone_with_the_token() {
     assert_eq!(
         d.layers,
         [
-            (Source::BareMetal, labels("host=node-a")),
+            (Source::BareMetal, Labels::default()),
             (Source::Cloud, labels("region=eu-west-1,zone=eu-west-1a")),
         ]
     );
@@ -483,7 +483,7 @@ exit 1"#,
     assert_eq!(
         d.layers,
         [
-            (Source::BareMetal, labels("host=node-a")),
+            (Source::BareMetal, Labels::default()),
             (
                 Source::VSphere,
                 labels("zone=z1,rack=r7,hypervisor=esx-03.lab")
@@ -624,7 +624,7 @@ fn vcenter_is_ignored_off_vmware() {
 fn vsphere_without_tools_or_vcenter_says_what_to_do() {
     let dir = dmi(Platform::VSphere);
     let d = detect(&config(&dir));
-    assert_eq!(d.layers, [(Source::BareMetal, labels("host=node-a"))]);
+    assert_eq!(d.layers, [(Source::BareMetal, Labels::default())]);
     one_warning(&d, "install open-vm-tools");
 }
 
