@@ -339,7 +339,7 @@ nodes:
         let e = parse("default: {zone: \"a b\"}\n").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "default: value of zone is 3 bytes; the limit is 63 bytes of [A-Za-z0-9._-]"
+            "default: value of zone \"a b\" may hold only [A-Za-z0-9._-]"
         );
         let e = parse("nodes:\n  node-a: {rack: [r1, r2]}\n").unwrap_err();
         assert_eq!(

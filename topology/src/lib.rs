@@ -66,6 +66,8 @@ pub enum LabelError {
         len: usize,
         max: usize,
     },
+    #[error("value of {domain} {value:?} may hold only [A-Za-z0-9._-]")]
+    BadChar { domain: Domain, value: String },
 }
 
 /// Longest value a domain label may hold; values end up in metric labels and CLI tables.
@@ -92,16 +94,20 @@ impl Labels {
 
     /// Sets one level after checking the value; used by `pxd topology tag` and the detectors.
     pub fn set(&mut self, domain: Domain, value: &str) -> Result<(), LabelError> {
-        let valid = !value.is_empty()
-            && value.len() <= MAX_VALUE_LEN
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if !valid {
+        if value.is_empty() || value.len() > MAX_VALUE_LEN {
             return Err(LabelError::BadValue {
                 domain,
                 len: value.len(),
                 max: MAX_VALUE_LEN,
+            });
+        }
+        if !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(LabelError::BadChar {
+                domain,
+                value: value.to_owned(),
             });
         }
         self.0.insert(domain, value.to_owned());

@@ -9,7 +9,10 @@
 //! | `POST /v1/cluster/join` `{token}` | join the cluster the token names |
 //! | `GET /v1/cluster/token`, `GET /v1/cluster/api-token` | a join token; the TCP bearer token |
 //! | `POST /v1/cluster/remove` `{node}` | remove a member by id or name |
-//! | `GET /v1/nodes` | every node with role, liveness and stats |
+//! | `GET /v1/nodes` | every node with role, liveness, stats and fault-domain labels |
+//! | `GET /v1/topology[?node=N]` | each node's labels with the source of each |
+//! | `POST /v1/topology/tag` `{node, set, clear}` | manual labels of any member, through Raft |
+//! | `POST /v1/topology/refresh` | run this node's detection and read its topology file again |
 //! | `GET /v1/kv/{ns}`, `PUT`/`GET`/`DELETE /v1/kv/{ns}/{key}` | small metadata |
 //! | `GET /v1/drives`, `POST /v1/drives` `{path, force}` | this node's disks; add one to a pool |
 //! | `POST /v1/drives/benchmark` `{path}` | re-measure a disk, read-only |
@@ -27,6 +30,7 @@
 pub mod client;
 pub mod pools;
 pub mod snapshots;
+pub mod topology;
 pub mod volumes;
 
 use crate::cluster::{Cluster, ClusterError, Op};
@@ -162,6 +166,8 @@ pub struct AppState {
     pub cluster: Arc<Cluster>,
     pub reconciler: Arc<crate::reconcile::service::Reconciler>,
     pub config: Policy,
+    /// Where this node sits, as it finds out itself.
+    pub topology: Arc<crate::cluster::topology::NodeTopology>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -236,6 +242,9 @@ fn routes(state: AppState) -> Router {
         .route("/v1/cluster/api-token", get(api_token))
         .route("/v1/cluster/remove", post(remove))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/topology", get(topology::show))
+        .route("/v1/topology/tag", post(topology::tag))
+        .route("/v1/topology/refresh", post(topology::refresh))
         .route("/v1/drives", get(drives).post(pools::add))
         .route("/v1/pools", get(pools::list))
         .route("/v1/volumes", get(volumes::list).post(volumes::create))

@@ -4,6 +4,7 @@
 pub mod output;
 pub mod secret;
 pub mod storage;
+pub mod topology;
 
 use crate::api::client::{BlockingClient, ClientError, Target};
 use crate::api::{
@@ -64,6 +65,9 @@ pub enum Command {
     /// Storage pools (one per class per node).
     #[command(subcommand)]
     Pool(PoolCommand),
+    /// Fault domains: where each node sits (region, zone, rack, hypervisor, host).
+    #[command(subcommand)]
+    Topology(topology::TopologyCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -120,7 +124,11 @@ pub enum ClusterCommand {
 #[derive(Subcommand, Debug)]
 pub enum NodeCommand {
     /// Every node with its role, liveness and stats.
-    List,
+    List {
+        /// Show each node's fault-domain labels instead of its stats.
+        #[arg(long)]
+        labels: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -257,10 +265,37 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Command::Node(NodeCommand::List) => {
+        Command::Node(NodeCommand::List { labels }) => {
             let nodes: Vec<NodeView> = c.get("/v1/nodes")?;
             if cli.json {
                 print_json(&nodes);
+                return Ok(());
+            }
+            if *labels {
+                let rows: Vec<Vec<String>> = nodes
+                    .iter()
+                    .map(|n| {
+                        let mut row =
+                            vec![n.id.to_string(), n.name.clone(), n.liveness.to_string()];
+                        row.extend(
+                            ::topology::Domain::ALL
+                                .iter()
+                                .map(|d| n.labels.get(*d).unwrap_or("-").to_owned()),
+                        );
+                        row
+                    })
+                    .collect();
+                let headers = [
+                    "ID",
+                    "NAME",
+                    "STATUS",
+                    "REGION",
+                    "ZONE",
+                    "RACK",
+                    "HYPERVISOR",
+                    "HOST",
+                ];
+                print!("{}", table(&headers, &rows));
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = nodes
@@ -294,6 +329,7 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Kv(cmd) => kv(cli, &c, cmd),
+        Command::Topology(cmd) => topology::run(cli.json, cli.api.is_none(), &c, cmd),
     }
 }
 

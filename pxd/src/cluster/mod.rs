@@ -13,6 +13,7 @@ pub mod membership;
 pub mod network;
 pub mod rpc;
 pub mod token;
+pub mod topology;
 pub mod transport;
 pub mod view;
 

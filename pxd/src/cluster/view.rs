@@ -53,6 +53,9 @@ pub struct NodeView {
     pub data_addr: String,
     pub liveness: Liveness,
     pub stats: Option<NodeStats>,
+    /// Where it sits (region, zone, rack, hypervisor, host), as placement sees it.
+    #[serde(default)]
+    pub labels: topology::Labels,
 }
 
 impl Cluster {
@@ -133,6 +136,7 @@ impl Cluster {
                     data_addr: n.data_addr,
                     liveness,
                     stats,
+                    labels: n.topology.labels(),
                 }
             })
             .collect()

@@ -6,6 +6,7 @@
 //! and the next start adopts what it finds (DESIGN §1).
 
 use crate::api;
+use crate::cluster::topology::{hostname, NodeTopology};
 use crate::cluster::{Cluster, ClusterConfig, ClusterError};
 use crate::metrics::{Metrics, MetricsError};
 use crate::pool::class::Thresholds;
@@ -161,6 +162,24 @@ fn check_tools(role: Role) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// What detection asks, from the flags.
+fn detect_config(args: &TopologyArgs, node_name: &str) -> topology::detect::Config {
+    let mut cfg = topology::detect::Config::system(&hostname());
+    cfg.timeout = Duration::from_millis(args.detect_timeout_ms);
+    if let (Some(url), Some(credentials)) = (&args.vcenter_url, &args.vcenter_credentials) {
+        cfg.vcenter = Some(topology::detect::VCenter {
+            url: url.clone(),
+            credentials_file: credentials.clone(),
+            ca_file: args.vcenter_ca.clone(),
+            vm_name: args
+                .vcenter_vm_name
+                .clone()
+                .unwrap_or_else(|| node_name.to_owned()),
+        });
+    }
+    cfg
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
     if args.addr.is_unspecified() {
@@ -215,9 +234,17 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
             .clone()
             .run(Duration::from_millis(st.reconcile_interval_ms)),
     );
+    let topology = Arc::new(NodeTopology::new(
+        cluster.clone(),
+        args.topology.topology_file.clone(),
+        detect_config(&args.topology, &cluster.identity.name),
+        args.addr,
+    ));
+    topology.clone().spawn();
     let state = api::AppState {
         cluster: cluster.clone(),
         reconciler,
+        topology,
         config: api::Policy {
             overcommit: st.overcommit,
             thresholds,
