@@ -134,6 +134,11 @@ impl Daemon {
         self.dir.join("daemon.log")
     }
 
+    /// This node's topology file (never the host's own `/etc/pxd`).
+    pub fn topology_file(&self) -> PathBuf {
+        self.dir.join("topology.yaml")
+    }
+
     pub fn start(&mut self) {
         assert!(
             self.child.is_none(),
@@ -157,6 +162,8 @@ impl Daemon {
             .args(["--name", &format!("node{}", self.index)])
             .args(["--role", self.role])
             .args(["--beat-interval-ms", "500", "--missed-beats", "3"])
+            .arg("--topology-file")
+            .arg(self.topology_file())
             .env("RUST_LOG", "info,openraft=warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

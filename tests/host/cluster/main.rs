@@ -8,6 +8,7 @@ mod harness;
 
 use harness::{Daemon, TestCluster};
 use pxd::api::client::ClientError;
+use pxd::api::topology::{NodeTopologyView, RefreshView, TagRequest};
 use pxd::api::RemoveRequest;
 use pxd::cluster::gossip::Liveness;
 use pxd::cluster::transport::{KeyPair, Transport};
@@ -17,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use topology::Domain;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -691,5 +693,228 @@ fn every_member_holds_the_one_cluster_key_and_never_shows_it() {
             .windows(keys[0].expose().len())
             .any(|w| w == keys[0].expose()),
         "the raw cluster key leaked"
+    );
+}
+
+/// Node `n`'s labels as node `from` sees them: (label, value, source).
+fn labels_seen(from: &Daemon, n: &str) -> Vec<(String, String, String)> {
+    let v: Vec<NodeTopologyView> = from
+        .client()
+        .get(&format!("/v1/topology?node={n}"))
+        .unwrap_or_else(|e| panic!("topology of {n} from node {}: {e}", from.index));
+    v[0].labels
+        .iter()
+        .map(|l| (l.label.to_string(), l.value.clone(), l.source.to_string()))
+        .collect()
+}
+
+fn label(l: &str, v: &str, s: &str) -> (String, String, String) {
+    (l.into(), v.into(), s.into())
+}
+
+fn tag(
+    d: &Daemon,
+    node: Option<&str>,
+    set: &[(&str, &str)],
+    clear: &[&str],
+) -> Result<NodeTopologyView, ClientError> {
+    d.client().post(
+        "/v1/topology/tag",
+        &TagRequest {
+            node: node.map(str::to_owned),
+            set: set
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            clear: clear.iter().map(|c| (*c).into()).collect(),
+        },
+    )
+}
+
+#[test]
+fn topology_tags_reach_every_node_outrank_the_file_and_survive_a_restart() {
+    let _one = serial();
+    let mut c = TestCluster::formed(&["storage", "storage", "storageless"]);
+    // Node 1's file puts it in zone z-file and rack r-file; a refresh reads it.
+    std::fs::write(
+        c.nodes[1].topology_file(),
+        "default:\n  region: eu\nnodes:\n  node1: {zone: z-file, rack: r-file}\n",
+    )
+    .unwrap();
+    let r: RefreshView = c.nodes[1]
+        .client()
+        .post("/v1/topology/refresh", &serde_json::json!({}))
+        .unwrap();
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+
+    // A tag made on node 0 for node 1 outranks the file, and every node sees it.
+    tag(
+        &c.nodes[0],
+        Some("node1"),
+        &[("rack", "r1"), ("hypervisor", "esx-1")],
+        &[],
+    )
+    .unwrap();
+    let want = vec![
+        label("region", "eu", "file"),
+        label("zone", "z-file", "file"),
+        label("rack", "r1", "manual"),
+        label("hypervisor", "esx-1", "manual"),
+    ];
+    let without_host = |v: Vec<(String, String, String)>| -> Vec<(String, String, String)> {
+        v.into_iter().filter(|l| l.0 != "host").collect()
+    };
+    c.wait_until(
+        "node 1's tags on every node",
+        Duration::from_secs(60),
+        || {
+            c.nodes
+                .iter()
+                .all(|from| without_host(labels_seen(from, "node1")) == want)
+        },
+    );
+    // The bare host is detected too (all three share this machine).
+    assert!(labels_seen(&c.nodes[2], "node1")
+        .iter()
+        .any(|l| l.0 == "host" && l.2 == "bare-metal"));
+    // `node list --labels` shows the resolved labels.
+    let nodes = c.nodes[2].nodes();
+    let n1 = nodes.iter().find(|n| n.name == "node1").unwrap();
+    assert_eq!(n1.labels.get(Domain::Rack), Some("r1"));
+
+    // Tags survive a restart of the tagged node and of the node that tagged.
+    c.nodes[1].terminate();
+    c.nodes[1].start();
+    c.nodes[0].terminate();
+    c.nodes[0].start();
+    c.wait_until("tags after restarts", Duration::from_secs(60), || {
+        [0, 1, 2]
+            .iter()
+            .all(|i| without_host(labels_seen(&c.nodes[*i], "node1")) == want)
+    });
+
+    // Clearing the manual rack lets the file's rack show again.
+    tag(&c.nodes[2], Some("node1"), &[], &["rack"]).unwrap();
+    c.wait_until("the file's rack again", Duration::from_secs(60), || {
+        labels_seen(&c.nodes[1], "node1").contains(&label("rack", "r-file", "file"))
+    });
+
+    // Bad input names the field and changes nothing.
+    let long = "x".repeat(64);
+    for (node, set, clear, status, words) in [
+        (
+            Some("node1"),
+            vec![("rack", long.as_str())],
+            vec![],
+            400,
+            "set: value of rack is 64 bytes; the limit is 63",
+        ),
+        (
+            Some("node1"),
+            vec![("rack", "r 1")],
+            vec![],
+            400,
+            "set: value of rack \"r 1\" may hold only [A-Za-z0-9._-]",
+        ),
+        (
+            Some("node1"),
+            vec![("shelf", "s1")],
+            vec![],
+            400,
+            "set: unknown fault domain \"shelf\"",
+        ),
+        (
+            Some("node1"),
+            vec![],
+            vec!["shelf"],
+            400,
+            "clear: unknown fault domain \"shelf\"",
+        ),
+        (
+            Some("nobody"),
+            vec![("rack", "r1")],
+            vec![],
+            404,
+            "node \"nobody\" is not a member",
+        ),
+    ] {
+        let e = tag(&c.nodes[0], node, &set, &clear).unwrap_err();
+        let ClientError::Api {
+            status: got,
+            message,
+            ..
+        } = &e
+        else {
+            panic!("{e}")
+        };
+        assert_eq!(got.as_u16(), status, "{message}");
+        assert!(message.contains(words), "{message}");
+    }
+    assert!(labels_seen(&c.nodes[0], "node1").contains(&label("rack", "r-file", "file")));
+
+    // A topology file that does not parse: the daemon starts anyway and says why.
+    std::fs::write(c.nodes[2].topology_file(), "nodes: [node2\n").unwrap();
+    c.nodes[2].terminate();
+    c.nodes[2].start();
+    let r: RefreshView = c.nodes[2]
+        .client()
+        .post("/v1/topology/refresh", &serde_json::json!({}))
+        .unwrap();
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(
+        r.warnings[0].contains("topology.yaml") && r.warnings[0].contains("line"),
+        "{:?}",
+        r.warnings
+    );
+
+    // With the daemon down, `pxd topology tag` writes the local file instead, and says so.
+    c.nodes[2].terminate();
+    let out = std::process::Command::new(harness::pxd_binary())
+        .arg("--socket")
+        .arg(c.nodes[2].socket())
+        .args([
+            "topology",
+            "tag",
+            "--node",
+            "node2",
+            "--zone",
+            "z2",
+            "--topology-file",
+        ])
+        .arg(c.nodes[2].topology_file())
+        .output()
+        .unwrap();
+    // The broken file is refused rather than overwritten.
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line"),
+        "{out:?}"
+    );
+    std::fs::remove_file(c.nodes[2].topology_file()).unwrap();
+    let out = std::process::Command::new(harness::pxd_binary())
+        .arg("--socket")
+        .arg(c.nodes[2].socket())
+        .args([
+            "topology",
+            "tag",
+            "--node",
+            "node2",
+            "--zone",
+            "z2",
+            "--topology-file",
+        ])
+        .arg(c.nodes[2].topology_file())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("the daemon is not running"),
+        "{out:?}"
+    );
+    c.nodes[2].start();
+    c.wait_until(
+        "the offline tag, from the file",
+        Duration::from_secs(60),
+        || labels_seen(&c.nodes[0], "node2").contains(&label("zone", "z2", "file")),
     );
 }
