@@ -52,6 +52,8 @@ impl Node {
             .args(["daemon", "--addr", "127.0.0.1", "--name", "demo"])
             .arg("--data-dir")
             .arg(Path::new(DIR).join("data"))
+            .arg("--topology-file")
+            .arg(Path::new(DIR).join("topology.yaml"))
             .args(THRESHOLDS)
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -170,6 +172,19 @@ fn main() -> Result<()> {
 
     step(
         4,
+        "where the node sits: detected at start (DMI, vSphere, cloud metadata, the topology file), then tagged by hand",
+    );
+    node.show(&["topology", "show"])?;
+    node.show(&["topology", "tag", "--zone", "z1", "--rack", "r7"])?;
+    node.show(&["node", "list", "--labels"])?;
+    println!(
+        "      volumes go where the tags and `--zones`/`--racks`/`--nodes` allow; replicas\n      \
+         never share a hypervisor or host; Marathon constraints can use:"
+    );
+    node.show(&["topology", "show", "--mesos-attributes"])?;
+
+    step(
+        5,
         "a 1 GiB ext4 volume on the high pool: a thin device, mounted under the data dir",
     );
     node.show(&[
@@ -180,6 +195,8 @@ fn main() -> Result<()> {
         "1G",
         "--io_priority",
         "high",
+        "--zones",
+        "z1",
     ])?;
     let db: VolumeView = node.json(&["volume", "mount", "db"])?;
     let at = PathBuf::from(db.mountpoint.clone().context("db is mounted")?);
@@ -188,7 +205,7 @@ fn main() -> Result<()> {
     println!("      wrote 32 MiB, sha256 {original}");
 
     step(
-        5,
+        6,
         "snapshot it (suspended around the kernel snapshot, so crash-consistent), overwrite, clone the snapshot",
     );
     node.show(&["volume", "snapshot", "create", "db", "--name", "before"])?;
@@ -208,7 +225,7 @@ fn main() -> Result<()> {
     ensure!(in_clone == original, "the clone has {in_clone}");
     println!("      the clone reads the original data back: sha256 {in_clone}");
 
-    step(6, "grow db to 2 GiB online while a writer is busy on it");
+    step(7, "grow db to 2 GiB online while a writer is busy on it");
     let df_before = df(&at)?;
     let writer = Writer::start(at.join("busy"));
     node.show(&["volume", "update", "db", "--size", "2G"])?;
@@ -220,7 +237,7 @@ fn main() -> Result<()> {
     );
 
     step(
-        7,
+        8,
         "an encrypted volume: dm-crypt (aes-xts-plain64) on the thin device, key wrapped by the cluster key",
     );
     let vault: VolumeView = node.json(&[
@@ -236,7 +253,7 @@ fn main() -> Result<()> {
     println!("      the sentence reads back through dm-crypt and appears nowhere on the thin device below");
 
     step(
-        8,
+        9,
         "kill -9 the daemon during writes: the kernel keeps serving I/O; the restart changes nothing",
     );
     let listed = node.run(&["--json", "volume", "list"])?;
@@ -256,7 +273,7 @@ fn main() -> Result<()> {
     );
     println!("      restarted; `pxd volume list` is unchanged; {writes} writes, no errors");
 
-    step(9, "restore db from its snapshot");
+    step(10, "restore db from its snapshot");
     node.show(&["volume", "unmount", "db"])?;
     node.show(&["volume", "restore", "db", "--snapshot", "before"])?;
     node.run(&["volume", "mount", "db"])?;
@@ -266,7 +283,7 @@ fn main() -> Result<()> {
     node.show(&["volume", "list"])?;
 
     step(
-        10,
+        11,
         "delete volumes: their thin devices go and the pool's use drops",
     );
     let used_before = node.pool_used(&fast.pool)?;
@@ -282,7 +299,7 @@ fn main() -> Result<()> {
     );
 
     step(
-        11,
+        12,
         "what Prometheus scrapes from /metrics (pool and volume gauges)",
     );
     let client =

@@ -23,6 +23,8 @@ pub fn pxd_binary() -> PathBuf {
 }
 
 pub struct Daemon {
+    /// The node's name in the cluster.
+    pub name: String,
     pub dir: PathBuf,
     /// Base port: the API listens on it, the node port on the next.
     port: u16,
@@ -38,6 +40,7 @@ impl Daemon {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("make the daemon's directory");
         Daemon {
+            name: name.to_owned(),
             dir,
             port,
             args: args.iter().map(|s| s.to_string()).collect(),
@@ -57,6 +60,11 @@ impl Daemon {
         self.dir.join("daemon.log")
     }
 
+    /// This node's topology file (never the guest's own `/etc/pxd`).
+    pub fn topology_file(&self) -> PathBuf {
+        self.dir.join("topology.yaml")
+    }
+
     /// Starts the daemon with `env` and waits (generously: the guest is emulated) until its
     /// API answers, which is after its first reconcile pass.
     pub fn start_with(&mut self, env: &[(&str, &str)]) {
@@ -72,7 +80,9 @@ impl Daemon {
             .arg(self.socket())
             .args(["daemon", "--data-dir"])
             .arg(self.data_dir())
-            .args(["--addr", "127.0.0.1", "--name", "vm"])
+            .args(["--addr", "127.0.0.1", "--name", &self.name])
+            .arg("--topology-file")
+            .arg(self.topology_file())
             .args(["--api-port", &self.port.to_string()])
             .args(["--data-port", &(self.port + 1).to_string()])
             .args(&self.args)

@@ -204,9 +204,17 @@ fn within(allowed: &BTreeSet<String>, value: Option<&str>) -> bool {
     allowed.is_empty() || value.is_some_and(|v| allowed.contains(v))
 }
 
-/// "2 replicas over 2 hypervisors in 1 rack": the count of distinct known values at each
-/// level, narrowest first, down to the first level they all share.
+/// "2 replicas over 2 nodes in 2 hypervisors in 1 rack": the count of distinct known values
+/// at each level, narrowest first, down to the first level they all share. One replica is
+/// placed by its labels instead: "1 replica in zone z1, rack r1".
 fn explain(chosen: &[&Candidate]) -> String {
+    if let [one] = chosen {
+        let at: Vec<String> = one.labels.iter().map(|(d, v)| format!("{d} {v}")).collect();
+        return match at.is_empty() {
+            true => "1 replica, on a node with no fault-domain labels".into(),
+            false => format!("1 replica in {}", at.join(", ")),
+        };
+    }
     let mut parts = vec![format!(
         "{} replica{} over {} node{}",
         chosen.len(),
@@ -281,6 +289,11 @@ mod tests {
         assert_eq!(
             p.explanation,
             "2 replicas over 2 nodes in 2 hypervisors in 2 racks in 1 zone"
+        );
+        let one = place(&c, &req(1)).unwrap();
+        assert_eq!(
+            one.explanation,
+            "1 replica in zone z1, rack r1, hypervisor esx1"
         );
     }
 
