@@ -229,8 +229,11 @@ fn print_volume(v: &VolumeView) {
     }
     for r in &v.replicas {
         println!(
-            "replica:    node {} ({}), pool {}, {:?}",
-            r.node_name, r.node, r.pool, r.state
+            "replica:    node {} ({}), pool {}, {}",
+            r.node_name,
+            r.node,
+            r.pool,
+            format!("{:?}", r.state).to_lowercase()
         );
     }
     if let Some(p) = &v.placement {

@@ -340,11 +340,12 @@ impl ClusterState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::types::*;
 
-    fn node(id: u64) -> Node {
+    /// A storage node `n{id}` for tests of the state machine.
+    pub(crate) fn node(id: u64) -> Node {
         Node {
             id: NodeId(id),
             name: format!("n{id}"),

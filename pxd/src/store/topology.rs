@@ -77,20 +77,8 @@ impl ClusterState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::state::tests::node;
     use crate::store::state::{Command, Response};
-    use crate::store::types::{Node, Role};
-
-    fn node(id: u64) -> Node {
-        Node {
-            id: NodeId(id),
-            name: format!("n{id}"),
-            api_addr: "127.0.0.1:1".into(),
-            data_addr: "tcp://127.0.0.1:2".into(),
-            public_key: "k".into(),
-            topology: NodeTopology::default(),
-            role: Role::Storage,
-        }
-    }
 
     fn tag(id: u64, set: &str, clear: &[Domain]) -> Command {
         Command::ChangeTopology {

@@ -869,21 +869,24 @@ fn topology_tags_reach_every_node_outrank_the_file_and_survive_a_restart() {
 
     // With the daemon down, `pxd topology tag` writes the local file instead, and says so.
     c.nodes[2].terminate();
-    let out = std::process::Command::new(harness::pxd_binary())
-        .arg("--socket")
-        .arg(c.nodes[2].socket())
-        .args([
-            "topology",
-            "tag",
-            "--node",
-            "node2",
-            "--zone",
-            "z2",
-            "--topology-file",
-        ])
-        .arg(c.nodes[2].topology_file())
-        .output()
-        .unwrap();
+    let tag_offline = || {
+        std::process::Command::new(harness::pxd_binary())
+            .arg("--socket")
+            .arg(c.nodes[2].socket())
+            .args([
+                "topology",
+                "tag",
+                "--node",
+                "node2",
+                "--zone",
+                "z2",
+                "--topology-file",
+            ])
+            .arg(c.nodes[2].topology_file())
+            .output()
+            .unwrap()
+    };
+    let out = tag_offline();
     // The broken file is refused rather than overwritten.
     assert!(!out.status.success());
     assert!(
@@ -891,21 +894,7 @@ fn topology_tags_reach_every_node_outrank_the_file_and_survive_a_restart() {
         "{out:?}"
     );
     std::fs::remove_file(c.nodes[2].topology_file()).unwrap();
-    let out = std::process::Command::new(harness::pxd_binary())
-        .arg("--socket")
-        .arg(c.nodes[2].socket())
-        .args([
-            "topology",
-            "tag",
-            "--node",
-            "node2",
-            "--zone",
-            "z2",
-            "--topology-file",
-        ])
-        .arg(c.nodes[2].topology_file())
-        .output()
-        .unwrap();
+    let out = tag_offline();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && said.contains("the daemon is not running"),
