@@ -8,7 +8,7 @@ use crate::store::types::{NodeId, PoolHealth, Role};
 use crate::store::ClusterState;
 use crate::volume::spec::{human, Class, Constraints};
 use std::collections::{BTreeMap, BTreeSet};
-use topology::place::{place, Candidate as TopoCandidate, Request};
+use topology::place::{place, Candidate as TopoCandidate, PlaceError, Request};
 
 /// A pool as placement sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,7 +74,7 @@ pub fn place_volume(
         if !st.pools.values().any(|p| p.class == c) {
             let have: BTreeSet<String> = st.pools.values().map(|p| p.class.to_string()).collect();
             return Err(format!(
-                "io_priority: no node has a {c} pool (the cluster has: {}); add a drive of that class",
+                "io_priority: the cluster has no {c} pool (it has: {}); add a drive of that class",
                 have.into_iter().collect::<Vec<_>>().join(", ")
             ));
         }
@@ -106,7 +106,15 @@ pub fn place_volume(
                 });
             }
             Err(e) if st.pools.values().any(|p| p.class == class) => {
-                first_error.get_or_insert(e.to_string());
+                first_error.get_or_insert(match e {
+                    PlaceError::Short {
+                        available, asked, ..
+                    } => format!(
+                        "{available} node(s) have a {class} pool with {} free that the constraints allow; {asked} replica(s) asked",
+                        human(size)
+                    ),
+                    other => other.to_string(),
+                });
             }
             Err(_) => {}
         }
@@ -153,7 +161,7 @@ fn candidates(view: &ClusterView<'_>, size: u64) -> (Vec<TopoCandidate>, Vec<Str
             passed_over.push(format!("{at}: near full: {r}"));
         } else if free < size {
             passed_over.push(format!(
-                "{at}: {} provisioned of the {} allowed ({}x its {} capacity, --overcommit)",
+                "{at}: {} provisioned, the limit is {} ({}x its {} capacity, --overcommit)",
                 human(provisioned),
                 human(limit),
                 view.overcommit,
@@ -323,7 +331,7 @@ mod tests {
         assert_eq!(p.replicas[0].0, NodeId(3));
         let e = place1(&st, &online, &full, Some(Class::Medium), &any).unwrap_err();
         assert!(
-            e.starts_with("io_priority: no node has a medium pool"),
+            e.starts_with("io_priority: the cluster has no medium pool"),
             "{e}"
         );
         let mut c = Constraints::default();
