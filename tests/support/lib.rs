@@ -3,6 +3,7 @@
 
 pub mod boots;
 pub mod daemon;
+pub mod netns;
 
 use pxd::kernel::block;
 use pxd::plan::names::Id;

@@ -8,6 +8,8 @@ pub mod fs;
 pub mod keyring;
 pub mod label;
 pub mod loop_device;
+pub mod nvme_host;
+pub mod nvmet;
 pub mod stack;
 pub mod thin_tools;
 pub mod tools;

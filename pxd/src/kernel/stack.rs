@@ -200,6 +200,48 @@ pub fn grow(dm: &dyn DeviceMapper, bottom_up: &[&DevicePlan]) -> Result<Vec<bool
     Ok(changed)
 }
 
+/// Loads a live device's planned table where it differs (or `always`), same length only: a
+/// remote leg's split devices pointed at the namespace a reconnect brought. A namespace may
+/// come back with the dev_t of the one it replaces, so after a reconnect the table is loaded
+/// `always`, which opens the device anew. Returns whether it loaded.
+pub fn reload(dm: &dyn DeviceMapper, plan: &DevicePlan, always: bool) -> Result<bool, StackError> {
+    let name = plan.name.dm_name();
+    if dm.info(&name)?.is_none() {
+        return Err(StackError::NotActive {
+            device: plan.name.to_string(),
+        });
+    }
+    let mut known: HashMap<&DeviceName, Device> = HashMap::new();
+    for dep in plan.depends_on() {
+        if let Some(info) = dm.info(&dep.dm_name())? {
+            known.insert(dep, info.dev);
+        }
+    }
+    let lines = plan.resolve(&|n| known.get(n).copied())?;
+    let found = parse_table(&dm.table(&name)?)?;
+    if found == lines && !always {
+        return Ok(false);
+    }
+    let current: u64 = found.iter().map(|l| *l.length).sum();
+    if current != *plan.length() {
+        return Err(StackError::TableMismatch {
+            device: plan.name.to_string(),
+            planned: render(&lines),
+            found: render(&found),
+        });
+    }
+    dm.load(&name, &raw_table(&lines))?;
+    dm.resume(&name)?;
+    Ok(true)
+}
+
+/// Suspends and resumes a device with its table unchanged: a raid then tries to take back
+/// the legs it had marked dead, resyncing only what their bitmaps mark dirty.
+pub fn cycle(dm: &dyn DeviceMapper, name: &DeviceName) -> Result<(), DmOpError> {
+    dm.suspend(&name.dm_name())?;
+    dm.resume(&name.dm_name())
+}
+
 /// Removes devices top first; devices already gone count as removed.
 pub fn teardown(
     dm: &dyn DeviceMapper,

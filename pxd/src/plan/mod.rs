@@ -5,5 +5,7 @@ pub mod crypt;
 pub mod names;
 pub mod placement;
 pub mod pool;
+pub mod raid;
+pub mod replica;
 pub mod table;
 pub mod thin;

@@ -101,6 +101,10 @@ pub enum Kind {
     Raid,
     /// dm-crypt on top of an encrypted volume.
     Crypt,
+    /// A replica leg: on its replica node, the (metadata, data) thin devices joined into the
+    /// one device nvmet exports; on an attach node, that export split again (roles `m<i>`,
+    /// `d<i>` for leg `i`).
+    Leg,
 }
 
 /// The sub-device of a layer that has more than one.
@@ -108,7 +112,14 @@ pub enum Kind {
 pub enum Role {
     Meta,
     Data,
+    /// Metadata (superblock and bitmap) of raid leg `i`, reached over NVMe/TCP.
+    LegMeta(u8),
+    /// Data of raid leg `i`, reached over NVMe/TCP.
+    LegData(u8),
 }
+
+/// Most legs a volume has (repl 3).
+pub const MAX_LEGS: u8 = 3;
 
 impl Kind {
     fn as_str(self) -> &'static str {
@@ -117,15 +128,34 @@ impl Kind {
             Kind::Thin => "thin",
             Kind::Raid => "raid",
             Kind::Crypt => "crypt",
+            Kind::Leg => "leg",
         }
     }
 }
 
-impl Role {
-    fn as_str(self) -> &'static str {
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Role::Meta => "meta",
-            Role::Data => "data",
+            Role::Meta => f.write_str("meta"),
+            Role::Data => f.write_str("data"),
+            Role::LegMeta(i) => write!(f, "m{i}"),
+            Role::LegData(i) => write!(f, "d{i}"),
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Role, ()> {
+        let leg = |rest: &str| rest.parse::<u8>().ok().filter(|i| *i < MAX_LEGS);
+        match s {
+            "meta" => Ok(Role::Meta),
+            "data" => Ok(Role::Data),
+            _ => match (s.strip_prefix('m'), s.strip_prefix('d')) {
+                (Some(i), _) => leg(i).map(Role::LegMeta).ok_or(()),
+                (_, Some(i)) => leg(i).map(Role::LegData).ok_or(()),
+                _ => Err(()),
+            },
         }
     }
 }
@@ -171,7 +201,7 @@ impl fmt::Display for DeviceName {
             self.id
         )?;
         if let Some(role) = self.role {
-            write!(f, "-{}", role.as_str())?;
+            write!(f, "-{role}")?;
         }
         Ok(())
     }
@@ -191,18 +221,13 @@ impl FromStr for DeviceName {
         if prefix != PREFIX {
             return Err(foreign());
         }
-        let kind = [Kind::Pool, Kind::Thin, Kind::Raid, Kind::Crypt]
+        let kind = [Kind::Pool, Kind::Thin, Kind::Raid, Kind::Crypt, Kind::Leg]
             .into_iter()
             .find(|k| k.as_str() == kind)
             .ok_or_else(foreign)?;
         let role = match role {
             None => None,
-            Some(r) => Some(
-                [Role::Meta, Role::Data]
-                    .into_iter()
-                    .find(|x| x.as_str() == r)
-                    .ok_or_else(foreign)?,
-            ),
+            Some(r) => Some(r.parse::<Role>().map_err(|_| foreign())?),
         };
         Ok(DeviceName {
             node: Id::node(node).map_err(|_| foreign())?,
@@ -219,6 +244,36 @@ pub fn is_pxd_name(dm_name: &str) -> bool {
     dm_name.parse::<DeviceName>().is_ok()
 }
 
+/// Prefix of every NVMe qualified name pxd makes (NQNs are at most 223 bytes; pxd's are
+/// under 150).
+pub const NQN_PREFIX: &str = "nqn.2026-11.io.pxd";
+
+/// The subsystem a replica node exports volume `volume`'s leg as, for attach epoch `epoch`:
+/// a new attach gets a new subsystem, and unlinking the old one fences the old attach node.
+pub fn leg_nqn(replica_node: &Id, volume: &Id, epoch: u64) -> String {
+    format!("{NQN_PREFIX}:leg:{replica_node}:{volume}:e{epoch}")
+}
+
+/// Parses [`leg_nqn`] back: (replica node, volume, epoch).
+pub fn parse_leg_nqn(nqn: &str) -> Option<(Id, Id, u64)> {
+    let rest = nqn.strip_prefix(NQN_PREFIX)?.strip_prefix(":leg:")?;
+    let mut parts = rest.split(':');
+    let (node, volume, epoch) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((
+        Id::node(node).ok()?,
+        Id::object(volume).ok()?,
+        epoch.strip_prefix('e')?.parse().ok()?,
+    ))
+}
+
+/// The host NQN node `node` connects as; exports allow only the attach node's.
+pub fn host_nqn(node: &Id) -> String {
+    format!("{NQN_PREFIX}:host:{node}")
+}
+
 /// The three devices of a thin pool.
 pub fn pool_devices(node: &Id, pool: &Id) -> [DeviceName; 3] {
     [
@@ -231,6 +286,30 @@ pub fn pool_devices(node: &Id, pool: &Id) -> [DeviceName; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leg_names_and_nqns_parse_back() {
+        let node = Id::node("n1").unwrap();
+        let vol = Id::object("v7").unwrap();
+        let split = DeviceName::new(&node, Kind::Leg, &vol, Some(Role::LegData(2)));
+        assert_eq!(split.to_string(), "pxd-n1-leg-v7-d2");
+        assert_eq!("pxd-n1-leg-v7-d2".parse::<DeviceName>().unwrap(), split);
+        assert_eq!("pxd-n1-leg-v7".parse::<DeviceName>().unwrap().role, None);
+        assert!("pxd-n1-leg-v7-d3".parse::<DeviceName>().is_err());
+        assert!("pxd-n1-leg-v7-x1".parse::<DeviceName>().is_err());
+        let nqn = leg_nqn(&node, &vol, 42);
+        assert_eq!(nqn, "nqn.2026-11.io.pxd:leg:n1:v7:e42");
+        assert_eq!(parse_leg_nqn(&nqn), Some((node.clone(), vol, 42)));
+        assert_eq!(parse_leg_nqn("nqn.2026-11.io.pxd:leg:n1:v7"), None);
+        assert_eq!(parse_leg_nqn("nqn.2014-08.org.nvmexpress:uuid:1"), None);
+        assert_eq!(host_nqn(&node), "nqn.2026-11.io.pxd:host:n1");
+        let longest = leg_nqn(
+            &Id::node(&"a".repeat(MAX_NODE_ID)).unwrap(),
+            &Id::object(&"b".repeat(MAX_OBJECT_ID)).unwrap(),
+            u64::MAX,
+        );
+        assert!(longest.len() <= 223, "{}", longest.len());
+    }
 
     #[test]
     fn names_follow_the_pattern_and_parse_back() {

@@ -4,6 +4,7 @@
 
 use crate::plan::crypt::CryptTargetParams;
 use crate::plan::names::DeviceName;
+use crate::plan::raid::RaidTargetParams;
 use devicemapper::{
     DataBlocks, Device, LinearTargetParams, Sectors, TargetParams, ThinDevId, ThinPoolTargetParams,
     ThinTargetParams,
@@ -43,6 +44,11 @@ pub enum TargetSpec {
         key: String,
         bypass_workqueues: bool,
     },
+    /// dm-raid raid1 over (metadata, data) legs; `None` leaves a leg out.
+    Raid {
+        legs: Vec<Option<(DevRef, DevRef)>>,
+        nosync: bool,
+    },
 }
 
 /// One table line of a plan.
@@ -69,6 +75,7 @@ pub enum Target {
     ThinPool(ThinPoolTargetParams),
     Thin(ThinTargetParams),
     Crypt(CryptTargetParams),
+    Raid(RaidTargetParams),
 }
 
 /// A resolved table line.
@@ -138,6 +145,16 @@ impl DevicePlan {
                         key,
                         bypass_workqueues,
                     } => Target::Crypt(CryptTargetParams::pxd(dev(d)?, key, *bypass_workqueues)),
+                    TargetSpec::Raid { legs, nosync } => {
+                        let legs = legs
+                            .iter()
+                            .map(|l| match l {
+                                Some((m, d)) => Ok(Some((dev(m)?, dev(d)?))),
+                                None => Ok(None),
+                            })
+                            .collect::<Result<Vec<_>, TableError>>()?;
+                        Target::Raid(RaidTargetParams::raid1(legs, *nosync))
+                    }
                 };
                 Ok(Line {
                     start: seg.start,
@@ -157,6 +174,9 @@ impl DevicePlan {
                 TargetSpec::ThinPool { meta, data, .. } => vec![meta, data],
                 TargetSpec::Thin { pool, .. } => vec![pool],
                 TargetSpec::Crypt { dev, .. } => vec![dev],
+                TargetSpec::Raid { legs, .. } => {
+                    legs.iter().flatten().flat_map(|(m, d)| [m, d]).collect()
+                }
             };
             out.extend(refs.into_iter().filter_map(|r| match r {
                 DevRef::Dm(n) => Some(n),
@@ -181,6 +201,7 @@ impl Target {
             "thin-pool" => whole.parse().map(Target::ThinPool),
             "thin" => whole.parse().map(Target::Thin),
             "crypt" => whole.parse().map(Target::Crypt),
+            "raid" => whole.parse().map(Target::Raid),
             other => return Err(unreadable(format!("pxd does not plan {other} targets"))),
         }
         .map_err(|e| unreadable(e.to_string()))
@@ -193,6 +214,7 @@ impl Target {
             Target::ThinPool(p) => (p.target_type().to_string(), p.param_str()),
             Target::Thin(p) => (p.target_type().to_string(), p.param_str()),
             Target::Crypt(p) => (p.target_type().to_string(), p.param_str()),
+            Target::Raid(p) => (p.target_type().to_string(), p.param_str()),
         }
     }
 }

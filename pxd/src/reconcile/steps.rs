@@ -2,7 +2,7 @@
 //! the kernel shows ([`Observed`]), the ordered steps that close the gap. Every step is
 //! idempotent, so a pass interrupted anywhere is completed by the next one.
 
-use crate::plan::names::{DeviceName, Id, Kind, NameError, Role};
+use crate::plan::names::{DeviceName, Id, Kind, NameError};
 use crate::plan::pool::{Drive, PoolSpec};
 use crate::plan::table::DevicePlan;
 use crate::plan::thin::ThinPlanError;
@@ -197,14 +197,17 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
     Ok(steps)
 }
 
-/// How high in a stack a device sits: 0 is the top (crypt), 4 the bottom (pool meta/data).
+/// How high in a stack a device sits: 0 is the top (crypt), 5 the bottom (pool meta/data).
+/// A leg is a raid's remote half (split from its namespace) or a replica's export (joining
+/// its thin devices): below the raid, above the thins either way.
 fn layer(n: &DeviceName) -> u8 {
     match (n.kind, n.role) {
         (Kind::Crypt, _) => 0,
         (Kind::Raid, _) => 1,
-        (Kind::Thin, _) => 2,
-        (Kind::Pool, None) => 3,
-        (Kind::Pool, Some(Role::Data | Role::Meta)) => 4,
+        (Kind::Leg, _) => 2,
+        (Kind::Thin, _) => 3,
+        (Kind::Pool, None) => 4,
+        (Kind::Pool, Some(_)) => 5,
     }
 }
 
