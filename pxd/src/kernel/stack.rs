@@ -160,6 +160,29 @@ fn render(lines: &[Line]) -> String {
         .join(" | ")
 }
 
+/// A live device's planned table, resolved against what the kernel has, and the table it
+/// has now.
+fn live_tables(
+    dm: &dyn DeviceMapper,
+    plan: &DevicePlan,
+) -> Result<(Vec<Line>, Vec<Line>), StackError> {
+    let name = plan.name.dm_name();
+    if dm.info(&name)?.is_none() {
+        return Err(StackError::NotActive {
+            device: plan.name.to_string(),
+        });
+    }
+    let mut known: HashMap<&DeviceName, Device> = HashMap::new();
+    for dep in plan.depends_on() {
+        if let Some(info) = dm.info(&dep.dm_name())? {
+            known.insert(dep, info.dev);
+        }
+    }
+    let lines = plan.resolve(&|n| known.get(n).copied())?;
+    let found = parse_table(&dm.table(&name)?)?;
+    Ok((lines, found))
+}
+
 /// Grows live devices to their planned tables, lowest first, so every layer is at least as
 /// large as the one above it at every moment. A device already at its plan is left alone,
 /// so a grow interrupted half-way is finished by running it again. Returns, per device,
@@ -168,19 +191,7 @@ pub fn grow(dm: &dyn DeviceMapper, bottom_up: &[&DevicePlan]) -> Result<Vec<bool
     let mut changed = Vec::new();
     for plan in bottom_up {
         let name = plan.name.dm_name();
-        if dm.info(&name)?.is_none() {
-            return Err(StackError::NotActive {
-                device: plan.name.to_string(),
-            });
-        }
-        let mut known: HashMap<&DeviceName, Device> = HashMap::new();
-        for dep in plan.depends_on() {
-            if let Some(info) = dm.info(&dep.dm_name())? {
-                known.insert(dep, info.dev);
-            }
-        }
-        let lines = plan.resolve(&|n| known.get(n).copied())?;
-        let found = parse_table(&dm.table(&name)?)?;
+        let (lines, found) = live_tables(dm, plan)?;
         if found == lines {
             changed.push(false);
             continue;
@@ -206,19 +217,7 @@ pub fn grow(dm: &dyn DeviceMapper, bottom_up: &[&DevicePlan]) -> Result<Vec<bool
 /// `always`, which opens the device anew. Returns whether it loaded.
 pub fn reload(dm: &dyn DeviceMapper, plan: &DevicePlan, always: bool) -> Result<bool, StackError> {
     let name = plan.name.dm_name();
-    if dm.info(&name)?.is_none() {
-        return Err(StackError::NotActive {
-            device: plan.name.to_string(),
-        });
-    }
-    let mut known: HashMap<&DeviceName, Device> = HashMap::new();
-    for dep in plan.depends_on() {
-        if let Some(info) = dm.info(&dep.dm_name())? {
-            known.insert(dep, info.dev);
-        }
-    }
-    let lines = plan.resolve(&|n| known.get(n).copied())?;
-    let found = parse_table(&dm.table(&name)?)?;
+    let (lines, found) = live_tables(dm, plan)?;
     if found == lines && !always {
         return Ok(false);
     }

@@ -14,6 +14,7 @@ use pxd::cluster::gossip::Liveness;
 use pxd::cluster::transport::{KeyPair, Transport};
 use pxd::cluster::view::Status;
 use pxd::store::types::Role;
+use pxd_tests::netns::in_netns;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -429,21 +430,6 @@ fn a_cut_off_node_refuses_writes_and_converges_after_healing() {
 
 fn hyper_method_get() -> pxd::api::client::Method {
     pxd::api::client::Method::GET
-}
-
-/// Runs `f` on a thread inside network namespace `ns`; sockets it opens live there.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on a namespace fd affects only this thread, which runs `f` and ends.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("the namespace thread")
 }
 
 #[test]
