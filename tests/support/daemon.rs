@@ -30,6 +30,8 @@ pub struct Daemon {
     port: u16,
     /// Extra daemon flags (class thresholds and the like).
     pub args: Vec<String>,
+    /// The network namespace it runs in and its address there; loopback when `None`.
+    pub netns: Option<(String, String)>,
     child: Option<Child>,
 }
 
@@ -44,8 +46,17 @@ impl Daemon {
             dir,
             port,
             args: args.iter().map(|s| s.to_string()).collect(),
+            netns: None,
             child: None,
         }
+    }
+
+    /// A daemon in network namespace `ns` at `addr` (entered with `nsenter --net`, so it
+    /// still sees configfs); not started. Its CLI still reaches it through its socket.
+    pub fn in_netns(name: &str, ns: &str, addr: &str, port: u16, args: &[&str]) -> Daemon {
+        let mut d = Daemon::new(name, port, args);
+        d.netns = Some((ns.to_owned(), addr.to_owned()));
+        d
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -75,12 +86,21 @@ impl Daemon {
             .open(self.log())
             .expect("open the daemon log");
         let err = log.try_clone().expect("clone the log handle");
-        let child = Command::new(pxd_binary())
+        let mut cmd = match &self.netns {
+            Some((ns, _)) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(pxd_binary());
+                c
+            }
+            None => Command::new(pxd_binary()),
+        };
+        let addr = self.netns.as_ref().map_or("127.0.0.1", |(_, a)| a.as_str());
+        let child = cmd
             .arg("--socket")
             .arg(self.socket())
             .args(["daemon", "--data-dir"])
             .arg(self.data_dir())
-            .args(["--addr", "127.0.0.1", "--name", &self.name])
+            .args(["--addr", addr, "--name", &self.name])
             .arg("--topology-file")
             .arg(self.topology_file())
             .args(["--api-port", &self.port.to_string()])

@@ -1,11 +1,19 @@
-//! Network namespaces joined by a veth pair: two "nodes" in one guest. Work that must happen
-//! inside a namespace (an nvmet port's socket, an NVMe/TCP connect) runs on a thread that
-//! entered only the network namespace: `ip netns exec` would remount /sys and hide configfs.
+//! Network namespaces on one bridge: several "nodes" on one kernel, each with its own
+//! address on 10.77.0.0/24 (which exists only inside namespaces the test made). Work that
+//! must happen inside a namespace (an nvmet port's socket, an NVMe/TCP connect) runs on a
+//! thread that entered only the network namespace: `ip netns exec` would remount /sys and
+//! hide configfs. Dropping a `Net` (also on panic) deletes its namespaces.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT_NET: AtomicU32 = AtomicU32::new(0);
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run ip {args:?}: {e}"));
     assert!(
         out.status.success(),
         "ip {}: {}",
@@ -14,45 +22,88 @@ fn ip(args: &[&str]) {
     );
 }
 
-/// Two namespaces, `<prefix>a` at 10.<net>.0.1 and `<prefix>b` at 10.<net>.0.2.
-pub struct Pair {
-    pub a: String,
-    pub b: String,
-    pub addr_a: String,
-    pub addr_b: String,
+/// Network namespaces `n0..n{k}` on one bridge.
+pub struct Net {
+    prefix: String,
+    hub: String,
+    count: usize,
 }
 
-impl Pair {
-    pub fn new(prefix: &str, net: u8) -> Pair {
-        let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
-        let (va, vb) = (format!("{prefix}va"), format!("{prefix}vb"));
-        for ns in [&a, &b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
+impl Net {
+    pub fn new(count: usize) -> Net {
+        assert!(count < 200, "the test subnet has room for 200 nodes");
+        let prefix = format!(
+            "pxdt{}x{}",
+            std::process::id(),
+            NEXT_NET.fetch_add(1, Ordering::Relaxed)
+        );
+        let hub = format!("{prefix}hub");
+        let net = Net {
+            prefix,
+            hub: hub.clone(),
+            count: 0,
+        };
+        ip(&["netns", "add", &hub]);
+        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &hub, "link", "set", "br0", "up"]);
+        let mut net = net;
+        for i in 0..count {
+            let ns = net.ns(i);
+            ip(&["netns", "add", &ns]);
+            net.count = i + 1;
+            let port = format!("p{i}");
+            ip(&[
+                "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port,
+                "netns", &hub,
+            ]);
+            ip(&["-n", &hub, "link", "set", &port, "master", "br0"]);
+            ip(&["-n", &hub, "link", "set", &port, "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", Net::addr(i)),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
         }
-        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
-        ip(&["link", "set", &va, "netns", &a]);
-        ip(&["link", "set", &vb, "netns", &b]);
-        let (addr_a, addr_b) = (format!("10.{net}.0.1"), format!("10.{net}.0.2"));
-        for (ns, dev, addr) in [(&a, &va, &addr_a), (&b, &vb, &addr_b)] {
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-        Pair {
-            a,
-            b,
-            addr_a,
-            addr_b,
-        }
+        net
+    }
+
+    pub fn ns(&self, i: usize) -> String {
+        format!("{}n{i}", self.prefix)
+    }
+
+    pub fn addr(i: usize) -> String {
+        format!("10.77.0.{}", i + 1)
+    }
+
+    /// Cuts node `i` off (its veth down) or connects it again.
+    pub fn set_link(&self, i: usize, up: bool) {
+        ip(&[
+            "-n",
+            &self.ns(i),
+            "link",
+            "set",
+            "eth0",
+            if up { "up" } else { "down" },
+        ]);
     }
 }
 
-impl Drop for Pair {
+impl Drop for Net {
     fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        for i in 0..self.count {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(i)])
+                .status();
         }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.hub])
+            .status();
     }
 }
 

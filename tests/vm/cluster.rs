@@ -1,11 +1,12 @@
-//! VM tier: several storage nodes in one guest (each a daemon with its own ports, data and
-//! disk, on loopback), one cluster. Placement follows the fault-domain tags: a volume created
+//! VM tier: several storage nodes in one guest (each a daemon in its own network namespace,
+//! with its own address, data and disk), one cluster. Placement follows the fault-domain tags: a volume created
 //! through any node lands on the pool its constraints and the tags pick, and that pool's node
 //! builds it on the real kernel.
 
 use pxd::api::topology::NodeTopologyView;
 use pxd::api::volumes::VolumeView;
 use pxd_tests::daemon::Daemon;
+use pxd_tests::netns::Net;
 use pxd_tests::{node_devices, pattern, read_direct, sha256, vm_disks, write_direct};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -66,10 +67,12 @@ fn built_and_holds_data(owner: &Daemon, name: &str, seed: u64) {
 #[test]
 fn volumes_go_where_the_topology_tags_and_constraints_say() {
     let disks = vm_disks(3);
+    // Each node in its own network namespace, as on separate hosts.
+    let net = Net::new(3);
     let mut nodes: Vec<Daemon> = ["topo-a", "topo-b", "topo-c"]
         .iter()
-        .zip([9500u16, 9510, 9520])
-        .map(|(name, port)| Daemon::new(name, port, &ALL_LOW))
+        .enumerate()
+        .map(|(i, name)| Daemon::in_netns(name, &net.ns(i), &Net::addr(i), 9500, &ALL_LOW))
         .collect();
     nodes[0].start_cluster();
     let token = nodes[0].ok(&["cluster", "token"]).trim().to_owned();

@@ -17,7 +17,7 @@ use pxd::plan::replica::{leg_thins, plan_leg_export, plan_leg_split, plan_raid, 
 use pxd::plan::table::DevRef;
 use pxd::plan::thin::plan_thin;
 use pxd::pool::{self, Pool};
-use pxd_tests::netns::{in_netns, Pair};
+use pxd_tests::netns::{in_netns, Net};
 use pxd_tests::{pattern, pool_spec, read_direct, run, sha256, vm_disks, wait_until, write_direct};
 use std::time::Duration;
 
@@ -57,16 +57,20 @@ fn sum_of(dev: &DeviceName, len: usize) -> String {
     sha256(&read_direct(&node_path(&dev.dm_name()), 0, len))
 }
 
+/// Node A's namespace (0) and node B's (1) on the test bridge.
+const A: usize = 0;
+const B: usize = 1;
+
 /// Connects A to `nqn` on B and waits for its namespace; returns (controller, namespace).
-fn connect(pair: &Pair, nqn: &str, a: &Id) -> (String, devicemapper::Device) {
+fn connect(net: &Net, nqn: &str, a: &Id) -> (String, devicemapper::Device) {
     let spec = ConnectSpec {
-        addr: format!("{}:4420", pair.addr_b).parse().unwrap(),
+        addr: format!("{}:4420", Net::addr(B)).parse().unwrap(),
         nqn: nqn.to_owned(),
         host_nqn: host_nqn(a),
         ctrl_loss_tmo: -1,
         reconnect_delay: 1,
     };
-    let ctrl = in_netns(&pair.a, move || nvme_host::connect(&spec)).unwrap();
+    let ctrl = in_netns(&net.ns(A), move || nvme_host::connect(&spec)).unwrap();
     let mut found = None;
     wait_until(Duration::from_secs(60), || {
         found = nvme_host::namespace_of(nqn);
@@ -88,7 +92,7 @@ fn a_remote_leg_over_nvme_tcp_mirrors_fences_and_resyncs_from_its_bitmap() {
     }
     let disks = vm_disks(6);
     let dm = KernelDm::open().unwrap();
-    let pair = Pair::new("legs", 79);
+    let net = Net::new(2);
     let (a, b) = (Id::node("lega").unwrap(), Id::node("legb").unwrap());
     let vol = id("v1");
     let pool_a = pool::ensure_pool(
@@ -114,10 +118,10 @@ fn a_remote_leg_over_nvme_tcp_mirrors_fences_and_resyncs_from_its_bitmap() {
     nvmet
         .ensure_export(&e1, &node_path(&export.name.dm_name()), &host_nqn(&a))
         .unwrap();
-    let port_addr = format!("{}:4420", pair.addr_b).parse().unwrap();
+    let port_addr = format!("{}:4420", Net::addr(B)).parse().unwrap();
     let port = nvmet.ensure_port(port_addr).unwrap();
     let e1_link = e1.clone();
-    in_netns(&pair.b, move || {
+    in_netns(&net.ns(B), move || {
         Nvmet::open().unwrap().link(port.id, &e1_link)
     })
     .unwrap();
@@ -128,7 +132,7 @@ fn a_remote_leg_over_nvme_tcp_mirrors_fences_and_resyncs_from_its_bitmap() {
     assert!(ours.enabled);
 
     // A reaches it over NVMe/TCP, splits it, and mirrors it with its local leg.
-    let (ctrl1, ns1) = connect(&pair, &e1, &a);
+    let (ctrl1, ns1) = connect(&net, &e1, &a);
     let (m1, d1) = plan_leg_split(&a, &vol, 1, ns1, SIZE);
     stack::apply(&dm, &[&m1, &d1]).unwrap();
     let raid = plan_raid(
@@ -191,11 +195,11 @@ fn a_remote_leg_over_nvme_tcp_mirrors_fences_and_resyncs_from_its_bitmap() {
         .ensure_export(&e2, &node_path(&export.name.dm_name()), &host_nqn(&a))
         .unwrap();
     let e2_link = e2.clone();
-    in_netns(&pair.b, move || {
+    in_netns(&net.ns(B), move || {
         Nvmet::open().unwrap().link(port.id, &e2_link)
     })
     .unwrap();
-    let (ctrl2, ns2) = connect(&pair, &e2, &a);
+    let (ctrl2, ns2) = connect(&net, &e2, &a);
     let (m2, d2) = plan_leg_split(&a, &vol, 1, ns2, SIZE);
     assert_eq!((&m2.name, &d2.name), (&m1.name, &d1.name), "the names stay");
     assert!(stack::reload(&dm, &m2, true).unwrap() && stack::reload(&dm, &d2, true).unwrap());

@@ -8,111 +8,11 @@ use pxd::api::{Applied, InitRequest, InitResponse, JoinRequest, JoinResponse, Kv
 use pxd::cluster::view::{NodeView, Status};
 use pxd::store::NodeId;
 pub use pxd_tests::daemon::pxd_binary;
+pub use pxd_tests::netns::Net;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-static NEXT_NET: AtomicU32 = AtomicU32::new(0);
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run ip {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Network namespaces `n0..n{k}` on one bridge.
-pub struct Net {
-    prefix: String,
-    hub: String,
-    count: usize,
-}
-
-impl Net {
-    pub fn new(count: usize) -> Net {
-        assert!(count < 200, "the test subnet has room for 200 nodes");
-        let prefix = format!(
-            "pxdt{}x{}",
-            std::process::id(),
-            NEXT_NET.fetch_add(1, Ordering::Relaxed)
-        );
-        let hub = format!("{prefix}hub");
-        let net = Net {
-            prefix,
-            hub: hub.clone(),
-            count: 0,
-        };
-        ip(&["netns", "add", &hub]);
-        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &hub, "link", "set", "br0", "up"]);
-        let mut net = net;
-        for i in 0..count {
-            let ns = net.ns(i);
-            ip(&["netns", "add", &ns]);
-            net.count = i + 1;
-            let port = format!("p{i}");
-            ip(&[
-                "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port,
-                "netns", &hub,
-            ]);
-            ip(&["-n", &hub, "link", "set", &port, "master", "br0"]);
-            ip(&["-n", &hub, "link", "set", &port, "up"]);
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/24", Net::addr(i)),
-                "dev",
-                "eth0",
-            ]);
-            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-            ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        }
-        net
-    }
-
-    pub fn ns(&self, i: usize) -> String {
-        format!("{}n{i}", self.prefix)
-    }
-
-    pub fn addr(i: usize) -> String {
-        format!("10.77.0.{}", i + 1)
-    }
-
-    /// Cuts node `i` off (its veth down) or connects it again.
-    pub fn set_link(&self, i: usize, up: bool) {
-        ip(&[
-            "-n",
-            &self.ns(i),
-            "link",
-            "set",
-            "eth0",
-            if up { "up" } else { "down" },
-        ]);
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for i in 0..self.count {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(i)])
-                .status();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.hub])
-            .status();
-    }
-}
 
 /// One daemon: its namespace, data directory, socket and process.
 pub struct Daemon {
