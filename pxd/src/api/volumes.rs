@@ -461,7 +461,8 @@ pub async fn create(
                 node: *node,
                 pool: pool.clone(),
                 thin_id: 0,
-                state: ReplicaState::Clean,
+                meta_thin_id: None,
+                state: ReplicaState::Up,
             })
             .collect(),
         attachment: None,

@@ -491,7 +491,8 @@ pub(crate) mod tests {
             node: NodeId(1),
             pool: "p".into(),
             thin_id: 1,
-            state: ReplicaState::Clean,
+            meta_thin_id: None,
+            state: ReplicaState::Up,
         });
         assert_eq!(
             s.apply(&Command::PutVolume { volume: v }).0,

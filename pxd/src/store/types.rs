@@ -359,14 +359,18 @@ impl Drive {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ReplicaState {
-    /// In sync with the others.
-    Clean,
-    /// Missed writes; to be resynced.
-    Stale,
+    /// In sync with the others: a write is acknowledged only once it is on every `up` leg.
+    #[serde(alias = "clean")]
+    Up,
+    /// Missed the writes of attach epoch `missed_epoch` on; never read from, and resynced
+    /// (from its bitmap) before it counts again.
+    Stale { missed_epoch: u64 },
     /// Being built from another replica.
     Building,
+    /// Lost (its drive or node); to be replaced.
+    Failed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -374,6 +378,10 @@ pub struct Replica {
     pub node: NodeId,
     pub pool: String,
     pub thin_id: u32,
+    /// The thin device holding this leg's raid superblock and write-intent bitmap; only
+    /// replicated volumes (repl 2 or 3) have one.
+    #[serde(default)]
+    pub meta_thin_id: Option<u32>,
     pub state: ReplicaState,
 }
 

@@ -15,7 +15,7 @@ impl ClusterState {
                 .iter()
                 .filter(|r| r.node == node && r.pool == pool)
             {
-                top = top.max(r.thin_id);
+                top = top.max(r.thin_id).max(r.meta_thin_id.unwrap_or(0));
                 top = v.retired_thin_ids.iter().fold(top, |t, x| t.max(*x));
                 for s in self.snapshots.values().filter(|s| s.volume == v.id) {
                     top = top.max(s.thin_ids.get(&node).copied().unwrap_or(0));
@@ -45,6 +45,20 @@ impl ClusterState {
                 volume.name
             ));
         }
+        // Best effort may place fewer replicas than asked, never more, and never two on one
+        // node: a node's loss must cost at most one leg.
+        let n = volume.replicas.len();
+        if n == 0 || n > usize::from(volume.repl) {
+            return Err(format!(
+                "volume {} has {n} replicas for repl {}",
+                volume.id, volume.repl
+            ));
+        }
+        let nodes: std::collections::BTreeSet<NodeId> =
+            volume.replicas.iter().map(|r| r.node).collect();
+        if nodes.len() != n {
+            return Err(format!("volume {} has two replicas on one node", volume.id));
+        }
         let mut v = volume.clone();
         for r in &mut v.replicas {
             self.known_node(r.node)?;
@@ -53,6 +67,8 @@ impl ClusterState {
                 _ => return Err(format!("pool {} is not on node {}", r.pool, r.node)),
             }
             r.thin_id = self.next_thin_id(r.node, &r.pool);
+            // A replicated volume's legs carry their raid metadata in a thin of their own.
+            r.meta_thin_id = (v.repl > 1).then_some(r.thin_id + 1);
         }
         self.volumes.insert(v.id.clone(), v.clone());
         Ok(vec![encode(format!("volume/{}", v.id), &v)])
@@ -154,5 +170,97 @@ impl ClusterState {
         s.taken = false;
         self.snapshots.insert(s.id.clone(), s.clone());
         Ok(vec![encode(format!("snapshot/{}", s.id), &s)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::state::tests::node;
+    use crate::store::state::{ClusterState, Command, Response};
+    use crate::store::types::*;
+
+    fn pool(id: &str, node: u64) -> Pool {
+        Pool {
+            id: id.into(),
+            node: NodeId(node),
+            class: Class::High,
+            drives: vec![],
+            capacity: 1 << 30,
+            used: 0,
+            benchmark: None,
+            chunk_sectors: 128,
+            drive_paths: vec![],
+            generation: 1,
+            activated: true,
+            health: PoolHealth::Online,
+        }
+    }
+
+    fn volume(id: &str, repl: u8, on: &[(u64, &str)]) -> Volume {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": id, "size": 1 << 30, "fs": "raw", "repl": repl,
+            "io_priority": "high", "max_iops": null, "encrypted": false, "key_ref": null,
+            "labels": {}, "attachment": null, "snapshot_schedule": null, "phase": "live",
+            "formatted": false,
+            "replicas": on.iter().map(|(n, p)| serde_json::json!({
+                "node": NodeId(*n).to_string(), "pool": p, "thin_id": 0, "state": "clean"
+            })).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn replicated_volumes_get_a_metadata_thin_per_leg_on_distinct_nodes() {
+        let mut s = ClusterState::default();
+        for n in 1..=2 {
+            s.apply(&Command::PutNode { node: node(n) });
+            s.apply(&Command::PutPool {
+                pool: pool(&format!("p{n}"), n),
+            });
+        }
+        let create = |v| Command::CreateVolume { volume: v };
+        assert_eq!(
+            s.apply(&create(volume("v1", 2, &[(1, "p1"), (2, "p2")]))).0,
+            Response::Applied
+        );
+        let v1 = &s.volumes["v1"];
+        // Stored "clean" reads as up; each leg has data thin 1 and metadata thin 2.
+        for r in &v1.replicas {
+            assert_eq!(r.state, ReplicaState::Up);
+            assert_eq!((r.thin_id, r.meta_thin_id), (1, Some(2)));
+        }
+        // The next volume's thin ids step over the metadata thins; repl 1 has none.
+        s.apply(&create(volume("v2", 1, &[(1, "p1")])));
+        assert_eq!(
+            (
+                s.volumes["v2"].replicas[0].thin_id,
+                s.volumes["v2"].replicas[0].meta_thin_id
+            ),
+            (3, None)
+        );
+        for (bad, why) in [
+            (
+                volume("v3", 2, &[(1, "p1"), (1, "p1")]),
+                "two replicas on one node",
+            ),
+            (
+                volume("v4", 1, &[(1, "p1"), (2, "p2")]),
+                "2 replicas for repl 1",
+            ),
+            (volume("v5", 2, &[]), "0 replicas for repl 2"),
+        ] {
+            let (r, _) = s.apply(&create(bad));
+            assert!(
+                matches!(&r, Response::Rejected(m) if m.contains(why)),
+                "{r:?}"
+            );
+        }
+        // Best effort: fewer replicas than asked are taken.
+        assert_eq!(
+            s.apply(&create(volume("v6", 3, &[(1, "p1"), (2, "p2")]))).0,
+            Response::Applied
+        );
+        let stale = serde_json::to_string(&ReplicaState::Stale { missed_epoch: 4 }).unwrap();
+        assert_eq!(stale, r#"{"stale":{"missed_epoch":4}}"#);
     }
 }
