@@ -549,6 +549,16 @@ mod tests {
                 .is_err(),
             "--label is gone: labels come from the topology file, detection and tags"
         );
+        // vCenter settings without vCenter would be silently unused: refused.
+        for alone in [
+            ["--vcenter-credentials", "/etc/pxd/vc"],
+            ["--vcenter-ca", "/etc/pxd/ca.pem"],
+            ["--vcenter-url", "https://vc.example"],
+        ] {
+            let mut args = vec!["pxd", "daemon", "--addr", "10.0.0.1"];
+            args.extend(alone);
+            assert!(Cli::try_parse_from(args).is_err(), "{alone:?}");
+        }
     }
 }
 

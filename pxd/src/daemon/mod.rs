@@ -61,13 +61,13 @@ pub struct TopologyArgs {
     #[arg(long, requires = "vcenter_credentials")]
     pub vcenter_url: Option<String>,
     /// File holding `user=` and `password=` lines for vCenter (never on the command line).
-    #[arg(long)]
+    #[arg(long, requires = "vcenter_url")]
     pub vcenter_credentials: Option<PathBuf>,
     /// PEM file of the CA that signed vCenter's certificate, if the system does not trust it.
-    #[arg(long)]
+    #[arg(long, requires = "vcenter_url")]
     pub vcenter_ca: Option<PathBuf>,
     /// This VM's name in vCenter (default: the node's name).
-    #[arg(long)]
+    #[arg(long, requires = "vcenter_url")]
     pub vcenter_vm_name: Option<String>,
     /// How long one metadata or vCenter request may take, in milliseconds.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=30_000))]
