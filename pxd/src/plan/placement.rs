@@ -243,20 +243,7 @@ mod tests {
                     role: Role::Storage,
                 },
             );
-            let pool = Pool {
-                id: format!("p{}", i + 1),
-                node: id,
-                class: *class,
-                drives: vec![],
-                capacity: G,
-                used: 0,
-                benchmark: None,
-                chunk_sectors: 128,
-                drive_paths: vec![],
-                generation: 1,
-                activated: true,
-                health: PoolHealth::Online,
-            };
+            let pool = Pool::for_tests(&format!("p{}", i + 1), id, *class);
             st.pools.insert(pool.id.clone(), pool);
         }
         st

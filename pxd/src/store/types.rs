@@ -235,6 +235,28 @@ pub struct Pool {
     pub health: PoolHealth,
 }
 
+impl Pool {
+    /// An online, activated pool of 1 GiB with no drives, for tests of placement and the
+    /// state machine.
+    #[cfg(test)]
+    pub(crate) fn for_tests(id: &str, node: NodeId, class: Class) -> Pool {
+        Pool {
+            id: id.into(),
+            node,
+            class,
+            drives: vec![],
+            capacity: 1 << 30,
+            used: 0,
+            benchmark: None,
+            chunk_sectors: 128,
+            drive_paths: vec![],
+            generation: 1,
+            activated: true,
+            health: PoolHealth::Online,
+        }
+    }
+}
+
 fn default_chunk_sectors() -> u64 {
     128
 }

@@ -179,23 +179,6 @@ mod tests {
     use crate::store::state::{ClusterState, Command, Response};
     use crate::store::types::*;
 
-    fn pool(id: &str, node: u64) -> Pool {
-        Pool {
-            id: id.into(),
-            node: NodeId(node),
-            class: Class::High,
-            drives: vec![],
-            capacity: 1 << 30,
-            used: 0,
-            benchmark: None,
-            chunk_sectors: 128,
-            drive_paths: vec![],
-            generation: 1,
-            activated: true,
-            health: PoolHealth::Online,
-        }
-    }
-
     fn volume(id: &str, repl: u8, on: &[(u64, &str)]) -> Volume {
         serde_json::from_value(serde_json::json!({
             "id": id, "name": id, "size": 1 << 30, "fs": "raw", "repl": repl,
@@ -215,7 +198,7 @@ mod tests {
         for n in 1..=2 {
             s.apply(&Command::PutNode { node: node(n) });
             s.apply(&Command::PutPool {
-                pool: pool(&format!("p{n}"), n),
+                pool: Pool::for_tests(&format!("p{n}"), NodeId(n), Class::High),
             });
         }
         let create = |v| Command::CreateVolume { volume: v };
