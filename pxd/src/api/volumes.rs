@@ -241,34 +241,29 @@ pub(super) fn candidates(s: &AppState, st: &ClusterState) -> Vec<Candidate> {
         .collect()
 }
 
-/// The nodes online as seen from here.
-fn online_nodes(s: &AppState) -> std::collections::BTreeSet<NodeId> {
-    s.cluster
-        .nodes()
-        .into_iter()
-        .filter(|n| n.liveness == crate::cluster::gossip::Liveness::Online)
-        .map(|n| n.id)
-        .collect()
-}
-
-/// Every pool's use as its node last reported it: this node's from its own last pass (the
-/// freshest), the others' from their heartbeats.
-fn pools_seen(s: &AppState) -> BTreeMap<String, PoolBeat> {
+/// What placement needs from this node's view, in one read: the nodes online as seen from
+/// here, and every pool's use as its node last reported it (this node's from its own last
+/// pass, the freshest; the others' from their heartbeats).
+fn liveness_and_pools(
+    s: &AppState,
+) -> (
+    std::collections::BTreeSet<NodeId>,
+    BTreeMap<String, PoolBeat>,
+) {
+    let mut online = std::collections::BTreeSet::new();
     let mut seen = BTreeMap::new();
     for n in s.cluster.nodes() {
+        if n.liveness == crate::cluster::gossip::Liveness::Online {
+            online.insert(n.id);
+        }
         if let Some(stats) = n.stats {
             seen.extend(stats.pools);
         }
     }
     for (id, u) in s.reconciler.last().pools {
-        let beat = PoolBeat {
-            data_used: u.data_used,
-            data_total: u.data_total,
-            near_full: u.near_full(&s.reconciler.full),
-        };
-        seen.insert(id, beat);
+        seen.insert(id, u.beat(&s.reconciler.full));
     }
-    seen
+    (online, seen)
 }
 
 /// Records `cmd` (if there is one: a repeated call may have nothing new to record), then
@@ -389,8 +384,7 @@ pub async fn create(
             )));
         }
     }
-    let online = online_nodes(&s);
-    let seen = pools_seen(&s);
+    let (online, seen) = liveness_and_pools(&s);
     let (placed, exists) = s.cluster.state().read(|st| {
         let view = placement::ClusterView {
             state: st,

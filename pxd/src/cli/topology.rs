@@ -162,7 +162,7 @@ fn tag_offline(json: bool, req: &TagRequest, path: &Path) -> Result<(), CliError
     let key = req
         .node
         .clone()
-        .unwrap_or_else(crate::cluster::topology::hostname);
+        .unwrap_or_else(crate::kernel::host::hostname);
     if key.is_empty() {
         return Err(CliError::Usage(
             "node: the daemon is not running and this host has no name; give --node".into(),

@@ -147,13 +147,6 @@ fn find(cfg: &Config, path: &std::path::Path, name: &str, addr: IpAddr) -> Findi
     found
 }
 
-/// This machine's host name, for the bare-metal `host` label.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,9 @@
 //! and the next start adopts what it finds (DESIGN §1).
 
 use crate::api;
-use crate::cluster::topology::{hostname, NodeTopology};
+use crate::cluster::topology::NodeTopology;
 use crate::cluster::{Cluster, ClusterConfig, ClusterError};
+use crate::kernel::host::hostname;
 use crate::metrics::{Metrics, MetricsError};
 use crate::pool::class::Thresholds;
 use crate::reconcile::service::{FullThresholds, Reconciler};

@@ -5,6 +5,7 @@ pub mod blkid;
 pub mod block;
 pub mod dm;
 pub mod fs;
+pub mod host;
 pub mod keyring;
 pub mod label;
 pub mod loop_device;

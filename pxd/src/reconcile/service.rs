@@ -55,6 +55,15 @@ impl PoolUse {
         (used * 100).checked_div(total).unwrap_or(0)
     }
 
+    /// The pool as heartbeats carry it to the other nodes' placement.
+    pub fn beat(&self, t: &FullThresholds) -> crate::cluster::gossip::PoolBeat {
+        crate::cluster::gossip::PoolBeat {
+            data_used: self.data_used,
+            data_total: self.data_total,
+            near_full: self.near_full(t),
+        }
+    }
+
     /// Why the pool takes no new allocations, if it is past a threshold.
     pub fn near_full(&self, t: &FullThresholds) -> Option<String> {
         let data = Self::percent(self.data_used, self.data_total);
@@ -179,14 +188,7 @@ impl Reconciler {
                     found
                         .pools
                         .iter()
-                        .map(|(id, u)| {
-                            let beat = crate::cluster::gossip::PoolBeat {
-                                data_used: u.data_used,
-                                data_total: u.data_total,
-                                near_full: u.near_full(&self.full),
-                            };
-                            (id.clone(), beat)
-                        })
+                        .map(|(id, u)| (id.clone(), u.beat(&self.full)))
                         .collect(),
                 );
                 last.pools = found.pools.clone();
