@@ -245,6 +245,20 @@ impl BlockingClient {
         self.send(Method::POST, path, body)
     }
 
+    /// [`Self::post`], allowing `timeout` for the answer: for calls that wait on other
+    /// nodes, such as an attach.
+    pub fn post_within<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let mut client = self.inner.clone();
+        client.timeout = timeout;
+        self.rt
+            .block_on(client.call(Method::POST, path, Some(body)))
+    }
+
     pub fn put<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,

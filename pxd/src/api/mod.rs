@@ -27,6 +27,7 @@
 //! `join_refused`, `unreachable`, `rejected`, `bad_request`, `not_found`, `unauthorized`,
 //! `internal`.
 
+pub mod attach;
 pub mod client;
 pub mod pools;
 pub mod snapshots;
@@ -256,6 +257,8 @@ fn routes(state: AppState) -> Router {
         )
         .route("/v1/volumes/{vol}/mount", post(volumes::mount))
         .route("/v1/volumes/{vol}/unmount", post(volumes::unmount))
+        .route("/v1/volumes/{vol}/attach", post(attach::attach))
+        .route("/v1/volumes/{vol}/detach", post(attach::detach))
         .route("/v1/volumes/{vol}/clone", post(snapshots::clone))
         .route("/v1/volumes/{vol}/restore", post(snapshots::restore))
         .route(

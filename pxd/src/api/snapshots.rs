@@ -3,8 +3,8 @@
 //! and putting a snapshot's data back into its volume.
 
 use super::volumes::{
-    bad, candidates, find, inspect, new_id, now, open_count, record, this_node_volume, update,
-    view, Deleted, SnapshotView, VolumeView,
+    bad, candidates, find, inspect, new_id, not_replicated, now, open_count, record,
+    this_node_volume, update, view, Deleted, SnapshotView, VolumeView,
 };
 use super::{ApiError, ApiResult, AppState, JsonBody};
 use crate::plan::placement;
@@ -62,6 +62,7 @@ pub async fn create(
         .state()
         .read(|st| find(st, &key).map(|v| (v, candidates(&s, st))))?;
     this_node_volume(&s, &v)?;
+    not_replicated(&v, "snapshotting")?;
     if let Some(p) = pools
         .iter()
         .find(|p| Some(&p.id) == v.replicas.first().map(|r| &r.pool))
@@ -157,6 +158,7 @@ pub async fn clone(
     let me = s.cluster.id();
     let (src, origin, pools, exists) = s.cluster.state().read(|st| {
         let src = find(st, &key)?;
+        not_replicated(&src, "cloning")?;
         let replica = src
             .replicas
             .iter()
@@ -221,6 +223,8 @@ pub async fn clone(
             ..replica
         }],
         attachment: None,
+        epoch: 0,
+        assembled: false,
         phase: Phase::Live,
         wrapped_key,
         origin: Some(origin),
@@ -247,6 +251,7 @@ pub async fn restore(
         Ok::<_, ApiError>((v, sn))
     })?;
     this_node_volume(&s, &v)?;
+    not_replicated(&v, "restoring")?;
     if let Some(at) = &v.mount_path {
         return Err(ApiError::Conflict(format!(
             "volume {} is mounted at {at}; unmount it before restoring",

@@ -94,6 +94,9 @@ pub struct VolumeView {
     /// Why the replicas are there, and what a best-effort placement could not give.
     #[serde(default)]
     pub placement: Option<PlacementNote>,
+    /// Where it is attached, at which epoch.
+    #[serde(default)]
+    pub attachment: Option<super::attach::AttachmentView>,
     /// Bytes the volume has mapped in its pool (thin status); inspect only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<u64>,
@@ -155,13 +158,17 @@ pub(super) fn find(st: &ClusterState, key: &str) -> Result<Volume, ApiError> {
 
 pub(super) fn view(st: &ClusterState, v: &Volume) -> VolumeView {
     let replica = v.replicas.first();
-    let stack = replica
-        .and_then(|r| {
-            let node = Id::node(&r.node.to_string()).ok()?;
-            let vs = crate::reconcile::derive::volume_state(st, v, r.node)?;
-            volume_stack(&node, &vs, true).ok()
-        })
-        .unwrap_or_default();
+    let stack = if v.repl > 1 {
+        attached_stack(v)
+    } else {
+        replica
+            .and_then(|r| {
+                let node = Id::node(&r.node.to_string()).ok()?;
+                let vs = crate::reconcile::derive::volume_state(st, v, r.node)?;
+                volume_stack(&node, &vs, true).ok()
+            })
+            .unwrap_or_default()
+    };
     let names: Vec<String> = stack.iter().map(|p| p.name.to_string()).collect();
     let mut snapshots: Vec<SnapshotView> = st
         .snapshots
@@ -212,8 +219,37 @@ pub(super) fn view(st: &ClusterState, v: &Volume) -> VolumeView {
             })
             .collect(),
         placement: v.placement.clone(),
+        attachment: super::attach::attachment_view(st, v),
         usage: None,
     }
+}
+
+/// A replicated volume's stack on its attach node, once attached there: raid, then crypt.
+fn attached_stack(v: &Volume) -> Vec<crate::plan::table::DevicePlan> {
+    let Some(a) = v
+        .attachment
+        .as_ref()
+        .filter(|a| a.state == crate::store::types::AttachState::Attached)
+    else {
+        return Vec::new();
+    };
+    let (Ok(node), Ok(vid)) = (Id::node(&a.node.to_string()), Id::object(&v.id)) else {
+        return Vec::new();
+    };
+    let size = devicemapper::Sectors(v.size / 512);
+    let raid = crate::plan::replica::plan_raid(&node, &vid, Vec::new(), size, false);
+    let mut plans = Vec::new();
+    if v.wrapped_key.is_some() {
+        plans.push(crate::plan::crypt::plan_crypt(
+            &node,
+            &vid,
+            size,
+            raid.name.clone(),
+            true,
+        ));
+    }
+    plans.insert(0, raid);
+    plans
 }
 
 /// Pools of this node with what placement needs to know.
@@ -314,6 +350,18 @@ pub(super) async fn update(
     inspect(State(s), Path(v.id.clone())).await
 }
 
+/// Refuses `what` of a replicated volume, which this release does not do yet: an option
+/// that is accepted must be enforced.
+pub(super) fn not_replicated(v: &Volume, what: &str) -> Result<(), ApiError> {
+    if v.repl > 1 {
+        return Err(bad(format!(
+            "repl: volume {} has {} replicas; {what} a replicated volume is not supported yet (limit: repl 1)",
+            v.name, v.repl
+        )));
+    }
+    Ok(())
+}
+
 pub(super) fn this_node_volume(s: &AppState, v: &Volume) -> Result<(), ApiError> {
     let me = s.cluster.id();
     if v.replicas.iter().any(|r| r.node == me) {
@@ -369,12 +417,6 @@ pub async fn create(
     require_cluster(&s)?;
     let spec = VolumeSpec::from_options(req.options.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(bad)?;
-    if spec.repl > 1 {
-        return Err(bad(format!(
-            "repl: {} asks for replicas on other nodes; this release places 1 replica per volume (limit 1)",
-            spec.repl
-        )));
-    }
     if let Some(p) = req.secret_key.as_ref().map(|k| k.expose()) {
         if p.is_empty() || p.len() > crate::crypt::MAX_PASSPHRASE {
             return Err(bad(format!(
@@ -456,10 +498,13 @@ pub async fn create(
                 pool: pool.clone(),
                 thin_id: 0,
                 meta_thin_id: None,
+                serving_epoch: 0,
                 state: ReplicaState::Up,
             })
             .collect(),
         attachment: None,
+        epoch: 0,
+        assembled: false,
         snapshot_schedule: None,
         phase: Phase::Live,
         formatted: false,
@@ -491,6 +536,7 @@ pub async fn resize(
         .state()
         .read(|st| find(st, &key).map(|v| (v, candidates(&s, st))))?;
     this_node_volume(&s, &v)?;
+    not_replicated(&v, "growing")?;
     if size < v.size {
         return Err(bad(format!(
             "size: {} is smaller than the volume's {}; shrinking is not supported",
@@ -515,7 +561,9 @@ pub async fn resize(
 
 pub async fn delete(State(s): State<AppState>, Path(key): Path<String>) -> ApiResult<Deleted> {
     let v = s.cluster.state().read(|st| find(st, &key))?;
-    this_node_volume(&s, &v)?;
+    if v.repl == 1 {
+        this_node_volume(&s, &v)?;
+    }
     if let Some(at) = &v.mount_path {
         return Err(ApiError::Conflict(format!(
             "volume {} is mounted at {at}; unmount it first (pxd volume unmount {})",
@@ -598,7 +646,9 @@ pub async fn mount(
     JsonBody(req): JsonBody<MountRequest>,
 ) -> ApiResult<VolumeView> {
     let v = s.cluster.state().read(|st| find(st, &key))?;
-    this_node_volume(&s, &v)?;
+    if v.repl == 1 {
+        this_node_volume(&s, &v)?;
+    }
     if v.fs == Fs::Raw {
         return Err(bad(format!(
             "fs: volume {} is raw; there is no filesystem to mount (use its device)",
@@ -623,20 +673,47 @@ pub async fn mount(
             v.name
         )));
     }
-    let change = v.mount_path.is_none().then(|| VolumeChange::Mount {
-        node: s.cluster.id(),
+    let me = s.cluster.id();
+    let change = v.mount_path.is_none().then_some(VolumeChange::Mount {
+        node: me,
         path: Some(path),
     });
+    if v.repl > 1 {
+        // Mounting implies attaching here; the mount itself is part of the attach.
+        if let Some(change) = change {
+            super::attach::submit(&s, &v, change).await?;
+        }
+        super::attach::wait_attached(&s, &v.id, me).await?;
+        return update(s, &v, None, "the mount").await;
+    }
     update(s, &v, change, "the mount").await
 }
 
 pub async fn unmount(State(s): State<AppState>, Path(key): Path<String>) -> ApiResult<VolumeView> {
     let v = s.cluster.state().read(|st| find(st, &key))?;
-    this_node_volume(&s, &v)?;
-    let change = v.mount_path.is_some().then(|| VolumeChange::Mount {
-        node: s.cluster.id(),
+    let me = s.cluster.id();
+    if v.repl > 1 {
+        if let Some(a) = v.attachment.as_ref().filter(|a| a.node != me) {
+            return Err(bad(format!(
+                "volume {} is attached on node {}; unmount it there",
+                v.name, a.node
+            )));
+        }
+    } else {
+        this_node_volume(&s, &v)?;
+    }
+    let change = v.mount_path.is_some().then_some(VolumeChange::Mount {
+        node: me,
         path: None,
     });
+    let detaches = v.repl > 1 && v.attachment.as_ref().is_some_and(|a| a.by_mount);
+    if detaches {
+        if let Some(change) = change {
+            super::attach::submit(&s, &v, change).await?;
+        }
+        super::attach::wait_detached(&s, &v.id).await?;
+        return update(s, &v, None, "the unmount").await;
+    }
     update(s, &v, change, "the unmount").await
 }
 

@@ -3,7 +3,13 @@
 //! so the CLI, REST and the Docker plugin refuse bad input the same way.
 
 use super::{print_json, seg, CliError};
+use crate::api::attach::{AttachRequest, DetachRequest, ATTACH_WAIT};
 use crate::api::client::BlockingClient;
+
+/// How long the CLI waits for calls that wait on other nodes (attach, mount): the daemon's
+/// own wait and a margin.
+const ATTACH_CALL: std::time::Duration =
+    ATTACH_WAIT.saturating_add(std::time::Duration::from_secs(20));
 use crate::api::pools::{AddDriveRequest, DriveAdded, PoolView};
 use crate::api::snapshots::{CloneRequest, RestoreRequest, SnapshotRequest};
 use crate::api::volumes::{
@@ -78,8 +84,26 @@ pub enum VolumeCommand {
         #[arg(long)]
         path: Option<PathBuf>,
     },
-    /// Unmount a volume.
+    /// Unmount a volume (a replicated volume that the mount attached is detached too).
     Unmount { volume: String },
+    /// Attach a volume on a node (this one by default): a replicated volume's raid is built
+    /// there over its legs.
+    Attach {
+        volume: String,
+        /// A member's name or id.
+        #[arg(long)]
+        node: Option<String>,
+        /// Take it from the node it is attached on (failover; a new epoch fences that node).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Detach a volume from its node (refused while mounted).
+    Detach {
+        volume: String,
+        /// Forget the attachment at once, for an attach node that is gone.
+        #[arg(long)]
+        force: bool,
+    },
     /// Snapshots of a volume.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -242,6 +266,15 @@ fn print_volume(v: &VolumeView) {
             println!("shortfall:  {s}");
         }
     }
+    if let Some(a) = &v.attachment {
+        println!(
+            "attached:   node {} ({}), epoch {}, {}",
+            a.node_name,
+            a.node,
+            a.epoch,
+            format!("{:?}", a.state).to_lowercase()
+        );
+    }
     println!("stack:      {}", v.stack.join(" <- "));
     if let Some(d) = &v.device {
         println!("device:     {}", d.display());
@@ -351,15 +384,40 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
         }
         VolumeCommand::Mount { volume, path } => {
             let req = MountRequest { path: path.clone() };
-            show(c.post(
+            show(c.post_within(
                 &format!("/v1/volumes/{}/mount", seg("volume", volume)?),
                 &req,
+                ATTACH_CALL,
             )?);
         }
         VolumeCommand::Unmount { volume } => {
-            show(c.post(
+            show(c.post_within(
                 &format!("/v1/volumes/{}/unmount", seg("volume", volume)?),
                 &MountRequest::default(),
+                ATTACH_CALL,
+            )?);
+        }
+        VolumeCommand::Attach {
+            volume,
+            node,
+            force,
+        } => {
+            let req = AttachRequest {
+                node: node.clone(),
+                force: *force,
+            };
+            show(c.post_within(
+                &format!("/v1/volumes/{}/attach", seg("volume", volume)?),
+                &req,
+                ATTACH_CALL,
+            )?);
+        }
+        VolumeCommand::Detach { volume, force } => {
+            let req = DetachRequest { force: *force };
+            show(c.post_within(
+                &format!("/v1/volumes/{}/detach", seg("volume", volume)?),
+                &req,
+                ATTACH_CALL,
             )?);
         }
         VolumeCommand::Clone {

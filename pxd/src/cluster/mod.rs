@@ -338,6 +338,28 @@ impl Cluster {
             .clone()
     }
 
+    /// The index of the last entry applied here, watched: it moves on every change to the
+    /// store, so a reconciler can act on changes as they land.
+    pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        let mut metrics = self.raft.metrics();
+        let first = metrics.borrow().last_applied.map(|l| l.index);
+        let (tx, rx) = tokio::sync::watch::channel(first);
+        tokio::spawn(async move {
+            while metrics.changed().await.is_ok() {
+                let now = metrics.borrow().last_applied.map(|l| l.index);
+                tx.send_if_modified(|seen| {
+                    let moved = *seen != now;
+                    *seen = now;
+                    moved
+                });
+                if tx.is_closed() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
     fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader
     }

@@ -187,6 +187,13 @@ pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
         return Err(DaemonError::Unspecified(args.addr));
     }
     check_tools(args.role)?;
+    let missing = crate::kernel::modules::load_replication();
+    if !missing.is_empty() {
+        tracing::warn!(
+            missing = ?missing,
+            "replicated volumes cannot be exported or attached on this node until these load"
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pxd")

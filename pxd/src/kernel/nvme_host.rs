@@ -71,6 +71,8 @@ pub struct Controller {
     /// `traddr=10.0.0.2,trsvcid=4420` and the like.
     pub address: String,
     pub transport: String,
+    /// The host NQN it connected as: on a kernel shared by several nodes (tests), whose it is.
+    pub host_nqn: String,
 }
 
 /// Connects to a remote subsystem; returns the new controller's name (`nvme3`).
@@ -122,6 +124,7 @@ pub fn controllers() -> Vec<Controller> {
                 state: read(&dir.join("state")),
                 address: read(&dir.join("address")),
                 transport: read(&dir.join("transport")),
+                host_nqn: read(&dir.join("hostnqn")),
             }
         })
         .collect();
@@ -142,11 +145,17 @@ pub fn delete(name: &str) -> Result<(), NvmeError> {
     }
 }
 
-/// The block device of subsystem `nqn`'s namespace, once the kernel has made it: with
-/// native multipath (Debian's default) it is the subsystem's head, `nvmeXnY`, whose `device`
-/// is the subsystem; otherwise the controller's own namespace.
+/// The block device of subsystem `nqn`'s namespace, once the kernel has made it; see
+/// [`namespaces`].
 pub fn namespace_of(nqn: &str) -> Option<(String, Device)> {
-    let mut found: Vec<(String, Device)> = std::fs::read_dir("/sys/block")
+    namespaces().remove(nqn)
+}
+
+/// Every NVMe namespace's block device by subsystem NQN: with native multipath (Debian's
+/// default) the subsystem's head, `nvmeXnY`, whose `device` is the subsystem; otherwise the
+/// controller's own namespace. The first by name where a subsystem shows two.
+pub fn namespaces() -> std::collections::BTreeMap<String, (String, Device)> {
+    let mut found: Vec<(String, String, Device)> = std::fs::read_dir("/sys/block")
         .into_iter()
         .flatten()
         .flatten()
@@ -156,15 +165,17 @@ pub fn namespace_of(nqn: &str) -> Option<(String, Device)> {
                 return None;
             }
             let dir = e.path();
-            if read(&dir.join("device/subsysnqn")) != nqn {
-                return None;
-            }
+            let nqn = read(&dir.join("device/subsysnqn"));
             let dev: Device = read(&dir.join("dev")).parse().ok()?;
-            Some((name, dev))
+            Some((nqn, name, dev))
         })
         .collect();
-    found.sort_by(|a, b| a.0.cmp(&b.0));
-    found.into_iter().next()
+    found.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let mut out = std::collections::BTreeMap::new();
+    for (nqn, name, dev) in found {
+        out.entry(nqn).or_insert((name, dev));
+    }
+    out
 }
 
 /// `nvme0n1`, not a path device `nvme0c1n1` (hidden under multipath) or a partition.

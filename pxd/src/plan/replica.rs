@@ -13,6 +13,16 @@ use devicemapper::{Device, Sectors};
 /// of a 32 TiB volume at 1 MiB regions.
 pub const LEG_META: Sectors = Sectors(8192);
 
+/// The TCP port a node's NVMe/TCP target listens on, on the address of its data endpoint:
+/// the port IANA assigned to NVMe/TCP.
+pub const NVME_TCP_PORT: u16 = 4420;
+
+/// Where node with data endpoint `data_addr` (`tcp://IP:PORT`) serves its legs.
+pub fn nvme_addr(data_addr: &str) -> Option<std::net::SocketAddr> {
+    let ep: std::net::SocketAddr = data_addr.strip_prefix("tcp://")?.parse().ok()?;
+    Some(std::net::SocketAddr::new(ep.ip(), NVME_TCP_PORT))
+}
+
 /// The replica node's metadata and data thin devices of `volume`.
 pub fn leg_thins(node: &Id, volume: &Id) -> (DeviceName, DeviceName) {
     (

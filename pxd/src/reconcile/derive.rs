@@ -3,10 +3,12 @@
 //! Both directions are pure.
 
 use crate::pool::label::LabelSpec;
+use crate::reconcile::desired::{AttachLeg, AttachedVolume, LegState};
 use crate::reconcile::desired::{JoinPhase, JoiningDrive};
 use crate::reconcile::desired::{NodeState, OriginState, PoolState, SnapshotState, VolumeState};
 use crate::store::pools::{DriveChange, PoolChange};
 use crate::store::state::{ClusterState, Command, SnapshotChange, VolumeChange};
+use crate::store::types::AttachState;
 use crate::store::types::DriveState;
 use crate::store::types::{NodeId, Volume};
 use std::path::PathBuf;
@@ -83,6 +85,11 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
         .values()
         .filter_map(|v| volume_state(cluster, v, node))
         .collect();
+    let attached = cluster
+        .volumes
+        .values()
+        .filter_map(|v| attached_volume(cluster, v, node))
+        .collect();
     NodeState {
         node: node.to_string(),
         cluster: cluster_id,
@@ -91,6 +98,11 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
         pools,
         volumes,
         mount_root,
+        attached,
+        nvme_addr: cluster
+            .nodes
+            .get(&node)
+            .and_then(|n| crate::plan::replica::nvme_addr(&n.data_addr)),
     }
 }
 
@@ -111,6 +123,9 @@ pub fn volume_state(cluster: &ClusterState, v: &Volume, node: NodeId) -> Option<
         })
         .collect();
     let attached_here = v.attachment.as_ref().is_some_and(|a| a.node == node);
+    if v.repl > 1 {
+        return Some(leg_state(v, replica, node, snapshots));
+    }
     Some(VolumeState {
         id: v.id.clone(),
         pool: replica.pool.clone(),
@@ -132,7 +147,125 @@ pub fn volume_state(cluster: &ClusterState, v: &Volume, node: NodeId) -> Option<
             .filter(|_| attached_here)
             .map(PathBuf::from),
         retired: v.retired_thin_ids.iter().map(|x| u64::from(*x)).collect(),
+        leg: None,
     })
+}
+
+/// A replica of replicated volume `v` on `node`: a leg, exported while another node has
+/// the volume attached. Crypt, filesystem and mount belong to the attach node.
+fn leg_state(
+    v: &Volume,
+    replica: &crate::store::types::Replica,
+    node: NodeId,
+    snapshots: Vec<SnapshotState>,
+) -> VolumeState {
+    let epoch = v.attachment.as_ref().map_or(0, |a| a.epoch);
+    VolumeState {
+        id: v.id.clone(),
+        pool: replica.pool.clone(),
+        thin_id: u64::from(replica.thin_id),
+        size_bytes: v.size,
+        fs: v.fs,
+        // Made on the attach node, never on a leg.
+        formatted: true,
+        key: None,
+        snapshots,
+        phase: v.phase,
+        origin: None,
+        read_only: v.read_only,
+        mount: None,
+        retired: v.retired_thin_ids.iter().map(|x| u64::from(*x)).collect(),
+        leg: Some(LegState {
+            meta_thin_id: u64::from(replica.meta_thin_id.unwrap_or(replica.thin_id + 1)),
+            epoch,
+            export_to: v
+                .attachment
+                .as_ref()
+                .filter(|a| a.node != node)
+                .map(|a| a.node.to_string()),
+            serving: replica.serving_epoch,
+        }),
+    }
+}
+
+/// What `node` should have of replicated volume `v` as its attach node: none unless it is
+/// attached (or being detached) there.
+pub fn attached_volume(cluster: &ClusterState, v: &Volume, node: NodeId) -> Option<AttachedVolume> {
+    let a = v.attachment.as_ref().filter(|a| a.node == node)?;
+    if v.repl < 2 || v.phase != crate::store::types::Phase::Live {
+        return None;
+    }
+    let legs = v
+        .replicas
+        .iter()
+        .map(|r| AttachLeg {
+            node: r.node.to_string(),
+            local: r.node == node,
+            addr: cluster
+                .nodes
+                .get(&r.node)
+                .and_then(|n| crate::plan::replica::nvme_addr(&n.data_addr)),
+            serving: r.serving_epoch == a.epoch,
+            in_sync: r.state == crate::store::types::ReplicaState::Up,
+        })
+        .collect();
+    Some(AttachedVolume {
+        id: v.id.clone(),
+        size_bytes: v.size,
+        fs: v.fs,
+        formatted: v.formatted,
+        key: v.wrapped_key.clone(),
+        mount: v.mount_path.as_ref().map(PathBuf::from),
+        epoch: a.epoch,
+        legs,
+        fresh: !v.assembled,
+        attached: a.state == AttachState::Attached,
+        detaching: a.state == AttachState::Detaching,
+    })
+}
+
+/// What the reconciler did for replicated volumes: epochs served, stacks up or down.
+fn replication_records(before: &NodeState, after: &NodeState) -> Vec<Command> {
+    let mut out = Vec::new();
+    let change = |id: &str, change| Command::UpdateVolume {
+        id: id.to_owned(),
+        change,
+    };
+    if let Ok(node) = before.node.parse::<NodeId>() {
+        for b in &before.volumes {
+            let (Some(bl), Some(al)) = (
+                b.leg.as_ref(),
+                after.volume(&b.id).and_then(|a| a.leg.as_ref()),
+            ) else {
+                continue;
+            };
+            if al.serving > bl.serving {
+                out.push(change(
+                    &b.id,
+                    VolumeChange::Serving {
+                        node,
+                        epoch: al.serving,
+                    },
+                ));
+            }
+        }
+    }
+    for b in &before.attached {
+        let Some(a) = after.attached(&b.id) else {
+            out.push(change(&b.id, VolumeChange::Detached { epoch: b.epoch }));
+            continue;
+        };
+        if b.fresh && !a.fresh {
+            out.push(change(&b.id, VolumeChange::Assembled));
+        }
+        if !b.attached && a.attached {
+            out.push(change(&b.id, VolumeChange::Attached { epoch: a.epoch }));
+        }
+        if !b.formatted && a.formatted {
+            out.push(change(&b.id, VolumeChange::Formatted));
+        }
+    }
+    out
 }
 
 /// The commands that record, in the store, what the reconciler changed between `before` and
@@ -168,6 +301,7 @@ pub fn records(before: &NodeState, after: &NodeState) -> Vec<Command> {
             });
         }
     }
+    out.extend(replication_records(before, after));
     for b in &before.volumes {
         let Some(a) = after.volume(&b.id) else {
             out.extend(
@@ -265,9 +399,12 @@ mod tests {
                 pool: "p1".into(),
                 thin_id: 0,
                 meta_thin_id: None,
+                serving_epoch: 0,
                 state: ReplicaState::Up,
             }],
             attachment: None,
+            epoch: 0,
+            assembled: false,
             snapshot_schedule: None,
             phase: Phase::Live,
             formatted: false,
@@ -395,6 +532,8 @@ mod tests {
         v.attachment = Some(Attachment {
             node: NodeId(1),
             epoch: 1,
+            by_mount: true,
+            state: AttachState::Attached,
         });
         apply(&mut c, Command::CreateVolume { volume: v });
         let before = node_state(&c, NodeId(1), None);

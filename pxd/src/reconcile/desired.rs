@@ -22,6 +22,63 @@ pub struct NodeState {
     /// How a measured drive is classed.
     #[serde(default)]
     pub thresholds: crate::pool::class::Thresholds,
+    /// Where this node's NVMe/TCP target serves its legs.
+    #[serde(default)]
+    pub nvme_addr: Option<std::net::SocketAddr>,
+    /// Replicated volumes attached on this node: their raid and what sits on it.
+    #[serde(default)]
+    pub attached: Vec<AttachedVolume>,
+}
+
+/// This node's replica of a replicated volume: a leg (metadata and data thins), exported to
+/// the attach node when that is another node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LegState {
+    /// The thin id of the leg's metadata (raid superblock and bitmap).
+    pub meta_thin_id: u64,
+    /// The attach epoch this leg is to serve; 0 while the volume is not attached.
+    pub epoch: u64,
+    /// The attach node to export to (its id), when the volume is attached on another node.
+    pub export_to: Option<String>,
+    /// The epoch the store records this replica as serving.
+    pub serving: u64,
+}
+
+/// A replicated volume attached on this node: its legs joined by raid1, then crypt,
+/// filesystem and mount as for any volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AttachedVolume {
+    pub id: String,
+    pub size_bytes: u64,
+    pub fs: Fs,
+    pub formatted: bool,
+    pub key: Option<WrappedKey>,
+    pub mount: Option<PathBuf>,
+    pub epoch: u64,
+    /// Every leg, in the volume's replica order (a leg's place in the raid).
+    pub legs: Vec<AttachLeg>,
+    /// No raid was ever assembled from these legs: they are fresh thin devices, all zeros,
+    /// so the first assembly skips the initial sync.
+    pub fresh: bool,
+    /// The store records this epoch's stack as up.
+    pub attached: bool,
+    /// The attachment is being taken down.
+    pub detaching: bool,
+}
+
+/// One leg as the attach node reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AttachLeg {
+    /// The replica's node id.
+    pub node: String,
+    /// This node's own replica, used directly; otherwise reached over NVMe/TCP at `addr`.
+    pub local: bool,
+    /// The replica node's NVMe/TCP address.
+    pub addr: Option<std::net::SocketAddr>,
+    /// Its node serves this epoch (older exports are gone): it may be connected.
+    pub serving: bool,
+    /// In sync: a member of the raid. A leg out of sync is left out.
+    pub in_sync: bool,
 }
 
 /// A drive whose add is recorded but not finished.
@@ -102,6 +159,10 @@ pub struct VolumeState {
     /// Thin ids a restore replaced, to delete once the new device is up.
     #[serde(default)]
     pub retired: Vec<u64>,
+    /// Set when the volume is replicated: this replica is a leg, and its filesystem, crypt
+    /// and mount live on the attach node instead.
+    #[serde(default)]
+    pub leg: Option<LegState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -127,5 +188,13 @@ impl NodeState {
 
     pub fn volume_mut(&mut self, id: &str) -> Option<&mut VolumeState> {
         self.volumes.iter_mut().find(|v| v.id == id)
+    }
+
+    pub fn attached(&self, id: &str) -> Option<&AttachedVolume> {
+        self.attached.iter().find(|v| v.id == id)
+    }
+
+    pub fn attached_mut(&mut self, id: &str) -> Option<&mut AttachedVolume> {
+        self.attached.iter_mut().find(|v| v.id == id)
     }
 }

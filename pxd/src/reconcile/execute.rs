@@ -7,6 +7,7 @@
 use crate::crypt::{ClusterKey, CryptError, VolumeKey};
 use crate::kernel::dm::{node_path, DeviceMapper, DmOpError};
 use crate::kernel::fs::{self, FsError};
+use crate::kernel::legs;
 use crate::plan::names::{DeviceName, Id, Kind};
 use crate::pool::{self, Metadata, Pool, PoolError};
 use crate::reconcile::desired::{JoinPhase, NodeState};
@@ -37,6 +38,12 @@ pub enum ExecError {
     PoolNotUp(String),
     #[error("recording the new state: {0}")]
     Persist(std::io::Error),
+    #[error(transparent)]
+    Nvmet(#[from] crate::kernel::nvmet::NvmetError),
+    #[error(transparent)]
+    Nvme(#[from] crate::kernel::nvme_host::NvmeError),
+    #[error(transparent)]
+    Connect(#[from] legs::ConnectError),
 }
 
 /// What a step works on.
@@ -87,7 +94,14 @@ impl Concern {
             | Step::Snapshot { volume, .. }
             | Step::Copy { volume, .. }
             | Step::ForgetRetired { volume }
-            | Step::Forget { volume, .. } => Concern::Volume(volume.clone()),
+            | Step::Forget { volume, .. }
+            | Step::Export { volume, .. }
+            | Step::Unexport { volume, .. }
+            | Step::Serve { volume, .. }
+            | Step::Connect { volume, .. }
+            | Step::Disconnect { volume, .. }
+            | Step::Attached { volume }
+            | Step::Detached { volume } => Concern::Volume(volume.clone()),
             Step::Mount { device, .. } => by_name(device),
             Step::Unmount(_) => Concern::Node,
         }
@@ -177,7 +191,11 @@ impl<'a> Executor<'a> {
     }
 
     fn key(&self, state: &NodeState, volume: &str) -> Result<Option<VolumeKey>, ExecError> {
-        let Some(wrapped) = state.volume(volume).and_then(|v| v.key.as_ref()) else {
+        let wrapped = match state.attached(volume) {
+            Some(a) => a.key.as_ref(),
+            None => state.volume(volume).and_then(|v| v.key.as_ref()),
+        };
+        let Some(wrapped) = wrapped else {
             return Ok(None);
         };
         let ck = self
@@ -302,6 +320,9 @@ impl<'a> Executor<'a> {
                 if let Some(v) = state.volume_mut(volume) {
                     v.formatted = true;
                 }
+                if let Some(a) = state.attached_mut(volume) {
+                    a.formatted = true;
+                }
                 return Ok(true);
             }
             Step::Snapshot {
@@ -371,6 +392,54 @@ impl<'a> Executor<'a> {
             }
             Step::DeleteThinId { pool, thin_id } => {
                 pool::delete_thin_id(dm, self.pool(pool.as_str())?, *thin_id)?;
+            }
+            Step::Export {
+                nqn,
+                device,
+                host,
+                port,
+                ..
+            } => {
+                self.faults.tick(&format_args!("export {nqn}"));
+                legs::export(nqn, &node_path(&device.dm_name()), host, *port)?;
+            }
+            Step::Unexport { nqn, .. } => {
+                self.faults.tick(&format_args!("unexport {nqn}"));
+                legs::unexport(nqn)?;
+            }
+            Step::Connect {
+                nqn, addr, host, ..
+            } => {
+                self.faults.tick(&format_args!("connect {nqn}"));
+                legs::connect(nqn, *addr, host)?;
+            }
+            Step::Disconnect { controller, .. } => {
+                self.faults.tick(&format_args!("disconnect {controller}"));
+                crate::kernel::nvme_host::delete(controller)?;
+            }
+            Step::Serve { volume, epoch } => {
+                let node = state.node.clone();
+                if let Some(leg) = state.volume_mut(volume).and_then(|v| v.leg.as_mut()) {
+                    leg.serving = *epoch;
+                }
+                // This node's own leg of a volume attached here may now be used.
+                if let Some(a) = state.attached_mut(volume).filter(|a| a.epoch == *epoch) {
+                    for l in a.legs.iter_mut().filter(|l| l.node == node) {
+                        l.serving = true;
+                    }
+                }
+                return Ok(true);
+            }
+            Step::Attached { volume } => {
+                if let Some(a) = state.attached_mut(volume) {
+                    a.attached = true;
+                    a.fresh = false;
+                }
+                return Ok(true);
+            }
+            Step::Detached { volume } => {
+                state.attached.retain(|a| &a.id != volume);
+                return Ok(true);
             }
             Step::Forget { volume, snapshot } => {
                 match snapshot {

@@ -9,6 +9,7 @@ pub mod faults;
 pub mod joining;
 pub mod observe;
 pub mod plan_pools;
+pub mod plan_replicated;
 pub mod plan_volumes;
 pub mod service;
 pub mod steps;
@@ -44,15 +45,31 @@ pub fn reconcile_pass(
     state: &mut NodeState,
     persist: &mut dyn FnMut(&NodeState) -> std::io::Result<()>,
 ) -> Result<Pass, ReconcileError> {
-    let observed = observe::observe(dm, state)?;
-    let steps = steps::plan(state, &observed)?;
-    let failures = Executor::new(dm, cluster_key).run(&steps, state, persist)?;
+    let mut executor = Executor::new(dm, cluster_key);
+    let mut observed = observe::observe(dm, state)?;
+    let mut steps = steps::plan(state, &observed)?;
+    let mut failures = executor.run(&steps, state, persist)?;
+    // A step that unblocks others (a leg now served, a namespace now there) is followed by
+    // another round, so an attach completes in one pass. Bounded: each round needs progress.
+    let mut all_steps = steps.clone();
+    for _ in 0..MAX_ROUNDS {
+        if !failures.is_empty() || !steps.iter().any(steps::Step::unblocks) {
+            break;
+        }
+        observed = observe::observe(dm, state)?;
+        steps = steps::plan(state, &observed)?;
+        failures = executor.run(&steps, state, persist)?;
+        all_steps.extend(steps.iter().cloned());
+    }
     Ok(Pass {
         observed,
-        steps,
+        steps: all_steps,
         failures,
     })
 }
+
+/// Rounds of one pass after the first: a replica serving, then a connect, then the build.
+const MAX_ROUNDS: usize = 3;
 
 /// One pass that fails with its first failed step. Returns the steps that were planned.
 pub fn reconcile(

@@ -2,12 +2,15 @@
 //! devices exist, at what size.
 
 use crate::kernel::dm::{DeviceMapper, DmOpError};
+use crate::kernel::nvme_host;
+use crate::kernel::nvmet::Nvmet;
 use crate::kernel::{fs, label};
 use crate::plan::crypt::kernel_has_workqueue_bypass;
+use crate::plan::names::{host_nqn, parse_leg_nqn, Id};
 use crate::plan::pool::Drive;
 use crate::pool::label::Found;
 use crate::reconcile::desired::NodeState;
-use crate::reconcile::steps::{LabelledDrive, Observed};
+use crate::reconcile::steps::{ControllerSeen, ExportSeen, LabelledDrive, Observed};
 use devicemapper::Sectors;
 
 /// Reads what the kernel has for `desired.node`.
@@ -55,6 +58,7 @@ pub fn observe(dm: &dyn DeviceMapper, desired: &NodeState) -> Result<Observed, D
         }
         observed.devices.insert(name, (dev, Sectors(len)));
     }
+    observe_legs(desired, &mut observed);
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     observed.bypass_workqueues = kernel_has_workqueue_bypass(&release);
     Ok(observed)
@@ -77,4 +81,48 @@ pub fn labelled_drives(hints: &[std::path::PathBuf]) -> Vec<LabelledDrive> {
             _ => None,
         })
         .collect()
+}
+
+/// This node's leg exports, its NVMe controllers and their namespaces. On a kernel shared by
+/// several nodes (tests), only those naming this node: its NQNs, its host NQN.
+fn observe_legs(desired: &NodeState, observed: &mut Observed) {
+    let Ok(node) = Id::node(&desired.node) else {
+        return;
+    };
+    if let Ok(nvmet) = Nvmet::open() {
+        let ports = nvmet.ports();
+        observed.exports = nvmet
+            .exports()
+            .into_iter()
+            .filter(|e| parse_leg_nqn(&e.nqn).is_some_and(|(n, _, _)| n == node))
+            .map(|e| ExportSeen {
+                ports: ports
+                    .iter()
+                    .filter(|p| e.ports.contains(&p.id))
+                    .map(|p| p.addr)
+                    .collect(),
+                nqn: e.nqn,
+                device: e.device,
+                enabled: e.enabled,
+                hosts: e.hosts,
+            })
+            .collect();
+    }
+    let me = host_nqn(&node);
+    observed.controllers = nvme_host::controllers()
+        .into_iter()
+        .filter(|c| c.host_nqn == me && parse_leg_nqn(&c.subsys_nqn).is_some())
+        .map(|c| ControllerSeen {
+            name: c.name,
+            nqn: c.subsys_nqn,
+            state: c.state,
+        })
+        .collect();
+    if !observed.controllers.is_empty() {
+        observed.namespaces = nvme_host::namespaces()
+            .into_iter()
+            .filter(|(nqn, _)| observed.controllers.iter().any(|c| &c.nqn == nqn))
+            .map(|(nqn, (_, dev))| (nqn, dev))
+            .collect();
+    }
 }

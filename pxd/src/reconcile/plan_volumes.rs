@@ -11,7 +11,7 @@ use crate::volume::spec::Fs;
 use devicemapper::{Sectors, ThinDevId};
 use std::path::PathBuf;
 
-fn thin_id(volume: &str, n: u64) -> Result<ThinDevId, PlanError> {
+pub(super) fn thin_id(volume: &str, n: u64) -> Result<ThinDevId, PlanError> {
     ThinDevId::new_u64(n).map_err(|_| PlanError::ThinId {
         volume: volume.to_owned(),
         thin_id: n,
@@ -26,6 +26,9 @@ pub fn volume_stack(
 ) -> Result<Vec<DevicePlan>, PlanError> {
     let vid = Id::object(&v.id)?;
     let size = Sectors(v.size_bytes / 512);
+    if let Some(leg) = &v.leg {
+        return crate::reconcile::plan_replicated::leg_stack(node, v, leg);
+    }
     let thin = plan_thin(
         node,
         &Id::object(&v.pool)?,
@@ -221,6 +224,12 @@ pub(super) fn deleting_steps(
         steps.push(Step::DeleteThinId {
             pool: pool.clone(),
             thin_id: thin_id(&v.id, s.thin_id)?,
+        });
+    }
+    if let Some(leg) = &v.leg {
+        steps.push(Step::DeleteThinId {
+            pool: pool.clone(),
+            thin_id: thin_id(&v.id, leg.meta_thin_id)?,
         });
     }
     steps.push(Step::DeleteThinId {

@@ -350,10 +350,25 @@ impl Reconciler {
         out
     }
 
-    /// Passes on a timer until the process ends. Failures are logged and retried.
+    /// Passes until the process ends: on a timer, and whenever a change applied to the store
+    /// alters what this node should have (an attach elsewhere that this node's leg must now
+    /// serve, a leg another node now serves). Failures are logged and retried.
     pub async fn run(self: Arc<Self>, interval: std::time::Duration) {
+        let mut applied = self.cluster.applied_watch();
+        let mut last = self.desired();
         loop {
-            tokio::time::sleep(interval).await;
+            let timer = tokio::time::sleep(interval);
+            tokio::select! {
+                () = timer => {}
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep(interval).await;
+                    } else if self.desired() == last {
+                        continue;
+                    }
+                }
+            }
+            last = self.desired();
             if let Err(e) = self.pass().await {
                 tracing::warn!(error = %e, "reconcile pass failed; retrying");
             }
@@ -445,7 +460,13 @@ fn volumes_seen(dm: &dyn DeviceMapper, state: &NodeState) -> BTreeMap<String, Vo
     let Ok(node) = Id::node(&state.node) else {
         return BTreeMap::new();
     };
-    state
+    let open_count = |top: &DeviceName| {
+        dm.info(&top.dm_name())
+            .ok()
+            .flatten()
+            .map_or(0, |i| i.open_count)
+    };
+    let mut seen: BTreeMap<String, VolumeSeen> = state
         .volumes
         .iter()
         .filter_map(|v| {
@@ -456,18 +477,25 @@ fn volumes_seen(dm: &dyn DeviceMapper, state: &NodeState) -> BTreeMap<String, Vo
             } else {
                 thin.clone()
             };
-            let open_count = dm
-                .info(&top.dm_name())
-                .ok()
-                .flatten()
-                .map_or(0, |i| i.open_count);
             let seen = VolumeSeen {
                 mapped_bytes: pool::thin_mapped_bytes(dm, &thin),
-                open_count,
+                open_count: open_count(&top),
             };
             Some((v.id.clone(), seen))
         })
-        .collect()
+        .collect();
+    // A replicated volume attached here is opened through its raid (or the crypt on it).
+    for a in &state.attached {
+        let Ok(id) = Id::object(&a.id) else { continue };
+        let kind = if a.key.is_some() {
+            Kind::Crypt
+        } else {
+            Kind::Raid
+        };
+        let top = DeviceName::new(&node, kind, &id, None);
+        seen.entry(a.id.clone()).or_default().open_count = open_count(&top);
+    }
+    seen
 }
 
 /// A short name of a step for the log.
@@ -494,6 +522,13 @@ fn step_name(s: &Step) -> String {
             Some(s) => format!("forget snapshot {s}"),
             None => format!("forget volume {volume}"),
         },
+        Step::Export { nqn, .. } => format!("export {nqn}"),
+        Step::Unexport { nqn, .. } => format!("unexport {nqn}"),
+        Step::Serve { volume, epoch } => format!("{volume} serves epoch {epoch}"),
+        Step::Connect { nqn, .. } => format!("connect {nqn}"),
+        Step::Disconnect { controller, .. } => format!("disconnect {controller}"),
+        Step::Attached { volume } => format!("{volume} attached"),
+        Step::Detached { volume } => format!("{volume} detached"),
     }
 }
 

@@ -9,6 +9,9 @@ use crate::plan::thin::ThinPlanError;
 use crate::pool::label::Label;
 use crate::reconcile::desired::{NodeState, Phase};
 use crate::reconcile::plan_pools::{joining_steps, pool_steps};
+use crate::reconcile::plan_replicated::{
+    attach_steps, leg_steps, orphan_controllers, orphan_exports, unexport_steps,
+};
 use crate::reconcile::plan_volumes::{deleting_steps, live_volume_steps};
 use crate::volume::spec::Fs;
 use devicemapper::{Device, Sectors, ThinDevId};
@@ -41,6 +44,34 @@ pub struct Observed {
     pub thin_ids: BTreeMap<String, u64>,
     /// Where each of this node's devices is mounted: name -> mount points.
     pub mounts: BTreeMap<String, Vec<PathBuf>>,
+    /// This node's leg exports: the nvmet subsystems whose NQN names this node.
+    pub exports: Vec<ExportSeen>,
+    /// The NVMe/TCP controllers this node connected (under its host NQN).
+    pub controllers: Vec<ControllerSeen>,
+    /// The block device of each connected subsystem's namespace, by NQN.
+    pub namespaces: BTreeMap<String, Device>,
+}
+
+/// A leg export as nvmet shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSeen {
+    pub nqn: String,
+    pub device: PathBuf,
+    pub enabled: bool,
+    /// Host NQNs allowed to connect.
+    pub hosts: Vec<String>,
+    /// Where it is reachable: the addresses of the ports it is linked to.
+    pub ports: Vec<std::net::SocketAddr>,
+}
+
+/// An NVMe controller of this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerSeen {
+    /// `nvme3`.
+    pub name: String,
+    pub nqn: String,
+    /// `live`, `connecting`, ...
+    pub state: String,
 }
 
 /// One idempotent change.
@@ -117,12 +148,45 @@ pub enum Step {
         volume: String,
         snapshot: Option<String>,
     },
+    /// Export a leg device through nvmet as subsystem `nqn`, to host `host` only, on the
+    /// port at `port`.
+    Export {
+        volume: String,
+        nqn: String,
+        device: DeviceName,
+        host: String,
+        port: std::net::SocketAddr,
+    },
+    /// Remove a leg export whole: its controllers are torn down, which fences whoever was
+    /// connected through it.
+    Unexport { volume: String, nqn: String },
+    /// Record that this node's replica serves `epoch` only.
+    Serve { volume: String, epoch: u64 },
+    /// Connect to a remote leg over NVMe/TCP and wait for its namespace.
+    Connect {
+        volume: String,
+        nqn: String,
+        addr: std::net::SocketAddr,
+        host: String,
+    },
+    /// Delete an NVMe controller (a leg no raid here uses any more).
+    Disconnect { volume: String, controller: String },
+    /// Record that the attached stack is up at this epoch.
+    Attached { volume: String },
+    /// Record that the attached stack is down.
+    Detached { volume: String },
 }
 
 impl Step {
     /// Steps that read and compare only, never changing the kernel when all is in place.
     pub fn is_check(&self) -> bool {
         matches!(self, Step::EnsurePool(_))
+    }
+
+    /// Steps after which the same pass plans again: what they made possible (a leg that now
+    /// serves, a namespace that now exists) is built at once rather than a pass later.
+    pub fn unblocks(&self) -> bool {
+        matches!(self, Step::Serve { .. } | Step::Connect { .. })
     }
 }
 
@@ -139,6 +203,8 @@ pub enum PlanError {
     ThinId { volume: String, thin_id: u64 },
     #[error("volume {volume} is on pool {pool}, which this node does not have")]
     NoPool { volume: String, pool: String },
+    #[error("volume {volume}: {reason}")]
+    Replication { volume: String, reason: String },
 }
 
 /// The steps that bring the kernel to `desired`.
@@ -172,16 +238,25 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
             expected.extend(stack.iter().map(|p| p.name.to_string()));
             continue;
         }
-        match v.phase {
-            Phase::Live => {
+        match (v.phase, &v.leg) {
+            (Phase::Live, Some(leg)) => {
+                expected.extend(stack.iter().map(|p| p.name.to_string()));
+                leg_steps(&mut steps, desired, v, leg, &stack, observed)?;
+            }
+            (Phase::Live, None) => {
                 for plan in &stack {
                     expected.insert(plan.name.to_string());
                 }
                 live_volume_steps(&mut steps, desired, v, &pool, stack, observed)?;
             }
-            Phase::Deleting => deleting_steps(&mut steps, desired, v, pool, &stack, observed)?,
+            (Phase::Deleting, _) => {
+                unexport_steps(&mut steps, &node, v, None, observed)?;
+                deleting_steps(&mut steps, desired, v, pool, &stack, observed)?
+            }
         }
     }
+    attach_steps(&mut steps, &mut expected, desired, observed)?;
+    steps.extend(orphan_exports(&node, desired, observed));
 
     // Orphans: this node's devices nothing asks for, from the top of any stack down.
     let mut orphans: Vec<DeviceName> = observed
@@ -194,6 +269,7 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
         .collect();
     orphans.sort_by_key(|n| (layer(n), n.to_string()));
     steps.extend(orphans.into_iter().map(Step::Deactivate));
+    steps.extend(orphan_controllers(desired, observed));
     Ok(steps)
 }
 
@@ -318,6 +394,13 @@ mod tests {
                 Step::Mount { path, .. } => format!("mount {}", path.display()),
                 Step::Unmount(path) => format!("unmount {}", path.display()),
                 Step::ForgetRetired { volume } => format!("forget retired of {volume}"),
+                Step::Export { nqn, .. } => format!("export {nqn}"),
+                Step::Unexport { nqn, .. } => format!("unexport {nqn}"),
+                Step::Serve { epoch, .. } => format!("serve {epoch}"),
+                Step::Connect { nqn, .. } => format!("connect {nqn}"),
+                Step::Disconnect { controller, .. } => format!("disconnect {controller}"),
+                Step::Attached { .. } => "attached".into(),
+                Step::Detached { .. } => "detached".into(),
             })
             .collect()
     }
@@ -598,6 +681,181 @@ mod tests {
         assert_eq!(
             kinds(&plan(&s, &o).unwrap())[1..],
             ["unmount /var/lib/pxd/mounts/db"]
+        );
+    }
+
+    const NQN: &str = "nqn.2026-11.io.pxd:leg";
+
+    /// Node a1's leg of replicated volume v1, attached on node b2 at `epoch`.
+    fn leg_state(epoch: u64, serving: u64) -> NodeState {
+        let mut s = state();
+        s.nvme_addr = Some("10.0.0.1:4420".parse().unwrap());
+        s.volumes[0].formatted = true;
+        s.volumes[0].leg = Some(crate::reconcile::desired::LegState {
+            meta_thin_id: 2,
+            epoch,
+            export_to: Some("b2".into()),
+            serving,
+        });
+        s
+    }
+
+    fn export_seen(nqn: &str) -> ExportSeen {
+        ExportSeen {
+            nqn: nqn.into(),
+            device: "/dev/mapper/pxd-a1-leg-v1".into(),
+            enabled: true,
+            hosts: vec!["nqn.2026-11.io.pxd:host:b2".into()],
+            ports: vec!["10.0.0.1:4420".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn a_leg_is_built_exported_to_the_attach_node_and_older_epochs_are_fenced_first() {
+        let mut o = observed(&pool_devs());
+        o.exports.push(export_seen(&format!("{NQN}:a1:v1:e1")));
+        assert_eq!(
+            kinds(&plan(&leg_state(2, 1), &o).unwrap())[1..],
+            [
+                "thin-id 2",
+                "thin-id 1",
+                "activate 3",
+                &format!("unexport {NQN}:a1:v1:e1"),
+                &format!("export {NQN}:a1:v1:e2"),
+                "serve 2"
+            ]
+        );
+        // Built, exported and served: only the pool check is left.
+        let mut devs = pool_devs();
+        devs.extend([
+            ("pxd-a1-thin-v1-meta", 8192),
+            ("pxd-a1-thin-v1", (64 << 20) / 512),
+            ("pxd-a1-leg-v1", 8192 + (64 << 20) / 512),
+        ]);
+        let mut o = observed(&devs);
+        o.exports.push(export_seen(&format!("{NQN}:a1:v1:e2")));
+        assert_eq!(plan(&leg_state(2, 2), &o).unwrap().len(), 1);
+        // Detached: the export and its device go; the thins stay.
+        let steps = plan(&leg_state(0, 2), &o).unwrap();
+        assert_eq!(
+            kinds(&steps)[1..],
+            [
+                &format!("unexport {NQN}:a1:v1:e2"),
+                "deactivate pxd-a1-leg-v1"
+            ]
+        );
+        // The volume gone from this node: its export goes before its devices.
+        let mut s = leg_state(2, 2);
+        s.volumes.clear();
+        assert_eq!(
+            kinds(&plan(&s, &o).unwrap())[1..4],
+            [
+                &format!("unexport {NQN}:a1:v1:e2"),
+                "deactivate pxd-a1-leg-v1",
+                "deactivate pxd-a1-thin-v1"
+            ]
+        );
+    }
+
+    fn attached_state(legs_serving: bool) -> NodeState {
+        use crate::reconcile::desired::{AttachLeg, AttachedVolume};
+        let mut s = state();
+        s.volumes.clear();
+        s.pools.clear();
+        let leg = |node: &str, ip: &str| AttachLeg {
+            node: node.into(),
+            local: false,
+            addr: Some(format!("{ip}:4420").parse().unwrap()),
+            serving: legs_serving,
+            in_sync: true,
+        };
+        s.attached.push(AttachedVolume {
+            id: "v1".into(),
+            size_bytes: 64 << 20,
+            fs: Fs::Ext4,
+            epoch: 3,
+            legs: vec![leg("b2", "10.0.0.2"), leg("c3", "10.0.0.3")],
+            fresh: true,
+            ..Default::default()
+        });
+        s
+    }
+
+    #[test]
+    fn an_attach_node_waits_for_served_legs_connects_then_builds_the_raid_and_its_filesystem() {
+        let o = observed(&[]);
+        assert!(
+            plan(&attached_state(false), &o).unwrap().is_empty(),
+            "no leg is connected before its node serves the epoch"
+        );
+        assert_eq!(
+            kinds(&plan(&attached_state(true), &o).unwrap()),
+            [
+                format!("connect {NQN}:b2:v1:e3"),
+                format!("connect {NQN}:c3:v1:e3")
+            ]
+        );
+        let mut o = observed(&[]);
+        for (i, n) in ["b2", "c3"].iter().enumerate() {
+            let nqn = format!("{NQN}:{n}:v1:e3");
+            o.controllers.push(ControllerSeen {
+                name: format!("nvme{i}"),
+                nqn: nqn.clone(),
+                state: "live".into(),
+            });
+            o.namespaces.insert(
+                nqn,
+                Device {
+                    major: 259,
+                    minor: i as u32,
+                },
+            );
+        }
+        // An older epoch's controller of the same volume, and one of a volume not here.
+        o.controllers.push(ControllerSeen {
+            name: "nvme7".into(),
+            nqn: format!("{NQN}:b2:v1:e2"),
+            state: "connecting".into(),
+        });
+        o.controllers.push(ControllerSeen {
+            name: "nvme8".into(),
+            nqn: format!("{NQN}:b2:gone:e1"),
+            state: "live".into(),
+        });
+        let steps = plan(&attached_state(true), &o).unwrap();
+        assert_eq!(
+            kinds(&steps),
+            [
+                "activate 5",
+                "attached",
+                "mkfs pxd-a1-raid-v1",
+                "disconnect nvme7",
+                "disconnect nvme8"
+            ]
+        );
+        match &steps[0] {
+            Step::Activate { plans, .. } => match &plans[4].segments[0].target {
+                crate::plan::table::TargetSpec::Raid { legs, nosync } => {
+                    assert_eq!(legs.len(), 2);
+                    assert!(*nosync, "fresh legs skip the initial sync");
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        // Detaching: the stack comes down top first, then its controllers, then the record.
+        let mut s = attached_state(true);
+        s.attached[0].detaching = true;
+        let mut o2 = observed(&[("pxd-a1-raid-v1", 8), ("pxd-a1-leg-v1-d0", 8)]);
+        o2.controllers = o.controllers[..1].to_vec();
+        assert_eq!(
+            kinds(&plan(&s, &o2).unwrap()),
+            [
+                "deactivate pxd-a1-raid-v1",
+                "deactivate pxd-a1-leg-v1-d0",
+                "disconnect nvme0",
+                "detached"
+            ]
         );
     }
 

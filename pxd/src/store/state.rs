@@ -122,6 +122,29 @@ pub enum VolumeChange {
     OriginCopied,
     /// The reconciler deleted its retired thin ids.
     RetiredDeleted,
+    /// Attach it on `node` under a new epoch. Refused while it is attached elsewhere unless
+    /// `force` (the failover path). `by_mount`: a mount asked for it.
+    Attach {
+        node: NodeId,
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        by_mount: bool,
+    },
+    /// Take it off its attach node; refused while mounted. `force` forgets the attachment
+    /// at once, for an attach node that is gone.
+    Detach {
+        #[serde(default)]
+        force: bool,
+    },
+    /// The replica on `node` serves epoch `epoch` only (older exports are gone).
+    Serving { node: NodeId, epoch: u64 },
+    /// The attach node's stack is up at `epoch`.
+    Attached { epoch: u64 },
+    /// The attach node's stack of `epoch` is down.
+    Detached { epoch: u64 },
+    /// Its raid was assembled for the first time.
+    Assembled,
 }
 
 /// A change to one snapshot.
@@ -470,6 +493,8 @@ pub(crate) mod tests {
             labels: Default::default(),
             replicas: vec![],
             attachment: None,
+            epoch: 0,
+            assembled: false,
             snapshot_schedule: None,
             phase: Phase::Live,
             formatted: false,
@@ -492,6 +517,7 @@ pub(crate) mod tests {
             pool: "p".into(),
             thin_id: 1,
             meta_thin_id: None,
+            serving_epoch: 0,
             state: ReplicaState::Up,
         });
         assert_eq!(

@@ -405,6 +405,11 @@ pub struct Replica {
     #[serde(default)]
     pub meta_thin_id: Option<u32>,
     pub state: ReplicaState,
+    /// The attach epoch this replica serves, as its node recorded it: its node exports this
+    /// epoch's leg only and has unexported every older one, so an attach acknowledged at
+    /// this epoch can no longer be written by an older attach node through it.
+    #[serde(default)]
+    pub serving_epoch: u64,
 }
 
 /// Where a volume is attached, with the fencing epoch issued for it (DESIGN §5).
@@ -412,6 +417,25 @@ pub struct Replica {
 pub struct Attachment {
     pub node: NodeId,
     pub epoch: u64,
+    /// Made by a mount rather than an attach: the unmount detaches it too.
+    #[serde(default)]
+    pub by_mount: bool,
+    #[serde(default)]
+    pub state: AttachState,
+}
+
+/// How far an attachment has come. A single-replica volume's device is always up on its
+/// node, so its attachment is `attached` from the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachState {
+    /// Recorded; the replicas fence older epochs and the attach node builds the raid.
+    Attaching,
+    /// The attach node's stack is up at this epoch.
+    #[default]
+    Attached,
+    /// The attach node takes its stack down, then the attachment is removed.
+    Detaching,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -437,6 +461,14 @@ pub struct Volume {
     pub labels: BTreeMap<String, String>,
     pub replicas: Vec<Replica>,
     pub attachment: Option<Attachment>,
+    /// The last attach epoch issued; the next attach gets the one above it, so an epoch is
+    /// never reused even across detaches.
+    #[serde(default)]
+    pub epoch: u64,
+    /// Its raid was assembled once: its legs carry superblocks, and a later assembly must
+    /// never be told `nosync`.
+    #[serde(default)]
+    pub assembled: bool,
     pub snapshot_schedule: Option<String>,
     #[serde(default)]
     pub phase: Phase,

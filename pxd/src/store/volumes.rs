@@ -95,12 +95,32 @@ impl ClusterState {
                 }
                 v.size = *size;
             }
+            VolumeChange::Attach { node, .. } if live => {
+                self.known_node(*node)?;
+                super::attach::apply(&mut v, change)?;
+            }
+            VolumeChange::Mount { node, .. } if live && v.repl > 1 => {
+                self.known_node(*node)?;
+                super::attach::apply(&mut v, change)?;
+            }
+            VolumeChange::Detach { .. }
+            | VolumeChange::Serving { .. }
+            | VolumeChange::Attached { .. }
+            | VolumeChange::Detached { .. }
+            | VolumeChange::Assembled => {
+                super::attach::apply(&mut v, change)?;
+            }
             VolumeChange::Mount { node, path } if live => {
                 self.known_node(*node)?;
                 v.mount_path = path.clone();
+                if path.is_some() {
+                    v.epoch += 1;
+                }
                 v.attachment = path.as_ref().map(|_| super::types::Attachment {
                     node: *node,
-                    epoch: v.attachment.as_ref().map_or(1, |a| a.epoch + 1),
+                    epoch: v.epoch,
+                    by_mount: true,
+                    state: super::types::AttachState::Attached,
                 });
             }
             VolumeChange::Restore { snapshot } if live => {
@@ -131,6 +151,12 @@ impl ClusterState {
             VolumeChange::Delete => {
                 if v.mount_path.is_some() {
                     return Err(format!("volume {id} is mounted; unmount it first"));
+                }
+                if let Some(a) = v.attachment.as_ref().filter(|_| v.repl > 1) {
+                    return Err(format!(
+                        "volume {} is attached on node {}; detach it first",
+                        v.name, a.node
+                    ));
                 }
                 v.phase = Phase::Deleting;
             }

@@ -1,0 +1,388 @@
+//! Planning for replicated volumes (DESIGN §5), pure like the rest of the planner:
+//! - on each replica node, the leg (metadata and data thins), its export to the attach node
+//!   under the current epoch, every older export removed, then the epoch recorded as served;
+//! - on the attach node, a connection to each remote leg, the legs split and joined by
+//!   raid1, then crypt, filesystem and mount as for any volume;
+//! - exports and controllers nothing asks for any more, removed.
+
+use crate::kernel::dm::node_path;
+use crate::plan::crypt::plan_crypt;
+use crate::plan::names::{host_nqn, leg_nqn, parse_leg_nqn, DeviceName, Id, Kind, Role};
+use crate::plan::replica::{leg_thins, plan_leg_export, plan_leg_split, plan_raid, LEG_META};
+use crate::plan::table::{DevRef, DevicePlan};
+use crate::plan::thin::plan_thin;
+use crate::reconcile::desired::{AttachedVolume, LegState, NodeState, VolumeState};
+use crate::reconcile::plan_volumes::{managed_mounts, thin_id};
+use crate::reconcile::steps::{Observed, PlanError, Step};
+use crate::volume::spec::Fs;
+use devicemapper::Sectors;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// A leg's devices, lowest first: metadata thin, data thin, and the device nvmet exports
+/// (both joined) while another node has the volume attached.
+pub fn leg_stack(node: &Id, v: &VolumeState, leg: &LegState) -> Result<Vec<DevicePlan>, PlanError> {
+    let vid = Id::object(&v.id)?;
+    let pool = Id::object(&v.pool)?;
+    let size = Sectors(v.size_bytes / 512);
+    let thin = |id: u64, length: Sectors| {
+        plan_thin(node, &pool, &vid, thin_id(&v.id, id)?, length).map_err(|source| {
+            PlanError::Thin {
+                volume: v.id.clone(),
+                source,
+            }
+        })
+    };
+    let mut meta = thin(leg.meta_thin_id, LEG_META)?;
+    meta.name.role = Some(Role::Meta);
+    let mut plans = vec![meta, thin(v.thin_id, size)?];
+    if exported(leg).is_some() {
+        plans.push(plan_leg_export(node, &vid, size));
+    }
+    Ok(plans)
+}
+
+/// The attach node a leg is exported to, while the volume is attached on another node.
+fn exported(leg: &LegState) -> Option<&str> {
+    leg.export_to.as_deref().filter(|_| leg.epoch > 0)
+}
+
+fn replication_error(volume: &str, reason: impl Into<String>) -> PlanError {
+    PlanError::Replication {
+        volume: volume.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// The steps that keep this node's leg of `v` up and served to the current epoch only.
+pub(super) fn leg_steps(
+    steps: &mut Vec<Step>,
+    desired: &NodeState,
+    v: &VolumeState,
+    leg: &LegState,
+    stack: &[DevicePlan],
+    observed: &Observed,
+) -> Result<(), PlanError> {
+    let node = &Id::node(&desired.node)?;
+    let pool = &Id::object(&v.pool)?;
+    let present = |p: &DevicePlan| observed.devices.contains_key(&p.name.to_string());
+    for (plan, id) in stack.iter().zip([leg.meta_thin_id, v.thin_id]) {
+        if !present(plan) {
+            steps.push(Step::CreateThinId {
+                pool: pool.clone(),
+                thin_id: thin_id(&v.id, id)?,
+            });
+        }
+    }
+    if !stack.iter().all(present) {
+        steps.push(Step::Activate {
+            volume: v.id.clone(),
+            plans: stack.to_vec(),
+        });
+    }
+    let vid = Id::object(&v.id)?;
+    let want = match exported(leg) {
+        Some(to) => Some((leg_nqn(node, &vid, leg.epoch), host_nqn(&Id::node(to)?))),
+        None => None,
+    };
+    // Fence first: every other epoch's export goes before this one is served.
+    unexport_steps(
+        steps,
+        node,
+        v,
+        want.as_ref().map(|w| w.0.as_str()),
+        observed,
+    )?;
+    if let Some((nqn, host)) = want {
+        let port = desired
+            .nvme_addr
+            .ok_or_else(|| replication_error(&v.id, "this node has no NVMe/TCP address"))?;
+        let device = stack[stack.len() - 1].name.clone();
+        let path = node_path(&device.dm_name());
+        let in_place = observed.exports.iter().any(|e| {
+            e.nqn == nqn
+                && e.enabled
+                && e.device == path
+                && e.hosts == [host.clone()]
+                && e.ports.contains(&port)
+        });
+        if !in_place {
+            steps.push(Step::Export {
+                volume: v.id.clone(),
+                nqn,
+                device,
+                host,
+                port,
+            });
+        }
+    }
+    if leg.epoch > 0 && leg.serving < leg.epoch {
+        steps.push(Step::Serve {
+            volume: v.id.clone(),
+            epoch: leg.epoch,
+        });
+    }
+    Ok(())
+}
+
+/// Removes every export of this node's leg of `v` except `keep`.
+pub(super) fn unexport_steps(
+    steps: &mut Vec<Step>,
+    node: &Id,
+    v: &VolumeState,
+    keep: Option<&str>,
+    observed: &Observed,
+) -> Result<(), PlanError> {
+    let vid = Id::object(&v.id)?;
+    for e in &observed.exports {
+        let ours = parse_leg_nqn(&e.nqn).is_some_and(|(n, x, _)| n == *node && x == vid);
+        if ours && Some(e.nqn.as_str()) != keep {
+            steps.push(Step::Unexport {
+                volume: v.id.clone(),
+                nqn: e.nqn.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Exports of this node's legs of volumes it no longer holds.
+pub(super) fn orphan_exports(node: &Id, desired: &NodeState, observed: &Observed) -> Vec<Step> {
+    observed
+        .exports
+        .iter()
+        .filter_map(|e| {
+            let (n, vid, _) = parse_leg_nqn(&e.nqn)?;
+            (n == *node && desired.volume(vid.as_str()).is_none()).then(|| Step::Unexport {
+                volume: vid.to_string(),
+                nqn: e.nqn.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Controllers of volumes no longer attached here; they come after the devices on them.
+pub(super) fn orphan_controllers(desired: &NodeState, observed: &Observed) -> Vec<Step> {
+    observed
+        .controllers
+        .iter()
+        .filter_map(|c| {
+            let (_, vid, _) = parse_leg_nqn(&c.nqn)?;
+            desired
+                .attached(vid.as_str())
+                .is_none()
+                .then(|| Step::Disconnect {
+                    volume: vid.to_string(),
+                    controller: c.name.clone(),
+                })
+        })
+        .collect()
+}
+
+/// Every device the attach side of `av` may have on this node, top first.
+fn attach_devices(node: &Id, vid: &Id, legs: usize) -> Vec<DeviceName> {
+    let mut out = vec![
+        DeviceName::new(node, Kind::Crypt, vid, None),
+        DeviceName::new(node, Kind::Raid, vid, None),
+    ];
+    for i in 0..legs {
+        let i = u8::try_from(i).unwrap_or(u8::MAX);
+        out.push(DeviceName::new(
+            node,
+            Kind::Leg,
+            vid,
+            Some(Role::LegData(i)),
+        ));
+        out.push(DeviceName::new(
+            node,
+            Kind::Leg,
+            vid,
+            Some(Role::LegMeta(i)),
+        ));
+    }
+    out
+}
+
+/// The attach side of every replicated volume attached on this node.
+pub(super) fn attach_steps(
+    steps: &mut Vec<Step>,
+    expected: &mut BTreeSet<String>,
+    desired: &NodeState,
+    observed: &Observed,
+) -> Result<(), PlanError> {
+    let node = Id::node(&desired.node)?;
+    for av in &desired.attached {
+        let vid = Id::object(&av.id)?;
+        if av.detaching {
+            detach_steps(steps, &node, &vid, av, desired, observed);
+            continue;
+        }
+        let Some(plans) = attach_plans(steps, &node, &vid, av, observed)? else {
+            // Not every leg can be reached yet: whatever is up stays up.
+            expected.extend(
+                attach_devices(&node, &vid, av.legs.len())
+                    .iter()
+                    .map(|n| n.to_string()),
+            );
+            continue;
+        };
+        expected.extend(plans.iter().map(|p| p.name.to_string()));
+        let present = |p: &DevicePlan| observed.devices.contains_key(&p.name.to_string());
+        if !plans.iter().all(present) {
+            steps.push(Step::Activate {
+                volume: av.id.clone(),
+                plans: plans.clone(),
+            });
+        }
+        if !av.attached {
+            steps.push(Step::Attached {
+                volume: av.id.clone(),
+            });
+        }
+        let top = &plans[plans.len() - 1].name;
+        if !av.formatted && av.fs != Fs::Raw {
+            steps.push(Step::Mkfs {
+                volume: av.id.clone(),
+                device: top.clone(),
+                fs: av.fs,
+            });
+        }
+        let mounted: Vec<PathBuf> = managed_mounts(desired, observed, &top.to_string()).collect();
+        for m in &mounted {
+            if av.mount.as_ref() != Some(m) {
+                steps.push(Step::Unmount(m.clone()));
+            }
+        }
+        if let Some(path) = av.mount.as_ref().filter(|p| !mounted.contains(p)) {
+            if av.fs != Fs::Raw {
+                steps.push(Step::Mount {
+                    device: top.clone(),
+                    path: path.clone(),
+                    fs: av.fs,
+                    read_only: false,
+                });
+            }
+        }
+        // Controllers of older epochs: nothing here uses them once this epoch's raid is up.
+        for c in &observed.controllers {
+            if parse_leg_nqn(&c.nqn).is_some_and(|(_, x, e)| x == vid && e != av.epoch) {
+                steps.push(Step::Disconnect {
+                    volume: av.id.clone(),
+                    controller: c.name.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The attach stack of `av`, lowest first (leg splits, raid, crypt), once every in-sync leg
+/// is served at this epoch and reachable; until then `None`, with the connects it needs
+/// pushed onto `steps`.
+fn attach_plans(
+    steps: &mut Vec<Step>,
+    node: &Id,
+    vid: &Id,
+    av: &AttachedVolume,
+    observed: &Observed,
+) -> Result<Option<Vec<DevicePlan>>, PlanError> {
+    let size = Sectors(av.size_bytes / 512);
+    let mut legs = Vec::new();
+    let mut plans = Vec::new();
+    let mut ready = true;
+    for (i, leg) in av.legs.iter().enumerate() {
+        if !leg.in_sync {
+            legs.push(None);
+            continue;
+        }
+        if !leg.serving {
+            ready = false;
+            continue;
+        }
+        if leg.local {
+            let (meta, data) = leg_thins(node, vid);
+            legs.push(Some((DevRef::Dm(meta), DevRef::Dm(data))));
+            continue;
+        }
+        let nqn = leg_nqn(&Id::node(&leg.node)?, vid, av.epoch);
+        match observed.namespaces.get(&nqn) {
+            Some(dev) => {
+                let index = u8::try_from(i)
+                    .map_err(|_| replication_error(&av.id, format!("leg {i} is out of range")))?;
+                let (m, d) = plan_leg_split(node, vid, index, *dev, size);
+                legs.push(Some((
+                    DevRef::Dm(m.name.clone()),
+                    DevRef::Dm(d.name.clone()),
+                )));
+                plans.extend([m, d]);
+            }
+            None => {
+                ready = false;
+                if !observed.controllers.iter().any(|c| c.nqn == nqn) {
+                    let addr = leg.addr.ok_or_else(|| {
+                        replication_error(
+                            &av.id,
+                            format!("node {} has no NVMe/TCP address", leg.node),
+                        )
+                    })?;
+                    steps.push(Step::Connect {
+                        volume: av.id.clone(),
+                        nqn,
+                        addr,
+                        host: host_nqn(node),
+                    });
+                }
+            }
+        }
+    }
+    if !ready {
+        return Ok(None);
+    }
+    if legs.iter().all(Option::is_none) {
+        return Err(replication_error(&av.id, "no leg is in sync"));
+    }
+    let raid = plan_raid(node, vid, legs, size, av.fresh);
+    let lower = raid.name.clone();
+    plans.push(raid);
+    if av.key.is_some() {
+        plans.push(plan_crypt(
+            node,
+            vid,
+            size,
+            lower,
+            observed.bypass_workqueues,
+        ));
+    }
+    Ok(Some(plans))
+}
+
+/// Takes `av`'s attach stack down, top first, then its controllers, then records it.
+fn detach_steps(
+    steps: &mut Vec<Step>,
+    node: &Id,
+    vid: &Id,
+    av: &AttachedVolume,
+    desired: &NodeState,
+    observed: &Observed,
+) {
+    let devices = attach_devices(node, vid, av.legs.len());
+    for d in &devices {
+        steps.extend(managed_mounts(desired, observed, &d.to_string()).map(Step::Unmount));
+    }
+    for d in devices {
+        if observed.devices.contains_key(&d.to_string()) {
+            steps.push(Step::Deactivate(d));
+        }
+    }
+    for c in &observed.controllers {
+        if parse_leg_nqn(&c.nqn).is_some_and(|(_, x, _)| x == *vid) {
+            steps.push(Step::Disconnect {
+                volume: av.id.clone(),
+                controller: c.name.clone(),
+            });
+        }
+    }
+    steps.push(Step::Detached {
+        volume: av.id.clone(),
+    });
+}
