@@ -141,6 +141,8 @@ pub struct BlockStat {
     pub reads: u64,
     /// Field 5: write requests completed.
     pub writes: u64,
+    /// Field 7: sectors written.
+    pub written_sectors: u64,
     /// Field 16: flush requests completed (Linux 5.5+).
     pub flushes: u64,
 }
@@ -158,9 +160,10 @@ pub fn block_stat(device: &Path) -> BlockStat {
         })
         .collect();
     match fields.as_slice() {
-        [reads, _, _, _, writes, _, _, _, _, _, _, _, _, _, _, flushes, ..] => BlockStat {
+        [reads, _, _, _, writes, _, written, _, _, _, _, _, _, _, _, flushes, ..] => BlockStat {
             reads: *reads,
             writes: *writes,
+            written_sectors: *written,
             flushes: *flushes,
         },
         _ => panic!("{stat_path} has too few fields: {stat:?}"),

@@ -94,6 +94,12 @@ fn raid_status(name: &str) -> Option<RaidStatus> {
 /// fio writing `size` at random over `dev` with O_DIRECT, then reading it all back against
 /// its crc32c; panics unless it reports 0 errors.
 fn fio_verify(dev: &Path, name: &str, size: &str) {
+    fio(dev, name, size, &["--do_verify=1"]);
+}
+
+/// fio job `name` as [`fio_verify`] runs it, with `extra` flags: `--do_verify=0` writes only,
+/// `--verify_only` checks what the same job wrote before (its offsets and data repeat).
+fn fio(dev: &Path, name: &str, size: &str, extra: &[&str]) {
     let out = Command::new("fio")
         .args([
             &format!("--name={name}"),
@@ -105,9 +111,9 @@ fn fio_verify(dev: &Path, name: &str, size: &str) {
             "--iodepth=16",
             "--direct=1",
             "--verify=crc32c",
-            "--do_verify=1",
             "--output-format=json",
         ])
+        .args(extra)
         .output()
         .expect("run fio");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -120,12 +126,26 @@ fn fio_verify(dev: &Path, name: &str, size: &str) {
     let json: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
     for job in json["jobs"].as_array().unwrap() {
         assert_eq!(job["error"], 0, "fio job {name} had errors: {text}");
-        assert!(job["write"]["total_ios"].as_u64().unwrap() > 0, "{text}");
+        let ios = job["write"]["total_ios"].as_u64().unwrap()
+            + job["read"]["total_ios"].as_u64().unwrap();
+        assert!(ios > 0, "{text}");
     }
 }
 
+/// Cuts node `i` off whole: its daemon killed, its link down.
+fn lose(c: &mut Cluster, i: usize) {
+    c.nodes[i].kill();
+    run("ip", &["-n", &c.net.ns(i), "link", "set", "eth0", "down"]);
+}
+
+/// Brings node `i` back: link up, daemon started.
+fn bring_back(c: &mut Cluster, i: usize) {
+    run("ip", &["-n", &c.net.ns(i), "link", "set", "eth0", "up"]);
+    c.nodes[i].start();
+}
+
 struct Cluster {
-    _net: Net,
+    net: Net,
     nodes: Vec<Daemon>,
     /// (name, id) of each node.
     ids: Vec<(String, String)>,
@@ -158,10 +178,23 @@ impl Cluster {
             (pools.len() == 3).then_some(())
         });
         let ids = nodes.iter().map(|n| (n.name.clone(), node_id(n))).collect();
-        Cluster {
-            _net: net,
-            nodes,
-            ids,
+        Cluster { net, nodes, ids }
+    }
+
+    /// [`wait_until`], showing every node's log when it times out.
+    fn wait<T>(&self, what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                for n in &self.nodes {
+                    eprintln!("--- log of {} ---\n{}", n.name, n.log_tail());
+                }
+                panic!("timed out waiting for {what}");
+            }
+            std::thread::sleep(Duration::from_millis(300));
         }
     }
 
@@ -339,6 +372,75 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
     let sums = leg_sums(&v, &c.ids, 64 * MIB);
     assert_eq!(sums[0], sums[1], "the legs differ after the crashes");
 
+    // A replica node lost whole (its daemon killed, its link cut) under fio: its writes are
+    // held until the store records the leg stale, then go on degraded; fio sees no error.
+    // Back, it reconnects and resyncs only the regions written meanwhile.
+    let lost = replica;
+    let ns = c.net.ns(lost);
+    let leg_dev = PathBuf::from(format!("/dev/mapper/pxd-{}-thin-{}", c.id(lost), r2.id));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, dev) = (stop.clone(), dev.clone());
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while !stop.load(Ordering::Relaxed) || runs < 2 {
+                fio_verify(&dev, &format!("loss{runs}"), "16M");
+                runs += 1;
+            }
+            runs
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    c.nodes[lost].kill();
+    run("ip", &["-n", &ns, "link", "set", "eth0", "down"]);
+    let cut = Instant::now();
+    let raid = format!("pxd-{}-raid-{}", c.id(spare), r2.id);
+    let index = r2
+        .replicas
+        .iter()
+        .position(|r| r.node_name == c.nodes[lost].name)
+        .unwrap();
+    c.wait(
+        "the lost leg dropped from the raid",
+        Duration::from_secs(120),
+        || {
+            let s = raid_status(&raid)?;
+            (s.legs[index] == LegHealth::Dead).then_some(())
+        },
+    );
+    let pause = cut.elapsed();
+    let v: VolumeView = c.nodes[spare].json(&["volume", "inspect", "r2"]);
+    assert!(
+        matches!(v.replicas[index].state, ReplicaState::Stale { .. }),
+        "the store records the lost leg stale before the raid drops it: {v:?}"
+    );
+    eprintln!("leg lost: writes held, then degraded after {pause:?} (leg timeout 3 s)");
+    stop.store(true, Ordering::Relaxed);
+    let runs = writer.join().expect("fio ran clean through the leg's loss");
+    eprintln!("{runs} fio runs across the loss, 0 errors");
+
+    let before = pxd_tests::block_stat(&leg_dev).written_sectors;
+    run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+    c.nodes[lost].start();
+    c.wait("the leg back in sync", Duration::from_secs(300), || {
+        let v: VolumeView = c.nodes[spare].json(&["volume", "inspect", "r2"]);
+        let s = raid_status(&raid)?;
+        (v.replicas.iter().all(|r| r.state == ReplicaState::Up) && s.is_clean()).then_some(())
+    });
+    let resynced = (pxd_tests::block_stat(&leg_dev).written_sectors - before) * 512;
+    eprintln!(
+        "resynced {} KiB of the 64 MiB volume from the bitmap",
+        resynced / 1024
+    );
+    assert!(resynced > 0, "nothing was resynced");
+    assert!(
+        resynced <= 32 * MIB as u64,
+        "a full resync: {resynced} bytes"
+    );
+    let v: VolumeView = c.nodes[0].json(&["volume", "inspect", "r2"]);
+    let sums = leg_sums(&v, &c.ids, 64 * MIB);
+    assert_eq!(sums[0], sums[1], "the legs differ after the resync");
+
     // Mount implies attach; detach is refused while mounted; the unmount detaches; the
     // export and the raid are gone after it.
     let b = &c.nodes[1];
@@ -364,4 +466,111 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
     assert_eq!(std::fs::read(mnt.join("hello")).unwrap(), b"replicated");
     c.nodes[2].ok(&["volume", "unmount", "fs2"]);
     c.nodes[0].ok(&["volume", "delete", "fs2"]);
+    // Each replica node takes its leg down; the volume goes with the last one.
+    c.wait(
+        "fs2 gone from the store and every node",
+        Duration::from_secs(120),
+        || {
+            let listed = c.nodes[2].ok(&["volume", "list"]);
+            let left = all_tables().iter().any(|t| t.contains(&v.id));
+            (!listed.contains("fs2") && !left).then_some(())
+        },
+    );
+
+    // The attach node lost whole: `attach --force` on a replica node; everything written
+    // before the loss reads back, and the old epoch's exports are gone (fenced).
+    fio(&dev, "before-loss", "32M", &["--do_verify=0"]);
+    let old_epoch = c.nodes[0]
+        .json::<VolumeView>(&["volume", "inspect", "r2"])
+        .attachment
+        .unwrap()
+        .epoch;
+    lose(&mut c, spare);
+    let v: VolumeView = c.nodes[replica].json(&["volume", "attach", "r2", "--force"]);
+    let at = v.attachment.clone().unwrap();
+    assert_eq!(
+        (at.node_name.as_str(), at.epoch),
+        (c.nodes[replica].name.as_str(), old_epoch + 1)
+    );
+    let moved = v.device.clone().expect("a device");
+    fio(&moved, "before-loss", "32M", &["--verify_only"]);
+    let old = format!("{}:e{old_epoch}", r2.id);
+    assert!(
+        !all_exports().iter().any(|e| e.ends_with(&old)),
+        "{:?}",
+        all_exports()
+    );
+    // Back, the old attach node takes its stale stack down.
+    bring_back(&mut c, spare);
+    let spare_id = c.id(spare).to_owned();
+    c.wait(
+        "the old attach node's stack gone",
+        Duration::from_secs(120),
+        || (!node_devices(&spare_id).iter().any(|d| d.contains(&r2.id))).then_some(()),
+    );
+
+    // Never from stale data: legs on b and c, attached on a. b is lost and a keeps writing
+    // (c alone has it); then c is lost and only b comes back. The attach is refused; with
+    // --force it attaches from b's leg, and the loss is recorded.
+    c.nodes[0].ok(&[
+        "volume",
+        "create",
+        "s8",
+        "--size",
+        "64M",
+        "--fs",
+        "raw",
+        "--repl",
+        "2",
+        "--nodes",
+        "repl-b,repl-c",
+    ]);
+    legs_built(&c, "s8");
+    let v: VolumeView = c.nodes[0].json(&["volume", "attach", "s8"]);
+    let s8 = v.device.clone().expect("a device");
+    let first = pattern(21, 4 * MIB);
+    write_direct(&s8, 0, &first);
+    lose(&mut c, 1);
+    c.wait(
+        "b's leg of s8 recorded stale",
+        Duration::from_secs(120),
+        || {
+            let v: VolumeView = c.nodes[0].json(&["volume", "inspect", "s8"]);
+            let b = v.replicas.iter().find(|r| r.node_name == "repl-b")?;
+            matches!(b.state, ReplicaState::Stale { .. }).then_some(())
+        },
+    );
+    let later = pattern(22, 4 * MIB);
+    write_direct(&s8, 0, &later);
+    lose(&mut c, 2);
+    bring_back(&mut c, 1);
+    c.wait("b sees c offline", Duration::from_secs(120), || {
+        let nodes: Vec<serde_json::Value> = c.nodes[1].json(&["node", "list"]);
+        let cn = nodes.iter().find(|n| n["name"] == "repl-c")?;
+        (cn["liveness"] != "online").then_some(())
+    });
+    c.nodes[1].ok(&["volume", "detach", "s8", "--force"]);
+    let e = c.nodes[1].refused(&["volume", "attach", "s8"]);
+    assert!(
+        e.contains("no leg in sync that can be reached")
+            && e.contains("stale since epoch")
+            && e.contains("offline")
+            && e.contains("--force"),
+        "{e}"
+    );
+    let v: VolumeView = c.nodes[1].json(&["volume", "attach", "s8", "--force"]);
+    assert_eq!(v.accepted_losses.len(), 1, "{v:?}");
+    let c_leg = v.replicas.iter().find(|r| r.node_name == "repl-c").unwrap();
+    assert_eq!(
+        c_leg.state,
+        ReplicaState::Failed,
+        "c's leg holds what the loss gave up"
+    );
+    let dev = v.device.clone().expect("a device");
+    let back = sha256(&read_direct(&dev, 0, 4 * MIB));
+    assert_eq!(back, sha256(&first), "b's leg, as it was when it was lost");
+    eprintln!(
+        "stale data refused; the forced attach recorded: {}",
+        v.accepted_losses[0]
+    );
 }

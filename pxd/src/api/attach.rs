@@ -54,6 +54,24 @@ pub(super) async fn submit(s: &AppState, v: &Volume, change: VolumeChange) -> Re
     }
 }
 
+/// The nodes of `v`'s replicas that this node sees offline: their legs cannot serve the
+/// new epoch, so the attach marks them stale rather than waiting for them.
+pub(super) fn out_of_reach(s: &AppState, v: &Volume) -> Vec<NodeId> {
+    let online: std::collections::BTreeSet<NodeId> = s
+        .cluster
+        .nodes()
+        .into_iter()
+        .filter(|n| n.liveness == crate::cluster::gossip::Liveness::Online)
+        .map(|n| n.id)
+        .collect();
+    let me = s.cluster.id();
+    v.replicas
+        .iter()
+        .map(|r| r.node)
+        .filter(|n| *n != me && !online.contains(n))
+        .collect()
+}
+
 /// What is still missing for `v` to be attached on `node`, or `None` when it is.
 fn attach_pending(v: &Volume, node: NodeId) -> Option<String> {
     let Some(a) = v.attachment.as_ref().filter(|a| a.node == node) else {
@@ -150,6 +168,7 @@ pub async fn attach(
             node,
             force: req.force,
             by_mount: false,
+            lost: out_of_reach(&s, &v),
         },
     )
     .await?;

@@ -225,6 +225,7 @@ pub async fn clone(
         attachment: None,
         epoch: 0,
         assembled: false,
+        accepted_losses: vec![],
         phase: Phase::Live,
         wrapped_key,
         origin: Some(origin),

@@ -97,6 +97,9 @@ pub struct VolumeView {
     /// Where it is attached, at which epoch.
     #[serde(default)]
     pub attachment: Option<super::attach::AttachmentView>,
+    /// Data losses an operator accepted with `attach --force`, newest last.
+    #[serde(default)]
+    pub accepted_losses: Vec<String>,
     /// Bytes the volume has mapped in its pool (thin status); inspect only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<u64>,
@@ -220,6 +223,7 @@ pub(super) fn view(st: &ClusterState, v: &Volume) -> VolumeView {
             .collect(),
         placement: v.placement.clone(),
         attachment: super::attach::attachment_view(st, v),
+        accepted_losses: v.accepted_losses.clone(),
         usage: None,
     }
 }
@@ -505,6 +509,7 @@ pub async fn create(
         attachment: None,
         epoch: 0,
         assembled: false,
+        accepted_losses: vec![],
         snapshot_schedule: None,
         phase: Phase::Live,
         formatted: false,
@@ -680,6 +685,15 @@ pub async fn mount(
     });
     if v.repl > 1 {
         // Mounting implies attaching here; the mount itself is part of the attach.
+        if v.attachment.as_ref().is_none_or(|a| a.node != me) {
+            let attach = VolumeChange::Attach {
+                node: me,
+                force: false,
+                by_mount: true,
+                lost: super::attach::out_of_reach(&s, &v),
+            };
+            super::attach::submit(&s, &v, attach).await?;
+        }
         if let Some(change) = change {
             super::attach::submit(&s, &v, change).await?;
         }

@@ -275,6 +275,9 @@ fn print_volume(v: &VolumeView) {
             format!("{:?}", a.state).to_lowercase()
         );
     }
+    for loss in &v.accepted_losses {
+        println!("loss:       {loss}");
+    }
     println!("stack:      {}", v.stack.join(" <- "));
     if let Some(d) = &v.device {
         println!("device:     {}", d.display());

@@ -405,6 +405,10 @@ impl Cluster {
             Request::InstallSnapshot(r) => {
                 Reply::InstallSnapshot(self.raft.install_snapshot(r).await)
             }
+            Request::ConfirmQuorum if self.is_member_key(key) => {
+                Reply::Quorum(self.confirm_as_leader().await)
+            }
+            Request::ConfirmQuorum => Reply::Refused("only members may ask".into()),
             Request::Join { token, node } => {
                 Reply::Join(self.admit(key, &token, node).await.map_err(|e| e.refusal()))
             }
@@ -507,6 +511,42 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Confirms that a quorum still follows the leader, and so that this node is still part
+    /// of the cluster's majority side: the leader checks with a read index (heartbeats, no
+    /// log entry); another node asks the leader, within `limit`.
+    pub async fn confirm_quorum(&self, limit: Duration) -> Result<(), String> {
+        let leader = self.leader().ok_or("no leader is known")?;
+        if leader == self.id() {
+            return tokio::time::timeout(limit, self.confirm_as_leader())
+                .await
+                .map_err(|_| format!("no quorum confirmed within {limit:?}"))?;
+        }
+        let node = self
+            .membership()
+            .get_node(&leader)
+            .cloned()
+            .ok_or("the leader is no member")?;
+        let req = rpc::encode(&Request::ConfirmQuorum);
+        let reply = self
+            .transport
+            .call(&node.data_addr, &node.public_key, req, limit)
+            .await
+            .map_err(|e| format!("the leader {leader} does not answer: {e}"))?;
+        match rpc::decode::<Reply>(&reply) {
+            Ok(Reply::Quorum(r)) => r,
+            Ok(other) => Err(format!("unexpected reply {other:?}")),
+            Err(e) => Err(format!("undecodable reply: {e}")),
+        }
+    }
+
+    async fn confirm_as_leader(&self) -> Result<(), String> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     /// Passes an op to the leader and waits for the answer for as long as Raft here still

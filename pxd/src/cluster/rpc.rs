@@ -35,6 +35,9 @@ pub enum Request {
         from: NodeId,
         stats: NodeStats,
     },
+    /// A member asks the leader to confirm, by a Raft read index (no log entry), that it
+    /// still leads a quorum: how an attach node renews its lease.
+    ConfirmQuorum,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,6 +51,8 @@ pub enum Reply {
     /// The response, and the log index it was applied at (none for a membership change).
     Submit(Result<(Response, Option<u64>), Refusal>),
     Ack,
+    /// The leader's answer to [`Request::ConfirmQuorum`]: confirmed, or why not.
+    Quorum(Result<(), String>),
     /// The request was not allowed or not understood.
     Refused(String),
 }

@@ -105,6 +105,10 @@ pub struct StorageArgs {
     /// Time between reconcile passes, in milliseconds (API changes run one at once).
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub reconcile_interval_ms: u64,
+    /// How long a remote leg's NVMe/TCP controller may be down (its writes held) before
+    /// the leg is recorded stale and the raid goes on without it, in milliseconds.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub leg_timeout_ms: u64,
 }
 
 fn parse_overcommit(s: &str) -> Result<f64, String> {
@@ -242,6 +246,11 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
             .clone()
             .run(Duration::from_millis(st.reconcile_interval_ms)),
     );
+    tokio::spawn(crate::reconcile::leg_watch::run(
+        cluster.clone(),
+        reconciler.clone(),
+        Duration::from_millis(st.leg_timeout_ms),
+    ));
     let topology = Arc::new(NodeTopology::new(
         cluster.clone(),
         args.topology.topology_file.clone(),

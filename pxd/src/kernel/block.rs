@@ -154,13 +154,22 @@ impl Drop for AlignedBuf {
 // SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
 unsafe impl Send for AlignedBuf {}
 
+/// Whether the disk at `/sys/block/<name>` is the namespace of a pxd leg reached over
+/// NVMe/TCP: never a drive, and never to be read on a scan (a leg whose node is gone holds
+/// every read until pxd gives it up).
+pub fn is_pxd_leg(sys: &Path) -> bool {
+    std::fs::read_to_string(sys.join("device/subsysnqn"))
+        .is_ok_and(|nqn| nqn.trim().starts_with(crate::plan::names::NQN_PREFIX))
+}
+
 /// Whole disks of this host, as sysfs lists them: entries of /sys/block backed by a device
-/// (so not loop, dm, md, zram or ram devices, which have no `device` link).
+/// (so not loop, dm, md, zram or ram devices, which have no `device` link), pxd's own legs
+/// left out.
 pub fn whole_disks() -> io::Result<Vec<std::path::PathBuf>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/sys/block")? {
         let e = e?;
-        if e.path().join("device").exists() {
+        if e.path().join("device").exists() && !is_pxd_leg(&e.path()) {
             out.push(Path::new("/dev").join(e.file_name()));
         }
     }

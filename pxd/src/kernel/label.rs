@@ -121,6 +121,9 @@ fn candidates() -> io::Result<Vec<PathBuf>> {
         if name.starts_with("ram") || name.starts_with("zram") || name.starts_with("sr") {
             continue;
         }
+        if block::is_pxd_leg(&sys) {
+            continue;
+        }
         if let Ok(dm_name) = std::fs::read_to_string(sys.join("dm/name")) {
             let dm_name = dm_name.trim();
             if !crate::plan::names::is_pxd_name(dm_name) {

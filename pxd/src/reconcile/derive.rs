@@ -207,6 +207,7 @@ pub fn attached_volume(cluster: &ClusterState, v: &Volume, node: NodeId) -> Opti
                 .and_then(|n| crate::plan::replica::nvme_addr(&n.data_addr)),
             serving: r.serving_epoch == a.epoch,
             in_sync: r.state == crate::store::types::ReplicaState::Up,
+            may_rejoin: matches!(r.state, crate::store::types::ReplicaState::Stale { .. }),
         })
         .collect();
     Some(AttachedVolume {
@@ -264,6 +265,17 @@ fn replication_records(before: &NodeState, after: &NodeState) -> Vec<Command> {
         if !b.formatted && a.formatted {
             out.push(change(&b.id, VolumeChange::Formatted));
         }
+        for (bl, al) in b.legs.iter().zip(&a.legs) {
+            if let (false, true, Ok(node)) = (bl.in_sync, al.in_sync, al.node.parse()) {
+                out.push(change(
+                    &b.id,
+                    VolumeChange::LegUp {
+                        node,
+                        epoch: a.epoch,
+                    },
+                ));
+            }
+        }
     }
     out
 }
@@ -304,6 +316,16 @@ pub fn records(before: &NodeState, after: &NodeState) -> Vec<Command> {
     out.extend(replication_records(before, after));
     for b in &before.volumes {
         let Some(a) = after.volume(&b.id) else {
+            if b.leg.is_some() {
+                // One replica of several: the volume goes when the last one is gone.
+                if let Ok(node) = before.node.parse() {
+                    out.push(Command::UpdateVolume {
+                        id: b.id.clone(),
+                        change: VolumeChange::ReplicaRemoved { node },
+                    });
+                }
+                continue;
+            }
             out.extend(
                 b.snapshots
                     .iter()
@@ -405,6 +427,7 @@ mod tests {
             attachment: None,
             epoch: 0,
             assembled: false,
+            accepted_losses: vec![],
             snapshot_schedule: None,
             phase: Phase::Live,
             formatted: false,

@@ -79,6 +79,10 @@ pub struct AttachLeg {
     pub serving: bool,
     /// In sync: a member of the raid. A leg out of sync is left out.
     pub in_sync: bool,
+    /// Out of sync but may rejoin by a bitmap resync once its node serves it again (a stale
+    /// leg); a failed one never does.
+    #[serde(default)]
+    pub may_rejoin: bool,
 }
 
 /// A drive whose add is recorded but not finished.

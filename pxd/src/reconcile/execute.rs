@@ -44,6 +44,8 @@ pub enum ExecError {
     Nvme(#[from] crate::kernel::nvme_host::NvmeError),
     #[error(transparent)]
     Connect(#[from] legs::ConnectError),
+    #[error(transparent)]
+    Stack(#[from] crate::kernel::stack::StackError),
 }
 
 /// What a step works on.
@@ -101,7 +103,9 @@ impl Concern {
             | Step::Connect { volume, .. }
             | Step::Disconnect { volume, .. }
             | Step::Attached { volume }
-            | Step::Detached { volume } => Concern::Volume(volume.clone()),
+            | Step::Detached { volume }
+            | Step::ReAdd { volume, .. }
+            | Step::LegUp { volume, .. } => Concern::Volume(volume.clone()),
             Step::Mount { device, .. } => by_name(device),
             Step::Unmount(_) => Concern::Node,
         }
@@ -434,6 +438,24 @@ impl<'a> Executor<'a> {
                 if let Some(a) = state.attached_mut(volume) {
                     a.attached = true;
                     a.fresh = false;
+                }
+                return Ok(true);
+            }
+            Step::ReAdd { splits, raid, .. } => {
+                self.faults.tick(&format_args!("re-add into {}", raid.name));
+                for split in splits {
+                    crate::kernel::stack::reload(dm, split, true)?;
+                }
+                if !crate::kernel::stack::reload(dm, raid, false)? {
+                    crate::kernel::stack::cycle(dm, &raid.name)?;
+                }
+            }
+            Step::LegUp { volume, leg } => {
+                if let Some(l) = state
+                    .attached_mut(volume)
+                    .and_then(|a| a.legs.iter_mut().find(|l| &l.node == leg))
+                {
+                    l.in_sync = true;
                 }
                 return Ok(true);
             }

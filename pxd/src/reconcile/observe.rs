@@ -6,7 +6,7 @@ use crate::kernel::nvme_host;
 use crate::kernel::nvmet::Nvmet;
 use crate::kernel::{fs, label};
 use crate::plan::crypt::kernel_has_workqueue_bypass;
-use crate::plan::names::{host_nqn, parse_leg_nqn, Id};
+use crate::plan::names::{host_nqn, parse_leg_nqn, DeviceName, Id, Kind};
 use crate::plan::pool::Drive;
 use crate::pool::label::Found;
 use crate::reconcile::desired::NodeState;
@@ -59,6 +59,7 @@ pub fn observe(dm: &dyn DeviceMapper, desired: &NodeState) -> Result<Observed, D
         observed.devices.insert(name, (dev, Sectors(len)));
     }
     observe_legs(desired, &mut observed);
+    observe_raids(dm, desired, &mut observed);
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     observed.bypass_workqueues = kernel_has_workqueue_bypass(&release);
     Ok(observed)
@@ -124,5 +125,27 @@ fn observe_legs(desired: &NodeState, observed: &mut Observed) {
             .filter(|(nqn, _)| observed.controllers.iter().any(|c| &c.nqn == nqn))
             .map(|(nqn, (_, dev))| (nqn, dev))
             .collect();
+    }
+}
+
+/// The status of each attached replicated volume's raid that is up.
+fn observe_raids(dm: &dyn DeviceMapper, desired: &NodeState, observed: &mut Observed) {
+    let Ok(node) = Id::node(&desired.node) else {
+        return;
+    };
+    for a in &desired.attached {
+        let Ok(vid) = Id::object(&a.id) else { continue };
+        let raid = DeviceName::new(&node, Kind::Raid, &vid, None);
+        if !observed.devices.contains_key(&raid.to_string()) {
+            continue;
+        }
+        let status = dm.status(&raid.dm_name()).ok();
+        match status.as_ref().and_then(|s| s.first()).map(|l| l.3.parse()) {
+            Some(Ok(s)) => {
+                observed.raids.insert(a.id.clone(), s);
+            }
+            Some(Err(e)) => tracing::warn!(device = %raid, error = %e, "unreadable raid status"),
+            None => {}
+        }
     }
 }

@@ -8,6 +8,7 @@
 use crate::kernel::dm::node_path;
 use crate::plan::crypt::plan_crypt;
 use crate::plan::names::{host_nqn, leg_nqn, parse_leg_nqn, DeviceName, Id, Kind, Role};
+use crate::plan::raid::LegHealth;
 use crate::plan::replica::{leg_thins, plan_leg_export, plan_leg_split, plan_raid, LEG_META};
 use crate::plan::table::{DevRef, DevicePlan};
 use crate::plan::thin::plan_thin;
@@ -161,11 +162,19 @@ pub(super) fn orphan_exports(node: &Id, desired: &NodeState, observed: &Observed
         .collect()
 }
 
-/// Controllers of volumes no longer attached here; they come after the devices on them.
-pub(super) fn orphan_controllers(desired: &NodeState, observed: &Observed) -> Vec<Step> {
+/// Controllers of volumes no longer attached here whose state is (`live`) or is not: a
+/// live one goes after the devices on it, so they flush first; one that is not live (its
+/// export gone, as after a failover fenced this node) goes before them, so that what it
+/// holds fails instead of holding up their removal.
+pub(super) fn orphan_controllers(
+    desired: &NodeState,
+    observed: &Observed,
+    live: bool,
+) -> Vec<Step> {
     observed
         .controllers
         .iter()
+        .filter(|c| (c.state == "live") == live)
         .filter_map(|c| {
             let (_, vid, _) = parse_leg_nqn(&c.nqn)?;
             desired
@@ -226,13 +235,20 @@ pub(super) fn attach_steps(
             );
             continue;
         };
-        expected.extend(plans.iter().map(|p| p.name.to_string()));
+        // A stale leg's split devices stay while the raid holds them.
+        expected.extend(
+            attach_devices(&node, &vid, av.legs.len())
+                .iter()
+                .map(|n| n.to_string()),
+        );
         let present = |p: &DevicePlan| observed.devices.contains_key(&p.name.to_string());
         if !plans.iter().all(present) {
             steps.push(Step::Activate {
                 volume: av.id.clone(),
                 plans: plans.clone(),
             });
+        } else {
+            stale_leg_steps(steps, &node, &vid, av, observed)?;
         }
         if !av.attached {
             steps.push(Step::Attached {
@@ -300,8 +316,7 @@ fn attach_plans(
             continue;
         }
         if leg.local {
-            let (meta, data) = leg_thins(node, vid);
-            legs.push(Some((DevRef::Dm(meta), DevRef::Dm(data))));
+            legs.push(leg_refs(node, vid, i, true));
             continue;
         }
         let nqn = leg_nqn(&Id::node(&leg.node)?, vid, av.epoch);
@@ -354,6 +369,119 @@ fn attach_plans(
         ));
     }
     Ok(Some(plans))
+}
+
+/// The raid's (metadata, data) of leg `i` on this node: the local thins, or the leg's split
+/// devices.
+fn leg_refs(node: &Id, vid: &Id, i: usize, local: bool) -> Option<(DevRef, DevRef)> {
+    if local {
+        let (meta, data) = leg_thins(node, vid);
+        return Some((DevRef::Dm(meta), DevRef::Dm(data)));
+    }
+    let i = u8::try_from(i).ok()?;
+    Some((
+        DevRef::Dm(DeviceName::new(
+            node,
+            Kind::Leg,
+            vid,
+            Some(Role::LegMeta(i)),
+        )),
+        DevRef::Dm(DeviceName::new(
+            node,
+            Kind::Leg,
+            vid,
+            Some(Role::LegData(i)),
+        )),
+    ))
+}
+
+/// Legs out of sync on a live raid. Until its node serves this epoch again, a stale leg's
+/// controller goes (the store records it stale first, so the writes it held complete on the
+/// legs in sync). Once served, it reconnects, is taken back into the raid, resyncs from the
+/// bitmap, and is recorded up when dm-raid shows it in sync.
+fn stale_leg_steps(
+    steps: &mut Vec<Step>,
+    node: &Id,
+    vid: &Id,
+    av: &AttachedVolume,
+    observed: &Observed,
+) -> Result<(), PlanError> {
+    let size = Sectors(av.size_bytes / 512);
+    let status = observed.raids.get(&av.id);
+    // A re-add suspends the raid, which waits for every write in flight: never while a leg
+    // in sync holds writes (its controller not live), or the pass would wait with them.
+    let holding = av.legs.iter().any(|l| {
+        l.in_sync && !l.local && {
+            let nqn = Id::node(&l.node).map(|n| leg_nqn(&n, vid, av.epoch));
+            !observed
+                .controllers
+                .iter()
+                .any(|c| nqn.as_ref().is_ok_and(|q| *q == c.nqn) && c.state == "live")
+        }
+    });
+    for (i, leg) in av.legs.iter().enumerate() {
+        if leg.in_sync || leg.local {
+            continue;
+        }
+        let nqn = leg_nqn(&Id::node(&leg.node)?, vid, av.epoch);
+        let controller = observed.controllers.iter().find(|c| c.nqn == nqn);
+        if !leg.serving {
+            if let Some(c) = controller {
+                steps.push(Step::Disconnect {
+                    volume: av.id.clone(),
+                    controller: c.name.clone(),
+                });
+            }
+            continue;
+        }
+        let Some(dev) = observed.namespaces.get(&nqn) else {
+            if controller.is_none() {
+                let addr = leg.addr.ok_or_else(|| {
+                    replication_error(&av.id, format!("node {} has no NVMe/TCP address", leg.node))
+                })?;
+                steps.push(Step::Connect {
+                    volume: av.id.clone(),
+                    nqn,
+                    addr,
+                    host: host_nqn(node),
+                });
+            }
+            continue;
+        };
+        let health = status.and_then(|s| s.legs.get(i).copied());
+        match health {
+            Some(LegHealth::InSync) if status.is_some_and(|s| s.synced == s.total) => {
+                steps.push(Step::LegUp {
+                    volume: av.id.clone(),
+                    leg: leg.node.clone(),
+                });
+            }
+            // Resyncing: wait.
+            Some(LegHealth::InSync | LegHealth::Syncing) => {}
+            Some(LegHealth::Dead) | None if holding || !leg.may_rejoin => {}
+            Some(LegHealth::Dead) | None => {
+                let index = u8::try_from(i)
+                    .map_err(|_| replication_error(&av.id, format!("leg {i} is out of range")))?;
+                let (m, d) = plan_leg_split(node, vid, index, *dev, size);
+                let legs = av
+                    .legs
+                    .iter()
+                    .enumerate()
+                    .map(|(j, l)| {
+                        (l.in_sync || j == i)
+                            .then(|| leg_refs(node, vid, j, l.local))
+                            .flatten()
+                    })
+                    .collect();
+                steps.push(Step::ReAdd {
+                    volume: av.id.clone(),
+                    splits: vec![m, d],
+                    raid: plan_raid(node, vid, legs, size, false),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Takes `av`'s attach stack down, top first, then its controllers, then records it.

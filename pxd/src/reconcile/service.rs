@@ -529,6 +529,8 @@ fn step_name(s: &Step) -> String {
         Step::Disconnect { controller, .. } => format!("disconnect {controller}"),
         Step::Attached { volume } => format!("{volume} attached"),
         Step::Detached { volume } => format!("{volume} detached"),
+        Step::ReAdd { splits, .. } => format!("re-add leg {}", splits[0].name),
+        Step::LegUp { volume, leg } => format!("leg {leg} of {volume} in sync"),
     }
 }
 

@@ -50,6 +50,8 @@ pub struct Observed {
     pub controllers: Vec<ControllerSeen>,
     /// The block device of each connected subsystem's namespace, by NQN.
     pub namespaces: BTreeMap<String, Device>,
+    /// The raid status of each replicated volume attached here, by volume id.
+    pub raids: BTreeMap<String, crate::plan::raid::RaidStatus>,
 }
 
 /// A leg export as nvmet shows it.
@@ -175,6 +177,16 @@ pub enum Step {
     Attached { volume: String },
     /// Record that the attached stack is down.
     Detached { volume: String },
+    /// Take a returning leg back into a live raid: its split devices loaded onto the
+    /// namespace the reconnect brought, the raid reloaded with it (or cycled), so that
+    /// dm-raid resyncs what its bitmap marks dirty.
+    ReAdd {
+        volume: String,
+        splits: Vec<DevicePlan>,
+        raid: DevicePlan,
+    },
+    /// Record that leg `leg` (its node's id) is in sync again.
+    LegUp { volume: String, leg: String },
 }
 
 impl Step {
@@ -268,8 +280,9 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
         .filter(|n| !steps.contains(&Step::Deactivate(n.clone())))
         .collect();
     orphans.sort_by_key(|n| (layer(n), n.to_string()));
+    steps.extend(orphan_controllers(desired, observed, false));
     steps.extend(orphans.into_iter().map(Step::Deactivate));
-    steps.extend(orphan_controllers(desired, observed));
+    steps.extend(orphan_controllers(desired, observed, true));
     Ok(steps)
 }
 
@@ -401,6 +414,8 @@ mod tests {
                 Step::Disconnect { controller, .. } => format!("disconnect {controller}"),
                 Step::Attached { .. } => "attached".into(),
                 Step::Detached { .. } => "detached".into(),
+                Step::ReAdd { splits, .. } => format!("re-add {}", splits[0].name),
+                Step::LegUp { leg, .. } => format!("leg {leg} up"),
             })
             .collect()
     }
@@ -768,6 +783,7 @@ mod tests {
             addr: Some(format!("{ip}:4420").parse().unwrap()),
             serving: legs_serving,
             in_sync: true,
+            may_rejoin: false,
         };
         s.attached.push(AttachedVolume {
             id: "v1".into(),

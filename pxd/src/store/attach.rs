@@ -14,12 +14,13 @@ pub(super) fn apply(v: &mut Volume, change: &VolumeChange) -> Result<bool, Strin
             node,
             force,
             by_mount,
-        } => attach(v, *node, *force, *by_mount)?,
+            lost,
+        } => attach(v, *node, *force, *by_mount, lost)?,
         VolumeChange::Detach { force } => detach(v, *force)?,
         VolumeChange::Mount { node, path } => {
             match path {
                 Some(_) if v.attachment.as_ref().is_none_or(|a| a.node != *node) => {
-                    attach(v, *node, false, true)?
+                    attach(v, *node, false, true, &[])?
                 }
                 Some(_) => {}
                 None => {
@@ -55,12 +56,30 @@ pub(super) fn apply(v: &mut Volume, change: &VolumeChange) -> Result<bool, Strin
             }
         }
         VolumeChange::Assembled => v.assembled = true,
+        VolumeChange::LegStale { node, epoch } => leg_stale(v, *node, *epoch)?,
+        VolumeChange::LegUp { node, epoch } => {
+            let current = v.attachment.as_ref().is_some_and(|a| a.epoch == *epoch);
+            if let Some(r) = v
+                .replicas
+                .iter_mut()
+                .find(|r| r.node == *node && r.serving_epoch == *epoch)
+                .filter(|_| current)
+            {
+                r.state = ReplicaState::Up;
+            }
+        }
         _ => return Ok(false),
     }
     Ok(true)
 }
 
-fn attach(v: &mut Volume, node: NodeId, force: bool, by_mount: bool) -> Result<(), String> {
+fn attach(
+    v: &mut Volume,
+    node: NodeId,
+    force: bool,
+    by_mount: bool,
+    lost: &[NodeId],
+) -> Result<(), String> {
     if v.repl == 1 {
         let home = v.replicas.first().map(|r| r.node);
         if home != Some(node) {
@@ -84,33 +103,67 @@ fn attach(v: &mut Volume, node: NodeId, force: bool, by_mount: bool) -> Result<(
             ));
         }
     }
-    if v.repl > 1 && !v.replicas.iter().any(|r| r.state == ReplicaState::Up) {
-        let stale: Vec<String> = v
-            .replicas
-            .iter()
-            .map(|r| match r.state {
-                ReplicaState::Stale { missed_epoch } => {
-                    format!("node {} (stale since epoch {missed_epoch})", r.node)
-                }
-                other => format!("node {} ({other:?})", r.node),
-            })
-            .collect();
-        if !force {
-            return Err(format!(
-                "volume {} has no leg in sync: {}; attaching would serve stale data (attach --force accepts the loss)",
-                v.name,
-                stale.join(", ")
+    let epoch = v.epoch + 1;
+    if v.repl > 1 {
+        let readable =
+            |r: &&super::types::Replica| r.state == ReplicaState::Up && !lost.contains(&r.node);
+        let accepted_loss = !v.replicas.iter().any(|r| readable(&r));
+        if accepted_loss {
+            let legs: Vec<String> = v.replicas.iter().map(|r| describe(r, lost)).collect();
+            if !force {
+                return Err(format!(
+                    "volume {} has no leg in sync that can be reached: {}; attaching would serve stale data (attach --force accepts the loss)",
+                    v.name,
+                    legs.join(", ")
+                ));
+            }
+            // The operator takes what the reachable legs hold as the truth.
+            let promoted: Vec<String> = v
+                .replicas
+                .iter_mut()
+                .filter(|r| !lost.contains(&r.node) && r.state != ReplicaState::Failed)
+                .map(|r| {
+                    r.state = ReplicaState::Up;
+                    r.node.to_string()
+                })
+                .collect();
+            if promoted.is_empty() {
+                return Err(format!(
+                    "volume {} has no leg that can be reached at all: {}",
+                    v.name,
+                    legs.join(", ")
+                ));
+            }
+            v.accepted_losses.push(format!(
+                "epoch {epoch}: attached with --force from the legs on node(s) {}; whatever only {} held is lost",
+                promoted.join(", "),
+                legs.join(", ")
             ));
         }
+        // Legs on nodes out of reach miss this epoch's writes from its first one. A leg that
+        // was in sync but is passed over by an accepted loss holds writes the new truth
+        // lacks: it may never rejoin by resync (its raid superblock is newer); it is rebuilt.
+        for r in v.replicas.iter_mut().filter(|r| lost.contains(&r.node)) {
+            if r.state == ReplicaState::Up {
+                r.state = if accepted_loss {
+                    ReplicaState::Failed
+                } else {
+                    ReplicaState::Stale {
+                        missed_epoch: epoch,
+                    }
+                };
+                r.serving_epoch = 0;
+            }
+        }
     }
-    v.epoch += 1;
+    v.epoch = epoch;
     if v.attachment.is_some() {
         // Forced away from another node: its mount is gone with it.
         v.mount_path = None;
     }
     v.attachment = Some(Attachment {
         node,
-        epoch: v.epoch,
+        epoch,
         by_mount,
         state: if v.repl > 1 {
             AttachState::Attaching
@@ -118,6 +171,54 @@ fn attach(v: &mut Volume, node: NodeId, force: bool, by_mount: bool) -> Result<(
             AttachState::Attached
         },
     });
+    Ok(())
+}
+
+/// A leg for a message: its node and how it stands.
+fn describe(r: &super::types::Replica, lost: &[NodeId]) -> String {
+    let state = match r.state {
+        ReplicaState::Stale { missed_epoch } => format!("stale since epoch {missed_epoch}"),
+        ReplicaState::Up => "in sync".to_owned(),
+        ReplicaState::Building => "being built".to_owned(),
+        ReplicaState::Failed => "failed".to_owned(),
+    };
+    let reach = if lost.contains(&r.node) {
+        ", offline"
+    } else {
+        ""
+    };
+    format!("node {} ({state}{reach})", r.node)
+}
+
+fn leg_stale(v: &mut Volume, node: NodeId, epoch: u64) -> Result<(), String> {
+    if v.attachment.as_ref().is_none_or(|a| a.epoch != epoch) {
+        // News of an older attach: that raid is gone, this one decides for itself.
+        return Ok(());
+    }
+    let others_up = v
+        .replicas
+        .iter()
+        .filter(|r| r.node != node && r.state == ReplicaState::Up)
+        .count();
+    let r = v
+        .replicas
+        .iter_mut()
+        .find(|r| r.node == node)
+        .ok_or_else(|| format!("volume {} has no replica on node {node}", v.name))?;
+    if r.state != ReplicaState::Up {
+        return Ok(());
+    }
+    if others_up == 0 {
+        return Err(format!(
+            "the leg of volume {} on node {node} is its last leg in sync; its writes stay held until it returns",
+            v.name
+        ));
+    }
+    r.state = ReplicaState::Stale {
+        missed_epoch: epoch,
+    };
+    // Served again (and reconnected) only once its node is back.
+    r.serving_epoch = 0;
     Ok(())
 }
 
@@ -177,6 +278,7 @@ mod tests {
             node: NodeId(node),
             force,
             by_mount: false,
+            lost: vec![],
         }
     }
 
@@ -264,6 +366,40 @@ mod tests {
     }
 
     #[test]
+    fn legs_out_of_reach_go_stale_and_only_stale_legs_in_reach_need_force_which_is_recorded() {
+        let mut v = volume(2);
+        v.replicas[0].state = ReplicaState::Stale { missed_epoch: 2 };
+        v.epoch = 2;
+        let lost_2 = |force| VolumeChange::Attach {
+            node: NodeId(1),
+            force,
+            by_mount: false,
+            lost: vec![NodeId(2)],
+        };
+        // Node 2 holds the only leg in sync, and it is offline.
+        let e = change(&mut v, lost_2(false)).unwrap_err();
+        let want = format!(
+            "no leg in sync that can be reached: node {} (stale since epoch 2), node {} (in sync, offline)",
+            NodeId(1),
+            NodeId(2)
+        );
+        assert!(e.contains(&want), "{e}");
+        change(&mut v, lost_2(true)).unwrap();
+        assert_eq!(v.replicas[0].state, ReplicaState::Up);
+        assert_eq!(
+            v.replicas[1].state,
+            ReplicaState::Failed,
+            "the passed-over leg holds writes the new truth lacks: never resynced back"
+        );
+        assert_eq!(v.accepted_losses.len(), 1);
+        assert!(
+            v.accepted_losses[0].starts_with("epoch 3: attached with --force"),
+            "{:?}",
+            v.accepted_losses
+        );
+    }
+
+    #[test]
     fn a_single_replica_volume_attaches_only_on_its_node_and_at_once() {
         let mut v = volume(1);
         let e = change(&mut v, attach(2, false)).unwrap_err();
@@ -278,6 +414,107 @@ mod tests {
         assert_eq!(v.attachment.as_ref().unwrap().state, AttachState::Attached);
         change(&mut v, VolumeChange::Detach { force: false }).unwrap();
         assert_eq!(v.attachment, None);
+    }
+
+    #[test]
+    fn a_lost_leg_is_stale_until_served_and_resynced_and_the_last_one_is_never_dropped() {
+        let mut v = volume(2);
+        change(&mut v, attach(1, false)).unwrap();
+        for n in [1, 2] {
+            change(
+                &mut v,
+                VolumeChange::Serving {
+                    node: NodeId(n),
+                    epoch: 1,
+                },
+            )
+            .unwrap();
+        }
+        change(
+            &mut v,
+            VolumeChange::LegStale {
+                node: NodeId(2),
+                epoch: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(v.replicas[1].state, ReplicaState::Stale { missed_epoch: 1 });
+        assert_eq!(v.replicas[1].serving_epoch, 0, "to be served again");
+        let e = change(
+            &mut v,
+            VolumeChange::LegStale {
+                node: NodeId(1),
+                epoch: 1,
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("last leg in sync"), "{e}");
+        change(
+            &mut v,
+            VolumeChange::LegUp {
+                node: NodeId(2),
+                epoch: 1,
+            },
+        )
+        .unwrap();
+        assert_ne!(v.replicas[1].state, ReplicaState::Up, "not served yet");
+        change(
+            &mut v,
+            VolumeChange::Serving {
+                node: NodeId(2),
+                epoch: 1,
+            },
+        )
+        .unwrap();
+        change(
+            &mut v,
+            VolumeChange::LegUp {
+                node: NodeId(2),
+                epoch: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(v.replicas[1].state, ReplicaState::Up);
+        // An old epoch's loss is no news.
+        change(
+            &mut v,
+            VolumeChange::LegStale {
+                node: NodeId(2),
+                epoch: 0,
+            },
+        )
+        .unwrap();
+        assert_eq!(v.replicas[1].state, ReplicaState::Up);
+    }
+
+    #[test]
+    fn a_replicated_volume_goes_when_its_last_replica_is_gone() {
+        let mut st = crate::store::state::ClusterState::default();
+        let mut v = volume(2);
+        v.phase = crate::store::types::Phase::Deleting;
+        st.volumes.insert(v.id.clone(), v);
+        let gone = |st: &mut crate::store::state::ClusterState, n| {
+            st.apply(&crate::store::state::Command::UpdateVolume {
+                id: "v1".into(),
+                change: VolumeChange::ReplicaRemoved { node: NodeId(n) },
+            })
+        };
+        gone(&mut st, 1);
+        assert_eq!(st.volumes["v1"].replicas.len(), 1);
+        gone(&mut st, 1);
+        assert_eq!(
+            st.volumes["v1"].replicas.len(),
+            1,
+            "a repeat changes nothing"
+        );
+        gone(&mut st, 2);
+        assert!(st.volumes.is_empty());
+        let (r, _) = gone(&mut st, 2);
+        assert_eq!(
+            r,
+            crate::store::state::Response::Applied,
+            "nor after it is gone"
+        );
     }
 
     #[test]

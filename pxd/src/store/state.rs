@@ -130,6 +130,10 @@ pub enum VolumeChange {
         force: bool,
         #[serde(default)]
         by_mount: bool,
+        /// Replica nodes the asking node sees offline: their legs miss this epoch (stale),
+        /// and they do not count as legs in sync that the attach can read.
+        #[serde(default)]
+        lost: Vec<NodeId>,
     },
     /// Take it off its attach node; refused while mounted. `force` forgets the attachment
     /// at once, for an attach node that is gone.
@@ -145,6 +149,15 @@ pub enum VolumeChange {
     Detached { epoch: u64 },
     /// Its raid was assembled for the first time.
     Assembled,
+    /// The leg on `node` was lost during epoch `epoch`: it misses that epoch's writes from
+    /// now on, and must be served and resynced again before it counts. Recorded before the
+    /// raid may drop it; refused for the last leg in sync.
+    LegStale { node: NodeId, epoch: u64 },
+    /// The leg on `node` is resynced and in sync again at epoch `epoch`.
+    LegUp { node: NodeId, epoch: u64 },
+    /// The replica on `node` of a volume being deleted is gone from its node; the last one
+    /// gone removes the volume. Repeating it changes nothing.
+    ReplicaRemoved { node: NodeId },
 }
 
 /// A change to one snapshot.
@@ -495,6 +508,7 @@ pub(crate) mod tests {
             attachment: None,
             epoch: 0,
             assembled: false,
+            accepted_losses: vec![],
             snapshot_schedule: None,
             phase: Phase::Live,
             formatted: false,

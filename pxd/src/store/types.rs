@@ -469,6 +469,9 @@ pub struct Volume {
     /// never be told `nosync`.
     #[serde(default)]
     pub assembled: bool,
+    /// Data losses an operator accepted (`attach --force` from stale legs), newest last.
+    #[serde(default)]
+    pub accepted_losses: Vec<String>,
     pub snapshot_schedule: Option<String>,
     #[serde(default)]
     pub phase: Phase,

@@ -79,6 +79,9 @@ impl ClusterState {
         id: &str,
         change: &VolumeChange,
     ) -> Result<Vec<Change>, String> {
+        if let VolumeChange::ReplicaRemoved { node } = change {
+            return Ok(self.replica_removed(id, *node));
+        }
         let current = self
             .volumes
             .get(id)
@@ -107,7 +110,9 @@ impl ClusterState {
             | VolumeChange::Serving { .. }
             | VolumeChange::Attached { .. }
             | VolumeChange::Detached { .. }
-            | VolumeChange::Assembled => {
+            | VolumeChange::Assembled
+            | VolumeChange::LegStale { .. }
+            | VolumeChange::LegUp { .. } => {
                 super::attach::apply(&mut v, change)?;
             }
             VolumeChange::Mount { node, path } if live => {
@@ -168,6 +173,24 @@ impl ClusterState {
         let change = encode(format!("volume/{id}"), &v);
         self.volumes.insert(id.to_owned(), v);
         Ok(vec![change])
+    }
+
+    /// A deleted volume's replica on `node` is torn down; see [`VolumeChange::ReplicaRemoved`].
+    fn replica_removed(&mut self, id: &str, node: NodeId) -> Vec<Change> {
+        let Some(v) = self
+            .volumes
+            .get_mut(id)
+            .filter(|v| v.phase == Phase::Deleting)
+        else {
+            return Vec::new();
+        };
+        v.replicas.retain(|r| r.node != node);
+        if v.replicas.is_empty() {
+            self.volumes.remove(id);
+            return vec![super::state::removed(format!("volume/{id}"))];
+        }
+        let v = v.clone();
+        vec![encode(format!("volume/{id}"), &v)]
     }
 
     pub(super) fn create_snapshot(&mut self, snapshot: &Snapshot) -> Result<Vec<Change>, String> {
