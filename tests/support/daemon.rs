@@ -233,6 +233,11 @@ impl Daemon {
         err
     }
 
+    /// Whether the daemon's whole log so far has `needle` in it.
+    pub fn logged(&self, needle: &str) -> bool {
+        std::fs::read_to_string(self.log()).is_ok_and(|t| t.contains(needle))
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.log()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

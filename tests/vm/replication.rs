@@ -573,4 +573,121 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
         "stale data refused; the forced attach recorded: {}",
         v.accepted_losses[0]
     );
+    // Fencing: an attach node holding one leg loses its control traffic only (ZeroMQ
+    // dropped in its namespace, NVMe/TCP still flowing) while it writes numbered records.
+    // Another node takes the volume with --force. The old node's writes fail within its
+    // lease, every record it saw acknowledged is on the new side, and nothing it writes
+    // after the new epoch reaches a leg.
+    bring_back(&mut c, 2);
+    c.nodes[1].ok(&[
+        "volume",
+        "create",
+        "f6",
+        "--size",
+        "64M",
+        "--fs",
+        "raw",
+        "--repl",
+        "2",
+        "--nodes",
+        "repl-a,repl-b",
+    ]);
+    legs_built(&c, "f6");
+    let v: VolumeView = c.nodes[0].json(&["volume", "attach", "f6"]);
+    let f6 = v.device.clone().expect("a device");
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let (acked, dev) = (acked.clone(), f6.clone());
+        std::thread::spawn(move || numbered_writes(&dev, &acked))
+    };
+    wait_until("records written", Duration::from_secs(60), || {
+        (acked.load(Ordering::Relaxed) > 50).then_some(())
+    });
+    cut_control(&c.net.ns(0));
+    let cut = Instant::now();
+    c.wait("a seen offline from b", Duration::from_secs(120), || {
+        let nodes: Vec<serde_json::Value> = c.nodes[1].json(&["node", "list"]);
+        let a = nodes.iter().find(|n| n["name"] == "repl-a")?;
+        (a["liveness"] != "online").then_some(())
+    });
+    let v: VolumeView = c.nodes[1].json(&["volume", "attach", "f6", "--force"]);
+    let taken = cut.elapsed();
+    let ((error, failed_at), last) = writer.join().unwrap();
+    eprintln!(
+        "control traffic cut: the old attach node's writes failed after {:?} ({error}), {last} records acknowledged; the forced attach was acknowledged after {taken:?}",
+        failed_at.duration_since(cut),
+    );
+    assert!(
+        failed_at < cut + taken,
+        "the old node still wrote when the forced attach was acknowledged"
+    );
+    let a_leg = v.replicas.iter().find(|r| r.node_name == "repl-a").unwrap();
+    assert_eq!(a_leg.state, ReplicaState::Failed, "{v:?}");
+    let moved = v.device.clone().expect("a device");
+    let records = read_direct(&moved, 0, (last as usize + 1) * 4096);
+    for (i, block) in records.chunks(4096).enumerate() {
+        assert_eq!(
+            &block[..8],
+            &(i as u64).to_le_bytes(),
+            "record {i}, acknowledged to the old node, is missing on the new side"
+        );
+    }
+    let b_leg = PathBuf::from(format!("/dev/mapper/pxd-{}-thin-{}", c.id(1), v.id));
+    let sum = sha256(&read_direct(&b_leg, 0, 64 * MIB));
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        sha256(&read_direct(&b_leg, 0, 64 * MIB)),
+        sum,
+        "a leg changed after the new epoch"
+    );
+    assert!(
+        c.nodes[0].logged("attach lease lost"),
+        "the old node did not fence itself:\n{}",
+        c.nodes[0].log_tail()
+    );
+}
+
+/// Writes 4 KiB records 0, 1, 2, ... (each starting with its number) with O_DIRECT|O_DSYNC
+/// until a write fails; `acked` holds the last record acknowledged. Returns the error and
+/// when it came, and the last record acknowledged.
+fn numbered_writes(dev: &Path, acked: &std::sync::atomic::AtomicU64) -> ((String, Instant), u64) {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+        .open(dev)
+        .unwrap();
+    let mut buf = pxd::kernel::block::AlignedBuf::zeroed(4096);
+    for i in 0u64..16384 {
+        let b = buf.as_mut_slice();
+        b[..8].copy_from_slice(&i.to_le_bytes());
+        if let Err(e) = file.write_all_at(&b[..4096], i * 4096) {
+            return (
+                (e.to_string(), Instant::now()),
+                acked.load(Ordering::Relaxed),
+            );
+        }
+        acked.store(i, Ordering::Relaxed);
+    }
+    panic!("16384 records written and no write failed: the old attach node was never fenced");
+}
+
+/// Drops the ZeroMQ traffic (port 9701, both ways) of the node in namespace `ns`; its
+/// NVMe/TCP traffic still flows.
+fn cut_control(ns: &str) {
+    run(
+        "tc",
+        &[
+            "-n", ns, "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "prio",
+        ],
+    );
+    for dir in ["dport", "sport"] {
+        run(
+            "tc",
+            &[
+                "-n", ns, "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "prio",
+                "1", "u32", "match", "ip", dir, "9701", "0xffff", "action", "drop",
+            ],
+        );
+    }
 }

@@ -161,6 +161,7 @@ pub async fn attach(
         Some(n) => s.cluster.resolve_node(n)?,
         None => s.cluster.id(),
     };
+    let recorded = Instant::now();
     submit(
         &s,
         &v,
@@ -173,6 +174,13 @@ pub async fn attach(
     )
     .await?;
     wait_attached(&s, &v.id, node).await?;
+    // Taken from another node: that node may still hold a local leg, and fences itself
+    // only when its lease runs out. Not acknowledged before then.
+    if v.attachment.as_ref().is_some_and(|a| a.node != node) {
+        let left = s.config.attach_lease.saturating_sub(recorded.elapsed());
+        tracing::info!(volume = %v.name, wait = ?left, "forced attach: waiting out the old attach node's lease");
+        tokio::time::sleep(left).await;
+    }
     inspect(State(s), Path(v.id)).await
 }
 

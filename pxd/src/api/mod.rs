@@ -159,6 +159,9 @@ pub struct Policy {
     pub overcommit: f64,
     /// Benchmark thresholds of the drive classes.
     pub thresholds: crate::pool::class::Thresholds,
+    /// The attach lease: how long a forced attach waits for the node it took the volume
+    /// from to have fenced itself.
+    pub attach_lease: std::time::Duration,
 }
 
 /// What the handlers work with.

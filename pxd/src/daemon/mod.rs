@@ -109,6 +109,12 @@ pub struct StorageArgs {
     /// the leg is recorded stale and the raid goes on without it, in milliseconds.
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub leg_timeout_ms: u64,
+    /// How long an attach node keeps a replicated volume's I/O going without confirming that
+    /// it is on the cluster's majority side; past it, it fails that I/O itself. A forced
+    /// attach elsewhere waits this long before it is acknowledged: keep it equal on every
+    /// node. In milliseconds.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1000..=600_000))]
+    pub attach_lease_ms: u64,
 }
 
 fn parse_overcommit(s: &str) -> Result<f64, String> {
@@ -246,6 +252,11 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
             .clone()
             .run(Duration::from_millis(st.reconcile_interval_ms)),
     );
+    tokio::spawn(crate::reconcile::lease::run(
+        cluster.clone(),
+        reconciler.clone(),
+        Duration::from_millis(st.attach_lease_ms),
+    ));
     tokio::spawn(crate::reconcile::leg_watch::run(
         cluster.clone(),
         reconciler.clone(),
@@ -265,6 +276,7 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
         config: api::Policy {
             overcommit: st.overcommit,
             thresholds,
+            attach_lease: Duration::from_millis(st.attach_lease_ms),
         },
     };
     api::serve_unix(state.clone(), &socket).await?;

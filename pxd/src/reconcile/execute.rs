@@ -105,7 +105,9 @@ impl Concern {
             | Step::Attached { volume }
             | Step::Detached { volume }
             | Step::ReAdd { volume, .. }
-            | Step::LegUp { volume, .. } => Concern::Volume(volume.clone()),
+            | Step::LegUp { volume, .. }
+            | Step::Fence { volume, .. }
+            | Step::Unfence { volume, .. } => Concern::Volume(volume.clone()),
             Step::Mount { device, .. } => by_name(device),
             Step::Unmount(_) => Concern::Node,
         }
@@ -448,6 +450,17 @@ impl<'a> Executor<'a> {
                 }
                 if !crate::kernel::stack::reload(dm, raid, false)? {
                     crate::kernel::stack::cycle(dm, &raid.name)?;
+                }
+            }
+            Step::Fence { devices, .. } => {
+                for d in devices {
+                    self.faults.tick(&format_args!("fence {d}"));
+                    crate::kernel::stack::fence(dm, d)?;
+                }
+            }
+            Step::Unfence { plans, .. } => {
+                for p in plans {
+                    crate::kernel::stack::reload(dm, p, true)?;
                 }
             }
             Step::LegUp { volume, leg } => {

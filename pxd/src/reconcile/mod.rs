@@ -7,6 +7,7 @@ pub mod desired;
 pub mod execute;
 pub mod faults;
 pub mod joining;
+pub mod lease;
 pub mod leg_watch;
 pub mod observe;
 pub mod plan_pools;

@@ -38,6 +38,9 @@ pub fn observe(dm: &dyn DeviceMapper, desired: &NodeState) -> Result<Observed, D
         })?;
         let table = dm.table(&dmn)?;
         let len = table.iter().map(|l| l.1).sum();
+        if table.first().is_some_and(|l| l.2 == "error") {
+            observed.fenced.insert(name.clone());
+        }
         if let Some(id) = table
             .first()
             .filter(|l| l.2 == "thin")

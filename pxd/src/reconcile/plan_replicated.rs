@@ -82,6 +82,12 @@ pub(super) fn leg_steps(
         });
     }
     let vid = Id::object(&v.id)?;
+    let raid = DeviceName::new(node, Kind::Raid, &vid, None).to_string();
+    let zombie = observed.devices.contains_key(&raid) && desired.attached(&v.id).is_none();
+    let fenced: Vec<&DevicePlan> = stack[..2]
+        .iter()
+        .filter(|p| observed.fenced.contains(&p.name.to_string()))
+        .collect();
     let want = match exported(leg) {
         Some(to) => Some((leg_nqn(node, &vid, leg.epoch), host_nqn(&Id::node(to)?))),
         None => None,
@@ -94,6 +100,17 @@ pub(super) fn leg_steps(
         want.as_ref().map(|w| w.0.as_str()),
         observed,
     )?;
+    if zombie {
+        // This node's old raid still sits on the leg: it is served to no one until that
+        // stack is gone.
+        return Ok(());
+    }
+    if !fenced.is_empty() {
+        steps.push(Step::Unfence {
+            volume: v.id.clone(),
+            plans: fenced.into_iter().cloned().collect(),
+        });
+    }
     if let Some((nqn, host)) = want {
         let port = desired
             .nvme_addr
@@ -162,19 +179,13 @@ pub(super) fn orphan_exports(node: &Id, desired: &NodeState, observed: &Observed
         .collect()
 }
 
-/// Controllers of volumes no longer attached here whose state is (`live`) or is not: a
-/// live one goes after the devices on it, so they flush first; one that is not live (its
-/// export gone, as after a failover fenced this node) goes before them, so that what it
-/// holds fails instead of holding up their removal.
-pub(super) fn orphan_controllers(
-    desired: &NodeState,
-    observed: &Observed,
-    live: bool,
-) -> Vec<Step> {
+/// Controllers of volumes no longer attached here. They go before the devices on them:
+/// such a stack is a fenced one (its attachment moved or was forced off), whose held
+/// writes must fail rather than hold up its removal or complete anywhere.
+pub(super) fn orphan_controllers(desired: &NodeState, observed: &Observed) -> Vec<Step> {
     observed
         .controllers
         .iter()
-        .filter(|c| (c.state == "live") == live)
         .filter_map(|c| {
             let (_, vid, _) = parse_leg_nqn(&c.nqn)?;
             desired
@@ -186,6 +197,47 @@ pub(super) fn orphan_controllers(
                 })
         })
         .collect()
+}
+
+/// Volumes with a raid on this node that are no longer attached here: the attachment moved
+/// (a forced attach elsewhere), was forced off, or this node's lease ran out. Nothing of
+/// such a stack may reach a leg again.
+pub(super) fn zombies(node: &Id, desired: &NodeState, observed: &Observed) -> BTreeSet<String> {
+    observed
+        .devices
+        .keys()
+        .filter_map(|n| n.parse::<DeviceName>().ok())
+        .filter(|n| n.node == *node && n.kind == Kind::Raid)
+        .map(|n| n.id.to_string())
+        .filter(|vid| desired.attached(vid).is_none())
+        .collect()
+}
+
+/// Fences this node's own leg under each zombie stack, first of all: `error` under its
+/// thins, so a write the old raid still issues fails there instead of completing on it.
+pub(super) fn fence_steps(
+    node: &Id,
+    zombies: &BTreeSet<String>,
+    observed: &Observed,
+) -> Result<Vec<Step>, PlanError> {
+    let mut out = Vec::new();
+    for vid in zombies {
+        let (meta, data) = leg_thins(node, &Id::object(vid)?);
+        let devices: Vec<DeviceName> = [meta, data]
+            .into_iter()
+            .filter(|d| {
+                let name = d.to_string();
+                observed.devices.contains_key(&name) && !observed.fenced.contains(&name)
+            })
+            .collect();
+        if !devices.is_empty() {
+            out.push(Step::Fence {
+                volume: vid.clone(),
+                devices,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Every device the attach side of `av` may have on this node, top first.

@@ -122,6 +122,9 @@ pub struct Reconciler {
     pub full: FullThresholds,
     /// One pass at a time; the API waits on it.
     running: tokio::sync::Mutex<()>,
+    /// Attachments (volume, epoch) this node fenced when its lease ran out: no longer
+    /// attached here, whatever the store says.
+    fenced: Mutex<std::collections::BTreeSet<(String, u64)>>,
     last: Mutex<LastPass>,
 }
 
@@ -138,6 +141,7 @@ impl Reconciler {
             thresholds,
             full,
             running: tokio::sync::Mutex::new(()),
+            fenced: Mutex::new(Default::default()),
             last: Mutex::new(LastPass::default()),
         }
     }
@@ -162,7 +166,19 @@ impl Reconciler {
         let root = self.mount_root.clone();
         let mut state = self.cluster.state().read(|s| node_state(s, me, Some(root)));
         state.thresholds = self.thresholds;
+        let fenced = self.fenced.lock().unwrap_or_else(|p| p.into_inner());
         state
+            .attached
+            .retain(|a| !fenced.contains(&(a.id.clone(), a.epoch)));
+        state
+    }
+
+    /// Marks volume `volume`'s attachment at `epoch` fenced here (see [`super::lease`]).
+    pub fn fence(&self, volume: &str, epoch: u64) {
+        self.fenced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((volume.to_owned(), epoch));
     }
 
     /// Runs one pass to completion. Returns the steps that failed (each skipped the rest of
@@ -531,6 +547,8 @@ fn step_name(s: &Step) -> String {
         Step::Detached { volume } => format!("{volume} detached"),
         Step::ReAdd { splits, .. } => format!("re-add leg {}", splits[0].name),
         Step::LegUp { volume, leg } => format!("leg {leg} of {volume} in sync"),
+        Step::Fence { volume, .. } => format!("fence the leg of {volume} under a lost attachment"),
+        Step::Unfence { volume, .. } => format!("unfence the leg of {volume}"),
     }
 }
 

@@ -10,7 +10,8 @@ use crate::pool::label::Label;
 use crate::reconcile::desired::{NodeState, Phase};
 use crate::reconcile::plan_pools::{joining_steps, pool_steps};
 use crate::reconcile::plan_replicated::{
-    attach_steps, leg_steps, orphan_controllers, orphan_exports, unexport_steps,
+    attach_steps, fence_steps, leg_steps, orphan_controllers, orphan_exports, unexport_steps,
+    zombies,
 };
 use crate::reconcile::plan_volumes::{deleting_steps, live_volume_steps};
 use crate::volume::spec::Fs;
@@ -52,6 +53,8 @@ pub struct Observed {
     pub namespaces: BTreeMap<String, Device>,
     /// The raid status of each replicated volume attached here, by volume id.
     pub raids: BTreeMap<String, crate::plan::raid::RaidStatus>,
+    /// This node's devices whose table is `error`: legs fenced under a lost attachment.
+    pub fenced: BTreeSet<String>,
 }
 
 /// A leg export as nvmet shows it.
@@ -187,6 +190,17 @@ pub enum Step {
     },
     /// Record that leg `leg` (its node's id) is in sync again.
     LegUp { volume: String, leg: String },
+    /// Load `error` under devices (this node's leg under a stack that lost its attachment),
+    /// so nothing written through that stack completes on them.
+    Fence {
+        volume: String,
+        devices: Vec<DeviceName>,
+    },
+    /// Load a fenced leg's thin tables back, once the stack that was fenced is gone.
+    Unfence {
+        volume: String,
+        plans: Vec<DevicePlan>,
+    },
 }
 
 impl Step {
@@ -233,6 +247,8 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
         .collect();
     frozen.sort_by_key(|n| std::cmp::Reverse(layer(n)));
     steps.extend(frozen.into_iter().map(Step::Resume));
+    let zombies = zombies(&node, desired, observed);
+    steps.extend(fence_steps(&node, &zombies, observed)?);
     steps.extend(joining_steps(desired));
     let pools_up = pool_steps(desired, observed, &node, &mut steps, &mut expected)?;
 
@@ -280,9 +296,8 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
         .filter(|n| !steps.contains(&Step::Deactivate(n.clone())))
         .collect();
     orphans.sort_by_key(|n| (layer(n), n.to_string()));
-    steps.extend(orphan_controllers(desired, observed, false));
+    steps.extend(orphan_controllers(desired, observed));
     steps.extend(orphans.into_iter().map(Step::Deactivate));
-    steps.extend(orphan_controllers(desired, observed, true));
     Ok(steps)
 }
 
@@ -416,6 +431,8 @@ mod tests {
                 Step::Detached { .. } => "detached".into(),
                 Step::ReAdd { splits, .. } => format!("re-add {}", splits[0].name),
                 Step::LegUp { leg, .. } => format!("leg {leg} up"),
+                Step::Fence { devices, .. } => format!("fence {}", devices.len()),
+                Step::Unfence { plans, .. } => format!("unfence {}", plans.len()),
             })
             .collect()
     }

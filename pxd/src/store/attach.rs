@@ -104,6 +104,22 @@ fn attach(
         }
     }
     let epoch = v.epoch + 1;
+    // Taken by force from a node that holds a leg itself: until that node fenced itself
+    // (its lease), writes it never acknowledged may have reached its leg alone. That leg
+    // may hold what the new truth lacks: it is rebuilt, never resynced back.
+    let taken_from = v.attachment.as_ref().map(|a| a.node).filter(|n| *n != node);
+    if let Some(old) = taken_from.filter(|_| v.repl > 1) {
+        let others_up = v
+            .replicas
+            .iter()
+            .any(|r| r.node != old && r.state == ReplicaState::Up && !lost.contains(&r.node));
+        if let Some(r) = v.replicas.iter_mut().find(|r| r.node == old) {
+            if others_up && r.state == ReplicaState::Up {
+                r.state = ReplicaState::Failed;
+                r.serving_epoch = 0;
+            }
+        }
+    }
     if v.repl > 1 {
         let readable =
             |r: &&super::types::Replica| r.state == ReplicaState::Up && !lost.contains(&r.node);
@@ -304,6 +320,12 @@ mod tests {
             v.attachment.as_ref().map(|a| (a.node, a.epoch)),
             Some((NodeId(3), 2))
         );
+        assert_eq!(
+            v.replicas[0].state,
+            ReplicaState::Failed,
+            "the leg of the node it was taken from may hold writes never acknowledged"
+        );
+        assert_eq!(v.replicas[1].state, ReplicaState::Up);
         change(&mut v, VolumeChange::Attached { epoch: 1 }).unwrap();
         assert_eq!(
             v.attachment.as_ref().unwrap().state,
