@@ -414,7 +414,39 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
         matches!(v.replicas[index].state, ReplicaState::Stale { .. }),
         "the store records the lost leg stale before the raid drops it: {v:?}"
     );
-    eprintln!("leg lost: writes held, then degraded after {pause:?} (leg timeout 3 s)");
+    let loss = v.last_leg_loss.clone().expect("the loss is recorded");
+    assert_eq!(loss.node.to_string(), c.id(lost));
+    assert!(
+        loss.held_ms >= 3000,
+        "held {} ms, under the leg timeout",
+        loss.held_ms
+    );
+    // The attach node shows it: inspect (its last pass's raid) and its metrics.
+    let id = r2.id.clone();
+    let shown = c.wait(
+        "the degraded raid in inspect and metrics",
+        Duration::from_secs(60),
+        || {
+            let v: VolumeView = c.nodes[spare].json(&["volume", "inspect", "r2"]);
+            let shown = v.raid?;
+            let m = metrics(&c.nodes[spare]);
+            let has = |name: &str, want: u32| {
+                m.lines().any(|l| {
+                    l.starts_with(&format!("{name}{{"))
+                        && l.contains(id.as_str())
+                        && l.ends_with(&format!(" {want}"))
+                })
+            };
+            (shown.health.chars().nth(index) == Some('D')
+                && has("pxd_volume_replicas", 2)
+                && has("pxd_volume_replicas_healthy", 1))
+            .then_some(shown)
+        },
+    );
+    eprintln!(
+        "leg lost: writes held {} ms, then degraded; raid {} after {pause:?} (leg timeout 3 s)",
+        loss.held_ms, shown.health
+    );
     stop.store(true, Ordering::Relaxed);
     let runs = writer.join().expect("fio ran clean through the leg's loss");
     eprintln!("{runs} fio runs across the loss, 0 errors");
@@ -690,4 +722,12 @@ fn cut_control(ns: &str) {
             ],
         );
     }
+}
+
+/// Node `d`'s `/metrics`.
+fn metrics(d: &Daemon) -> String {
+    use pxd::api::client::{BlockingClient, Method, Target};
+    let client = BlockingClient::new(Target::Unix(d.socket())).unwrap();
+    let (_, body) = client.raw(Method::GET, "/metrics").unwrap();
+    String::from_utf8_lossy(&body).into_owned()
 }

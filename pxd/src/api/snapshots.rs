@@ -226,6 +226,7 @@ pub async fn clone(
         epoch: 0,
         assembled: false,
         accepted_losses: vec![],
+        last_leg_loss: None,
         phase: Phase::Live,
         wrapped_key,
         origin: Some(origin),

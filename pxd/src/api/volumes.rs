@@ -100,9 +100,27 @@ pub struct VolumeView {
     /// Data losses an operator accepted with `attach --force`, newest last.
     #[serde(default)]
     pub accepted_losses: Vec<String>,
+    /// The last leg lost while attached, with how long its writes were held.
+    #[serde(default)]
+    pub last_leg_loss: Option<crate::store::types::LegLoss>,
+    /// The raid as its attach node's last pass read it; inspect on the attach node only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raid: Option<RaidView>,
     /// Bytes the volume has mapped in its pool (thin status); inspect only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<u64>,
+}
+
+/// A replicated volume's raid on its attach node: each leg's health (`A` in sync, `a`
+/// resyncing, `D` out) in replica order, and the resync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaidView {
+    pub health: String,
+    /// Bytes in sync, of the whole.
+    pub synced_bytes: u64,
+    pub total_bytes: u64,
+    /// `idle`, `resync`, `recover`, ...
+    pub action: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +242,8 @@ pub(super) fn view(st: &ClusterState, v: &Volume) -> VolumeView {
         placement: v.placement.clone(),
         attachment: super::attach::attachment_view(st, v),
         accepted_losses: v.accepted_losses.clone(),
+        last_leg_loss: v.last_leg_loss.clone(),
+        raid: None,
         usage: None,
     }
 }
@@ -404,13 +424,23 @@ pub async fn inspect(State(s): State<AppState>, Path(key): Path<String>) -> ApiR
         .cluster
         .state()
         .read(|st| find(st, &key).map(|v| view(st, &v)))?;
-    // Usage as the last reconcile pass on this node read it.
-    v.usage = s
-        .reconciler
-        .last()
-        .volumes
-        .get(&v.id)
-        .and_then(|seen| seen.mapped_bytes);
+    // Usage and the raid as the last reconcile pass on this node read them.
+    let last = s.reconciler.last();
+    v.usage = last.volumes.get(&v.id).and_then(|seen| seen.mapped_bytes);
+    v.raid = last.raids.get(&v.id).map(|r| RaidView {
+        health: r
+            .legs
+            .iter()
+            .map(|l| match l {
+                crate::plan::raid::LegHealth::InSync => 'A',
+                crate::plan::raid::LegHealth::Syncing => 'a',
+                crate::plan::raid::LegHealth::Dead => 'D',
+            })
+            .collect(),
+        synced_bytes: *r.synced * 512,
+        total_bytes: *r.total * 512,
+        action: r.action.clone(),
+    });
     Ok(Json(v))
 }
 
@@ -510,6 +540,7 @@ pub async fn create(
         epoch: 0,
         assembled: false,
         accepted_losses: vec![],
+        last_leg_loss: None,
         snapshot_schedule: None,
         phase: Phase::Live,
         formatted: false,

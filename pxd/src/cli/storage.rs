@@ -275,6 +275,21 @@ fn print_volume(v: &VolumeView) {
             format!("{:?}", a.state).to_lowercase()
         );
     }
+    if let Some(r) = &v.raid {
+        println!(
+            "raid:       {} ({}, {} of {} in sync)",
+            r.health,
+            r.action,
+            crate::volume::spec::human(r.synced_bytes),
+            crate::volume::spec::human(r.total_bytes)
+        );
+    }
+    if let Some(l) = &v.last_leg_loss {
+        println!(
+            "leg lost:   node {} at epoch {}, writes held {} ms before it was dropped",
+            l.node, l.epoch, l.held_ms
+        );
+    }
     for loss in &v.accepted_losses {
         println!("loss:       {loss}");
     }

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub pool_state: IntGaugeVec,
     pub volume_capacity_bytes: IntGaugeVec,
     pub volume_usage_bytes: IntGaugeVec,
+    pub volume_replicas: IntGaugeVec,
+    pub volume_replicas_healthy: IntGaugeVec,
+    pub volume_resync_bytes: IntGaugeVec,
 }
 
 fn gauge(registry: &Registry, name: &'static str, help: &str) -> Result<IntGauge, MetricsError> {
@@ -154,6 +157,24 @@ impl Metrics {
                 "pxd_volume_usage_bytes",
                 "Bytes the volume has allocated in its pool (thin status)",
                 &["volume", "volume_id", "node", "pool"],
+            )?,
+            volume_replicas: gauge_vec(
+                &r,
+                "pxd_volume_replicas",
+                "Legs of a replicated volume's raid, on its attach node",
+                &["volume", "volume_id", "node"],
+            )?,
+            volume_replicas_healthy: gauge_vec(
+                &r,
+                "pxd_volume_replicas_healthy",
+                "Legs of a replicated volume's raid that are alive and in sync, on its attach node",
+                &["volume", "volume_id", "node"],
+            )?,
+            volume_resync_bytes: gauge_vec(
+                &r,
+                "pxd_volume_resync_bytes",
+                "Bytes of a replicated volume's raid left to resync (0 when in sync)",
+                &["volume", "volume_id", "node"],
             )?,
             registry: r,
         })

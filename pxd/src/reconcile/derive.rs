@@ -428,6 +428,7 @@ mod tests {
             epoch: 0,
             assembled: false,
             accepted_losses: vec![],
+            last_leg_loss: None,
             snapshot_schedule: None,
             phase: Phase::Live,
             formatted: false,

@@ -85,6 +85,7 @@ pub async fn run(cluster: Arc<Cluster>, reconciler: Arc<Reconciler>, timeout: Du
                 change: VolumeChange::LegStale {
                     node: leg.node,
                     epoch: leg.epoch,
+                    held_ms: u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
                 },
             };
             match cluster.submit_and_apply(Op::Command(cmd)).await {

@@ -88,6 +88,8 @@ impl PoolUse {
 /// each pool stands and where each pool member was found.
 #[derive(Debug, Default)]
 struct Found {
+    /// The raid of each replicated volume attached here, as the pass last read it.
+    raids: BTreeMap<String, crate::plan::raid::RaidStatus>,
     pools: BTreeMap<String, PoolUse>,
     volumes: BTreeMap<String, VolumeSeen>,
     health: BTreeMap<String, PoolHealth>,
@@ -111,6 +113,8 @@ pub struct LastPass {
     pub volumes: BTreeMap<String, VolumeSeen>,
     /// Where each member drive of this node's pools was found, by label uuid.
     pub members: BTreeMap<String, PathBuf>,
+    /// The raid of each replicated volume attached here, by volume id.
+    pub raids: BTreeMap<String, crate::plan::raid::RaidStatus>,
     pub error: Option<String>,
 }
 
@@ -210,6 +214,7 @@ impl Reconciler {
                 last.pools = found.pools.clone();
                 last.volumes = found.volumes.clone();
                 last.members = found.members.clone();
+                last.raids = found.raids.clone();
                 last.error = failures.first().map(|f| f.error.clone());
             }
             Err(e) => last.error = Some(e.clone()),
@@ -276,6 +281,34 @@ impl Reconciler {
             }
             m.volume_capacity_bytes.reset();
             m.volume_usage_bytes.reset();
+            for g in [
+                &m.volume_replicas,
+                &m.volume_replicas_healthy,
+                &m.volume_resync_bytes,
+            ] {
+                g.reset();
+            }
+            for (id, raid) in &found.raids {
+                let Some(v) = st.volumes.get(id) else {
+                    continue;
+                };
+                let labels = [v.name.as_str(), id.as_str(), &me.to_string()];
+                let healthy = raid
+                    .legs
+                    .iter()
+                    .filter(|l| **l == crate::plan::raid::LegHealth::InSync)
+                    .count();
+                let left = (*raid.total).saturating_sub(*raid.synced) * 512;
+                m.volume_replicas
+                    .with_label_values(&labels)
+                    .set(raid.legs.len() as i64);
+                m.volume_replicas_healthy
+                    .with_label_values(&labels)
+                    .set(healthy as i64);
+                m.volume_resync_bytes
+                    .with_label_values(&labels)
+                    .set(left as i64);
+            }
             for v in st.volumes.values() {
                 for r in v.replicas.iter().filter(|r| r.node == me) {
                     let labels = [v.name.as_str(), &v.id, &me.to_string(), &r.pool];
@@ -335,6 +368,7 @@ impl Reconciler {
             tracing::warn!(volume = ?f.volume, error = %f.error, "a reconcile step failed; retrying on the next pass");
         }
         let found = Found {
+            raids: pass.observed.raids.clone(),
             pools: self.pool_use(&dm, &state),
             volumes: volumes_seen(&dm, &state),
             health,

@@ -56,7 +56,19 @@ pub(super) fn apply(v: &mut Volume, change: &VolumeChange) -> Result<bool, Strin
             }
         }
         VolumeChange::Assembled => v.assembled = true,
-        VolumeChange::LegStale { node, epoch } => leg_stale(v, *node, *epoch)?,
+        VolumeChange::LegStale {
+            node,
+            epoch,
+            held_ms,
+        } => {
+            if leg_stale(v, *node, *epoch)? {
+                v.last_leg_loss = Some(super::types::LegLoss {
+                    node: *node,
+                    epoch: *epoch,
+                    held_ms: *held_ms,
+                });
+            }
+        }
         VolumeChange::LegUp { node, epoch } => {
             let current = v.attachment.as_ref().is_some_and(|a| a.epoch == *epoch);
             if let Some(r) = v
@@ -206,10 +218,11 @@ fn describe(r: &super::types::Replica, lost: &[NodeId]) -> String {
     format!("node {} ({state}{reach})", r.node)
 }
 
-fn leg_stale(v: &mut Volume, node: NodeId, epoch: u64) -> Result<(), String> {
+/// Records the leg on `node` stale; true if it was in sync until now.
+fn leg_stale(v: &mut Volume, node: NodeId, epoch: u64) -> Result<bool, String> {
     if v.attachment.as_ref().is_none_or(|a| a.epoch != epoch) {
         // News of an older attach: that raid is gone, this one decides for itself.
-        return Ok(());
+        return Ok(false);
     }
     let others_up = v
         .replicas
@@ -222,7 +235,7 @@ fn leg_stale(v: &mut Volume, node: NodeId, epoch: u64) -> Result<(), String> {
         .find(|r| r.node == node)
         .ok_or_else(|| format!("volume {} has no replica on node {node}", v.name))?;
     if r.state != ReplicaState::Up {
-        return Ok(());
+        return Ok(false);
     }
     if others_up == 0 {
         return Err(format!(
@@ -235,7 +248,7 @@ fn leg_stale(v: &mut Volume, node: NodeId, epoch: u64) -> Result<(), String> {
     };
     // Served again (and reconnected) only once its node is back.
     r.serving_epoch = 0;
-    Ok(())
+    Ok(true)
 }
 
 fn detach(v: &mut Volume, force: bool) -> Result<(), String> {
@@ -457,16 +470,23 @@ mod tests {
             VolumeChange::LegStale {
                 node: NodeId(2),
                 epoch: 1,
+                held_ms: 5,
             },
         )
         .unwrap();
         assert_eq!(v.replicas[1].state, ReplicaState::Stale { missed_epoch: 1 });
         assert_eq!(v.replicas[1].serving_epoch, 0, "to be served again");
+        assert_eq!(
+            v.last_leg_loss.as_ref().map(|l| (l.node, l.held_ms)),
+            Some((NodeId(2), 5)),
+            "how long the writes were held is kept"
+        );
         let e = change(
             &mut v,
             VolumeChange::LegStale {
                 node: NodeId(1),
                 epoch: 1,
+                held_ms: 5,
             },
         )
         .unwrap_err();
@@ -503,6 +523,7 @@ mod tests {
             VolumeChange::LegStale {
                 node: NodeId(2),
                 epoch: 0,
+                held_ms: 5,
             },
         )
         .unwrap();

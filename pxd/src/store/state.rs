@@ -152,7 +152,13 @@ pub enum VolumeChange {
     /// The leg on `node` was lost during epoch `epoch`: it misses that epoch's writes from
     /// now on, and must be served and resynced again before it counts. Recorded before the
     /// raid may drop it; refused for the last leg in sync.
-    LegStale { node: NodeId, epoch: u64 },
+    LegStale {
+        node: NodeId,
+        epoch: u64,
+        /// How long the leg's writes had been held when it was recorded stale.
+        #[serde(default)]
+        held_ms: u64,
+    },
     /// The leg on `node` is resynced and in sync again at epoch `epoch`.
     LegUp { node: NodeId, epoch: u64 },
     /// The replica on `node` of a volume being deleted is gone from its node; the last one
@@ -509,6 +515,7 @@ pub(crate) mod tests {
             epoch: 0,
             assembled: false,
             accepted_losses: vec![],
+            last_leg_loss: None,
             snapshot_schedule: None,
             phase: Phase::Live,
             formatted: false,

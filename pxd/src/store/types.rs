@@ -412,6 +412,16 @@ pub struct Replica {
     pub serving_epoch: u64,
 }
 
+/// A leg lost while its volume was attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegLoss {
+    pub node: NodeId,
+    pub epoch: u64,
+    /// Milliseconds the writes were held (the controller down) before the leg was recorded
+    /// stale; the raid drops it and writes flow again right after.
+    pub held_ms: u64,
+}
+
 /// Where a volume is attached, with the fencing epoch issued for it (DESIGN §5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
@@ -472,6 +482,10 @@ pub struct Volume {
     /// Data losses an operator accepted (`attach --force` from stale legs), newest last.
     #[serde(default)]
     pub accepted_losses: Vec<String>,
+    /// The last leg lost while attached, and how long its writes were held before the raid
+    /// went on without it.
+    #[serde(default)]
+    pub last_leg_loss: Option<LegLoss>,
     pub snapshot_schedule: Option<String>,
     #[serde(default)]
     pub phase: Phase,
