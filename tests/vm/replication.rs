@@ -84,6 +84,23 @@ fn all_exports() -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// The nvmet subsystems linked to a port: those a host can reach.
+fn linked_exports() -> BTreeSet<String> {
+    let ports = std::fs::read_dir("/sys/kernel/config/nvmet/ports");
+    ports
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|p| {
+            std::fs::read_dir(p.path().join("subsystems"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 fn raid_status(name: &str) -> Option<RaidStatus> {
     let dm = KernelDm::open().ok()?;
     let name = devicemapper::DmNameBuf::new(name.to_owned()).ok()?;
@@ -151,6 +168,20 @@ struct Cluster {
     ids: Vec<(String, String)>,
 }
 
+impl Drop for Cluster {
+    /// The daemons go (their own drops kill them), and so does every NVMe controller they
+    /// left: with `ctrl_loss_tmo=-1` a controller whose target went with its namespace
+    /// would hold its I/O, and the guest's shutdown with it, for ever.
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        for c in pxd::kernel::nvme_host::controllers() {
+            let _ = pxd::kernel::nvme_host::delete(&c.name);
+        }
+    }
+}
+
 impl Cluster {
     fn start() -> Cluster {
         let disks = vm_disks(3);
@@ -214,7 +245,7 @@ fn legs_built(c: &Cluster, name: &str) -> VolumeView {
     for r in &v.replicas {
         let node = c.id(c.by_name(&r.node_name)).to_owned();
         let thin = format!("pxd-{node}-thin-{}", v.id);
-        wait_until(&thin, Duration::from_secs(120), || {
+        c.wait(&thin, Duration::from_secs(120), || {
             node_devices(&node).contains(&thin).then_some(())
         });
     }
@@ -250,6 +281,97 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
     let e = b.refused(&["volume", "attach", "nothing-here"]);
     assert!(e.contains("no volume called \"nothing-here\""), "{e}");
     assert_eq!((all_tables(), all_exports()), (tables, exports));
+
+    // Fencing: an attach node holding one leg loses its control traffic only (ZeroMQ
+    // dropped in its namespace, NVMe/TCP still flowing) while it writes numbered records.
+    // Another node takes the volume with --force. The old node's writes fail within its
+    // lease, every record it saw acknowledged is on the new side, and nothing it writes
+    // after the new epoch reaches a leg.
+    c.nodes[1].ok(&[
+        "volume",
+        "create",
+        "f6",
+        "--size",
+        "64M",
+        "--fs",
+        "raw",
+        "--repl",
+        "2",
+        "--nodes",
+        "repl-a,repl-b",
+    ]);
+    legs_built(&c, "f6");
+    let v: VolumeView = c.nodes[0].json(&["volume", "attach", "f6"]);
+    let f6 = v.device.clone().expect("a device");
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let (acked, dev) = (acked.clone(), f6.clone());
+        std::thread::spawn(move || numbered_writes(&dev, &acked))
+    };
+    wait_until("records written", Duration::from_secs(60), || {
+        (acked.load(Ordering::Relaxed) > 50).then_some(())
+    });
+    cut_control(&c.net.ns(0));
+    let cut = Instant::now();
+    c.wait("a seen offline from b", Duration::from_secs(120), || {
+        let nodes: Vec<serde_json::Value> = c.nodes[1].json(&["node", "list"]);
+        let a = nodes.iter().find(|n| n["name"] == "repl-a")?;
+        (a["liveness"] != "online").then_some(())
+    });
+    let v: VolumeView = c.nodes[1].json(&["volume", "attach", "f6", "--force"]);
+    let taken = cut.elapsed();
+    let ((error, failed_at), last) = writer.join().unwrap();
+    eprintln!(
+        "control traffic cut: the old attach node's writes failed after {:?} ({error}), {last} records acknowledged; the forced attach was acknowledged after {taken:?}",
+        failed_at.duration_since(cut),
+    );
+    assert!(
+        failed_at < cut + taken,
+        "the old node still wrote when the forced attach was acknowledged"
+    );
+    let a_leg = v.replicas.iter().find(|r| r.node_name == "repl-a").unwrap();
+    assert_eq!(a_leg.state, ReplicaState::Failed, "{v:?}");
+    let moved = v.device.clone().expect("a device");
+    let records = read_direct(&moved, 0, (last as usize + 1) * 4096);
+    for (i, block) in records.chunks(4096).enumerate() {
+        assert_eq!(
+            &block[..8],
+            &(i as u64).to_le_bytes(),
+            "record {i}, acknowledged to the old node, is missing on the new side"
+        );
+    }
+    let b_leg = PathBuf::from(format!("/dev/mapper/pxd-{}-thin-{}", c.id(1), v.id));
+    let sum = sha256(&read_direct(&b_leg, 0, 64 * MIB));
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        sha256(&read_direct(&b_leg, 0, 64 * MIB)),
+        sum,
+        "a leg changed after the new epoch"
+    );
+    assert!(
+        c.nodes[0].logged("attach lease lost"),
+        "the old node did not fence itself:\n{}",
+        c.nodes[0].log_tail()
+    );
+    // A's control traffic back: it rejoins, its fenced stack of f6 is taken down.
+    run(
+        "tc",
+        &["-n", &c.net.ns(0), "qdisc", "del", "dev", "eth0", "root"],
+    );
+    c.wait("a online again", Duration::from_secs(120), || {
+        let nodes: Vec<serde_json::Value> = c.nodes[1].json(&["node", "list"]);
+        let a = nodes.iter().find(|n| n["name"] == "repl-a")?;
+        (a["liveness"] == "online").then_some(())
+    });
+    let a_id = c.id(0).to_owned();
+    c.wait(
+        "a's fenced stack of f6 gone",
+        Duration::from_secs(120),
+        || {
+            let raid = format!("pxd-{a_id}-raid-{}", v.id);
+            (!node_devices(&a_id).contains(&raid)).then_some(())
+        },
+    );
 
     // Repl 2, attached on the one node that holds no replica: both legs are remote.
     a.ok(&[
@@ -487,10 +609,11 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
     assert!(v.attachment.is_none(), "{v:?}");
     let raid = format!("pxd-{}-raid-{}", c.id(1), v.id);
     assert!(!node_devices(c.id(1)).contains(&raid));
+    // Its exports are unreachable: unlinked from every port (removed with the volume).
     assert!(
-        !all_exports().iter().any(|e| e.contains(&v.id)),
+        !linked_exports().iter().any(|e| e.contains(&v.id)),
         "{:?}",
-        all_exports()
+        linked_exports()
     );
     // Attached again, the filesystem and the file are there.
     let v: VolumeView = c.nodes[2].json(&["volume", "mount", "fs2"]);
@@ -528,7 +651,7 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
     fio(&moved, "before-loss", "32M", &["--verify_only"]);
     let old = format!("{}:e{old_epoch}", r2.id);
     assert!(
-        !all_exports().iter().any(|e| e.ends_with(&old)),
+        !linked_exports().iter().any(|e| e.ends_with(&old)),
         "{:?}",
         all_exports()
     );
@@ -605,78 +728,13 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
         "stale data refused; the forced attach recorded: {}",
         v.accepted_losses[0]
     );
-    // Fencing: an attach node holding one leg loses its control traffic only (ZeroMQ
-    // dropped in its namespace, NVMe/TCP still flowing) while it writes numbered records.
-    // Another node takes the volume with --force. The old node's writes fail within its
-    // lease, every record it saw acknowledged is on the new side, and nothing it writes
-    // after the new epoch reaches a leg.
+    // c back, so that nothing is left holding I/O for it when the daemons go.
     bring_back(&mut c, 2);
-    c.nodes[1].ok(&[
-        "volume",
-        "create",
-        "f6",
-        "--size",
-        "64M",
-        "--fs",
-        "raw",
-        "--repl",
-        "2",
-        "--nodes",
-        "repl-a,repl-b",
-    ]);
-    legs_built(&c, "f6");
-    let v: VolumeView = c.nodes[0].json(&["volume", "attach", "f6"]);
-    let f6 = v.device.clone().expect("a device");
-    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let writer = {
-        let (acked, dev) = (acked.clone(), f6.clone());
-        std::thread::spawn(move || numbered_writes(&dev, &acked))
-    };
-    wait_until("records written", Duration::from_secs(60), || {
-        (acked.load(Ordering::Relaxed) > 50).then_some(())
-    });
-    cut_control(&c.net.ns(0));
-    let cut = Instant::now();
-    c.wait("a seen offline from b", Duration::from_secs(120), || {
+    c.wait("c online again", Duration::from_secs(120), || {
         let nodes: Vec<serde_json::Value> = c.nodes[1].json(&["node", "list"]);
-        let a = nodes.iter().find(|n| n["name"] == "repl-a")?;
-        (a["liveness"] != "online").then_some(())
+        let n = nodes.iter().find(|n| n["name"] == "repl-c")?;
+        (n["liveness"] == "online").then_some(())
     });
-    let v: VolumeView = c.nodes[1].json(&["volume", "attach", "f6", "--force"]);
-    let taken = cut.elapsed();
-    let ((error, failed_at), last) = writer.join().unwrap();
-    eprintln!(
-        "control traffic cut: the old attach node's writes failed after {:?} ({error}), {last} records acknowledged; the forced attach was acknowledged after {taken:?}",
-        failed_at.duration_since(cut),
-    );
-    assert!(
-        failed_at < cut + taken,
-        "the old node still wrote when the forced attach was acknowledged"
-    );
-    let a_leg = v.replicas.iter().find(|r| r.node_name == "repl-a").unwrap();
-    assert_eq!(a_leg.state, ReplicaState::Failed, "{v:?}");
-    let moved = v.device.clone().expect("a device");
-    let records = read_direct(&moved, 0, (last as usize + 1) * 4096);
-    for (i, block) in records.chunks(4096).enumerate() {
-        assert_eq!(
-            &block[..8],
-            &(i as u64).to_le_bytes(),
-            "record {i}, acknowledged to the old node, is missing on the new side"
-        );
-    }
-    let b_leg = PathBuf::from(format!("/dev/mapper/pxd-{}-thin-{}", c.id(1), v.id));
-    let sum = sha256(&read_direct(&b_leg, 0, 64 * MIB));
-    std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(
-        sha256(&read_direct(&b_leg, 0, 64 * MIB)),
-        sum,
-        "a leg changed after the new epoch"
-    );
-    assert!(
-        c.nodes[0].logged("attach lease lost"),
-        "the old node did not fence itself:\n{}",
-        c.nodes[0].log_tail()
-    );
 }
 
 /// Writes 4 KiB records 0, 1, 2, ... (each starting with its number) with O_DIRECT|O_DSYNC

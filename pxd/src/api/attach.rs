@@ -177,7 +177,10 @@ pub async fn attach(
     // Taken from another node: that node may still hold a local leg, and fences itself
     // only when its lease runs out. Not acknowledged before then.
     if v.attachment.as_ref().is_some_and(|a| a.node != node) {
-        let left = s.config.attach_lease.saturating_sub(recorded.elapsed());
+        // The old node fences within a lease of its last confirmation plus a tick or two
+        // of its watch: wait half a lease more.
+        let wait = s.config.attach_lease + s.config.attach_lease / 2;
+        let left = wait.saturating_sub(recorded.elapsed());
         tracing::info!(volume = %v.name, wait = ?left, "forced attach: waiting out the old attach node's lease");
         tokio::time::sleep(left).await;
     }

@@ -23,7 +23,22 @@ pub fn export(nqn: &str, device: &Path, host: &str, port: SocketAddr) -> Result<
     nvmet.link(port.id, nqn)
 }
 
-/// Removes export `nqn` whole; whoever was connected through it gets errors. Idempotent.
+/// Unlinks export `nqn` from every port: the kernel tears its controllers down and refuses
+/// reconnects, so a host still holding writes for it keeps holding them. Idempotent.
+pub fn unlink(nqn: &str) -> Result<(), NvmetError> {
+    let nvmet = match Nvmet::open() {
+        Ok(nvmet) => nvmet,
+        Err(NvmetError::Missing(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for p in nvmet.ports() {
+        nvmet.unlink(p.id, nqn)?;
+    }
+    Ok(())
+}
+
+/// Removes export `nqn` whole. Only for a leg that is going: a host still connected is told
+/// its namespace is gone, and fails its I/O to it. Idempotent.
 pub fn unexport(nqn: &str) -> Result<(), NvmetError> {
     match Nvmet::open() {
         Ok(nvmet) => nvmet.remove_export(nqn),

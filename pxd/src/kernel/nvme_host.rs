@@ -135,8 +135,10 @@ pub fn controllers() -> Vec<Controller> {
 /// Deletes controller `name` (`nvme3`): held I/O fails, the namespace goes away. Idempotent.
 pub fn delete(name: &str) -> Result<(), NvmeError> {
     let path = Path::new(CLASS).join(name).join("delete_controller");
+    // One being deleted already refuses a second delete.
+    let deleting = || read(&Path::new(CLASS).join(name).join("state")).starts_with("deleting");
     match std::fs::write(&path, "1") {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(NvmeError::Io {
+        Err(e) if e.kind() != io::ErrorKind::NotFound && !deleting() => Err(NvmeError::Io {
             op: "write",
             path,
             source: e,

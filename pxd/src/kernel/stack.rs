@@ -160,14 +160,10 @@ fn render(lines: &[Line]) -> String {
         .join(" | ")
 }
 
-/// A live device's planned table, resolved against what the kernel has, and the table it
-/// has now.
-fn live_tables(
-    dm: &dyn DeviceMapper,
-    plan: &DevicePlan,
-) -> Result<(Vec<Line>, Vec<Line>), StackError> {
-    let name = plan.name.dm_name();
-    if dm.info(&name)?.is_none() {
+/// A live device's planned table, resolved against what the kernel has; refused if the
+/// device is not up.
+fn planned_live(dm: &dyn DeviceMapper, plan: &DevicePlan) -> Result<Vec<Line>, StackError> {
+    if dm.info(&plan.name.dm_name())?.is_none() {
         return Err(StackError::NotActive {
             device: plan.name.to_string(),
         });
@@ -178,8 +174,17 @@ fn live_tables(
             known.insert(dep, info.dev);
         }
     }
-    let lines = plan.resolve(&|n| known.get(n).copied())?;
-    let found = parse_table(&dm.table(&name)?)?;
+    Ok(plan.resolve(&|n| known.get(n).copied())?)
+}
+
+/// A live device's planned table, resolved against what the kernel has, and the table it
+/// has now.
+fn live_tables(
+    dm: &dyn DeviceMapper,
+    plan: &DevicePlan,
+) -> Result<(Vec<Line>, Vec<Line>), StackError> {
+    let lines = planned_live(dm, plan)?;
+    let found = parse_table(&dm.table(&plan.name.dm_name())?)?;
     Ok((lines, found))
 }
 
@@ -232,6 +237,24 @@ pub fn reload(dm: &dyn DeviceMapper, plan: &DevicePlan, always: bool) -> Result<
     dm.load(&name, &raw_table(&lines))?;
     dm.resume(&name)?;
     Ok(true)
+}
+
+/// Loads a live device's planned table over whatever it has now, whatever that is (the
+/// `error` table that fenced it included), same length only: a fenced leg taken back.
+pub fn replace(dm: &dyn DeviceMapper, plan: &DevicePlan) -> Result<(), StackError> {
+    let name = plan.name.dm_name();
+    let lines = planned_live(dm, plan)?;
+    let current: u64 = dm.table(&name)?.iter().map(|l| l.1).sum();
+    if current != *plan.length() {
+        return Err(StackError::TableMismatch {
+            device: plan.name.to_string(),
+            planned: render(&lines),
+            found: format!("{current} sectors"),
+        });
+    }
+    dm.load(&name, &raw_table(&lines))?;
+    dm.resume(&name)?;
+    Ok(())
 }
 
 /// Suspends and resumes a device with its table unchanged: a raid then tries to take back
@@ -327,6 +350,38 @@ mod tests {
             before,
             "a refused apply changes nothing"
         );
+    }
+
+    #[test]
+    fn a_fenced_device_fails_everything_until_its_table_is_put_back() {
+        let dm = FakeDm::default();
+        let plan = plan_pool(&pool_spec(DEFAULT_CHUNK)).unwrap();
+        apply(&dm, &plan.devices()).unwrap();
+        let data = &plan.data;
+        let planned = dm.table(&data.name.dm_name()).unwrap();
+        fence(&dm, &data.name).unwrap();
+        let fenced = dm.table(&data.name.dm_name()).unwrap();
+        assert_eq!(
+            fenced,
+            [(0, *data.length(), "error".to_owned(), String::new())],
+            "the same length, every sector an error"
+        );
+        assert!(
+            reload(&dm, data, true).is_err(),
+            "a fenced table is no plan to compare"
+        );
+        replace(&dm, data).unwrap();
+        assert_eq!(dm.table(&data.name.dm_name()).unwrap(), planned);
+        fence(
+            &dm,
+            &DeviceName::new(
+                &Id::node("n1").unwrap(),
+                crate::plan::names::Kind::Thin,
+                &Id::object("gone").unwrap(),
+                None,
+            ),
+        )
+        .unwrap();
     }
 
     #[test]

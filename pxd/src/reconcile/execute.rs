@@ -99,6 +99,7 @@ impl Concern {
             | Step::Forget { volume, .. }
             | Step::Export { volume, .. }
             | Step::Unexport { volume, .. }
+            | Step::Unlink { volume, .. }
             | Step::Serve { volume, .. }
             | Step::Connect { volume, .. }
             | Step::Disconnect { volume, .. }
@@ -413,6 +414,10 @@ impl<'a> Executor<'a> {
                 self.faults.tick(&format_args!("unexport {nqn}"));
                 legs::unexport(nqn)?;
             }
+            Step::Unlink { nqn, .. } => {
+                self.faults.tick(&format_args!("unlink {nqn}"));
+                legs::unlink(nqn)?;
+            }
             Step::Connect {
                 nqn, addr, host, ..
             } => {
@@ -446,7 +451,12 @@ impl<'a> Executor<'a> {
             Step::ReAdd { splits, raid, .. } => {
                 self.faults.tick(&format_args!("re-add into {}", raid.name));
                 for split in splits {
-                    crate::kernel::stack::reload(dm, split, true)?;
+                    // Split devices a raid made without this leg never had are made now.
+                    if dm.info(&split.name.dm_name())?.is_some() {
+                        crate::kernel::stack::replace(dm, split)?;
+                    } else {
+                        crate::kernel::stack::apply(dm, &[split])?;
+                    }
                 }
                 if !crate::kernel::stack::reload(dm, raid, false)? {
                     crate::kernel::stack::cycle(dm, &raid.name)?;
@@ -460,7 +470,7 @@ impl<'a> Executor<'a> {
             }
             Step::Unfence { plans, .. } => {
                 for p in plans {
-                    crate::kernel::stack::reload(dm, p, true)?;
+                    crate::kernel::stack::replace(dm, p)?;
                 }
             }
             Step::LegUp { volume, leg } => {

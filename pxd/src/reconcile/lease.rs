@@ -2,7 +2,8 @@
 //! attach node that holds a *local* leg: cut off from the cluster, it could let its raid go
 //! on with that leg alone and acknowledge writes the new attach never sees. So a node with
 //! replicated volumes attached confirms, every quarter lease, that it is still on the
-//! majority side (a Raft read index through the leader: no log entry). When it has not
+//! majority side: fresh heartbeats from a majority of the voters, or else a Raft read index
+//! through the leader (no log entry). When it has not
 //! confirmed for a whole `--attach-lease-ms`, it fences itself: `error` under its local
 //! legs first, then its controllers deleted, so writes held or still issued fail instead of
 //! completing anywhere. Those volumes then count as not attached here (their stack is torn
@@ -37,9 +38,19 @@ pub async fn run(cluster: Arc<Cluster>, reconciler: Arc<Reconciler>, lease: Dura
             confirmed = Instant::now();
             continue;
         }
-        match cluster.confirm_quorum(tick).await {
+        // The lease runs from when the confirmation was asked for, not when it came. Fresh
+        // heartbeats from a majority of the voters confirm it too: an election (no leader
+        // for a while) does not cut this node off from the majority.
+        let asked = Instant::now();
+        let heard = cluster.status().quorum.ok;
+        let confirmed_now = if heard {
+            Ok(())
+        } else {
+            cluster.confirm_quorum(tick).await
+        };
+        match confirmed_now {
             Ok(()) => {
-                confirmed = Instant::now();
+                confirmed = asked;
                 continue;
             }
             Err(e) if confirmed.elapsed() < lease => {

@@ -99,6 +99,18 @@ pub async fn run(cluster: Arc<Cluster>, reconciler: Arc<Reconciler>, timeout: Du
                         "leg lost: recorded stale; the raid goes on without it"
                     );
                     down.remove(&leg);
+                    // Deleted here and now, not by a pass: a pass may be waiting on this very
+                    // leg's held I/O. Its writes then fail on it and complete on the others.
+                    let name = c.name.clone();
+                    match tokio::task::spawn_blocking(move || nvme_host::delete(&name)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "could not drop the lost leg's controller")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not drop the lost leg's controller")
+                        }
+                    }
                     let r = reconciler.clone();
                     tokio::spawn(async move {
                         if let Err(e) = r.pass().await {

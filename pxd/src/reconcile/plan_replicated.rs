@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 /// A leg's devices, lowest first: metadata thin, data thin, and the device nvmet exports
-/// (both joined) while another node has the volume attached.
+/// (both joined).
 pub fn leg_stack(node: &Id, v: &VolumeState, leg: &LegState) -> Result<Vec<DevicePlan>, PlanError> {
     let vid = Id::object(&v.id)?;
     let pool = Id::object(&v.pool)?;
@@ -36,11 +36,13 @@ pub fn leg_stack(node: &Id, v: &VolumeState, leg: &LegState) -> Result<Vec<Devic
     };
     let mut meta = thin(leg.meta_thin_id, LEG_META)?;
     meta.name.role = Some(Role::Meta);
-    let mut plans = vec![meta, thin(v.thin_id, size)?];
-    if exported(leg).is_some() {
-        plans.push(plan_leg_export(node, &vid, size));
-    }
-    Ok(plans)
+    // The device nvmet exports stays while the volume lives: an old epoch's unlinked export
+    // keeps it open.
+    Ok(vec![
+        meta,
+        thin(v.thin_id, size)?,
+        plan_leg_export(node, &vid, size),
+    ])
 }
 
 /// The attach node a leg is exported to, while the volume is attached on another node.
@@ -98,6 +100,7 @@ pub(super) fn leg_steps(
         node,
         v,
         want.as_ref().map(|w| w.0.as_str()),
+        false,
         observed,
     )?;
     if zombie {
@@ -105,7 +108,7 @@ pub(super) fn leg_steps(
         // stack is gone.
         return Ok(());
     }
-    if !fenced.is_empty() {
+    if !fenced.is_empty() && !observed.devices.contains_key(&raid) {
         steps.push(Step::Unfence {
             volume: v.id.clone(),
             plans: fenced.into_iter().cloned().collect(),
@@ -144,18 +147,34 @@ pub(super) fn leg_steps(
 }
 
 /// Removes every export of this node's leg of `v` except `keep`.
+/// With `whole`, removes every export of this node's leg of `v` (the volume is going);
+/// otherwise unlinks every export but `keep` from its ports. An unlinked export can no longer
+/// be reached: its controllers are torn down and the host's reconnects are refused, so an
+/// old attach node holds its writes to this leg (and fails them when its lease runs out).
+/// It is not removed while the volume lives: disabling its namespace would tell a host still
+/// connected that the namespace is gone, and its raid would fail the leg and complete the
+/// write on its other legs alone.
 pub(super) fn unexport_steps(
     steps: &mut Vec<Step>,
     node: &Id,
     v: &VolumeState,
     keep: Option<&str>,
+    whole: bool,
     observed: &Observed,
 ) -> Result<(), PlanError> {
     let vid = Id::object(&v.id)?;
     for e in &observed.exports {
         let ours = parse_leg_nqn(&e.nqn).is_some_and(|(n, x, _)| n == *node && x == vid);
-        if ours && Some(e.nqn.as_str()) != keep {
+        if !ours || Some(e.nqn.as_str()) == keep {
+            continue;
+        }
+        if whole {
             steps.push(Step::Unexport {
+                volume: v.id.clone(),
+                nqn: e.nqn.clone(),
+            });
+        } else if !e.ports.is_empty() {
+            steps.push(Step::Unlink {
                 volume: v.id.clone(),
                 nqn: e.nqn.clone(),
             });
@@ -287,6 +306,24 @@ pub(super) fn attach_steps(
             );
             continue;
         };
+        // A stack of an older epoch still up here (a re-attach here while the old one was
+        // not taken down): its splits sit on that epoch's namespaces. It is never taken for
+        // this epoch's; the attach waits until it is gone (detach --force, then unmount).
+        let raid_up = observed
+            .devices
+            .contains_key(&DeviceName::new(&node, Kind::Raid, &vid, None).to_string());
+        let older = observed
+            .controllers
+            .iter()
+            .any(|c| parse_leg_nqn(&c.nqn).is_some_and(|(_, x, e)| x == vid && e < av.epoch));
+        if raid_up && older {
+            expected.extend(
+                attach_devices(&node, &vid, av.legs.len())
+                    .iter()
+                    .map(|n| n.to_string()),
+            );
+            continue;
+        }
         // A stale leg's split devices stay while the raid holds them.
         expected.extend(
             attach_devices(&node, &vid, av.legs.len())
@@ -344,6 +381,24 @@ pub(super) fn attach_steps(
     Ok(())
 }
 
+/// A connect from this node to remote leg `leg` of `av`, as subsystem `nqn`.
+fn connect(
+    node: &Id,
+    av: &AttachedVolume,
+    leg: &crate::reconcile::desired::AttachLeg,
+    nqn: String,
+) -> Result<Step, PlanError> {
+    let addr = leg.addr.ok_or_else(|| {
+        replication_error(&av.id, format!("node {} has no NVMe/TCP address", leg.node))
+    })?;
+    Ok(Step::Connect {
+        volume: av.id.clone(),
+        nqn,
+        addr,
+        host: host_nqn(node),
+    })
+}
+
 /// The attach stack of `av`, lowest first (leg splits, raid, crypt), once every in-sync leg
 /// is served at this epoch and reachable; until then `None`, with the connects it needs
 /// pushed onto `steps`.
@@ -386,18 +441,7 @@ fn attach_plans(
             None => {
                 ready = false;
                 if !observed.controllers.iter().any(|c| c.nqn == nqn) {
-                    let addr = leg.addr.ok_or_else(|| {
-                        replication_error(
-                            &av.id,
-                            format!("node {} has no NVMe/TCP address", leg.node),
-                        )
-                    })?;
-                    steps.push(Step::Connect {
-                        volume: av.id.clone(),
-                        nqn,
-                        addr,
-                        host: host_nqn(node),
-                    });
+                    steps.push(connect(node, av, leg, nqn)?);
                 }
             }
         }
@@ -475,63 +519,78 @@ fn stale_leg_steps(
         if leg.in_sync || leg.local {
             continue;
         }
+        let index = u8::try_from(i)
+            .map_err(|_| replication_error(&av.id, format!("leg {i} is out of range")))?;
+        let splits = [
+            DeviceName::new(node, Kind::Leg, vid, Some(Role::LegMeta(index))),
+            DeviceName::new(node, Kind::Leg, vid, Some(Role::LegData(index))),
+        ];
+        let present = |d: &DeviceName| observed.devices.contains_key(&d.to_string());
+        let fenced = |d: &DeviceName| observed.fenced.contains(&d.to_string());
+        // Taken out of the raid's use until a re-add: absent, or `error` under it.
+        let out = splits.iter().all(|d| !present(d) || fenced(d));
         let nqn = leg_nqn(&Id::node(&leg.node)?, vid, av.epoch);
         let controller = observed.controllers.iter().find(|c| c.nqn == nqn);
         if !leg.serving {
+            // Recorded stale: its controller goes (what it held fails on it, and completes
+            // on the legs in sync), then `error` under its splits, so that nothing reaches
+            // it again, whatever the raid shows, until it is re-added.
             if let Some(c) = controller {
                 steps.push(Step::Disconnect {
                     volume: av.id.clone(),
                     controller: c.name.clone(),
                 });
             }
+            let live: Vec<DeviceName> = splits
+                .iter()
+                .filter(|d| present(d) && !fenced(d))
+                .cloned()
+                .collect();
+            if !live.is_empty() {
+                steps.push(Step::Fence {
+                    volume: av.id.clone(),
+                    devices: live,
+                });
+            }
             continue;
         }
         let Some(dev) = observed.namespaces.get(&nqn) else {
             if controller.is_none() {
-                let addr = leg.addr.ok_or_else(|| {
-                    replication_error(&av.id, format!("node {} has no NVMe/TCP address", leg.node))
-                })?;
-                steps.push(Step::Connect {
-                    volume: av.id.clone(),
-                    nqn,
-                    addr,
-                    host: host_nqn(node),
-                });
+                steps.push(connect(node, av, leg, nqn)?);
             }
             continue;
         };
         let health = status.and_then(|s| s.legs.get(i).copied());
-        match health {
-            Some(LegHealth::InSync) if status.is_some_and(|s| s.synced == s.total) => {
+        let readd = out || health == Some(LegHealth::Dead) || health.is_none();
+        if !readd {
+            // Re-added at this epoch: up once dm-raid has it in sync.
+            if health == Some(LegHealth::InSync) && status.is_some_and(|s| s.synced == s.total) {
                 steps.push(Step::LegUp {
                     volume: av.id.clone(),
                     leg: leg.node.clone(),
                 });
             }
-            // Resyncing: wait.
-            Some(LegHealth::InSync | LegHealth::Syncing) => {}
-            Some(LegHealth::Dead) | None if holding || !leg.may_rejoin => {}
-            Some(LegHealth::Dead) | None => {
-                let index = u8::try_from(i)
-                    .map_err(|_| replication_error(&av.id, format!("leg {i} is out of range")))?;
-                let (m, d) = plan_leg_split(node, vid, index, *dev, size);
-                let legs = av
-                    .legs
-                    .iter()
-                    .enumerate()
-                    .map(|(j, l)| {
-                        (l.in_sync || j == i)
-                            .then(|| leg_refs(node, vid, j, l.local))
-                            .flatten()
-                    })
-                    .collect();
-                steps.push(Step::ReAdd {
-                    volume: av.id.clone(),
-                    splits: vec![m, d],
-                    raid: plan_raid(node, vid, legs, size, false),
-                });
-            }
+            continue;
         }
+        if holding || !leg.may_rejoin {
+            continue;
+        }
+        let (m, d) = plan_leg_split(node, vid, index, *dev, size);
+        let legs = av
+            .legs
+            .iter()
+            .enumerate()
+            .map(|(j, l)| {
+                (l.in_sync || j == i)
+                    .then(|| leg_refs(node, vid, j, l.local))
+                    .flatten()
+            })
+            .collect();
+        steps.push(Step::ReAdd {
+            volume: av.id.clone(),
+            splits: vec![m, d],
+            raid: plan_raid(node, vid, legs, size, false),
+        });
     }
     Ok(())
 }

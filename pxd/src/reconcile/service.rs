@@ -574,6 +574,7 @@ fn step_name(s: &Step) -> String {
         },
         Step::Export { nqn, .. } => format!("export {nqn}"),
         Step::Unexport { nqn, .. } => format!("unexport {nqn}"),
+        Step::Unlink { nqn, .. } => format!("unlink {nqn} from its ports"),
         Step::Serve { volume, epoch } => format!("{volume} serves epoch {epoch}"),
         Step::Connect { nqn, .. } => format!("connect {nqn}"),
         Step::Disconnect { controller, .. } => format!("disconnect {controller}"),

@@ -162,9 +162,11 @@ pub enum Step {
         host: String,
         port: std::net::SocketAddr,
     },
-    /// Remove a leg export whole: its controllers are torn down, which fences whoever was
-    /// connected through it.
+    /// Remove a leg export whole (its volume is going).
     Unexport { volume: String, nqn: String },
+    /// Unlink a leg export from its ports: its controllers are torn down and reconnects
+    /// refused, which fences whoever was connected through it.
+    Unlink { volume: String, nqn: String },
     /// Record that this node's replica serves `epoch` only.
     Serve { volume: String, epoch: u64 },
     /// Connect to a remote leg over NVMe/TCP and wait for its namespace.
@@ -278,7 +280,7 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
                 live_volume_steps(&mut steps, desired, v, &pool, stack, observed)?;
             }
             (Phase::Deleting, _) => {
-                unexport_steps(&mut steps, &node, v, None, observed)?;
+                unexport_steps(&mut steps, &node, v, None, true, observed)?;
                 deleting_steps(&mut steps, desired, v, pool, &stack, observed)?
             }
         }
@@ -424,6 +426,7 @@ mod tests {
                 Step::ForgetRetired { volume } => format!("forget retired of {volume}"),
                 Step::Export { nqn, .. } => format!("export {nqn}"),
                 Step::Unexport { nqn, .. } => format!("unexport {nqn}"),
+                Step::Unlink { nqn, .. } => format!("unlink {nqn}"),
                 Step::Serve { epoch, .. } => format!("serve {epoch}"),
                 Step::Connect { nqn, .. } => format!("connect {nqn}"),
                 Step::Disconnect { controller, .. } => format!("disconnect {controller}"),
@@ -752,7 +755,7 @@ mod tests {
                 "thin-id 2",
                 "thin-id 1",
                 "activate 3",
-                &format!("unexport {NQN}:a1:v1:e1"),
+                &format!("unlink {NQN}:a1:v1:e1"),
                 &format!("export {NQN}:a1:v1:e2"),
                 "serve 2"
             ]
@@ -767,15 +770,12 @@ mod tests {
         let mut o = observed(&devs);
         o.exports.push(export_seen(&format!("{NQN}:a1:v1:e2")));
         assert_eq!(plan(&leg_state(2, 2), &o).unwrap().len(), 1);
-        // Detached: the export and its device go; the thins stay.
+        // Detached: the export is unlinked (unreachable), never disabled under a host that
+        // may still be connected; the devices stay.
         let steps = plan(&leg_state(0, 2), &o).unwrap();
-        assert_eq!(
-            kinds(&steps)[1..],
-            [
-                &format!("unexport {NQN}:a1:v1:e2"),
-                "deactivate pxd-a1-leg-v1"
-            ]
-        );
+        assert_eq!(kinds(&steps)[1..], [format!("unlink {NQN}:a1:v1:e2")]);
+        o.exports[0].ports.clear();
+        assert_eq!(plan(&leg_state(0, 2), &o).unwrap().len(), 1);
         // The volume gone from this node: its export goes before its devices.
         let mut s = leg_state(2, 2);
         s.volumes.clear();
@@ -890,6 +890,74 @@ mod tests {
                 "detached"
             ]
         );
+    }
+
+    #[test]
+    fn a_stale_leg_is_dropped_and_fenced_then_taken_back_only_by_a_re_add() {
+        use crate::plan::raid::{LegHealth, RaidStatus};
+        let mut s = attached_state(true);
+        let v = &mut s.attached[0];
+        (v.attached, v.formatted, v.fresh, v.fs) = (true, true, false, Fs::Raw);
+        // c3's leg is recorded stale: out of sync, no longer served.
+        let c3 = &mut v.legs[1];
+        (c3.in_sync, c3.serving, c3.may_rejoin) = (false, false, true);
+        let mut o = observed(&[
+            ("pxd-a1-leg-v1-m0", 8192),
+            ("pxd-a1-leg-v1-d0", 131072),
+            ("pxd-a1-leg-v1-m1", 8192),
+            ("pxd-a1-leg-v1-d1", 131072),
+            ("pxd-a1-raid-v1", 131072),
+        ]);
+        for (i, (n, state)) in [("b2", "live"), ("c3", "connecting")].iter().enumerate() {
+            let nqn = format!("{NQN}:{n}:v1:e3");
+            o.controllers.push(ControllerSeen {
+                name: format!("nvme{i}"),
+                nqn: nqn.clone(),
+                state: state.to_string(),
+            });
+            let dev = Device {
+                major: 259,
+                minor: i as u32,
+            };
+            o.namespaces.insert(nqn, dev);
+        }
+        assert_eq!(
+            kinds(&plan(&s, &o).unwrap()),
+            ["disconnect nvme1", "fence 2"],
+            "its held writes fail, then nothing reaches it"
+        );
+        // Served again and reconnected: re-added, unless a leg in sync holds writes.
+        s.attached[0].legs[1].serving = true;
+        o.fenced
+            .extend(["pxd-a1-leg-v1-m1".into(), "pxd-a1-leg-v1-d1".into()]);
+        o.controllers[1].state = "live".into();
+        assert_eq!(kinds(&plan(&s, &o).unwrap()), ["re-add pxd-a1-leg-v1-m1"]);
+        o.controllers[0].state = "connecting".into();
+        assert!(
+            plan(&s, &o).unwrap().is_empty(),
+            "a re-add would wait on held writes"
+        );
+        // Re-added: up once in sync, not before.
+        o.controllers[0].state = "live".into();
+        o.fenced.clear();
+        let mut status = RaidStatus {
+            legs: vec![LegHealth::InSync, LegHealth::Syncing],
+            synced: Sectors(10),
+            total: Sectors(131072),
+            action: "recover".into(),
+            mismatches: 0,
+        };
+        o.raids.insert("v1".into(), status.clone());
+        assert!(plan(&s, &o).unwrap().is_empty());
+        status.legs[1] = LegHealth::InSync;
+        status.synced = status.total;
+        o.raids.insert("v1".into(), status);
+        assert_eq!(kinds(&plan(&s, &o).unwrap()), ["leg c3 up"]);
+        // A failed leg never comes back by resync.
+        s.attached[0].legs[1].may_rejoin = false;
+        o.fenced
+            .extend(["pxd-a1-leg-v1-m1".into(), "pxd-a1-leg-v1-d1".into()]);
+        assert!(plan(&s, &o).unwrap().is_empty());
     }
 
     #[test]

@@ -115,6 +115,8 @@ fn attach(
             ));
         }
     }
+    // Records from before the counter existed carry their epoch in the attachment only.
+    v.epoch = v.epoch.max(v.attachment.as_ref().map_or(0, |a| a.epoch));
     let epoch = v.epoch + 1;
     // Taken by force from a node that holds a leg itself: until that node fenced itself
     // (its lease), writes it never acknowledged may have reached its leg alone. That leg
@@ -169,11 +171,14 @@ fn attach(
             ));
         }
         // Legs on nodes out of reach miss this epoch's writes from its first one. A leg that
-        // was in sync but is passed over by an accepted loss holds writes the new truth
-        // lacks: it may never rejoin by resync (its raid superblock is newer); it is rebuilt.
+        // was in sync but is passed over by an accepted loss or a forced takeover may hold
+        // writes the new truth lacks (the old attach node may reach it until its lease
+        // runs out), and one never assembled has no superblock: neither may rejoin by
+        // resync; they are rebuilt.
+        let diverges = accepted_loss || taken_from.is_some() || !v.assembled;
         for r in v.replicas.iter_mut().filter(|r| lost.contains(&r.node)) {
             if r.state == ReplicaState::Up {
-                r.state = if accepted_loss {
+                r.state = if diverges {
                     ReplicaState::Failed
                 } else {
                     ReplicaState::Stale {
@@ -220,9 +225,19 @@ fn describe(r: &super::types::Replica, lost: &[NodeId]) -> String {
 
 /// Records the leg on `node` stale; true if it was in sync until now.
 fn leg_stale(v: &mut Volume, node: NodeId, epoch: u64) -> Result<bool, String> {
-    if v.attachment.as_ref().is_none_or(|a| a.epoch != epoch) {
-        // News of an older attach: that raid is gone, this one decides for itself.
-        return Ok(false);
+    if let Some(a) = v.attachment.as_ref().filter(|a| a.epoch != epoch) {
+        // A loss seen by an older attach. Refused, not ignored: that node must keep its
+        // writes held (and fail them when fenced), never complete them on its other legs.
+        return Err(format!(
+            "epoch {epoch} of volume {} is over (it is attached at epoch {}); the leg stays held",
+            v.name, a.epoch
+        ));
+    }
+    if v.attachment.is_none() {
+        return Err(format!(
+            "volume {} is not attached; the leg stays held",
+            v.name
+        ));
     }
     let others_up = v
         .replicas
@@ -264,6 +279,20 @@ fn detach(v: &mut Volume, force: bool) -> Result<(), String> {
         }
     }
     if force || v.repl == 1 {
+        // Forced off a node that holds a leg: that leg may hold writes never acknowledged.
+        let node = a.node;
+        if force && v.repl > 1 {
+            let others_up = v
+                .replicas
+                .iter()
+                .any(|r| r.node != node && r.state == ReplicaState::Up);
+            if let Some(r) = v.replicas.iter_mut().find(|r| r.node == node) {
+                if others_up && r.state == ReplicaState::Up {
+                    r.state = ReplicaState::Failed;
+                    r.serving_epoch = 0;
+                }
+            }
+        }
         v.mount_path = None;
         v.attachment = None;
     } else {
@@ -517,8 +546,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v.replicas[1].state, ReplicaState::Up);
-        // An old epoch's loss is no news.
-        change(
+        // An old epoch's loss is refused: that node keeps its writes held.
+        let e = change(
             &mut v,
             VolumeChange::LegStale {
                 node: NodeId(2),
@@ -526,7 +555,8 @@ mod tests {
                 held_ms: 5,
             },
         )
-        .unwrap();
+        .unwrap_err();
+        assert!(e.contains("epoch 0 of volume db is over"), "{e}");
         assert_eq!(v.replicas[1].state, ReplicaState::Up);
     }
 
