@@ -173,11 +173,12 @@ impl Drop for Cluster {
     /// left: with `ctrl_loss_tmo=-1` a controller whose target went with its namespace
     /// would hold its I/O, and the guest's shutdown with it, for ever.
     fn drop(&mut self) {
-        for n in &mut self.nodes {
-            n.kill();
-        }
+        // Controllers first: a daemon waiting on I/O they hold could not be reaped before.
         for c in pxd::kernel::nvme_host::controllers() {
             let _ = pxd::kernel::nvme_host::delete(&c.name);
+        }
+        for n in &mut self.nodes {
+            n.kill();
         }
     }
 }
