@@ -7,6 +7,7 @@ use super::token::JoinToken;
 use super::{Cluster, ClusterError, Led, JOIN_TIMEOUT};
 use crate::store::types::{ClusterInfo, Node, Secret};
 use crate::store::{Command, NodeId};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -73,6 +74,8 @@ impl Cluster {
             return Err(self.already_member());
         }
         let members = BTreeMap::from([(self.id(), self.raft_node())]);
+        // The first member elects itself.
+        self.raft.runtime_config().elect(true);
         self.raft
             .initialize(members)
             .await
@@ -219,63 +222,80 @@ impl Cluster {
         }
         let id = node.id;
         let membership = self.membership();
-        if membership.get_node(&id).is_some() {
-            let same = self
+        let taken = || ClusterError::Invalid {
+            field: "node id",
+            reason: format!("{id} is already taken by another member"),
+        };
+        let accepted = || JoinAccepted {
+            cluster_id: cluster_id.clone(),
+            leader: self.id(),
+            cluster_key: self.shared_cluster_key(),
+        };
+        // Already in the membership: the same node asking again. Recorded, it is in; not
+        // yet recorded, its join stopped half way (leadership moved) and is finished here.
+        let known = membership.get_node(&id).cloned();
+        if let Some(member) = &known {
+            if member.public_key != node.public_key {
+                return Err(taken());
+            }
+            match self
                 .state
-                .read(|s| s.nodes.get(&id).map(|n| n.public_key == node.public_key));
-            return if same == Some(true) {
-                Ok(JoinAccepted {
-                    cluster_id,
-                    leader: self.id(),
-                    cluster_key: self.shared_cluster_key(),
-                })
-            } else {
-                Err(ClusterError::Invalid {
-                    field: "node id",
-                    reason: format!("{id} is already taken by another member"),
-                })
-            };
+                .read(|s| s.nodes.get(&id).map(|n| n.public_key == node.public_key))
+            {
+                Some(true) => return Ok(accepted()),
+                Some(false) => return Err(taken()),
+                None => {}
+            }
         }
         self.ensure_quorum().await.map_err(|e| self.led_error(e))?;
-        let raft_node = crate::store::RaftNode {
-            data_addr: node.data_addr.clone(),
-            public_key: node.public_key.clone(),
-        };
-        let added =
-            tokio::time::timeout(JOIN_TIMEOUT / 2, self.raft.add_learner(id, raft_node, true))
-                .await;
-        if !matches!(added, Ok(Ok(_))) {
-            // Take the learner out again so a failed join leaves the membership as it was.
-            let _ = self
-                .raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await;
-            let reason = match added {
-                Err(_) => format!("node {id} did not catch up with the log in time"),
-                Ok(Err(e)) => e.to_string(),
-                Ok(Ok(_)) => String::new(),
+        if known.is_none() {
+            let raft_node = crate::store::RaftNode {
+                data_addr: node.data_addr.clone(),
+                public_key: node.public_key.clone(),
             };
-            return Err(ClusterError::Raft {
-                op: "add a learner",
-                reason,
-            });
+            let added =
+                tokio::time::timeout(JOIN_TIMEOUT / 2, self.raft.add_learner(id, raft_node, true))
+                    .await;
+            if !matches!(added, Ok(Ok(_))) {
+                // Take the learner out again so a failed join leaves the membership as it was.
+                let _ = self
+                    .raft
+                    .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                    .await;
+                let reason = match added {
+                    Err(_) => format!("node {id} did not catch up with the log in time"),
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(_)) => String::new(),
+                };
+                return Err(ClusterError::Raft {
+                    op: "add a learner",
+                    reason,
+                });
+            }
         }
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(|e| ClusterError::Raft {
-                op: "make the new node a voter",
-                reason: e.to_string(),
-            })?;
+        if !self.membership().voter_ids().any(|v| v == id) {
+            let promoted = self
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await;
+            if let Err(e) = promoted {
+                // Leadership moved under the change: the new leader finishes the join.
+                if let RaftError::APIError(ClientWriteError::ForwardToLeader(f)) = &e {
+                    if let Some(leader) = f.leader_id.filter(|l| *l != self.id() && *l != id) {
+                        return self.forward_join(leader, token, node).await;
+                    }
+                }
+                return Err(ClusterError::Raft {
+                    op: "make the new node a voter",
+                    reason: e.to_string(),
+                });
+            }
+        }
         self.write_local(Command::PutNode { node })
             .await
             .map_err(|e| self.led_error(e))?;
         tracing::info!(node = %id, "node joined");
-        Ok(JoinAccepted {
-            cluster_id,
-            leader: self.id(),
-            cluster_key: self.shared_cluster_key(),
-        })
+        Ok(accepted())
     }
 
     async fn forward_join(

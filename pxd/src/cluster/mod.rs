@@ -228,6 +228,10 @@ impl Cluster {
             })?;
         let beats = Beats::new(config.beat_interval, config.missed_beats);
         let cluster_key = ClusterKey::load(&config.data_dir.join(CLUSTER_KEY_FILE))?.map(Arc::new);
+        // A node without the cluster key has not finished joining: it must not campaign, or
+        // heartbeats slowed during its join would make it lead a cluster whose key (and
+        // its own record) it never received.
+        raft.runtime_config().elect(cluster_key.is_some());
         let cluster = Arc::new(Cluster {
             cluster_key: std::sync::RwLock::new(cluster_key),
             identity,
@@ -270,6 +274,7 @@ impl Cluster {
     fn keep_cluster_key(&self, key: ClusterKey) -> Result<(), ClusterError> {
         key.save(&self.config.data_dir.join(CLUSTER_KEY_FILE))?;
         *self.cluster_key.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(key));
+        self.raft.runtime_config().elect(true);
         Ok(())
     }
 
