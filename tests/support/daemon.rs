@@ -233,9 +233,10 @@ impl Daemon {
         err
     }
 
-    /// Whether the daemon's whole log so far has `needle` in it.
-    pub fn logged(&self, needle: &str) -> bool {
-        std::fs::read_to_string(self.log()).is_ok_and(|t| t.contains(needle))
+    /// Whether a line of the daemon's log so far has every one of `needles` in it.
+    pub fn logged(&self, needles: &[&str]) -> bool {
+        std::fs::read_to_string(self.log())
+            .is_ok_and(|t| t.lines().any(|l| needles.iter().all(|n| l.contains(n))))
     }
 
     pub fn log_tail(&self) -> String {

@@ -4,6 +4,7 @@
 pub mod boots;
 pub mod daemon;
 pub mod netns;
+pub mod trio;
 
 use pxd::kernel::block;
 use pxd::plan::names::Id;

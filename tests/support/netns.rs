@@ -27,11 +27,22 @@ pub struct Net {
     prefix: String,
     hub: String,
     count: usize,
+    /// The address index of node 0: nets that share a kernel need distinct addresses, since
+    /// nvmet finds its ports by address.
+    first: usize,
 }
 
 impl Net {
     pub fn new(count: usize) -> Net {
-        assert!(count < 200, "the test subnet has room for 200 nodes");
+        Net::new_at(count, 0)
+    }
+
+    /// [`Net::new`], node `i` at address index `first + i`.
+    pub fn new_at(count: usize, first: usize) -> Net {
+        assert!(
+            first + count < 200,
+            "the test subnet has room for 200 nodes"
+        );
         let prefix = format!(
             "pxdt{}x{}",
             std::process::id(),
@@ -42,6 +53,7 @@ impl Net {
             prefix,
             hub: hub.clone(),
             count: 0,
+            first,
         };
         ip(&["netns", "add", &hub]);
         ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]);
@@ -63,7 +75,7 @@ impl Net {
                 &ns,
                 "addr",
                 "add",
-                &format!("{}/24", Net::addr(i)),
+                &format!("{}/24", net.addr_of(i)),
                 "dev",
                 "eth0",
             ]);
@@ -79,6 +91,11 @@ impl Net {
 
     pub fn addr(i: usize) -> String {
         format!("10.77.0.{}", i + 1)
+    }
+
+    /// Node `i`'s address on this net.
+    pub fn addr_of(&self, i: usize) -> String {
+        Net::addr(self.first + i)
     }
 
     /// Cuts node `i` off (its veth down) or connects it again.

@@ -4,13 +4,19 @@
 //! user relies on: data written through the raid is on every leg, attach works on a node
 //! with no replica, encrypted data never crosses as plain text, `kill -9` of any daemon under
 //! fio changes nothing in the data path, and bad input is refused with the kernel untouched.
+//! An attach node cut off (its control traffic, or whole) is fenced, and a forced attach
+//! elsewhere loses no acknowledged write.
+//!
+//! Two clusters, each on three of the guest's disks, run side by side: one takes attach
+//! nodes away, the other does everything else. Their checks of the kernel's state look
+//! only at their own nodes' devices, exports and controllers.
 
 use pxd::api::volumes::VolumeView;
 use pxd::kernel::dm::{DeviceMapper, KernelDm};
 use pxd::plan::raid::{LegHealth, RaidStatus};
 use pxd::store::types::{AttachState, ReplicaState};
 use pxd_tests::daemon::Daemon;
-use pxd_tests::netns::Net;
+use pxd_tests::trio::{legs_built, wait_until, Cluster};
 use pxd_tests::{node_devices, pattern, read_direct, run, sha256, vm_disks, write_direct};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -20,33 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
-
-/// Every drive lands in the low class, whatever the emulator's speed, so all pools are alike.
-const ALL_LOW: [&str; 6] = [
-    "--high-min-iops",
-    "1000000000",
-    "--medium-min-iops",
-    "1000000000",
-    "--reconcile-interval-ms",
-    "2000",
-];
-
-fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-/// A node's id, as its dm names carry it.
-fn node_id(d: &Daemon) -> String {
-    let status: serde_json::Value = d.json(&["cluster", "status"]);
-    status["node"].as_str().unwrap().to_owned()
-}
 
 /// The sha256 of the first `len` bytes of every leg's data thin of volume `v`, read directly.
 fn leg_sums(v: &VolumeView, ids: &[(String, String)], len: usize) -> Vec<String> {
@@ -61,43 +40,6 @@ fn leg_sums(v: &VolumeView, ids: &[(String, String)], len: usize) -> Vec<String>
             let dev = PathBuf::from(format!("/dev/mapper/pxd-{node}-thin-{}", v.id));
             sha256(&read_direct(&dev, 0, len))
         })
-        .collect()
-}
-
-/// Every pxd dm device and its table, of every node: what a refused call must not change.
-fn all_tables() -> BTreeSet<String> {
-    run("dmsetup", &["table"])
-        .lines()
-        .filter(|l| l.starts_with("pxd-"))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// This kernel's nvmet subsystems (every node's exports).
-fn all_exports() -> BTreeSet<String> {
-    std::fs::read_dir("/sys/kernel/config/nvmet/subsystems")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The nvmet subsystems linked to a port: those a host can reach.
-fn linked_exports() -> BTreeSet<String> {
-    let ports = std::fs::read_dir("/sys/kernel/config/nvmet/ports");
-    ports
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|p| {
-            std::fs::read_dir(p.path().join("subsystems"))
-                .into_iter()
-                .flatten()
-                .flatten()
-        })
-        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
 }
 
@@ -161,105 +103,22 @@ fn bring_back(c: &mut Cluster, i: usize) {
     c.nodes[i].start();
 }
 
-struct Cluster {
-    net: Net,
-    nodes: Vec<Daemon>,
-    /// (name, id) of each node.
-    ids: Vec<(String, String)>,
-}
-
-impl Drop for Cluster {
-    /// The daemons go (their own drops kill them), and so does every NVMe controller they
-    /// left: with `ctrl_loss_tmo=-1` a controller whose target went with its namespace
-    /// would hold its I/O, and the guest's shutdown with it, for ever.
-    fn drop(&mut self) {
-        // Controllers first: a daemon waiting on I/O they hold could not be reaped before.
-        for c in pxd::kernel::nvme_host::controllers() {
-            let _ = pxd::kernel::nvme_host::delete(&c.name);
-        }
-        for n in &mut self.nodes {
-            n.kill();
-        }
-    }
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let disks = vm_disks(3);
-        let net = Net::new(3);
-        let mut nodes: Vec<Daemon> = ["repl-a", "repl-b", "repl-c"]
-            .iter()
-            .enumerate()
-            .map(|(i, name)| Daemon::in_netns(name, &net.ns(i), &Net::addr(i), 9700, &ALL_LOW))
-            .collect();
-        nodes[0].start_cluster();
-        let token = nodes[0].ok(&["cluster", "token"]).trim().to_owned();
-        for n in &mut nodes[1..] {
-            n.start();
-            n.ok(&["cluster", "join", &token]);
-        }
-        for (n, disk) in nodes.iter().zip(&disks) {
-            n.ok(&["drive", "add", disk.to_str().unwrap()]);
-            // One guest holds every node: as far as placement knows, each is its own host.
-            let host = format!("host-{}", n.name);
-            n.ok(&["topology", "tag", "--host", &host]);
-        }
-        wait_until("three pools in the store", Duration::from_secs(120), || {
-            let pools: Vec<serde_json::Value> =
-                serde_json::from_str(&nodes[2].ok(&["pool", "list", "--json"])).ok()?;
-            (pools.len() == 3).then_some(())
-        });
-        let ids = nodes.iter().map(|n| (n.name.clone(), node_id(n))).collect();
-        Cluster { net, nodes, ids }
-    }
-
-    /// [`wait_until`], showing every node's log when it times out.
-    fn wait<T>(&self, what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            if Instant::now() > deadline {
-                for n in &self.nodes {
-                    eprintln!("--- log of {} ---\n{}", n.name, n.log_tail());
-                }
-                panic!("timed out waiting for {what}");
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-
-    fn by_name(&self, name: &str) -> usize {
-        self.nodes.iter().position(|n| n.name == name).unwrap()
-    }
-
-    fn id(&self, i: usize) -> &str {
-        &self.ids[i].1
-    }
-}
-
-/// Volume `name` as node `d` shows it, once every replica has built its leg (its devices
-/// exist on its node).
-fn legs_built(c: &Cluster, name: &str) -> VolumeView {
-    let v: VolumeView = c.nodes[0].json(&["volume", "inspect", name]);
-    for r in &v.replicas {
-        let node = c.id(c.by_name(&r.node_name)).to_owned();
-        let thin = format!("pxd-{node}-thin-{}", v.id);
-        c.wait(&thin, Duration::from_secs(120), || {
-            node_devices(&node).contains(&thin).then_some(())
-        });
-    }
-    v
+#[test]
+fn an_attach_node_cut_off_is_fenced_and_a_forced_attach_loses_no_acknowledged_write() {
+    let disks = vm_disks(6);
+    let c = Cluster::start("fence", &disks[..3], 0, 9700);
+    forced_takeover(&c, "f6", Cut::Control);
+    forced_takeover(&c, "p5", Cut::Whole);
 }
 
 #[test]
 fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_input() {
-    let mut c = Cluster::start();
+    let disks = vm_disks(6);
+    let mut c = Cluster::start("repl", &disks[3..], 10, 9800);
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
 
     // Bad input: refused by name, and no node's devices or exports change.
-    let (tables, exports) = (all_tables(), all_exports());
+    let (tables, exports) = (c.tables(), c.exports());
     for repl in ["0", "4"] {
         let e = a.refused(&["volume", "create", "bad", "--size", "64M", "--repl", repl]);
         assert!(e.contains("repl") && e.contains("1 to 3"), "{e}");
@@ -281,98 +140,7 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
     );
     let e = b.refused(&["volume", "attach", "nothing-here"]);
     assert!(e.contains("no volume called \"nothing-here\""), "{e}");
-    assert_eq!((all_tables(), all_exports()), (tables, exports));
-
-    // Fencing: an attach node holding one leg loses its control traffic only (ZeroMQ
-    // dropped in its namespace, NVMe/TCP still flowing) while it writes numbered records.
-    // Another node takes the volume with --force. The old node's writes fail within its
-    // lease, every record it saw acknowledged is on the new side, and nothing it writes
-    // after the new epoch reaches a leg.
-    c.nodes[1].ok(&[
-        "volume",
-        "create",
-        "f6",
-        "--size",
-        "64M",
-        "--fs",
-        "raw",
-        "--repl",
-        "2",
-        "--nodes",
-        "repl-a,repl-b",
-    ]);
-    legs_built(&c, "f6");
-    let v: VolumeView = c.nodes[0].json(&["volume", "attach", "f6"]);
-    let f6 = v.device.clone().expect("a device");
-    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let writer = {
-        let (acked, dev) = (acked.clone(), f6.clone());
-        std::thread::spawn(move || numbered_writes(&dev, &acked))
-    };
-    wait_until("records written", Duration::from_secs(60), || {
-        (acked.load(Ordering::Relaxed) > 50).then_some(())
-    });
-    cut_control(&c.net.ns(0));
-    let cut = Instant::now();
-    c.wait("a seen offline from b", Duration::from_secs(120), || {
-        let nodes: Vec<serde_json::Value> = c.nodes[1].json(&["node", "list"]);
-        let a = nodes.iter().find(|n| n["name"] == "repl-a")?;
-        (a["liveness"] != "online").then_some(())
-    });
-    let v: VolumeView = c.nodes[1].json(&["volume", "attach", "f6", "--force"]);
-    let taken = cut.elapsed();
-    let ((error, failed_at), last) = writer.join().unwrap();
-    eprintln!(
-        "control traffic cut: the old attach node's writes failed after {:?} ({error}), {last} records acknowledged; the forced attach was acknowledged after {taken:?}",
-        failed_at.duration_since(cut),
-    );
-    assert!(
-        failed_at < cut + taken,
-        "the old node still wrote when the forced attach was acknowledged"
-    );
-    let a_leg = v.replicas.iter().find(|r| r.node_name == "repl-a").unwrap();
-    assert_eq!(a_leg.state, ReplicaState::Failed, "{v:?}");
-    let moved = v.device.clone().expect("a device");
-    let records = read_direct(&moved, 0, (last as usize + 1) * 4096);
-    for (i, block) in records.chunks(4096).enumerate() {
-        assert_eq!(
-            &block[..8],
-            &(i as u64).to_le_bytes(),
-            "record {i}, acknowledged to the old node, is missing on the new side"
-        );
-    }
-    let b_leg = PathBuf::from(format!("/dev/mapper/pxd-{}-thin-{}", c.id(1), v.id));
-    let sum = sha256(&read_direct(&b_leg, 0, 64 * MIB));
-    std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(
-        sha256(&read_direct(&b_leg, 0, 64 * MIB)),
-        sum,
-        "a leg changed after the new epoch"
-    );
-    assert!(
-        c.nodes[0].logged("attach lease lost"),
-        "the old node did not fence itself:\n{}",
-        c.nodes[0].log_tail()
-    );
-    // A's control traffic back: it rejoins, its fenced stack of f6 is taken down.
-    run(
-        "tc",
-        &["-n", &c.net.ns(0), "qdisc", "del", "dev", "eth0", "root"],
-    );
-    c.wait("a online again", Duration::from_secs(120), || {
-        let nodes: Vec<serde_json::Value> = c.nodes[1].json(&["node", "list"]);
-        let a = nodes.iter().find(|n| n["name"] == "repl-a")?;
-        (a["liveness"] == "online").then_some(())
-    });
-    let a_id = c.id(0).to_owned();
-    c.wait(
-        "a's fenced stack of f6 gone",
-        Duration::from_secs(120),
-        || {
-            let raid = format!("pxd-{a_id}-raid-{}", v.id);
-            (!node_devices(&a_id).contains(&raid)).then_some(())
-        },
-    );
+    assert_eq!((c.tables(), c.exports()), (tables, exports));
 
     // Repl 2, attached on the one node that holds no replica: both legs are remote.
     a.ok(&[
@@ -466,20 +234,20 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
         })
     };
     for victim in [spare, spare, spare, replica, replica, replica] {
-        let (tables, exports) = (all_tables(), all_exports());
+        let (tables, exports) = (c.tables(), c.exports());
         c.nodes[victim].kill();
         std::thread::sleep(Duration::from_millis(500));
         c.nodes[victim].start();
         // One full pass after the restart, then the kernel must be as it was.
         c.nodes[victim].ok(&["volume", "inspect", "r2"]);
         assert_eq!(
-            all_tables(),
+            c.tables(),
             tables,
             "a restart of {} changed a table",
             c.nodes[victim].name
         );
         assert_eq!(
-            all_exports(),
+            c.exports(),
             exports,
             "a restart of {} changed an export",
             c.nodes[victim].name
@@ -612,9 +380,9 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
     assert!(!node_devices(c.id(1)).contains(&raid));
     // Its exports are unreachable: unlinked from every port (removed with the volume).
     assert!(
-        !linked_exports().iter().any(|e| e.contains(&v.id)),
+        !c.linked_exports().iter().any(|e| e.contains(&v.id)),
         "{:?}",
-        linked_exports()
+        c.linked_exports()
     );
     // Attached again, the filesystem and the file are there.
     let v: VolumeView = c.nodes[2].json(&["volume", "mount", "fs2"]);
@@ -628,7 +396,7 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
         Duration::from_secs(120),
         || {
             let listed = c.nodes[2].ok(&["volume", "list"]);
-            let left = all_tables().iter().any(|t| t.contains(&v.id));
+            let left = c.tables().iter().any(|t| t.contains(&v.id));
             (!listed.contains("fs2") && !left).then_some(())
         },
     );
@@ -652,9 +420,9 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
     fio(&moved, "before-loss", "32M", &["--verify_only"]);
     let old = format!("{}:e{old_epoch}", r2.id);
     assert!(
-        !linked_exports().iter().any(|e| e.ends_with(&old)),
+        !c.linked_exports().iter().any(|e| e.ends_with(&old)),
         "{:?}",
-        all_exports()
+        c.exports()
     );
     // Back, the old attach node takes its stale stack down.
     bring_back(&mut c, spare);
@@ -738,6 +506,136 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
     });
 }
 
+/// How an attach node is cut off from the others.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// Its ZeroMQ traffic dropped in its namespace, NVMe/TCP still flowing.
+    Control,
+    /// Its link down: nothing in or out.
+    Whole,
+}
+
+/// Node a attaches `name`, a new repl-2 volume with one leg on a and one on b, and writes
+/// numbered records until a write fails. a is cut off as `cut` says; b takes the volume with
+/// `--force`. The old node's writes fail (its lease runs out) before the forced attach is
+/// acknowledged, every record it saw acknowledged is on the new side, a's leg is `failed`,
+/// and nothing a writes after the new epoch reaches b's leg. Healed, a takes its fenced
+/// stack down.
+fn forced_takeover(c: &Cluster, name: &str, cut: Cut) {
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let on = format!("{},{}", a.name, b.name);
+    b.ok(&[
+        "volume", "create", name, "--size", "64M", "--fs", "raw", "--repl", "2", "--nodes", &on,
+    ]);
+    legs_built(c, name);
+    let v: VolumeView = a.json(&["volume", "attach", name]);
+    let dev = v.device.clone().expect("a device");
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let (acked, dev) = (acked.clone(), dev.clone());
+        std::thread::spawn(move || numbered_writes(&dev, &acked))
+    };
+    wait_until("records written", Duration::from_secs(60), || {
+        (acked.load(Ordering::Relaxed) > 50).then_some(())
+    });
+    let ns = c.net.ns(0);
+    match cut {
+        Cut::Control => cut_control(&ns, c.node_port),
+        Cut::Whole => c.net.set_link(0, false),
+    }
+    let at = Instant::now();
+    c.wait("a seen offline from b", Duration::from_secs(120), || {
+        (!c.online(1, 0)).then_some(())
+    });
+    let v: VolumeView = b.json(&["volume", "attach", name, "--force"]);
+    let taken = at.elapsed();
+    let (last, writer) = match cut {
+        // The NVMe/TCP path stays up: the old node fences itself with nothing held, and
+        // its writes fail.
+        Cut::Control => {
+            let ((error, failed_at), last) = writer.join().unwrap();
+            eprintln!(
+                "{cut:?} cut: the old attach node's writes failed after {:?} ({error}), {last} \
+                 records acknowledged; the forced attach was acknowledged after {taken:?}",
+                failed_at.duration_since(at),
+            );
+            assert!(
+                failed_at < at + taken,
+                "the old node still wrote when the forced attach was acknowledged"
+            );
+            (last, None)
+        }
+        // Cut whole, the old node holds the write in flight: it may be on its own leg
+        // already, so it is never acknowledged (the writer waits) rather than failed.
+        Cut::Whole => {
+            let last = acked.load(Ordering::Relaxed);
+            std::thread::sleep(Duration::from_secs(5));
+            assert_eq!(
+                acked.load(Ordering::Relaxed),
+                last,
+                "the old node acknowledged writes after the forced attach"
+            );
+            eprintln!(
+                "{cut:?} cut: the old attach node's writes held from the cut on, {last} records \
+                 acknowledged; the forced attach was acknowledged after {taken:?}"
+            );
+            (last, Some(writer))
+        }
+    };
+    let a_leg = v.replicas.iter().find(|r| r.node_name == a.name).unwrap();
+    assert_eq!(a_leg.state, ReplicaState::Failed, "{v:?}");
+    let moved = v.device.clone().expect("a device");
+    let records = read_direct(&moved, 0, (last as usize + 1) * 4096);
+    for (i, block) in records.chunks(4096).enumerate() {
+        assert_eq!(
+            &block[..8],
+            &(i as u64).to_le_bytes(),
+            "record {i}, acknowledged to the old node, is missing on the new side"
+        );
+    }
+    let b_leg = PathBuf::from(format!("/dev/mapper/pxd-{}-thin-{}", c.id(1), v.id));
+    let sum = sha256(&read_direct(&b_leg, 0, 64 * MIB));
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        sha256(&read_direct(&b_leg, 0, 64 * MIB)),
+        sum,
+        "a leg changed after the new epoch"
+    );
+    assert!(
+        a.logged(&["attach lease lost", &v.id]),
+        "the old node did not fence itself:\n{}",
+        a.log_tail()
+    );
+    match cut {
+        Cut::Control => drop(run(
+            "tc",
+            &["-n", &ns, "qdisc", "del", "dev", "eth0", "root"],
+        )),
+        Cut::Whole => c.net.set_link(0, true),
+    }
+    c.wait("a online again", Duration::from_secs(120), || {
+        c.online(1, 0).then_some(())
+    });
+    let (a_id, raid) = (c.id(0), format!("pxd-{}-raid-{}", c.id(0), v.id));
+    if writer.is_some() {
+        // Back, a still holds that write: nothing acknowledges it from a's leg alone. (The
+        // teardown deletes the controller; the writer ends then.)
+        std::thread::sleep(Duration::from_secs(5));
+        assert_eq!(
+            acked.load(Ordering::Relaxed),
+            last,
+            "a held write was acknowledged"
+        );
+        assert!(node_devices(a_id).contains(&raid));
+        return;
+    }
+    c.wait(
+        &format!("a's fenced stack of {name} gone"),
+        Duration::from_secs(120),
+        || (!node_devices(a_id).contains(&raid)).then_some(()),
+    );
+}
+
 /// Writes 4 KiB records 0, 1, 2, ... (each starting with its number) with O_DIRECT|O_DSYNC
 /// until a write fails; `acked` holds the last record acknowledged. Returns the error and
 /// when it came, and the last record acknowledged.
@@ -763,9 +661,10 @@ fn numbered_writes(dev: &Path, acked: &std::sync::atomic::AtomicU64) -> ((String
     panic!("16384 records written and no write failed: the old attach node was never fenced");
 }
 
-/// Drops the ZeroMQ traffic (port 9701, both ways) of the node in namespace `ns`; its
-/// NVMe/TCP traffic still flows.
-fn cut_control(ns: &str) {
+/// Drops the ZeroMQ traffic (`port`, both ways) of the node in namespace `ns`; its NVMe/TCP
+/// traffic still flows.
+fn cut_control(ns: &str, port: u16) {
+    let port = port.to_string();
     run(
         "tc",
         &[
@@ -777,7 +676,7 @@ fn cut_control(ns: &str) {
             "tc",
             &[
                 "-n", ns, "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "prio",
-                "1", "u32", "match", "ip", dir, "9701", "0xffff", "action", "drop",
+                "1", "u32", "match", "ip", dir, &port, "0xffff", "action", "drop",
             ],
         );
     }

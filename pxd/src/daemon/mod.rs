@@ -242,6 +242,7 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
             data_percent: st.pool_full_percent,
             meta_percent: st.meta_full_percent,
         },
+        Duration::from_millis(st.attach_lease_ms),
     ));
     // Adopt what the kernel has before serving: a restart changes nothing that runs.
     if let Err(e) = reconciler.pass().await {

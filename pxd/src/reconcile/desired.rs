@@ -28,6 +28,14 @@ pub struct NodeState {
     /// Replicated volumes attached on this node: their raid and what sits on it.
     #[serde(default)]
     pub attached: Vec<AttachedVolume>,
+    /// Volumes whose attachment was taken from a node that holds a leg (forced, or lost)
+    /// less than a lease and a half ago, as this node's reconciler saw it: this node's older
+    /// exports of them stay linked, and the new epoch is not served yet. The old attach node
+    /// may still be writing until its lease runs out. Cut off sooner, it would hold writes
+    /// already on its own leg, and failing them there would acknowledge them from that leg
+    /// alone (raid1 completes a write that one leg took).
+    #[serde(default)]
+    pub takeover_holds: std::collections::BTreeSet<String>,
 }
 
 /// This node's replica of a replicated volume: a leg (metadata and data thins), exported to

@@ -11,7 +11,7 @@
 //! before it is acknowledged.
 
 use crate::cluster::Cluster;
-use crate::kernel::dm::KernelDm;
+use crate::kernel::dm::{DeviceMapper, KernelDm};
 use crate::kernel::{nvme_host, stack};
 use crate::plan::names::{host_nqn, parse_leg_nqn, Id};
 use crate::plan::replica::leg_thins;
@@ -77,20 +77,38 @@ pub async fn run(cluster: Arc<Cluster>, reconciler: Arc<Reconciler>, lease: Dura
     }
 }
 
-/// `error` under this node's leg of `volume`, then every controller of it deleted.
+/// `error` under this node's leg of `volume`, then its controllers deleted, so that what
+/// the raid is given from now on fails on every leg. A live controller completes what it
+/// carries before it goes. One that is not live holds writes that may be on the local leg
+/// already: failed on the remote leg, the raid would acknowledge them from the local leg
+/// alone, and they are not on the legs the new attach uses. It is left holding them (the
+/// writers wait) for as long as this stack stays.
 fn fence(node: &Id, volume: &str) -> Result<(), String> {
     let vid = Id::object(volume).map_err(|e| e.to_string())?;
     let dm = KernelDm::open().map_err(|e| e.to_string())?;
     let (meta, data) = leg_thins(node, &vid);
+    let mut leg_here = false;
     for d in [&meta, &data] {
+        leg_here |= dm.info(&d.dm_name()).map_err(|e| e.to_string())?.is_some();
         stack::fence(&dm, d).map_err(|e| e.to_string())?;
     }
     let me = host_nqn(node);
     for c in nvme_host::controllers() {
         let ours =
             c.host_nqn == me && parse_leg_nqn(&c.subsys_nqn).is_some_and(|(_, v, _)| v == vid);
-        if ours {
+        if !ours {
+            continue;
+        }
+        if c.state == "live" || !leg_here {
             nvme_host::delete(&c.name).map_err(|e| e.to_string())?;
+        } else {
+            tracing::error!(
+                volume = %volume,
+                controller = %c.name,
+                state = %c.state,
+                "a lost leg holds writes this node's own leg may have taken: they stay held, \
+                 never acknowledged (failing them would acknowledge them from this leg alone)"
+            );
         }
     }
     Ok(())

@@ -94,6 +94,16 @@ pub(super) fn leg_steps(
         Some(to) => Some((leg_nqn(node, &vid, leg.epoch), host_nqn(&Id::node(to)?))),
         None => None,
     };
+    // An older epoch's export stays reachable while the old attach node may still write
+    // (see `NodeState::takeover_holds`); the new epoch waits for it to go.
+    let older_linked = observed.exports.iter().any(|e| {
+        parse_leg_nqn(&e.nqn).is_some_and(|(n, x, _)| n == *node && x == vid)
+            && want.as_ref().is_none_or(|w| w.0 != e.nqn)
+            && !e.ports.is_empty()
+    });
+    if older_linked && desired.takeover_holds.contains(&v.id) {
+        return Ok(());
+    }
     // Fence first: every other epoch's export goes before this one is served.
     unexport_steps(
         steps,
@@ -200,20 +210,25 @@ pub(super) fn orphan_exports(node: &Id, desired: &NodeState, observed: &Observed
 
 /// Controllers of volumes no longer attached here. They go before the devices on them:
 /// such a stack is a fenced one (its attachment moved or was forced off), whose held
-/// writes must fail rather than hold up its removal or complete anywhere.
+/// writes must fail rather than hold up its removal or complete anywhere. Except a
+/// controller that is not live under a volume this node holds a leg of: its held writes
+/// may be on that leg already, and failing them on the remote leg would have the raid
+/// acknowledge them from the local leg alone. Those stay held.
 pub(super) fn orphan_controllers(desired: &NodeState, observed: &Observed) -> Vec<Step> {
     observed
         .controllers
         .iter()
         .filter_map(|c| {
             let (_, vid, _) = parse_leg_nqn(&c.nqn)?;
-            desired
-                .attached(vid.as_str())
-                .is_none()
-                .then(|| Step::Disconnect {
+            let leg_here = desired
+                .volume(vid.as_str())
+                .is_some_and(|v| v.leg.is_some());
+            (desired.attached(vid.as_str()).is_none() && (c.state == "live" || !leg_here)).then(
+                || Step::Disconnect {
                     volume: vid.to_string(),
                     controller: c.name.clone(),
-                })
+                },
+            )
         })
         .collect()
 }

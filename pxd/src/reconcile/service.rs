@@ -19,9 +19,10 @@ use crate::store::pools::PoolChange;
 use crate::store::state::Command;
 use crate::store::types::PoolHealth;
 use devicemapper::Sectors;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// When a pool counts as near full: new allocations are refused past these.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -128,8 +129,21 @@ pub struct Reconciler {
     running: tokio::sync::Mutex<()>,
     /// Attachments (volume, epoch) this node fenced when its lease ran out: no longer
     /// attached here, whatever the store says.
-    fenced: Mutex<std::collections::BTreeSet<(String, u64)>>,
+    fenced: Mutex<BTreeSet<(String, u64)>>,
+    /// How long a takeover holds old exports: a lease and a half, so the old attach node's
+    /// lease has run out by its own clock (see `NodeState::takeover_holds`).
+    takeover_hold: Duration,
+    /// The attach epoch of each volume with a leg here, and since when this node knows it.
+    epochs_seen: Mutex<BTreeMap<String, (u64, std::time::Instant)>>,
     last: Mutex<LastPass>,
+}
+
+/// Whether `v` has a leg marked failed: its attachment was forced from a node holding that
+/// leg (or a loss was accepted), and that node may still be writing to the other legs.
+fn taken_from_a_leg(v: &crate::store::types::Volume) -> bool {
+    v.replicas
+        .iter()
+        .any(|r| r.state == crate::store::types::ReplicaState::Failed)
 }
 
 impl Reconciler {
@@ -138,6 +152,7 @@ impl Reconciler {
         mount_root: PathBuf,
         thresholds: Thresholds,
         full: FullThresholds,
+        attach_lease: Duration,
     ) -> Reconciler {
         Reconciler {
             cluster,
@@ -146,6 +161,8 @@ impl Reconciler {
             full,
             running: tokio::sync::Mutex::new(()),
             fenced: Mutex::new(Default::default()),
+            takeover_hold: attach_lease * 3 / 2,
+            epochs_seen: Mutex::new(BTreeMap::new()),
             last: Mutex::new(LastPass::default()),
         }
     }
@@ -168,8 +185,33 @@ impl Reconciler {
     pub fn desired(&self) -> NodeState {
         let me = self.cluster.id();
         let root = self.mount_root.clone();
-        let mut state = self.cluster.state().read(|s| node_state(s, me, Some(root)));
+        let (mut state, taken) = self.cluster.state().read(|s| {
+            let taken: BTreeSet<String> = s
+                .volumes
+                .values()
+                .filter(|v| taken_from_a_leg(v))
+                .map(|v| v.id.clone())
+                .collect();
+            (node_state(s, me, Some(root)), taken)
+        });
         state.thresholds = self.thresholds;
+        let now = std::time::Instant::now();
+        let mut seen = self.epochs_seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|id, _| state.volumes.iter().any(|v| v.id == *id));
+        for v in &state.volumes {
+            let Some(leg) = &v.leg else { continue };
+            let since = match seen.get(&v.id) {
+                Some((epoch, since)) if *epoch == leg.epoch => *since,
+                _ => {
+                    seen.insert(v.id.clone(), (leg.epoch, now));
+                    now
+                }
+            };
+            if taken.contains(&v.id) && now.duration_since(since) < self.takeover_hold {
+                state.takeover_holds.insert(v.id.clone());
+            }
+        }
+        drop(seen);
         let fenced = self.fenced.lock().unwrap_or_else(|p| p.into_inner());
         state
             .attached
@@ -403,7 +445,7 @@ impl Reconciler {
     /// Passes until the process ends: on a timer, and whenever a change applied to the store
     /// alters what this node should have (an attach elsewhere that this node's leg must now
     /// serve, a leg another node now serves). Failures are logged and retried.
-    pub async fn run(self: Arc<Self>, interval: std::time::Duration) {
+    pub async fn run(self: Arc<Self>, interval: Duration) {
         let mut applied = self.cluster.applied_watch();
         let mut last = self.desired();
         loop {

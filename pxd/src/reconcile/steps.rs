@@ -789,6 +789,70 @@ mod tests {
         );
     }
 
+    /// The built leg of [`leg_state`]: its pool, metadata and data thins, and export device.
+    fn built_leg() -> Observed {
+        let mut devs = pool_devs();
+        devs.extend([
+            ("pxd-a1-thin-v1-meta", 8192),
+            ("pxd-a1-thin-v1", (64 << 20) / 512),
+            ("pxd-a1-leg-v1", 8192 + (64 << 20) / 512),
+        ]);
+        observed(&devs)
+    }
+
+    #[test]
+    fn a_takeover_leaves_the_old_epoch_reachable_while_the_old_attach_node_may_write() {
+        let mut o = built_leg();
+        o.exports.push(export_seen(&format!("{NQN}:a1:v1:e1")));
+        let mut s = leg_state(2, 1);
+        s.takeover_holds.insert("v1".into());
+        assert_eq!(
+            plan(&s, &o).unwrap().len(),
+            1,
+            "neither unlinked nor the new epoch served"
+        );
+        s.takeover_holds.clear();
+        assert_eq!(
+            kinds(&plan(&s, &o).unwrap())[1..],
+            [
+                format!("unlink {NQN}:a1:v1:e1"),
+                format!("export {NQN}:a1:v1:e2"),
+                "serve 2".into()
+            ]
+        );
+        // Nothing older reachable: a hold has nothing to wait for.
+        o.exports[0].ports.clear();
+        s.takeover_holds.insert("v1".into());
+        assert_eq!(
+            kinds(&plan(&s, &o).unwrap())[1..],
+            [format!("export {NQN}:a1:v1:e2"), "serve 2".into()]
+        );
+    }
+
+    #[test]
+    fn a_lost_legs_controller_is_left_holding_writes_this_nodes_leg_may_have_taken() {
+        let mut o = built_leg();
+        o.exports.push(export_seen(&format!("{NQN}:a1:v1:e2")));
+        for (name, nqn, state) in [
+            ("nvme3", format!("{NQN}:b2:v1:e1"), "connecting"),
+            ("nvme4", format!("{NQN}:c3:v1:e1"), "live"),
+            ("nvme5", format!("{NQN}:b2:gone:e1"), "connecting"),
+        ] {
+            o.controllers.push(ControllerSeen {
+                name: name.into(),
+                nqn,
+                state: state.into(),
+            });
+        }
+        // v1 is no longer attached here, and this node holds a leg of it: the controller
+        // that is not live keeps its writes; the live one completes them and goes, and so
+        // does any controller of a volume without a leg here.
+        let steps = kinds(&plan(&leg_state(2, 2), &o).unwrap());
+        assert!(!steps.contains(&"disconnect nvme3".to_owned()), "{steps:?}");
+        assert!(steps.contains(&"disconnect nvme4".to_owned()), "{steps:?}");
+        assert!(steps.contains(&"disconnect nvme5".to_owned()), "{steps:?}");
+    }
+
     fn attached_state(legs_serving: bool) -> NodeState {
         use crate::reconcile::desired::{AttachLeg, AttachedVolume};
         let mut s = state();
