@@ -105,6 +105,7 @@ impl Daemon {
             .arg(self.topology_file())
             .args(["--api-port", &self.port.to_string()])
             .args(["--data-port", &(self.port + 1).to_string()])
+            .args(self.drive_bench())
             .args(&self.args)
             .env("RUST_LOG", "info,openraft=warn")
             .envs(env.iter().copied())
@@ -231,6 +232,16 @@ impl Daemon {
             String::from_utf8_lossy(&out.stdout)
         );
         err
+    }
+
+    /// A short drive benchmark (half a second per pattern) unless the test sets its own:
+    /// the emulated guest spends its cores on it, and only tests of classes need it long.
+    fn drive_bench(&self) -> &'static [&'static str] {
+        if self.args.iter().any(|a| a == "--drive-bench-ms") {
+            &[]
+        } else {
+            &["--drive-bench-ms", "500"]
+        }
     }
 
     /// Whether a line of the daemon's log so far has every one of `needles` in it.

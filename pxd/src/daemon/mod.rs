@@ -102,6 +102,11 @@ pub struct StorageArgs {
     /// Maximum median latency (µs) of a medium-class drive.
     #[arg(long, default_value_t = 3_000)]
     pub medium_max_p50_us: u64,
+    /// How long each random pattern of a drive's benchmark runs before the drive joins a
+    /// pool (its sequential read runs half as long), in milliseconds. Longer measures more
+    /// steadily; the drive is written to throughout.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub drive_bench_ms: u64,
     /// Time between reconcile passes, in milliseconds (API changes run one at once).
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub reconcile_interval_ms: u64,
@@ -243,6 +248,7 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
             meta_percent: st.meta_full_percent,
         },
         Duration::from_millis(st.attach_lease_ms),
+        Duration::from_millis(st.drive_bench_ms),
     ));
     // Adopt what the kernel has before serving: a restart changes nothing that runs.
     if let Err(e) = reconciler.pass().await {

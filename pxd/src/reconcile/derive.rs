@@ -105,6 +105,8 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
             .and_then(|n| crate::plan::replica::nvme_addr(&n.data_addr)),
         // Timed by the reconciler, which alone knows since when it sees each epoch.
         takeover_holds: Default::default(),
+        // The daemon's own setting, not the store's.
+        drive_bench: None,
     }
 }
 

@@ -22,6 +22,10 @@ pub struct NodeState {
     /// How a measured drive is classed.
     #[serde(default)]
     pub thresholds: crate::pool::class::Thresholds,
+    /// How long each random pattern of a joining drive's benchmark runs (the benchmark's
+    /// own default when none is given).
+    #[serde(default)]
+    pub drive_bench: Option<std::time::Duration>,
     /// Where this node's NVMe/TCP target serves its legs.
     #[serde(default)]
     pub nvme_addr: Option<std::net::SocketAddr>,

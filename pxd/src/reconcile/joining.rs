@@ -87,9 +87,11 @@ pub fn measure(j: &JoiningDrive, state: &NodeState, faults: &Faults) -> JoinPhas
         return JoinPhase::Failed(why);
     }
     faults.tick(&format_args!("benchmark {}", j.path.display()));
+    let default = BenchConfig::default();
     let cfg = BenchConfig {
         destructive: true,
-        ..BenchConfig::default()
+        duration: state.drive_bench.unwrap_or(default.duration),
+        ..default
     };
     match benchmark::run(&j.path, &cfg) {
         Ok(result) => JoinPhase::Measured {

@@ -133,6 +133,8 @@ pub struct Reconciler {
     /// How long a takeover holds old exports: a lease and a half, so the old attach node's
     /// lease has run out by its own clock (see `NodeState::takeover_holds`).
     takeover_hold: Duration,
+    /// How long each random pattern of a joining drive's benchmark runs.
+    drive_bench: Duration,
     /// The attach epoch of each volume with a leg here, and since when this node knows it.
     epochs_seen: Mutex<BTreeMap<String, (u64, std::time::Instant)>>,
     last: Mutex<LastPass>,
@@ -153,6 +155,7 @@ impl Reconciler {
         thresholds: Thresholds,
         full: FullThresholds,
         attach_lease: Duration,
+        drive_bench: Duration,
     ) -> Reconciler {
         Reconciler {
             cluster,
@@ -162,6 +165,7 @@ impl Reconciler {
             running: tokio::sync::Mutex::new(()),
             fenced: Mutex::new(Default::default()),
             takeover_hold: attach_lease * 3 / 2,
+            drive_bench,
             epochs_seen: Mutex::new(BTreeMap::new()),
             last: Mutex::new(LastPass::default()),
         }
@@ -195,6 +199,7 @@ impl Reconciler {
             (node_state(s, me, Some(root)), taken)
         });
         state.thresholds = self.thresholds;
+        state.drive_bench = Some(self.drive_bench);
         let now = std::time::Instant::now();
         let mut seen = self.epochs_seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.retain(|id, _| state.volumes.iter().any(|v| v.id == *id));
