@@ -1,6 +1,11 @@
-//! `cargo xtask bench [storage|cluster]`: benchmarks that report numbers and assert nothing.
+//! `cargo xtask bench [all|storage|replication|cluster]`: benchmarks that report numbers and
+//! assert nothing.
 //!
-//! - `storage` (the default): pxd's device stacks as ratios to the raw disk, in one VM run.
+//! - `all` (the default): `storage`, then `replication`.
+//! - `storage`: pxd's device stacks as ratios to the raw disk, in one VM run.
+//! - `replication`: 4k random IOPS of 2- and 3-way replicated volumes as ratios to a local
+//!   volume, beside raid1 over an NBD leg served by `nbd-server`, in one VM run. It runs the
+//!   `bench_replication` test target of pxd-tests in the guest, which prints the figures.
 //! - `cluster`: metadata commits per second and p50/p99 commit latency on a three-node
 //!   cluster of real daemons in network namespaces (needs root for `ip netns`). It runs the
 //!   `bench_cluster` test target of pxd-tests, which prints the figures.
@@ -12,14 +17,18 @@ use std::process::Command;
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// What to measure.
-    #[arg(value_enum, default_value = "storage")]
+    #[arg(value_enum, default_value = "all")]
     pub what: Bench,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bench {
+    /// storage, then replication.
+    All,
     /// fio on the raw disk, thin volumes and crypt on thin, as ratios to the raw disk.
     Storage,
+    /// Replicated volumes and raid1 over nbd-server, as ratios to a local volume.
+    Replication,
     /// Raft metadata commits on three nodes: commits per second, p50 and p99 latency.
     Cluster,
 }
@@ -32,9 +41,42 @@ fn cargo() -> Command {
 
 pub fn run(args: &BenchArgs) -> Result<i32> {
     match args.what {
+        Bench::All => {
+            let storage = crate::bench_storage::run()?;
+            Ok(storage.max(replication()?))
+        }
         Bench::Storage => crate::bench_storage::run(),
+        Bench::Replication => replication(),
         Bench::Cluster => cluster(),
     }
+}
+
+/// Three daemons in one guest: the test target runs there, with cargo's runner booting it.
+fn replication() -> Result<i32> {
+    crate::setup::run()?;
+    let mut build = cargo();
+    build.args(["build", "-p", "pxd", "--bins"]);
+    println!("$ {}", cmd::show(&build));
+    cmd::run(&mut build)?;
+    println!("xtask bench: one VM, three daemons on three 2 GiB disks, about 5 minutes");
+    let mut bench = cargo();
+    bench
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER",
+            crate::test::vm_runner(&["2G", "2G", "2G"])?,
+        )
+        .args([
+            "test",
+            "-p",
+            "pxd-tests",
+            "--test",
+            "bench_replication",
+            "--",
+            "--nocapture",
+        ]);
+    println!("$ {}", cmd::show(&bench));
+    cmd::run(&mut bench)?;
+    Ok(0)
 }
 
 fn cluster() -> Result<i32> {

@@ -29,7 +29,8 @@ enum Task {
     Test(test::TestArgs),
     /// A single-node demo in the VM: a pool on two disks, a volume, data written and read back.
     Demo,
-    /// Benchmarks that report and never assert: `storage` (default) or `cluster`.
+    /// Benchmarks that report and never assert: `all` (default: `storage`, then
+    /// `replication`), `storage`, `replication` or `cluster`.
     Bench(bench::BenchArgs),
 }
 

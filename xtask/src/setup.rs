@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Debian packages: the VM (qemu, busybox, kmod), the C libraries pxd links (bindgen needs
-/// clang), and the tools tests use inside the guest (fio, mkfs, thin_check, cryptsetup, ip).
+/// clang), the tools tests use inside the guest (fio, mkfs, thin_check, cryptsetup, ip), and
+/// the peers benchmarks compare with (nbd-server).
 pub const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -24,6 +25,9 @@ pub const PACKAGES: &[&str] = &[
     "thin-provisioning-tools",
     "cryptsetup-bin",
     "iproute2",
+    // The peer `cargo xtask bench` mirrors over: an NBD leg, served and attached by hand.
+    "nbd-server",
+    "nbd-client",
 ];
 
 pub fn run() -> Result<()> {

@@ -169,12 +169,7 @@ fn build_pxd() -> Result<()> {
 fn vm() -> Result<Counts> {
     let targets = test_targets("vm_")?;
     build_pxd()?;
-    let xtask = std::env::current_exe().context("locating the xtask binary")?;
-    let mut runner = format!("{} vm", xtask.display());
-    for d in VM_TEST_DISKS {
-        runner.push_str(&format!(" --disk {d}"));
-    }
-    runner.push_str(" --");
+    let runner = vm_runner(VM_TEST_DISKS)?;
     let mut c = cargo();
     // Every test binary runs even when one fails, so a run reports the whole tier.
     c.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", runner)
@@ -183,6 +178,17 @@ fn vm() -> Result<Counts> {
         c.args(["--test", t]);
     }
     run_cargo_test(c)
+}
+
+/// Cargo's runner that boots each test binary in its own guest with `disks`.
+pub fn vm_runner(disks: &[&str]) -> Result<String> {
+    let xtask = std::env::current_exe().context("locating the xtask binary")?;
+    let mut runner = format!("{} vm", xtask.display());
+    for d in disks {
+        runner.push_str(&format!(" --disk {d}"));
+    }
+    runner.push_str(" --");
+    Ok(runner)
 }
 
 /// The integration test targets of pxd-tests whose names start with `prefix`.
