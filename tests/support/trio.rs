@@ -25,7 +25,7 @@ pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<
 }
 
 /// Every drive lands in the low class, whatever the emulator's speed, so all pools are alike.
-const ALL_LOW: [&str; 6] = [
+pub const ALL_LOW: [&str; 6] = [
     "--high-min-iops",
     "1000000000",
     "--medium-min-iops",
@@ -192,6 +192,25 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(300));
         }
+    }
+
+    /// Node `i`'s CLI with `--json`, parsed; on failure, panics with every node's log.
+    pub fn json<T: serde::de::DeserializeOwned>(&self, i: usize, args: &[&str]) -> T {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.nodes[i].cli(&all);
+        if !out.status.success() {
+            for n in &self.nodes {
+                eprintln!("--- log of {} ---\n{}", n.name, n.log_tail());
+            }
+            panic!(
+                "pxd {} on {} failed: {}",
+                args.join(" "),
+                self.nodes[i].name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout).expect("the CLI's JSON")
     }
 
     pub fn by_name(&self, name: &str) -> usize {

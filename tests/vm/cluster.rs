@@ -7,30 +7,10 @@ use pxd::api::topology::NodeTopologyView;
 use pxd::api::volumes::VolumeView;
 use pxd_tests::daemon::Daemon;
 use pxd_tests::netns::Net;
+use pxd_tests::trio::{wait_until, ALL_LOW};
 use pxd_tests::{node_devices, pattern, read_direct, sha256, vm_disks, write_direct};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
-/// Every drive lands in the low class, whatever the emulator's speed, so all pools are alike.
-const ALL_LOW: [&str; 6] = [
-    "--high-min-iops",
-    "1000000000",
-    "--medium-min-iops",
-    "1000000000",
-    "--reconcile-interval-ms",
-    "2000",
-];
-
-fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
+use std::time::Duration;
 
 /// The node (by name) holding volume `name`'s one replica, as `from` reports it.
 fn replica_node(from: &Daemon, name: &str) -> String {

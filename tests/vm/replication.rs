@@ -107,6 +107,7 @@ fn bring_back(c: &mut Cluster, i: usize) {
 fn an_attach_node_cut_off_is_fenced_and_a_forced_attach_loses_no_acknowledged_write() {
     let disks = vm_disks(6);
     let c = Cluster::start("fence", &disks[..3], 0, 9700);
+    mount_detach_delete(&c);
     forced_takeover(&c, "f6", Cut::Control);
     forced_takeover(&c, "p5", Cut::Whole);
 }
@@ -364,43 +365,6 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
     let sums = leg_sums(&v, &c.ids, 64 * MIB);
     assert_eq!(sums[0], sums[1], "the legs differ after the resync");
 
-    // Mount implies attach; detach is refused while mounted; the unmount detaches; the
-    // export and the raid are gone after it.
-    let b = &c.nodes[1];
-    b.ok(&["volume", "create", "fs2", "--size", "64M", "--repl", "2"]);
-    legs_built(&c, "fs2");
-    let v: VolumeView = b.json(&["volume", "mount", "fs2"]);
-    let mnt = PathBuf::from(v.mountpoint.clone().expect("mounted"));
-    std::fs::write(mnt.join("hello"), b"replicated").unwrap();
-    let e = b.refused(&["volume", "detach", "fs2"]);
-    assert!(e.contains("unmount it first"), "{e}");
-    let v: VolumeView = b.json(&["volume", "unmount", "fs2"]);
-    assert!(v.attachment.is_none(), "{v:?}");
-    let raid = format!("pxd-{}-raid-{}", c.id(1), v.id);
-    assert!(!node_devices(c.id(1)).contains(&raid));
-    // Its exports are unreachable: unlinked from every port (removed with the volume).
-    assert!(
-        !c.linked_exports().iter().any(|e| e.contains(&v.id)),
-        "{:?}",
-        c.linked_exports()
-    );
-    // Attached again, the filesystem and the file are there.
-    let v: VolumeView = c.nodes[2].json(&["volume", "mount", "fs2"]);
-    let mnt = PathBuf::from(v.mountpoint.clone().expect("mounted"));
-    assert_eq!(std::fs::read(mnt.join("hello")).unwrap(), b"replicated");
-    c.nodes[2].ok(&["volume", "unmount", "fs2"]);
-    c.nodes[0].ok(&["volume", "delete", "fs2"]);
-    // Each replica node takes its leg down; the volume goes with the last one.
-    c.wait(
-        "fs2 gone from the store and every node",
-        Duration::from_secs(120),
-        || {
-            let listed = c.nodes[2].ok(&["volume", "list"]);
-            let left = c.tables().iter().any(|t| t.contains(&v.id));
-            (!listed.contains("fs2") && !left).then_some(())
-        },
-    );
-
     // The attach node lost whole: `attach --force` on a replica node; everything written
     // before the loss reads back, and the old epoch's exports are gone (fenced).
     fio(&dev, "before-loss", "32M", &["--do_verify=0"]);
@@ -410,7 +374,7 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
         .unwrap()
         .epoch;
     lose(&mut c, spare);
-    let v: VolumeView = c.nodes[replica].json(&["volume", "attach", "r2", "--force"]);
+    let v: VolumeView = c.json(replica, &["volume", "attach", "r2", "--force"]);
     let at = v.attachment.clone().unwrap();
     assert_eq!(
         (at.node_name.as_str(), at.epoch),
@@ -506,6 +470,45 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
     });
 }
 
+/// Mount implies attach; detach is refused while mounted; the unmount detaches; the raid and
+/// the exports are gone after it; a mount elsewhere finds the file; a delete takes every leg.
+fn mount_detach_delete(c: &Cluster) {
+    let b = &c.nodes[1];
+    b.ok(&["volume", "create", "fs2", "--size", "64M", "--repl", "2"]);
+    legs_built(c, "fs2");
+    let v: VolumeView = b.json(&["volume", "mount", "fs2"]);
+    let mnt = PathBuf::from(v.mountpoint.clone().expect("mounted"));
+    std::fs::write(mnt.join("hello"), b"replicated").unwrap();
+    let e = b.refused(&["volume", "detach", "fs2"]);
+    assert!(e.contains("unmount it first"), "{e}");
+    let v: VolumeView = b.json(&["volume", "unmount", "fs2"]);
+    assert!(v.attachment.is_none(), "{v:?}");
+    let raid = format!("pxd-{}-raid-{}", c.id(1), v.id);
+    assert!(!node_devices(c.id(1)).contains(&raid));
+    // Its exports are unreachable: unlinked from every port (removed with the volume).
+    assert!(
+        !c.linked_exports().iter().any(|e| e.contains(&v.id)),
+        "{:?}",
+        c.linked_exports()
+    );
+    // Attached again, the filesystem and the file are there.
+    let v: VolumeView = c.nodes[2].json(&["volume", "mount", "fs2"]);
+    let mnt = PathBuf::from(v.mountpoint.clone().expect("mounted"));
+    assert_eq!(std::fs::read(mnt.join("hello")).unwrap(), b"replicated");
+    c.nodes[2].ok(&["volume", "unmount", "fs2"]);
+    c.nodes[0].ok(&["volume", "delete", "fs2"]);
+    // Each replica node takes its leg down; the volume goes with the last one.
+    c.wait(
+        "fs2 gone from the store and every node",
+        Duration::from_secs(120),
+        || {
+            let listed = c.nodes[2].ok(&["volume", "list"]);
+            let left = c.tables().iter().any(|t| t.contains(&v.id));
+            (!listed.contains("fs2") && !left).then_some(())
+        },
+    );
+}
+
 /// How an attach node is cut off from the others.
 #[derive(Clone, Copy, Debug)]
 enum Cut {
@@ -547,7 +550,7 @@ fn forced_takeover(c: &Cluster, name: &str, cut: Cut) {
     c.wait("a seen offline from b", Duration::from_secs(120), || {
         (!c.online(1, 0)).then_some(())
     });
-    let v: VolumeView = b.json(&["volume", "attach", name, "--force"]);
+    let v: VolumeView = c.json(1, &["volume", "attach", name, "--force"]);
     let taken = at.elapsed();
     let (last, writer) = match cut {
         // The NVMe/TCP path stays up: the old node fences itself with nothing held, and
