@@ -26,11 +26,20 @@ pub fn run() -> Result<i32> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let demo = target.join("debug/examples/demo");
-    println!("xtask demo: booting Debian's kernel in qemu with two 2 GiB disks (about 15 s)\n");
+    println!(
+        "xtask demo: booting Debian's kernel in qemu with two 2 GiB disks for one node and three \
+         1 GiB disks for a cluster of three (about 15 s)\n"
+    );
     crate::vm::run(&crate::vm::VmArgs {
-        disks: vec!["2G".into(), "2G".into()],
+        disks: vec![
+            "2G".into(),
+            "2G".into(),
+            "1G".into(),
+            "1G".into(),
+            "1G".into(),
+        ],
         net: false,
-        timeout: 900,
+        timeout: 1500,
         mem: 2048,
         cpus: 2,
         env: Vec::new(),
@@ -42,6 +51,9 @@ pub fn run() -> Result<i32> {
             "/dev/vda".into(),
             "/dev/vdb".into(),
             target.join("debug/pxd").to_string_lossy().into_owned(),
+            "/dev/vdc".into(),
+            "/dev/vdd".into(),
+            "/dev/vde".into(),
         ],
     })
 }

@@ -2,7 +2,11 @@
 //! every step through the real `pxd daemon` and CLI on real device-mapper. Two disks are
 //! benchmarked into classes (one slowed with dm-delay), volumes are created, mounted,
 //! snapshotted, cloned, grown under writes, encrypted, restored and deleted, and the daemon is
-//! killed mid-write to show that I/O does not stop. Usage: `demo DISK DISK PXD_BINARY`.
+//! killed mid-write to show that I/O does not stop. Then three nodes, each in its own network
+//! namespace with its own disk, form a cluster and carry a replicated volume (see
+//! [`cluster`]). Usage: `demo DISK DISK PXD_BINARY DISK DISK DISK`.
+
+mod cluster;
 
 use anyhow::{bail, ensure, Context, Result};
 use pxd::api::pools::{DriveAdded, PoolView};
@@ -31,30 +35,60 @@ const THRESHOLDS: [&str; 8] = [
     "4500",
 ];
 
+/// One pxd daemon and the CLI talking to it.
 struct Node {
     pxd: PathBuf,
+    /// Its socket, data, topology file and log live here.
+    dir: PathBuf,
+    name: String,
+    addr: String,
+    /// The network namespace it runs in (its own host, as far as it knows), if any.
+    netns: Option<String>,
+    args: Vec<String>,
     daemon: Option<Child>,
 }
 
 impl Node {
-    fn socket() -> PathBuf {
-        Path::new(DIR).join("pxd.sock")
+    fn new(pxd: PathBuf, dir: PathBuf, name: &str, addr: &str, args: &[&str]) -> Node {
+        Node {
+            pxd,
+            dir,
+            name: name.to_owned(),
+            addr: addr.to_owned(),
+            netns: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            daemon: None,
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("pxd.sock")
     }
 
     fn start(&mut self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(Path::new(DIR).join("daemon.log"))?;
-        let child = Command::new(&self.pxd)
+            .open(self.dir.join("daemon.log"))?;
+        // Only the network namespace is entered: nvmet's configfs must stay visible.
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(&self.pxd);
+                c
+            }
+            None => Command::new(&self.pxd),
+        };
+        let child = command
             .arg("--socket")
-            .arg(Self::socket())
-            .args(["daemon", "--addr", "127.0.0.1", "--name", "demo"])
+            .arg(self.socket())
+            .args(["daemon", "--addr", &self.addr, "--name", &self.name])
             .arg("--data-dir")
-            .arg(Path::new(DIR).join("data"))
+            .arg(self.dir.join("data"))
             .arg("--topology-file")
-            .arg(Path::new(DIR).join("topology.yaml"))
-            .args(THRESHOLDS)
+            .arg(self.dir.join("topology.yaml"))
+            .args(&self.args)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
@@ -77,7 +111,7 @@ impl Node {
     fn run(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(&self.pxd)
             .arg("--socket")
-            .arg(Self::socket())
+            .arg(self.socket())
             .args(args)
             .output()?;
         if !out.status.success() {
@@ -123,7 +157,10 @@ impl Drop for Node {
 
 fn main() -> Result<()> {
     let args: Vec<PathBuf> = std::env::args().skip(1).map(PathBuf::from).collect();
-    ensure!(args.len() == 3, "usage: demo DISK DISK PXD_BINARY");
+    ensure!(
+        args.len() == 6,
+        "usage: demo DISK DISK PXD_BINARY DISK DISK DISK"
+    );
     let (fast_disk, slow_disk, pxd) = (&args[0], &args[1], args[2].clone());
     let _ = std::fs::remove_dir_all(DIR);
     std::fs::create_dir_all(DIR)?;
@@ -132,7 +169,13 @@ fn main() -> Result<()> {
         "pxd demo: one node on real device-mapper, kernel {}",
         release.trim()
     );
-    let mut node = Node { pxd, daemon: None };
+    let mut node = Node::new(
+        pxd.clone(),
+        PathBuf::from(DIR),
+        "demo",
+        "127.0.0.1",
+        &THRESHOLDS,
+    );
 
     step(
         1,
@@ -303,7 +346,7 @@ fn main() -> Result<()> {
         "what Prometheus scrapes from /metrics (pool and volume gauges)",
     );
     let client =
-        pxd::api::client::BlockingClient::new(pxd::api::client::Target::Unix(Node::socket()))?;
+        pxd::api::client::BlockingClient::new(pxd::api::client::Target::Unix(node.socket()))?;
     let (_, body) = client.raw(pxd::api::client::Method::GET, "/metrics")?;
     String::from_utf8_lossy(&body)
         .lines()
@@ -314,7 +357,9 @@ fn main() -> Result<()> {
         })
         .for_each(|l| println!("        {l}"));
     node.kill();
-    println!("\npxd demo: done (devices stay up when the daemon stops; that is the point)");
+
+    cluster::run(&pxd, &args[3..], 13)?;
+    println!("\npxd demo: done (devices stay up when the daemons stop; that is the point)");
     Ok(())
 }
 
