@@ -103,6 +103,31 @@ impl Drop for Cluster {
     }
 }
 
+/// Nodes `{prefix}-a`, `-b` and `-c`, each in its own network namespace (addresses from index
+/// `first` on, API and node ports from `port` on), formed into one cluster by node a, each
+/// with its disk of `disks` added.
+pub fn form(prefix: &str, disks: &[PathBuf], first: usize, port: u16) -> (Net, Vec<Daemon>) {
+    let net = Net::new_at(3, first);
+    let mut nodes: Vec<Daemon> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let name = format!("{prefix}-{n}");
+            Daemon::in_netns(&name, &net.ns(i), &net.addr_of(i), port, &ALL_LOW)
+        })
+        .collect();
+    nodes[0].start_cluster();
+    let token = nodes[0].ok(&["cluster", "token"]).trim().to_owned();
+    for n in &mut nodes[1..] {
+        n.start();
+        n.ok(&["cluster", "join", &token]);
+    }
+    for (n, disk) in nodes.iter().zip(disks) {
+        n.ok(&["drive", "add", disk.to_str().unwrap()]);
+    }
+    (net, nodes)
+}
+
 impl Cluster {
     /// Nodes `{prefix}-a`, `-b` and `-c` on `disks`, at addresses from index `first` on,
     /// their API and node ports from `port` on.
@@ -111,23 +136,8 @@ impl Cluster {
         // heartbeats and turn joins into elections.
         static FORMING: Mutex<()> = Mutex::new(());
         let _one = FORMING.lock().unwrap_or_else(|p| p.into_inner());
-        let net = Net::new_at(3, first);
-        let mut nodes: Vec<Daemon> = ["a", "b", "c"]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let name = format!("{prefix}-{n}");
-                Daemon::in_netns(&name, &net.ns(i), &net.addr_of(i), port, &ALL_LOW)
-            })
-            .collect();
-        nodes[0].start_cluster();
-        let token = nodes[0].ok(&["cluster", "token"]).trim().to_owned();
-        for n in &mut nodes[1..] {
-            n.start();
-            n.ok(&["cluster", "join", &token]);
-        }
-        for (n, disk) in nodes.iter().zip(disks) {
-            n.ok(&["drive", "add", disk.to_str().unwrap()]);
+        let (net, nodes) = form(prefix, disks, first, port);
+        for n in &nodes {
             // One guest holds every node: as far as placement knows, each is its own host.
             let host = format!("host-{}", n.name);
             n.ok(&["topology", "tag", "--host", &host]);

@@ -6,8 +6,7 @@
 use pxd::api::topology::NodeTopologyView;
 use pxd::api::volumes::VolumeView;
 use pxd_tests::daemon::Daemon;
-use pxd_tests::netns::Net;
-use pxd_tests::trio::{wait_until, ALL_LOW};
+use pxd_tests::trio::{form, wait_until};
 use pxd_tests::{node_devices, pattern, read_direct, sha256, vm_disks, write_direct};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,21 +47,7 @@ fn built_and_holds_data(owner: &Daemon, name: &str, seed: u64) {
 fn volumes_go_where_the_topology_tags_and_constraints_say() {
     let disks = vm_disks(3);
     // Each node in its own network namespace, as on separate hosts.
-    let net = Net::new(3);
-    let mut nodes: Vec<Daemon> = ["topo-a", "topo-b", "topo-c"]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| Daemon::in_netns(name, &net.ns(i), &Net::addr(i), 9500, &ALL_LOW))
-        .collect();
-    nodes[0].start_cluster();
-    let token = nodes[0].ok(&["cluster", "token"]).trim().to_owned();
-    for n in &mut nodes[1..] {
-        n.start();
-        n.ok(&["cluster", "join", &token]);
-    }
-    for (n, disk) in nodes.iter().zip(&disks) {
-        n.ok(&["drive", "add", disk.to_str().unwrap()]);
-    }
+    let (_net, nodes) = form("topo", &disks, 0, 9500);
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
 
     // Racks and a zone, tagged from one node for all three.
