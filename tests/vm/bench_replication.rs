@@ -211,11 +211,18 @@ impl Stalls {
                     continue;
                 }
                 next += Duration::from_secs(60);
-                let raids = Command::new("dmsetup")
-                    .args(["status", "--target", "raid"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
+                // sysfs first: `dmsetup status` blocks on a device stuck in a suspend.
+                let suspended: Vec<String> = std::fs::read_dir("/sys/block")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| {
+                        let dm = e.path().join("dm");
+                        let on = std::fs::read_to_string(dm.join("suspended")).ok()?;
+                        let name = std::fs::read_to_string(dm.join("name")).ok()?;
+                        (on.trim() == "1").then(|| name.trim().to_owned())
+                    })
+                    .collect();
                 let controllers: Vec<String> = std::fs::read_dir("/sys/class/nvme")
                     .into_iter()
                     .flatten()
@@ -227,9 +234,16 @@ impl Stalls {
                     })
                     .collect();
                 eprintln!(
-                    "bench: {what} still running after {:?}\n{raids}controllers: {controllers:?}",
+                    "bench: {what} still running after {:?}; suspended: {suspended:?}; \
+                     controllers: {controllers:?}",
                     started.elapsed()
                 );
+                let raids = Command::new("timeout")
+                    .args(["10", "dmsetup", "status", "--target", "raid"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                eprintln!("{raids}");
             }
         });
         Stalls { stop }
