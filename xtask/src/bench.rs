@@ -54,29 +54,11 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
 /// Three daemons in one guest: the test target runs there, with cargo's runner booting it.
 fn replication() -> Result<i32> {
     crate::setup::run()?;
-    let mut build = cargo();
-    build.args(["build", "-p", "pxd", "--bins"]);
-    println!("$ {}", cmd::show(&build));
-    cmd::run(&mut build)?;
     println!("xtask bench: one VM, three daemons on three 2 GiB disks, about 5 minutes");
-    let mut bench = cargo();
-    bench
-        .env(
-            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER",
-            crate::test::vm_runner(&["2G", "2G", "2G"])?,
-        )
-        .args([
-            "test",
-            "-p",
-            "pxd-tests",
-            "--test",
-            "bench_replication",
-            "--",
-            "--nocapture",
-        ]);
-    println!("$ {}", cmd::show(&bench));
-    cmd::run(&mut bench)?;
-    Ok(0)
+    bench_target(
+        "bench_replication",
+        Some(crate::test::vm_runner(&["2G", "2G", "2G"])?),
+    )
 }
 
 fn cluster() -> Result<i32> {
@@ -84,18 +66,23 @@ fn cluster() -> Result<i32> {
         cmd::is_root(),
         "the cluster benchmark needs root (it puts each node in its own network namespace)"
     );
-    // The test runs the daemon binary, which `cargo test` does not build for another package.
-    let mut build = cargo();
-    build.args(["build", "-p", "pxd", "--bins"]);
-    println!("$ {}", cmd::show(&build));
-    cmd::run(&mut build)?;
+    bench_target("bench_cluster", None)
+}
+
+/// Runs test target `name` of pxd-tests, which prints its figures, through `runner` if given.
+/// The daemon binary it starts is built first: `cargo test` does not build another package's.
+fn bench_target(name: &str, runner: Option<String>) -> Result<i32> {
+    crate::test::build_pxd()?;
     let mut bench = cargo();
+    if let Some(r) = runner {
+        bench.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", r);
+    }
     bench.args([
         "test",
         "-p",
         "pxd-tests",
         "--test",
-        "bench_cluster",
+        name,
         "--",
         "--nocapture",
     ]);

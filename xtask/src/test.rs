@@ -159,7 +159,7 @@ fn host() -> Result<Counts> {
 
 /// Tests that run the `pxd` binary need it built: `cargo test -p pxd-tests` only builds the
 /// test package's own binaries.
-fn build_pxd() -> Result<()> {
+pub fn build_pxd() -> Result<()> {
     let mut build = cargo();
     build.args(["build", "-p", "pxd", "--bins"]);
     println!("$ {}", cmd::show(&build));

@@ -267,15 +267,17 @@ pub fn cycle(dm: &dyn DeviceMapper, name: &DeviceName) -> Result<(), DmOpError> 
 /// Fences a live device: its table becomes `error` over the same length, so every I/O to it
 /// fails from now on, including I/O the device above it holds. An attach node that lost its
 /// attachment (or its lease) does this to its local leg, so no write it still issues can
-/// complete on that leg alone. Idempotent; a device that is gone is left so.
-pub fn fence(dm: &dyn DeviceMapper, name: &DeviceName) -> Result<(), DmOpError> {
+/// complete on that leg alone. Idempotent; a device that is gone is left so. Returns whether
+/// the device was there.
+pub fn fence(dm: &dyn DeviceMapper, name: &DeviceName) -> Result<bool, DmOpError> {
     let dmn = name.dm_name();
     let Some(_) = dm.info(&dmn)? else {
-        return Ok(());
+        return Ok(false);
     };
     let length: u64 = dm.table(&dmn)?.iter().map(|l| l.1).sum();
     dm.load(&dmn, &[(0, length, "error".to_owned(), String::new())])?;
-    dm.resume(&dmn)
+    dm.resume(&dmn)?;
+    Ok(true)
 }
 
 /// Removes devices top first; devices already gone count as removed.

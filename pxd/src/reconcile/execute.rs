@@ -465,7 +465,7 @@ impl<'a> Executor<'a> {
             Step::Fence { devices, .. } => {
                 for d in devices {
                     self.faults.tick(&format_args!("fence {d}"));
-                    crate::kernel::stack::fence(dm, d)?;
+                    crate::kernel::stack::fence(dm, d).map(drop)?;
                 }
             }
             Step::Unfence { plans, .. } => {

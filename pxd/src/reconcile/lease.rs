@@ -11,7 +11,7 @@
 //! before it is acknowledged.
 
 use crate::cluster::Cluster;
-use crate::kernel::dm::{DeviceMapper, KernelDm};
+use crate::kernel::dm::KernelDm;
 use crate::kernel::{nvme_host, stack};
 use crate::plan::names::{host_nqn, parse_leg_nqn, Id};
 use crate::plan::replica::leg_thins;
@@ -89,8 +89,7 @@ fn fence(node: &Id, volume: &str) -> Result<(), String> {
     let (meta, data) = leg_thins(node, &vid);
     let mut leg_here = false;
     for d in [&meta, &data] {
-        leg_here |= dm.info(&d.dm_name()).map_err(|e| e.to_string())?.is_some();
-        stack::fence(&dm, d).map_err(|e| e.to_string())?;
+        leg_here |= stack::fence(&dm, d).map_err(|e| e.to_string())?;
     }
     let me = host_nqn(node);
     for c in nvme_host::controllers() {
