@@ -67,7 +67,8 @@ impl Daemon {
         self.dir.join("data")
     }
 
-    fn log(&self) -> PathBuf {
+    /// The daemon's log file.
+    pub fn log(&self) -> PathBuf {
         self.dir.join("daemon.log")
     }
 

@@ -114,6 +114,25 @@ pub fn wait_until(limit: std::time::Duration, mut check: impl FnMut() -> Result<
     }
 }
 
+/// The kernel stacks of every task in uninterruptible sleep (sysrq `w`), from the kernel log:
+/// what a stuck device waits on.
+pub fn blocked_tasks() {
+    if std::fs::write("/proc/sysrq-trigger", "w").is_err() {
+        return;
+    }
+    let log = Command::new("dmesg")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    // The kernel's own messages before the dump, then the dump.
+    let dump = lines
+        .iter()
+        .rposition(|l| l.contains("Show Blocked State"))
+        .unwrap_or(lines.len());
+    eprintln!("{}", lines[dump.saturating_sub(80)..].join("\n"));
+}
+
 /// Runs a tool; panics with its full output unless it exits 0. Returns stdout.
 pub fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)

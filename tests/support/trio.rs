@@ -187,6 +187,14 @@ impl Cluster {
             .any(|n| n["name"] == self.nodes[i].name.as_str() && n["liveness"] == "online")
     }
 
+    /// Every node's log tail, then the kernel's blocked tasks: what a failed step waited on.
+    pub fn show_logs(&self) {
+        for n in &self.nodes {
+            eprintln!("--- log of {} ---\n{}", n.name, n.log_tail());
+        }
+        crate::blocked_tasks();
+    }
+
     /// [`wait_until`], showing every node's log when it times out.
     pub fn wait<T>(&self, what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + limit;
@@ -195,9 +203,7 @@ impl Cluster {
                 return v;
             }
             if Instant::now() > deadline {
-                for n in &self.nodes {
-                    eprintln!("--- log of {} ---\n{}", n.name, n.log_tail());
-                }
+                self.show_logs();
                 panic!("timed out waiting for {what}");
             }
             std::thread::sleep(Duration::from_millis(300));
@@ -210,9 +216,7 @@ impl Cluster {
         all.extend_from_slice(args);
         let out = self.nodes[i].cli(&all);
         if !out.status.success() {
-            for n in &self.nodes {
-                eprintln!("--- log of {} ---\n{}", n.name, n.log_tail());
-            }
+            self.show_logs();
             panic!(
                 "pxd {} on {} failed: {}",
                 args.join(" "),

@@ -198,7 +198,8 @@ struct Stalls {
 }
 
 impl Stalls {
-    fn watch(what: &str) -> Stalls {
+    /// Reports on `what` once a minute while it runs, with the daemons' warnings from `logs`.
+    fn watch(what: &str, logs: Vec<PathBuf>) -> Stalls {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (flag, what) = (stop.clone(), what.to_owned());
@@ -238,15 +239,37 @@ impl Stalls {
                      controllers: {controllers:?}",
                     started.elapsed()
                 );
-                let raids = Command::new("timeout")
-                    .args(["10", "dmsetup", "status", "--target", "raid"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
-                eprintln!("{raids}");
+                warnings(&logs);
+                pxd_tests::blocked_tasks();
+                // On a thread of its own: a dm ioctl can block uninterruptibly.
+                std::thread::spawn(|| {
+                    let raids = Command::new("dmsetup")
+                        .args(["status", "--target", "raid"])
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_default();
+                    eprintln!("{raids}");
+                });
             }
         });
         Stalls { stop }
+    }
+}
+
+/// The last warnings of each daemon.
+fn warnings(logs: &[PathBuf]) {
+    for log in logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .filter(|l| !l.contains("openraft::replication"))
+            .collect();
+        eprintln!(
+            "--- {} ---\n{}",
+            log.display(),
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        );
     }
 }
 
@@ -296,7 +319,7 @@ fn replicated_volumes_beside_a_local_volume_and_raid1_over_nbd() {
     );
     let mut base = (0.0, 0.0);
     for (i, (what, dev)) in targets.iter().enumerate() {
-        let watch = Stalls::watch(what);
+        let watch = Stalls::watch(what, c.nodes.iter().map(Daemon::log).collect());
         prewrite(dev);
         let (w, r) = (iops(dev, "randwrite"), iops(dev, "randread"));
         drop(watch);
