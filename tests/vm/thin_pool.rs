@@ -105,7 +105,55 @@ fn thin_volume_round_trips_random_data_and_metadata_checks_clean() {
         "{before} -> {after}"
     );
 
+    mapped_blocks_and_changes_since_a_snapshot(&dm, &pool, &vol);
     teardown_and_check(&dm, &pool, "rt", &["v1"]);
+}
+
+/// What thin volume `vol` (thin id 1, 64 MiB written from 0) maps, read from the live pool's
+/// metadata snapshot, and what changed since a snapshot of it: the ranges a rebuild copies.
+fn mapped_blocks_and_changes_since_a_snapshot(dm: &KernelDm, pool: &Pool, vol: &pool::ThinVolume) {
+    use pxd::kernel::thin_tools::{delta, mapped};
+    use pxd::plan::thin_map::BlockRange;
+    let r = |begin, len| BlockRange { begin, len };
+    let (name, meta) = (
+        pool.name().dm_name(),
+        node_path(&pool.plan.meta.name.dm_name()),
+    );
+    let chunk = 256 * 1024;
+    write_direct(&vol.path(), 400 * chunk, &pattern(1, 4096));
+    let m = mapped(dm, &name, &meta, 1).unwrap();
+    assert_eq!(m.block_sectors, 512);
+    assert_eq!(m.ranges, [r(0, 256), r(400, 1)]);
+    assert_eq!(m.bytes(), 257 * chunk);
+
+    // Snapshot 2 of 1; then 1 overwrites a shared block, maps a new one, and drops one.
+    pool::snapshot_thin_id(
+        dm,
+        pool,
+        ThinDevId::new_u64(1).unwrap(),
+        ThinDevId::new_u64(2).unwrap(),
+        &[&vol.name],
+    )
+    .unwrap();
+    write_direct(&vol.path(), 0, &pattern(2, 4096));
+    write_direct(&vol.path(), 800 * chunk, &pattern(3, 4096));
+    let dev = vol.path();
+    let (offset, len) = ((400 * chunk).to_string(), chunk.to_string());
+    run(
+        "blkdiscard",
+        &["-o", &offset, "-l", &len, dev.to_str().unwrap()],
+    );
+    let d = delta(dm, &name, &meta, 2, 1).unwrap();
+    assert_eq!(d.changed, [r(0, 1), r(800, 1)]);
+    assert_eq!(d.unmapped, [r(400, 1)]);
+    assert_eq!(
+        mapped(dm, &name, &meta, 2).unwrap().ranges,
+        [r(0, 256), r(400, 1)]
+    );
+    // Each read released its metadata snapshot: another can be taken.
+    dm.message(&name, "reserve_metadata_snap").unwrap();
+    dm.message(&name, "release_metadata_snap").unwrap();
+    pool::delete_thin_id(dm, pool, ThinDevId::new_u64(2).unwrap()).unwrap();
 }
 
 #[test]

@@ -9,3 +9,4 @@ pub mod raid;
 pub mod replica;
 pub mod table;
 pub mod thin;
+pub mod thin_map;
