@@ -187,6 +187,11 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
         "volume", "create", "r3", "--size", "64M", "--fs", "raw", "--repl", "3", "--secure",
     ]);
     legs_built(&c, "r3");
+    let e = b.refused(&["volume", "check", "r3"]);
+    assert!(
+        e.contains("not attached") && e.contains("attach it first"),
+        "{e}"
+    );
     let v: VolumeView = a.json(&["volume", "attach", "r3"]);
     let top = v.device.clone().expect("a device");
     assert!(top.to_string_lossy().contains("-crypt-"), "{top:?}");
@@ -364,6 +369,7 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
     let v: VolumeView = c.nodes[0].json(&["volume", "inspect", "r2"]);
     let sums = leg_sums(&v, &c.ids, 64 * MIB);
     assert_eq!(sums[0], sums[1], "the legs differ after the resync");
+    scrub(&c, spare, &leg_dev);
 
     // The attach node lost whole: `attach --force` on a replica node; everything written
     // before the loss reads back, and the old epoch's exports are gone (fenced).
@@ -686,6 +692,46 @@ fn cut_control(ns: &str, port: u16) {
 }
 
 /// Node `d`'s `/metrics`.
+/// `volume check` of r2 (attached on node `attach`) finds its legs equal; 64 KiB of one
+/// leg (`leg`) overwritten behind the raid's back is found; put back, the legs are equal
+/// again. The result shows in the store, in inspect and in the attach node's metrics.
+fn scrub(c: &Cluster, attach: usize, leg: &Path) {
+    let checked = |from: usize| -> u64 {
+        let v: VolumeView = c.json(from, &["volume", "check", "r2"]);
+        let check = v.check.expect("a check recorded");
+        check.mismatches.expect("the check finished")
+    };
+    assert_eq!(checked(0), 0, "the legs of r2 differ");
+    let offset = 8 * MIB as u64;
+    let original = read_direct(leg, offset, 64 * 1024);
+    write_direct(leg, offset, &pattern(99, 64 * 1024));
+    let found = checked(1);
+    assert!(
+        found > 0,
+        "64 KiB of one leg overwritten, and the check found nothing"
+    );
+    let v: VolumeView = c.nodes[2].json(&["volume", "inspect", "r2"]);
+    assert_eq!(v.check.and_then(|k| k.mismatches), Some(found));
+    let id = v.id.clone();
+    c.wait(
+        "the check's result in the metrics",
+        Duration::from_secs(60),
+        || {
+            metrics(&c.nodes[attach])
+                .lines()
+                .any(|l| {
+                    l.starts_with("pxd_volume_check_mismatches{")
+                        && l.contains(id.as_str())
+                        && l.ends_with(&format!(" {found}"))
+                })
+                .then_some(())
+        },
+    );
+    write_direct(leg, offset, &original);
+    assert_eq!(checked(2), 0, "the leg put back, the legs still differ");
+    eprintln!("scrub: clean legs 0, 64 KiB overwritten on one leg {found} sectors, put back 0");
+}
+
 fn metrics(d: &Daemon) -> String {
     use pxd::api::client::{BlockingClient, Method, Target};
     let client = BlockingClient::new(Target::Unix(d.socket())).unwrap();

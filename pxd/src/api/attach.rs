@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `POST /v1/volumes/{vol}/attach` `{node?, force}` | attach (on this node by default) |
 //! | `POST /v1/volumes/{vol}/detach` `{force}` | detach from wherever it is attached |
+//! | `POST /v1/volumes/{vol}/check` | check the raid: answered once recorded; `check` in the volume shows the result |
 
 use super::volumes::{find, inspect, VolumeView};
 use super::{ApiError, ApiResult, AppState, JsonBody};
@@ -195,6 +196,22 @@ pub async fn detach(
     let v = s.cluster.state().read(|st| find(st, &key))?;
     submit(&s, &v, VolumeChange::Detach { force: req.force }).await?;
     wait_detached(&s, &v.id).await?;
+    inspect(State(s), Path(v.id)).await
+}
+
+/// Asks the attach node to check the volume's raid (md reads every leg and counts the
+/// sectors that differ). Answers at once with the check recorded; the volume's `check`
+/// shows the mismatch count when it is done.
+pub async fn check(State(s): State<AppState>, Path(key): Path<String>) -> ApiResult<VolumeView> {
+    let v = s.cluster.state().read(|st| find(st, &key))?;
+    submit(
+        &s,
+        &v,
+        VolumeChange::Check {
+            at: super::volumes::now(),
+        },
+    )
+    .await?;
     inspect(State(s), Path(v.id)).await
 }
 

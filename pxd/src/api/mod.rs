@@ -262,6 +262,7 @@ fn routes(state: AppState) -> Router {
         .route("/v1/volumes/{vol}/unmount", post(volumes::unmount))
         .route("/v1/volumes/{vol}/attach", post(attach::attach))
         .route("/v1/volumes/{vol}/detach", post(attach::detach))
+        .route("/v1/volumes/{vol}/check", post(attach::check))
         .route("/v1/volumes/{vol}/clone", post(snapshots::clone))
         .route("/v1/volumes/{vol}/restore", post(snapshots::restore))
         .route(

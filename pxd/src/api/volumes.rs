@@ -103,6 +103,9 @@ pub struct VolumeView {
     /// The last leg lost while attached, with how long its writes were held.
     #[serde(default)]
     pub last_leg_loss: Option<crate::store::types::LegLoss>,
+    /// The last raid check (`volume check`), running or finished.
+    #[serde(default)]
+    pub check: Option<crate::store::types::RaidCheck>,
     /// The raid as its attach node's last pass read it; inspect on the attach node only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raid: Option<RaidView>,
@@ -243,6 +246,7 @@ pub(super) fn view(st: &ClusterState, v: &Volume) -> VolumeView {
         attachment: super::attach::attachment_view(st, v),
         accepted_losses: v.accepted_losses.clone(),
         last_leg_loss: v.last_leg_loss.clone(),
+        check: v.check.clone(),
         raid: None,
         usage: None,
     }
@@ -435,6 +439,7 @@ pub async fn inspect(State(s): State<AppState>, Path(key): Path<String>) -> ApiR
                 crate::plan::raid::LegHealth::InSync => 'A',
                 crate::plan::raid::LegHealth::Syncing => 'a',
                 crate::plan::raid::LegHealth::Dead => 'D',
+                crate::plan::raid::LegHealth::Absent => '-',
             })
             .collect(),
         synced_bytes: *r.synced * 512,
@@ -551,6 +556,7 @@ pub async fn create(
         mount_path: None,
         retired_thin_ids: vec![],
         created: now(),
+        check: None,
         placement: Some(PlacementNote {
             explanation: placed.explanation.clone(),
             shortfall: placed.shortfall.clone(),

@@ -104,6 +104,15 @@ pub enum VolumeCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Check a replicated volume's raid (a scrub): every leg is read and the sectors that
+    /// differ are counted (mismatch_cnt); 0 is clean. Waits for the result.
+    Check {
+        volume: String,
+        /// Seconds to wait for the result; the check goes on past it, and `volume inspect`
+        /// shows its result.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
     /// Snapshots of a volume.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -293,6 +302,17 @@ fn print_volume(v: &VolumeView) {
     for loss in &v.accepted_losses {
         println!("loss:       {loss}");
     }
+    if let Some(k) = &v.check {
+        let state = match k.mismatches {
+            Some(m) => format!("mismatch_cnt {m}"),
+            None if k.started => "running".to_owned(),
+            None => "asked".to_owned(),
+        };
+        println!(
+            "check:      {state} (asked at {}, epoch {})",
+            k.requested, k.epoch
+        );
+    }
     println!("stack:      {}", v.stack.join(" <- "));
     if let Some(d) = &v.device {
         println!("device:     {}", d.display());
@@ -429,6 +449,35 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
                 &req,
                 ATTACH_CALL,
             )?);
+        }
+        VolumeCommand::Check { volume, timeout } => {
+            let path = format!("/v1/volumes/{}", seg("volume", volume)?);
+            let asked: VolumeView = c.post(&format!("{path}/check"), &serde_json::json!({}))?;
+            let requested = asked.check.as_ref().map(|k| k.requested);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(*timeout);
+            loop {
+                let v: VolumeView = c.get(&path)?;
+                let done = v
+                    .check
+                    .as_ref()
+                    .filter(|k| Some(k.requested) == requested)
+                    .and_then(|k| k.mismatches);
+                if let Some(m) = done {
+                    if json {
+                        print_json(&v);
+                    } else {
+                        println!("volume {}: raid check done, mismatch_cnt {m}", v.name);
+                    }
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(CliError::Usage(format!(
+                        "the check of volume {} is still running after {timeout} s; `pxd volume inspect {}` shows its result when done",
+                        v.name, v.name
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
         }
         VolumeCommand::Detach { volume, force } => {
             let req = DetachRequest { force: *force };

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub volume_replicas: IntGaugeVec,
     pub volume_replicas_healthy: IntGaugeVec,
     pub volume_resync_bytes: IntGaugeVec,
+    pub volume_check_mismatches: IntGaugeVec,
 }
 
 fn gauge(registry: &Registry, name: &'static str, help: &str) -> Result<IntGauge, MetricsError> {
@@ -168,6 +169,12 @@ impl Metrics {
                 &r,
                 "pxd_volume_replicas_healthy",
                 "Legs of a replicated volume's raid that are alive and in sync, on its attach node",
+                &["volume", "volume_id", "node"],
+            )?,
+            volume_check_mismatches: gauge_vec(
+                &r,
+                "pxd_volume_check_mismatches",
+                "Sectors that differed between legs in the volume's last finished raid check (mismatch_cnt; 0 is clean), on its attach node",
                 &["volume", "volume_id", "node"],
             )?,
             volume_resync_bytes: gauge_vec(

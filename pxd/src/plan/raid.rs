@@ -170,6 +170,8 @@ pub enum LegHealth {
     Syncing,
     /// `D`: dead; writes go to the other legs only.
     Dead,
+    /// `-`: not in the table (`- -` in its place): a leg left out.
+    Absent,
 }
 
 /// What the status line of a raid device says.
@@ -208,6 +210,7 @@ impl FromStr for RaidStatus {
                 'A' => Ok(LegHealth::InSync),
                 'a' => Ok(LegHealth::Syncing),
                 'D' => Ok(LegHealth::Dead),
+                '-' => Ok(LegHealth::Absent),
                 other => Err(invalid(format!("unknown leg health {other:?} in {s:?}"))),
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -285,6 +288,12 @@ mod tests {
         );
         assert_eq!((s.synced, s.total), (Sectors(1024), Sectors(2097152)));
         assert_eq!(s.action, "recover");
+        assert!(!s.is_clean());
+        let s: RaidStatus = "raid1 3 -AA 131072/131072 idle 0 0 -".parse().unwrap();
+        assert_eq!(
+            s.legs,
+            [LegHealth::Absent, LegHealth::InSync, LegHealth::InSync]
+        );
         assert!(!s.is_clean());
         for bad in [
             "raid1 2 A 1/1 idle 0",

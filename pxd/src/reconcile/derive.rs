@@ -3,7 +3,7 @@
 //! Both directions are pure.
 
 use crate::pool::label::LabelSpec;
-use crate::reconcile::desired::{AttachLeg, AttachedVolume, LegState};
+use crate::reconcile::desired::{AttachLeg, AttachedVolume, CheckPhase, LegState};
 use crate::reconcile::desired::{JoinPhase, JoiningDrive};
 use crate::reconcile::desired::{NodeState, OriginState, PoolState, SnapshotState, VolumeState};
 use crate::store::pools::{DriveChange, PoolChange};
@@ -226,6 +226,15 @@ pub fn attached_volume(cluster: &ClusterState, v: &Volume, node: NodeId) -> Opti
         fresh: !v.assembled,
         attached: a.state == AttachState::Attached,
         detaching: a.state == AttachState::Detaching,
+        check: v
+            .check
+            .as_ref()
+            .filter(|c| c.epoch == a.epoch)
+            .map(|c| match c.mismatches {
+                Some(m) => CheckPhase::Done(m),
+                None if c.started => CheckPhase::Running,
+                None => CheckPhase::Asked,
+            }),
     })
 }
 
@@ -269,15 +278,34 @@ fn replication_records(before: &NodeState, after: &NodeState) -> Vec<Command> {
         if !b.formatted && a.formatted {
             out.push(change(&b.id, VolumeChange::Formatted));
         }
+        match (b.check, a.check) {
+            (Some(CheckPhase::Asked), Some(CheckPhase::Running)) => {
+                out.push(change(&b.id, VolumeChange::CheckStarted { epoch: a.epoch }))
+            }
+            (Some(CheckPhase::Running), Some(CheckPhase::Done(mismatches))) => out.push(change(
+                &b.id,
+                VolumeChange::CheckDone {
+                    epoch: a.epoch,
+                    mismatches,
+                },
+            )),
+            _ => {}
+        }
         for (bl, al) in b.legs.iter().zip(&a.legs) {
-            if let (false, true, Ok(node)) = (bl.in_sync, al.in_sync, al.node.parse()) {
-                out.push(change(
+            let Ok(node) = al.node.parse() else { continue };
+            let epoch = a.epoch;
+            match (bl.in_sync, al.in_sync) {
+                (false, true) => out.push(change(&b.id, VolumeChange::LegUp { node, epoch })),
+                // Dead in the raid: nothing was held, the raid dropped it at the error.
+                (true, false) => out.push(change(
                     &b.id,
-                    VolumeChange::LegUp {
+                    VolumeChange::LegStale {
                         node,
-                        epoch: a.epoch,
+                        epoch,
+                        held_ms: 0,
                     },
-                ));
+                )),
+                _ => {}
             }
         }
     }
@@ -444,6 +472,7 @@ mod tests {
             retired_thin_ids: vec![],
             created: 0,
             placement: None,
+            check: None,
         }
     }
 

@@ -76,6 +76,20 @@ pub struct AttachedVolume {
     pub attached: bool,
     /// The attachment is being taken down.
     pub detaching: bool,
+    /// A raid check asked for at this epoch, and how far it is.
+    #[serde(default)]
+    pub check: Option<CheckPhase>,
+}
+
+/// Where a raid check stands on the attach node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum CheckPhase {
+    /// Asked for; starts once the raid is idle with every leg in sync.
+    Asked,
+    /// `check` was sent to the raid.
+    Running,
+    /// Finished, with this many sectors differing between legs.
+    Done(u64),
 }
 
 /// One leg as the attach node reaches it.

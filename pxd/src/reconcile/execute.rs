@@ -10,7 +10,7 @@ use crate::kernel::fs::{self, FsError};
 use crate::kernel::legs;
 use crate::plan::names::{DeviceName, Id, Kind};
 use crate::pool::{self, Metadata, Pool, PoolError};
-use crate::reconcile::desired::{JoinPhase, NodeState};
+use crate::reconcile::desired::{CheckPhase, JoinPhase, NodeState};
 use crate::reconcile::faults::{Faults, FaultyDm};
 use crate::reconcile::joining;
 use crate::reconcile::steps::Step;
@@ -107,6 +107,9 @@ impl Concern {
             | Step::Detached { volume }
             | Step::ReAdd { volume, .. }
             | Step::LegUp { volume, .. }
+            | Step::LegDown { volume, .. }
+            | Step::StartCheck { volume, .. }
+            | Step::CheckDone { volume, .. }
             | Step::Fence { volume, .. }
             | Step::Unfence { volume, .. } => Concern::Volume(volume.clone()),
             Step::Mount { device, .. } => by_name(device),
@@ -448,6 +451,20 @@ impl<'a> Executor<'a> {
                 }
                 return Ok(true);
             }
+            Step::StartCheck { volume, raid } => {
+                self.faults.tick(&format_args!("check {raid}"));
+                dm.message(&raid.dm_name(), "check")?;
+                if let Some(a) = state.attached_mut(volume) {
+                    a.check = Some(CheckPhase::Running);
+                }
+                return Ok(true);
+            }
+            Step::CheckDone { volume, mismatches } => {
+                if let Some(a) = state.attached_mut(volume) {
+                    a.check = Some(CheckPhase::Done(*mismatches));
+                }
+                return Ok(true);
+            }
             Step::ReAdd { splits, raid, .. } => {
                 self.faults.tick(&format_args!("re-add into {}", raid.name));
                 for split in splits {
@@ -473,12 +490,12 @@ impl<'a> Executor<'a> {
                     crate::kernel::stack::replace(dm, p)?;
                 }
             }
-            Step::LegUp { volume, leg } => {
+            Step::LegUp { volume, leg } | Step::LegDown { volume, leg } => {
                 if let Some(l) = state
                     .attached_mut(volume)
                     .and_then(|a| a.legs.iter_mut().find(|l| &l.node == leg))
                 {
-                    l.in_sync = true;
+                    l.in_sync = matches!(step, Step::LegUp { .. });
                 }
                 return Ok(true);
             }

@@ -12,7 +12,7 @@ use crate::plan::raid::LegHealth;
 use crate::plan::replica::{leg_thins, plan_leg_export, plan_leg_split, plan_raid, LEG_META};
 use crate::plan::table::{DevRef, DevicePlan};
 use crate::plan::thin::plan_thin;
-use crate::reconcile::desired::{AttachedVolume, LegState, NodeState, VolumeState};
+use crate::reconcile::desired::{AttachedVolume, CheckPhase, LegState, NodeState, VolumeState};
 use crate::reconcile::plan_volumes::{managed_mounts, thin_id};
 use crate::reconcile::steps::{Observed, PlanError, Step};
 use crate::volume::spec::Fs;
@@ -352,7 +352,9 @@ pub(super) fn attach_steps(
                 plans: plans.clone(),
             });
         } else {
+            dead_leg_steps(steps, av, observed);
             stale_leg_steps(steps, &node, &vid, av, observed)?;
+            check_steps(steps, &node, &vid, av, observed);
         }
         if !av.attached {
             steps.push(Step::Attached {
@@ -506,6 +508,52 @@ fn leg_refs(node: &Id, vid: &Id, i: usize, local: bool) -> Option<(DevRef, DevRe
     ))
 }
 
+/// Legs in sync by the store that the raid shows dead: an I/O error took them out (a drive
+/// error under a local leg, or a remote one's namespace failing its I/O), and the raid went
+/// on without them at once; or that its table lacks. They are recorded stale, so that no
+/// attach starts from them.
+/// A remote leg that holds writes is not among them: it shows alive until the leg watch has
+/// recorded it stale and dropped its controller.
+fn dead_leg_steps(steps: &mut Vec<Step>, av: &AttachedVolume, observed: &Observed) {
+    let Some(status) = observed.raids.get(&av.id) else {
+        return;
+    };
+    for (leg, health) in av.legs.iter().zip(&status.legs) {
+        if leg.in_sync && matches!(health, LegHealth::Dead | LegHealth::Absent) {
+            steps.push(Step::LegDown {
+                volume: av.id.clone(),
+                leg: leg.node.clone(),
+            });
+        }
+    }
+}
+
+/// A raid check asked for: started once the raid is idle with every leg in sync (md checks
+/// only a clean array, and a resync would cut it short), finished when md goes idle again.
+fn check_steps(
+    steps: &mut Vec<Step>,
+    node: &Id,
+    vid: &Id,
+    av: &AttachedVolume,
+    observed: &Observed,
+) {
+    let Some(status) = observed.raids.get(&av.id) else {
+        return;
+    };
+    let idle = status.action == "idle";
+    match av.check {
+        Some(CheckPhase::Asked) if idle && status.is_clean() => steps.push(Step::StartCheck {
+            volume: av.id.clone(),
+            raid: DeviceName::new(node, Kind::Raid, vid, None),
+        }),
+        Some(CheckPhase::Running) if idle => steps.push(Step::CheckDone {
+            volume: av.id.clone(),
+            mismatches: status.mismatches,
+        }),
+        _ => {}
+    }
+}
+
 /// Legs out of sync on a live raid. Until its node serves this epoch again, a stale leg's
 /// controller goes (the store records it stale first, so the writes it held complete on the
 /// legs in sync). Once served, it reconnects, is taken back into the raid, resyncs from the
@@ -530,6 +578,9 @@ fn stale_leg_steps(
                 .any(|c| nqn.as_ref().is_ok_and(|q| *q == c.nqn) && c.state == "live")
         }
     });
+    // Stale legs already back in the raid (resyncing), and those to take back now.
+    let mut rejoined = BTreeSet::new();
+    let mut rejoining = Vec::new();
     for (i, leg) in av.legs.iter().enumerate() {
         if leg.in_sync || leg.local {
             continue;
@@ -576,9 +627,12 @@ fn stale_leg_steps(
             continue;
         };
         let health = status.and_then(|s| s.legs.get(i).copied());
-        let readd = out || health == Some(LegHealth::Dead) || health.is_none();
+        let readd =
+            out || matches!(health, Some(LegHealth::Dead | LegHealth::Absent)) || health.is_none();
         if !readd {
-            // Re-added at this epoch: up once dm-raid has it in sync.
+            // Re-added at this epoch: up once dm-raid has it in sync. It stays in the table
+            // of any other leg's re-add meanwhile.
+            rejoined.insert(i);
             if health == Some(LegHealth::InSync) && status.is_some_and(|s| s.synced == s.total) {
                 steps.push(Step::LegUp {
                     volume: av.id.clone(),
@@ -591,19 +645,23 @@ fn stale_leg_steps(
             continue;
         }
         let (m, d) = plan_leg_split(node, vid, index, *dev, size);
+        rejoining.push((i, [m, d]));
+    }
+    // Every leg coming back joins in one table: a table per leg would leave out the others.
+    if !rejoining.is_empty() {
         let legs = av
             .legs
             .iter()
             .enumerate()
             .map(|(j, l)| {
-                (l.in_sync || j == i)
+                (l.in_sync || rejoined.contains(&j) || rejoining.iter().any(|(r, _)| *r == j))
                     .then(|| leg_refs(node, vid, j, l.local))
                     .flatten()
             })
             .collect();
         steps.push(Step::ReAdd {
             volume: av.id.clone(),
-            splits: vec![m, d],
+            splits: rejoining.into_iter().flat_map(|(_, s)| s).collect(),
             raid: plan_raid(node, vid, legs, size, false),
         });
     }

@@ -332,6 +332,7 @@ impl Reconciler {
                 &m.volume_replicas,
                 &m.volume_replicas_healthy,
                 &m.volume_resync_bytes,
+                &m.volume_check_mismatches,
             ] {
                 g.reset();
             }
@@ -355,6 +356,11 @@ impl Reconciler {
                 m.volume_resync_bytes
                     .with_label_values(&labels)
                     .set(left as i64);
+                if let Some(found) = v.check.as_ref().and_then(|c| c.mismatches) {
+                    m.volume_check_mismatches
+                        .with_label_values(&labels)
+                        .set(i64::try_from(found).unwrap_or(i64::MAX));
+                }
             }
             for v in st.volumes.values() {
                 for r in v.replicas.iter().filter(|r| r.node == me) {
@@ -629,6 +635,11 @@ fn step_name(s: &Step) -> String {
         Step::Detached { volume } => format!("{volume} detached"),
         Step::ReAdd { splits, .. } => format!("re-add leg {}", splits[0].name),
         Step::LegUp { volume, leg } => format!("leg {leg} of {volume} in sync"),
+        Step::LegDown { volume, leg } => format!("leg {leg} of {volume} failed in the raid"),
+        Step::StartCheck { volume, .. } => format!("check the raid of {volume}"),
+        Step::CheckDone { volume, mismatches } => {
+            format!("the raid check of {volume} found {mismatches} sectors differing")
+        }
         Step::Fence { volume, .. } => format!("fence the leg of {volume} under a lost attachment"),
         Step::Unfence { volume, .. } => format!("unfence the leg of {volume}"),
     }

@@ -192,6 +192,13 @@ pub enum Step {
     },
     /// Record that leg `leg` (its node's id) is in sync again.
     LegUp { volume: String, leg: String },
+    /// Record that leg `leg`, in sync as far as the store knows, is dead in the raid (an I/O
+    /// error took it out): stale, so that no attach starts from it.
+    LegDown { volume: String, leg: String },
+    /// Send `check` to a raid: md reads every leg and counts the sectors that differ.
+    StartCheck { volume: String, raid: DeviceName },
+    /// Record that the raid's check finished, with its mismatch count.
+    CheckDone { volume: String, mismatches: u64 },
     /// Load `error` under devices (this node's leg under a stack that lost its attachment),
     /// so nothing written through that stack completes on them.
     Fence {
@@ -434,6 +441,9 @@ mod tests {
                 Step::Detached { .. } => "detached".into(),
                 Step::ReAdd { splits, .. } => format!("re-add {}", splits[0].name),
                 Step::LegUp { leg, .. } => format!("leg {leg} up"),
+                Step::LegDown { leg, .. } => format!("leg {leg} down"),
+                Step::StartCheck { raid, .. } => format!("check {raid}"),
+                Step::CheckDone { mismatches, .. } => format!("checked: {mismatches}"),
                 Step::Fence { devices, .. } => format!("fence {}", devices.len()),
                 Step::Unfence { plans, .. } => format!("unfence {}", plans.len()),
             })
@@ -956,6 +966,121 @@ mod tests {
         );
     }
 
+    /// A repl-2 volume attached here, its raid up and clean over two live legs.
+    fn live_raid() -> (NodeState, Observed) {
+        use crate::plan::raid::{LegHealth, RaidStatus};
+        let mut s = attached_state(true);
+        let v = &mut s.attached[0];
+        (v.attached, v.formatted, v.fresh, v.fs) = (true, true, false, Fs::Raw);
+        let mut o = observed(&[
+            ("pxd-a1-leg-v1-m0", 8192),
+            ("pxd-a1-leg-v1-d0", 131072),
+            ("pxd-a1-leg-v1-m1", 8192),
+            ("pxd-a1-leg-v1-d1", 131072),
+            ("pxd-a1-raid-v1", 131072),
+        ]);
+        for (i, n) in ["b2", "c3"].iter().enumerate() {
+            let nqn = format!("{NQN}:{n}:v1:e3");
+            o.controllers.push(ControllerSeen {
+                name: format!("nvme{i}"),
+                nqn: nqn.clone(),
+                state: "live".into(),
+            });
+            let dev = Device {
+                major: 259,
+                minor: i as u32,
+            };
+            o.namespaces.insert(nqn, dev);
+        }
+        let status = RaidStatus {
+            legs: vec![LegHealth::InSync, LegHealth::InSync],
+            synced: Sectors(131072),
+            total: Sectors(131072),
+            action: "idle".into(),
+            mismatches: 0,
+        };
+        o.raids.insert("v1".into(), status);
+        (s, o)
+    }
+
+    #[test]
+    fn a_leg_in_sync_that_the_raid_shows_dead_is_recorded_stale() {
+        use crate::plan::raid::LegHealth;
+        use crate::store::state::{Command, VolumeChange};
+        let (mut s, mut o) = live_raid();
+        assert!(plan(&s, &o).unwrap().is_empty());
+        let mut status = o.raids["v1"].clone();
+        // c3's namespace failed a write: the raid dropped it at once, the store must know.
+        status.legs[1] = LegHealth::Dead;
+        o.raids.insert("v1".into(), status);
+        let steps = plan(&s, &o).unwrap();
+        assert_eq!(kinds(&steps), ["leg c3 down"]);
+        let mut after = s.clone();
+        after.attached[0].legs[1].in_sync = false;
+        assert_eq!(
+            crate::reconcile::derive::records(&s, &after),
+            [Command::UpdateVolume {
+                id: "v1".into(),
+                change: VolumeChange::LegStale {
+                    node: "c3".parse().unwrap(),
+                    epoch: 3,
+                    held_ms: 0
+                }
+            }]
+        );
+        // Once recorded, it is the stale leg's path: dropped and fenced, never re-recorded.
+        s.attached[0].legs[1].in_sync = false;
+        s.attached[0].legs[1].serving = false;
+        assert_eq!(
+            kinds(&plan(&s, &o).unwrap()),
+            ["disconnect nvme1", "fence 2"]
+        );
+    }
+
+    #[test]
+    fn a_raid_check_starts_on_a_clean_idle_raid_and_is_recorded_when_md_goes_idle() {
+        use crate::reconcile::desired::CheckPhase;
+        use crate::store::state::{Command, VolumeChange};
+        let (mut s, mut o) = live_raid();
+        s.attached[0].check = Some(CheckPhase::Asked);
+        let raid = o.raids.get_mut("v1").unwrap();
+        raid.action = "recover".into();
+        raid.synced = Sectors(10);
+        assert!(plan(&s, &o).unwrap().is_empty(), "never over a resync");
+        let raid = o.raids.get_mut("v1").unwrap();
+        (raid.action, raid.synced) = ("idle".into(), raid.total);
+        assert_eq!(kinds(&plan(&s, &o).unwrap()), ["check pxd-a1-raid-v1"]);
+        let mut after = s.clone();
+        after.attached[0].check = Some(CheckPhase::Running);
+        let record = |before: &NodeState, after: &NodeState| {
+            crate::reconcile::derive::records(before, after)
+        };
+        let change = |change| Command::UpdateVolume {
+            id: "v1".into(),
+            change,
+        };
+        assert_eq!(
+            record(&s, &after),
+            [change(VolumeChange::CheckStarted { epoch: 3 })]
+        );
+        s = after;
+        o.raids.get_mut("v1").unwrap().action = "check".into();
+        assert!(plan(&s, &o).unwrap().is_empty(), "running");
+        let raid = o.raids.get_mut("v1").unwrap();
+        (raid.action, raid.mismatches) = ("idle".into(), 128);
+        assert_eq!(kinds(&plan(&s, &o).unwrap()), ["checked: 128"]);
+        let mut after = s.clone();
+        after.attached[0].check = Some(CheckPhase::Done(128));
+        assert_eq!(
+            record(&s, &after),
+            [change(VolumeChange::CheckDone {
+                epoch: 3,
+                mismatches: 128
+            })]
+        );
+        assert!(plan(&after, &o).unwrap().is_empty(), "done is done");
+    }
+
     #[test]
     fn a_stale_leg_is_dropped_and_fenced_then_taken_back_only_by_a_re_add() {
         use crate::plan::raid::{LegHealth, RaidStatus};
@@ -1022,6 +1147,77 @@ mod tests {
         o.fenced
             .extend(["pxd-a1-leg-v1-m1".into(), "pxd-a1-leg-v1-d1".into()]);
         assert!(plan(&s, &o).unwrap().is_empty());
+    }
+
+    #[test]
+    fn stale_legs_coming_back_together_join_one_table_that_keeps_every_other() {
+        use crate::plan::raid::{LegHealth, RaidStatus};
+        use crate::plan::table::TargetSpec;
+        let mut s = attached_state(true);
+        let v = &mut s.attached[0];
+        (v.attached, v.formatted, v.fresh, v.fs) = (true, true, false, Fs::Raw);
+        let mut d4 = v.legs[1].clone();
+        d4.node = "d4".into();
+        v.legs.push(d4);
+        for l in &mut v.legs[1..] {
+            (l.in_sync, l.serving, l.may_rejoin) = (false, true, true);
+        }
+        let mut o = observed(&[
+            ("pxd-a1-leg-v1-m0", 8192),
+            ("pxd-a1-leg-v1-d0", 131072),
+            ("pxd-a1-raid-v1", 131072),
+        ]);
+        for (i, n) in ["b2", "c3", "d4"].iter().enumerate() {
+            let nqn = format!("{NQN}:{n}:v1:e3");
+            o.controllers.push(ControllerSeen {
+                name: format!("nvme{i}"),
+                nqn: nqn.clone(),
+                state: "live".into(),
+            });
+            let dev = Device {
+                major: 259,
+                minor: i as u32,
+            };
+            o.namespaces.insert(nqn, dev);
+        }
+        let mut status = RaidStatus {
+            legs: vec![LegHealth::InSync, LegHealth::Absent, LegHealth::Absent],
+            synced: Sectors(131072),
+            total: Sectors(131072),
+            action: "idle".into(),
+            mismatches: 0,
+        };
+        o.raids.insert("v1".into(), status.clone());
+        let members = |steps: &[Step]| match &steps[0] {
+            Step::ReAdd { splits, raid, .. } => match &raid.segments[0].target {
+                TargetSpec::Raid { legs, .. } => (
+                    splits.len(),
+                    legs.iter().map(Option::is_some).collect::<Vec<_>>(),
+                ),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        let steps = plan(&s, &o).unwrap();
+        assert_eq!(steps.len(), 1, "{:?}", kinds(&steps));
+        assert_eq!(members(&steps), (4, vec![true, true, true]));
+        // c3 back and resyncing, d4 dropped again: d4 rejoins, and c3 stays in the table.
+        for split in ["m1", "d1"] {
+            o.devices.insert(
+                format!("pxd-a1-leg-v1-{split}"),
+                (
+                    Device {
+                        major: 253,
+                        minor: 9,
+                    },
+                    Sectors(8),
+                ),
+            );
+        }
+        status.legs = vec![LegHealth::InSync, LegHealth::Syncing, LegHealth::Dead];
+        o.raids.insert("v1".into(), status);
+        let steps = plan(&s, &o).unwrap();
+        assert_eq!(members(&steps), (2, vec![true, true, true]));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! state machine that replicate it, both kept in one embedded redb database.
 
 mod attach;
+mod check;
 pub mod codec;
 pub mod log_store;
 pub mod pools;

@@ -161,6 +161,16 @@ pub enum VolumeChange {
     },
     /// The leg on `node` is resynced and in sync again at epoch `epoch`.
     LegUp { node: NodeId, epoch: u64 },
+    /// Check the raid: its attach node reads every leg and counts what differs. Refused
+    /// unless attached with every leg in sync; a check already under way is kept.
+    Check {
+        /// Unix seconds, chosen by the proposer.
+        at: u64,
+    },
+    /// The attach node started the check asked for at `epoch`.
+    CheckStarted { epoch: u64 },
+    /// The check at `epoch` finished with `mismatches` sectors differing between legs.
+    CheckDone { epoch: u64, mismatches: u64 },
     /// The replica on `node` of a volume being deleted is gone from its node; the last one
     /// gone removes the volume. Repeating it changes nothing.
     ReplicaRemoved { node: NodeId },
@@ -527,6 +537,7 @@ pub(crate) mod tests {
             retired_thin_ids: vec![],
             created: 0,
             placement: None,
+            check: None,
         };
         assert!(matches!(
             s.apply(&Command::PutVolume { volume: v.clone() }).0,

@@ -412,6 +412,26 @@ pub struct Replica {
     pub serving_epoch: u64,
 }
 
+/// A raid `check` of a replicated volume (a scrub): asked for through the API, run by the
+/// attach node's raid, which reads every leg and counts what differs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaidCheck {
+    /// Unix seconds, chosen by the proposer: which request this is.
+    pub requested: u64,
+    /// The attach epoch it runs under; a check cut short by a new attach is asked again.
+    pub epoch: u64,
+    /// The attach node has started it.
+    pub started: bool,
+    /// Once finished: the raid's `mismatch_cnt`, in sectors whose legs differ. 0 is clean.
+    pub mismatches: Option<u64>,
+}
+
+impl RaidCheck {
+    pub fn done(&self) -> bool {
+        self.mismatches.is_some()
+    }
+}
+
 /// A leg lost while its volume was attached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LegLoss {
@@ -515,6 +535,9 @@ pub struct Volume {
     /// How placement chose the replicas, and what a best-effort placement could not give.
     #[serde(default)]
     pub placement: Option<PlacementNote>,
+    /// The last raid check asked for, running or finished.
+    #[serde(default)]
+    pub check: Option<RaidCheck>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

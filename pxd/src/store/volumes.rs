@@ -115,6 +115,9 @@ impl ClusterState {
             | VolumeChange::LegUp { .. } => {
                 super::attach::apply(&mut v, change)?;
             }
+            VolumeChange::Check { .. }
+            | VolumeChange::CheckStarted { .. }
+            | VolumeChange::CheckDone { .. } => super::check::apply(&mut v, change)?,
             VolumeChange::Mount { node, path } if live => {
                 self.known_node(*node)?;
                 v.mount_path = path.clone();
