@@ -165,7 +165,7 @@ pub fn run(pxd: &Path, disks: &[PathBuf], first: u32) -> Result<()> {
 
     step(
         first + 2,
-        "kill -9 pxd on the attach node, then on a replica node, under a writer: the raid stays AA",
+        "kill -9 pxd on the attach node, then on a replica node, under a writer: the raid stays AA; a scrub finds the legs equal",
     );
     let writer = Writer::start(at.join("busy"));
     for i in [2, 0] {
@@ -181,6 +181,9 @@ pub fn run(pxd: &Path, disks: &[PathBuf], first: u32) -> Result<()> {
     let writes = writer.stop()?;
     ensure!(raid_health(&raid)? == "AA", "a leg degraded");
     println!("      {writes} writes, no errors, both legs in sync throughout");
+    println!("      a scrub: node-c's raid reads both legs and counts the sectors that differ");
+    let out = nodes[0].show(&["volume", "check", "shared"])?;
+    ensure!(out.contains("mismatch_cnt 0"), "the legs differ: {out}");
 
     step(
         first + 3,
