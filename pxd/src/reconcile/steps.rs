@@ -966,6 +966,20 @@ mod tests {
         );
     }
 
+    /// Live controllers and namespaces, at epoch 3 of volume v1, for the legs on `nodes`.
+    fn connected(o: &mut Observed, nodes: &[&str]) {
+        for (i, n) in nodes.iter().enumerate() {
+            let nqn = format!("{NQN}:{n}:v1:e3");
+            o.controllers.push(ControllerSeen {
+                name: format!("nvme{i}"),
+                nqn: nqn.clone(),
+                state: "live".into(),
+            });
+            let minor = u32::try_from(i).unwrap();
+            o.namespaces.insert(nqn, Device { major: 259, minor });
+        }
+    }
+
     /// A repl-2 volume attached here, its raid up and clean over two live legs.
     fn live_raid() -> (NodeState, Observed) {
         use crate::plan::raid::{LegHealth, RaidStatus};
@@ -979,19 +993,7 @@ mod tests {
             ("pxd-a1-leg-v1-d1", 131072),
             ("pxd-a1-raid-v1", 131072),
         ]);
-        for (i, n) in ["b2", "c3"].iter().enumerate() {
-            let nqn = format!("{NQN}:{n}:v1:e3");
-            o.controllers.push(ControllerSeen {
-                name: format!("nvme{i}"),
-                nqn: nqn.clone(),
-                state: "live".into(),
-            });
-            let dev = Device {
-                major: 259,
-                minor: i as u32,
-            };
-            o.namespaces.insert(nqn, dev);
-        }
+        connected(&mut o, &["b2", "c3"]);
         let status = RaidStatus {
             legs: vec![LegHealth::InSync, LegHealth::InSync],
             synced: Sectors(131072),
@@ -1167,19 +1169,7 @@ mod tests {
             ("pxd-a1-leg-v1-d0", 131072),
             ("pxd-a1-raid-v1", 131072),
         ]);
-        for (i, n) in ["b2", "c3", "d4"].iter().enumerate() {
-            let nqn = format!("{NQN}:{n}:v1:e3");
-            o.controllers.push(ControllerSeen {
-                name: format!("nvme{i}"),
-                nqn: nqn.clone(),
-                state: "live".into(),
-            });
-            let dev = Device {
-                major: 259,
-                minor: i as u32,
-            };
-            o.namespaces.insert(nqn, dev);
-        }
+        connected(&mut o, &["b2", "c3", "d4"]);
         let mut status = RaidStatus {
             legs: vec![LegHealth::InSync, LegHealth::Absent, LegHealth::Absent],
             synced: Sectors(131072),

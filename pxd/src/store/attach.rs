@@ -302,11 +302,12 @@ fn detach(v: &mut Volume, force: bool) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::types::Replica;
 
-    fn volume(repl: u8) -> Volume {
+    /// Volume `db` with `repl` legs in sync on nodes 1.., not attached.
+    pub(in crate::store) fn volume(repl: u8) -> Volume {
         let mut v: Volume = serde_json::from_value(serde_json::json!({
             "id": "v1", "name": "db", "size": 1048576, "fs": "ext4", "repl": repl,
             "io_priority": "low", "max_iops": null, "encrypted": false, "key_ref": null,

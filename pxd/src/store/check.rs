@@ -77,26 +77,12 @@ fn ask(v: &mut Volume, at: u64) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::types::{AttachState, Attachment, NodeId, Replica};
+    use crate::store::types::{AttachState, Attachment, NodeId};
 
+    /// Volume `db` with `repl` legs in sync, each serving epoch 4.
     fn volume(repl: u8) -> Volume {
-        let mut v: Volume = serde_json::from_value(serde_json::json!({
-            "id": "v1", "name": "db", "size": 1048576, "fs": "ext4", "repl": repl,
-            "io_priority": "low", "max_iops": null, "encrypted": false, "key_ref": null,
-            "labels": {}, "replicas": [], "attachment": null, "snapshot_schedule": null,
-            "phase": "live", "formatted": false
-        }))
-        .unwrap();
-        v.replicas = (1..=u64::from(repl))
-            .map(|n| Replica {
-                node: NodeId(n),
-                pool: format!("p{n}"),
-                thin_id: 1,
-                meta_thin_id: Some(2),
-                state: ReplicaState::Up,
-                serving_epoch: 4,
-            })
-            .collect();
+        let mut v = crate::store::attach::tests::volume(repl);
+        v.replicas.iter_mut().for_each(|r| r.serving_epoch = 4);
         v
     }
 
