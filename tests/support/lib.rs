@@ -114,6 +114,21 @@ pub fn wait_until(limit: std::time::Duration, mut check: impl FnMut() -> Result<
     }
 }
 
+/// In the VM, turns transparent huge pages off, for tests that put NVMe/TCP hosts and
+/// targets in one kernel: a send frag that runs past the end of a huge page reaches
+/// nvmet-tcp's receive copy intact, and hardened usercopy stops that worker with a BUG
+/// (Debian 6.1.192: "Kernel memory exposure attempt detected from page alloc"), leaving its
+/// locks held and every leg stuck. Between machines, frags come from the NIC and never do
+/// this. Only there: emulation runs the rest about half again slower without huge pages.
+pub fn no_huge_pages() {
+    if in_vm() {
+        let knob = "/sys/kernel/mm/transparent_hugepage/enabled";
+        if let Err(e) = std::fs::write(knob, "never") {
+            panic!("turning huge pages off ({knob}): {e}");
+        }
+    }
+}
+
 /// The kernel stacks of every task in uninterruptible sleep (sysrq `w`), from the kernel log:
 /// what a stuck device waits on.
 pub fn blocked_tasks() {

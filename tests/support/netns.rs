@@ -39,6 +39,7 @@ impl Net {
 
     /// [`Net::new`], node `i` at address index `first + i`.
     pub fn new_at(count: usize, first: usize) -> Net {
+        crate::no_huge_pages();
         assert!(
             first + count < 200,
             "the test subnet has room for 200 nodes"

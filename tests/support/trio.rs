@@ -201,7 +201,9 @@ impl Cluster {
     }
 
     /// Every node's log tail, then the kernel's blocked tasks: what a failed step waited on.
-    pub fn show_logs(&self) {
+    /// The reason comes first, so that an excerpt of a long failure still names it.
+    pub fn show_logs(&self, why: &str) {
+        eprintln!("=== FAILED: {why}");
         for n in &self.nodes {
             eprintln!("--- log of {} ---\n{}", n.name, n.log_tail());
         }
@@ -216,8 +218,9 @@ impl Cluster {
                 return v;
             }
             if Instant::now() > deadline {
-                self.show_logs();
-                panic!("timed out waiting for {what}");
+                let why = format!("timed out waiting for {what}");
+                self.show_logs(&why);
+                panic!("{why}");
             }
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -229,13 +232,14 @@ impl Cluster {
         all.extend_from_slice(args);
         let out = self.nodes[i].cli(&all);
         if !out.status.success() {
-            self.show_logs();
-            panic!(
+            let why = format!(
                 "pxd {} on {} failed: {}",
                 args.join(" "),
                 self.nodes[i].name,
                 String::from_utf8_lossy(&out.stderr)
             );
+            self.show_logs(&why);
+            panic!("{why}");
         }
         serde_json::from_slice(&out.stdout).expect("the CLI's JSON")
     }
@@ -252,7 +256,18 @@ impl Cluster {
 /// Volume `name` as node `d` shows it, once every replica has built its leg (its devices
 /// exist on its node).
 pub fn legs_built(c: &Cluster, name: &str) -> VolumeView {
-    let v: VolumeView = c.nodes[0].json(&["volume", "inspect", name]);
+    // Node 0 serves reads from its own copy of the store, which may still lag a volume
+    // created through another node (after node 0 was cut off, for one).
+    let v: VolumeView = c.wait(
+        &format!("volume {name} known on {}", c.nodes[0].name),
+        Duration::from_secs(120),
+        || {
+            let out = c.nodes[0].cli(&["--json", "volume", "inspect", name]);
+            out.status
+                .success()
+                .then(|| serde_json::from_slice(&out.stdout).expect("the CLI's JSON"))
+        },
+    );
     for r in &v.replicas {
         let node = c.id(c.by_name(&r.node_name)).to_owned();
         let thin = format!("pxd-{node}-thin-{}", v.id);

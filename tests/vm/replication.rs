@@ -691,13 +691,12 @@ fn cut_control(ns: &str, port: u16) {
     }
 }
 
-/// Node `d`'s `/metrics`.
 /// `volume check` of r2 (attached on node `attach`) finds its legs equal; 64 KiB of one
 /// leg (`leg`) overwritten behind the raid's back is found; put back, the legs are equal
 /// again. The result shows in the store, in inspect and in the attach node's metrics.
 fn scrub(c: &Cluster, attach: usize, leg: &Path) {
     let checked = |from: usize| -> u64 {
-        let v: VolumeView = c.json(from, &["volume", "check", "r2"]);
+        let v: VolumeView = c.json(from, &["volume", "check", "r2", "--timeout", "300"]);
         let check = v.check.expect("a check recorded");
         check.mismatches.expect("the check finished")
     };
@@ -711,7 +710,7 @@ fn scrub(c: &Cluster, attach: usize, leg: &Path) {
         "64 KiB of one leg overwritten, and the check found nothing"
     );
     let v: VolumeView = c.nodes[2].json(&["volume", "inspect", "r2"]);
-    assert_eq!(v.check.and_then(|k| k.mismatches), Some(found));
+    assert_eq!(v.check.as_ref().and_then(|k| k.mismatches), Some(found));
     let id = v.id.clone();
     c.wait(
         "the check's result in the metrics",
@@ -727,11 +726,46 @@ fn scrub(c: &Cluster, attach: usize, leg: &Path) {
                 .then_some(())
         },
     );
+    // Put back, the scrub schedule (every minute) finds the legs equal again on its own.
     write_direct(leg, offset, &original);
-    assert_eq!(checked(2), 0, "the leg put back, the legs still differ");
-    eprintln!("scrub: clean legs 0, 64 KiB overwritten on one leg {found} sectors, put back 0");
+    let last = v.check.as_ref().map(|k| k.requested).unwrap();
+    let e = c.nodes[2].refused(&["cluster", "options", "--scrub-interval", "30"]);
+    assert!(e.contains("scrub_interval_s must be 60 to"), "{e}");
+    let o: serde_json::Value = c.json(2, &["cluster", "options", "--scrub-interval", "1m"]);
+    assert_eq!(o["scrub_interval_s"], 60, "{o}");
+    let scheduled = c.wait("a scheduled check of r2", Duration::from_secs(240), || {
+        let v: VolumeView = c.nodes[0].json(&["volume", "inspect", "r2"]);
+        v.check
+            .filter(|k| k.requested > last && k.mismatches.is_some())
+    });
+    assert_eq!(
+        scheduled.mismatches,
+        Some(0),
+        "the leg put back, the legs still differ"
+    );
+    let o: serde_json::Value = c.json(0, &["cluster", "options", "--scrub-interval", "off"]);
+    assert!(o["scrub_interval_s"].is_null(), "{o}");
+    let stamp = format!(" {}", scheduled.requested);
+    c.wait(
+        "the scheduled check's time in the metrics",
+        Duration::from_secs(60),
+        || {
+            metrics(&c.nodes[attach])
+                .lines()
+                .any(|l| {
+                    l.starts_with("pxd_volume_check_requested_timestamp_seconds{")
+                        && l.contains(id.as_str())
+                        && l.ends_with(&stamp)
+                })
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "scrub: clean legs 0, 64 KiB overwritten on one leg {found} sectors, put back 0 (found by the schedule)"
+    );
 }
 
+/// Node `d`'s `/metrics`.
 fn metrics(d: &Daemon) -> String {
     use pxd::api::client::{BlockingClient, Method, Target};
     let client = BlockingClient::new(Target::Unix(d.socket())).unwrap();

@@ -51,7 +51,9 @@ impl Counts {
 
 pub fn run(args: &TestArgs) -> Result<i32> {
     if !args.no_setup {
+        let started = std::time::Instant::now();
         crate::setup::run()?;
+        println!("setup took {} s", started.elapsed().as_secs());
     }
     let tiers = if args.tiers.is_empty() {
         vec![Tier::Lint, Tier::Unit, Tier::Host, Tier::Vm]
@@ -61,6 +63,7 @@ pub fn run(args: &TestArgs) -> Result<i32> {
     let mut results = Vec::new();
     for tier in tiers {
         println!("\n==== tier: {tier:?}");
+        let started = std::time::Instant::now();
         let counts = match tier {
             Tier::Lint => lint(),
             Tier::Unit => unit(),
@@ -74,17 +77,18 @@ pub fn run(args: &TestArgs) -> Result<i32> {
                 ..Counts::default()
             }
         });
-        results.push((tier, counts));
+        results.push((tier, counts, started.elapsed()));
     }
     println!("\n==== summary");
     let mut total = Counts::default();
-    for (tier, c) in &results {
+    for (tier, c, took) in &results {
         println!(
-            "{}: {} passed, {} failed, {} skipped",
+            "{}: {} passed, {} failed, {} skipped, in {} s",
             format!("{tier:?}").to_lowercase(),
             c.passed,
             c.failed,
-            c.skipped
+            c.skipped,
+            took.as_secs()
         );
         total.add(*c);
     }
@@ -92,7 +96,7 @@ pub fn run(args: &TestArgs) -> Result<i32> {
         "total: {} passed, {} failed, {} skipped",
         total.passed, total.failed, total.skipped
     );
-    let empty_tier = results.iter().any(|(_, c)| c.passed + c.failed == 0);
+    let empty_tier = results.iter().any(|(_, c, _)| c.passed + c.failed == 0);
     if empty_tier {
         eprintln!("xtask test: a tier ran no test, which counts as a failure");
     }

@@ -9,6 +9,7 @@
 //! | `POST /v1/cluster/join` `{token}` | join the cluster the token names |
 //! | `GET /v1/cluster/token`, `GET /v1/cluster/api-token` | a join token; the TCP bearer token |
 //! | `POST /v1/cluster/remove` `{node}` | remove a member by id or name |
+//! | `GET`, `PUT /v1/cluster/options` `{scrub_interval_s}` | cluster-wide settings: the scrub schedule |
 //! | `GET /v1/nodes` | every node with role, liveness, stats and fault-domain labels |
 //! | `GET /v1/topology[?node=N]` | each node's labels with the source of each |
 //! | `POST /v1/topology/tag` `{node, set, clear}` | manual labels of any member, through Raft |
@@ -36,6 +37,7 @@ pub mod volumes;
 
 use crate::cluster::{Cluster, ClusterError, Op};
 use crate::store::state::{check_kv_name, MAX_KV_VALUE};
+use crate::store::types::ClusterOptions;
 use crate::store::Command;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
@@ -226,6 +228,16 @@ impl Applied {
     }
 }
 
+/// `PUT /v1/cluster/options`: every cluster-wide setting, replacing what is there.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptionsRequest {
+    /// Seconds between scheduled raid checks of each attached replicated volume (60 to
+    /// 366 days); null or absent turns the schedule off.
+    #[serde(default)]
+    pub scrub_interval_s: Option<u64>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RemoveResponse {
     pub removed: String,
@@ -245,6 +257,7 @@ fn routes(state: AppState) -> Router {
         .route("/v1/cluster/token", get(token))
         .route("/v1/cluster/api-token", get(api_token))
         .route("/v1/cluster/remove", post(remove))
+        .route("/v1/cluster/options", get(options).put(set_options))
         .route("/v1/nodes", get(nodes))
         .route("/v1/topology", get(topology::show))
         .route("/v1/topology/tag", post(topology::tag))
@@ -416,6 +429,32 @@ async fn remove(
     Ok(Json(RemoveResponse {
         removed: id.to_string(),
     }))
+}
+
+async fn options(State(s): State<AppState>) -> ApiResult<ClusterOptions> {
+    Ok(Json(s.cluster.state().read(|st| st.options.clone())))
+}
+
+/// Checked here too, so that bad input is a 400 naming the field even without a quorum.
+async fn set_options(
+    State(s): State<AppState>,
+    JsonBody(req): JsonBody<OptionsRequest>,
+) -> ApiResult<ClusterOptions> {
+    if s.cluster.cluster_id().is_none() {
+        return Err(ClusterError::NotInCluster.into());
+    }
+    let options = ClusterOptions {
+        scrub_interval_s: req.scrub_interval_s,
+    };
+    options.validate().map_err(ApiError::BadRequest)?;
+    let cmd = Command::SetOptions {
+        options: options.clone(),
+    };
+    match s.cluster.submit_and_apply(Op::Command(cmd)).await {
+        Err(ClusterError::Rejected(why)) => return Err(ApiError::BadRequest(why)),
+        other => other.map(drop).map_err(ApiError::from)?,
+    }
+    Ok(Json(options))
 }
 
 async fn nodes(State(s): State<AppState>) -> ApiResult<Vec<crate::cluster::view::NodeView>> {

@@ -119,6 +119,29 @@ pub enum ClusterCommand {
     ApiToken,
     /// Remove a member, by id or name.
     Remove { node: String },
+    /// Show the cluster-wide settings, or change those given.
+    Options {
+        /// Time between scheduled raid checks (scrubs) of each attached replicated volume:
+        /// seconds or with a unit (30m, 24h, 7d), 1 minute to 366 days; `off` stops them.
+        #[arg(long, value_parser = parse_interval)]
+        scrub_interval: Option<Interval>,
+    },
+}
+
+/// A schedule's interval in seconds, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interval {
+    Off,
+    Every(u64),
+}
+
+fn parse_interval(s: &str) -> Result<Interval, String> {
+    if s == "off" {
+        return Ok(Interval::Off);
+    }
+    parse_ttl(s)
+        .map(Interval::Every)
+        .map_err(|e| e.replacen("ttl", "interval", 1))
 }
 
 #[derive(Subcommand, Debug)]
@@ -383,6 +406,26 @@ fn cluster(cli: &Cli, c: &BlockingClient, cmd: &ClusterCommand) -> Result<(), Cl
                 println!("node {} removed", r.removed);
             }
         }
+        ClusterCommand::Options { scrub_interval } => {
+            let mut o: crate::store::types::ClusterOptions = c.get("/v1/cluster/options")?;
+            if let Some(i) = scrub_interval {
+                let req = crate::api::OptionsRequest {
+                    scrub_interval_s: match i {
+                        Interval::Off => None,
+                        Interval::Every(s) => Some(*s),
+                    },
+                };
+                o = c.put("/v1/cluster/options", &req)?;
+            }
+            if cli.json {
+                print_json(&o);
+            } else {
+                let scrub = o
+                    .scrub_interval_s
+                    .map_or("off".to_owned(), |s| format!("every {s} s"));
+                println!("scrub schedule: {scrub}");
+            }
+        }
         ClusterCommand::Status | ClusterCommand::Members => {
             let s: Status = c.get("/v1/cluster/status")?;
             if cli.json {
@@ -592,5 +635,14 @@ mod ttl_tests {
         assert!(super::parse_ttl("1w").is_err());
         assert!(super::parse_ttl("h").is_err());
         assert!(super::parse_ttl("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn intervals_take_units_or_off() {
+        use super::{parse_interval, Interval};
+        assert_eq!(parse_interval("off"), Ok(Interval::Off));
+        assert_eq!(parse_interval("7d"), Ok(Interval::Every(604800)));
+        let e = parse_interval("1w").unwrap_err();
+        assert!(e.starts_with("interval \"1w\""), "{e}");
     }
 }

@@ -457,12 +457,14 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(*timeout);
             loop {
                 let v: VolumeView = c.get(&path)?;
-                let done = v
-                    .check
-                    .as_ref()
-                    .filter(|k| Some(k.requested) == requested)
-                    .and_then(|k| k.mismatches);
-                if let Some(m) = done {
+                let ours = v.check.as_ref().filter(|k| Some(k.requested) == requested);
+                let Some(check) = ours else {
+                    return Err(CliError::Usage(format!(
+                        "the check of volume {} was dropped (the volume was detached) or replaced by a later one",
+                        v.name
+                    )));
+                };
+                if let Some(m) = check.mismatches {
                     if json {
                         print_json(&v);
                     } else {

@@ -51,6 +51,9 @@ pub enum MappingError {
     Parse(#[from] crate::plan::thin_map::MapError),
 }
 
+/// A pool holds one metadata snapshot at a time: one reader at a time in this daemon.
+static SNAPSHOT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs `tool` with `args` on a metadata snapshot of live pool `pool` (metadata device
 /// `meta`): the pool reserves one, the tool reads it, and it is released whatever happens.
 /// A snapshot left reserved (a crash mid-read) is released first.
@@ -61,6 +64,9 @@ fn on_metadata_snapshot(
     tool: &'static str,
     args: &[String],
 ) -> Result<String, MappingError> {
+    let _one = SNAPSHOT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let message = |m: &str| dm.message(pool, m);
     let snapshot = |source| MappingError::Snapshot {
         pool: pool.to_string(),

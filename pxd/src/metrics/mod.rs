@@ -33,6 +33,7 @@ pub struct Metrics {
     pub volume_replicas_healthy: IntGaugeVec,
     pub volume_resync_bytes: IntGaugeVec,
     pub volume_check_mismatches: IntGaugeVec,
+    pub volume_check_requested: IntGaugeVec,
 }
 
 fn gauge(registry: &Registry, name: &'static str, help: &str) -> Result<IntGauge, MetricsError> {
@@ -175,6 +176,12 @@ impl Metrics {
                 &r,
                 "pxd_volume_check_mismatches",
                 "Sectors that differed between legs in the volume's last finished raid check (mismatch_cnt; 0 is clean), on its attach node",
+                &["volume", "volume_id", "node"],
+            )?,
+            volume_check_requested: gauge_vec(
+                &r,
+                "pxd_volume_check_requested_timestamp_seconds",
+                "Unix time the volume's last finished raid check was asked for (by hand or by the scrub schedule), on its attach node",
                 &["volume", "volume_id", "node"],
             )?,
             volume_resync_bytes: gauge_vec(

@@ -117,6 +117,13 @@ pub fn parse_dump(xml: &str, dev_id: u32) -> Result<Mapping, MapError> {
             inside = false;
             continue;
         }
+        if line.trim_start().starts_with("<def") || line.trim_start().starts_with("<ref") {
+            // Shared subtrees (newer thin_dump): mappings this parser would miss.
+            return Err(MapError::Format(format!(
+                "shared mapping subtrees are not supported: {:?}",
+                line.trim()
+            )));
+        }
         if !inside {
             continue;
         }
@@ -199,6 +206,7 @@ mod tests {
         let empty = "<superblock data_block_size=\"128\">\n<device dev_id=\"3\">\n</device>\n";
         assert!(parse_dump(empty, 3).unwrap().ranges.is_empty());
         for bad in [
+            "<superblock data_block_size=\"128\">\n<def name=\"a\">\n",
             "<device dev_id=\"1\">\n",
             "<superblock data_block_size=\"x\">\n",
             "<superblock data_block_size=\"128\">\n<device dev_id=\"1\">\n<single_mapping data_block=\"3\"/>\n",

@@ -282,6 +282,10 @@ fn replication_records(before: &NodeState, after: &NodeState) -> Vec<Command> {
             (Some(CheckPhase::Asked), Some(CheckPhase::Running)) => {
                 out.push(change(&b.id, VolumeChange::CheckStarted { epoch: a.epoch }))
             }
+            (Some(CheckPhase::Running), Some(CheckPhase::Asked)) => out.push(change(
+                &b.id,
+                VolumeChange::CheckCutShort { epoch: a.epoch },
+            )),
             (Some(CheckPhase::Running), Some(CheckPhase::Done(mismatches))) => out.push(change(
                 &b.id,
                 VolumeChange::CheckDone {

@@ -110,6 +110,7 @@ impl Concern {
             | Step::LegDown { volume, .. }
             | Step::StartCheck { volume, .. }
             | Step::CheckDone { volume, .. }
+            | Step::CheckCutShort { volume }
             | Step::Fence { volume, .. }
             | Step::Unfence { volume, .. } => Concern::Volume(volume.clone()),
             Step::Mount { device, .. } => by_name(device),
@@ -454,6 +455,18 @@ impl<'a> Executor<'a> {
             Step::StartCheck { volume, raid } => {
                 self.faults.tick(&format_args!("check {raid}"));
                 dm.message(&raid.dm_name(), "check")?;
+                // md may drop a request that lands as a resync is being reaped: running only
+                // once the raid says so, or the next pass asks again.
+                let status = dm.status(&raid.dm_name())?;
+                let action = status
+                    .first()
+                    .and_then(|(.., params)| params.parse::<crate::plan::raid::RaidStatus>().ok())
+                    .map(|s| s.action);
+                if action.as_deref() != Some("check") {
+                    // Not a failure: nothing else of the volume waits on it.
+                    tracing::info!(%raid, ?action, "the raid did not take the check; asking again next pass");
+                    return Ok(false);
+                }
                 if let Some(a) = state.attached_mut(volume) {
                     a.check = Some(CheckPhase::Running);
                 }
@@ -462,6 +475,12 @@ impl<'a> Executor<'a> {
             Step::CheckDone { volume, mismatches } => {
                 if let Some(a) = state.attached_mut(volume) {
                     a.check = Some(CheckPhase::Done(*mismatches));
+                }
+                return Ok(true);
+            }
+            Step::CheckCutShort { volume } => {
+                if let Some(a) = state.attached_mut(volume) {
+                    a.check = Some(CheckPhase::Asked);
                 }
                 return Ok(true);
             }

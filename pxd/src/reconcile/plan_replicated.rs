@@ -511,15 +511,20 @@ fn leg_refs(node: &Id, vid: &Id, i: usize, local: bool) -> Option<(DevRef, DevRe
 /// Legs in sync by the store that the raid shows dead: an I/O error took them out (a drive
 /// error under a local leg, or a remote one's namespace failing its I/O), and the raid went
 /// on without them at once; or that its table lacks. They are recorded stale, so that no
-/// attach starts from them.
+/// attach starts from them. Only while another leg is in sync in both the store and the
+/// raid: the store never records its last leg in sync stale.
 /// A remote leg that holds writes is not among them: it shows alive until the leg watch has
 /// recorded it stale and dropped its controller.
 fn dead_leg_steps(steps: &mut Vec<Step>, av: &AttachedVolume, observed: &Observed) {
     let Some(status) = observed.raids.get(&av.id) else {
         return;
     };
-    for (leg, health) in av.legs.iter().zip(&status.legs) {
-        if leg.in_sync && matches!(health, LegHealth::Dead | LegHealth::Absent) {
+    let in_sync = |i: usize| {
+        av.legs.get(i).is_some_and(|l| l.in_sync) && status.legs.get(i) == Some(&LegHealth::InSync)
+    };
+    for (i, (leg, health)) in av.legs.iter().zip(&status.legs).enumerate() {
+        let another = (0..av.legs.len()).any(|j| j != i && in_sync(j));
+        if leg.in_sync && another && matches!(health, LegHealth::Dead | LegHealth::Absent) {
             steps.push(Step::LegDown {
                 volume: av.id.clone(),
                 leg: leg.node.clone(),
@@ -541,14 +546,25 @@ fn check_steps(
         return;
     };
     let idle = status.action == "idle";
+    // Every leg in sync in the store and alive in the raid (a running check shows its own
+    // progress in the sync ratio), and, for a start or a result, nothing left to resync.
+    let legs_whole =
+        status.legs.iter().all(|l| *l == LegHealth::InSync) && av.legs.iter().all(|l| l.in_sync);
+    let clean = legs_whole && status.is_clean();
     match av.check {
-        Some(CheckPhase::Asked) if idle && status.is_clean() => steps.push(Step::StartCheck {
+        Some(CheckPhase::Asked) if idle && clean => steps.push(Step::StartCheck {
             volume: av.id.clone(),
             raid: DeviceName::new(node, Kind::Raid, vid, None),
         }),
-        Some(CheckPhase::Running) if idle => steps.push(Step::CheckDone {
+        // Finished: md stops a check early when a leg fails, and a re-add makes a new md
+        // whose count is 0, so a count is taken only from a raid that stayed clean.
+        Some(CheckPhase::Running) if idle && clean => steps.push(Step::CheckDone {
             volume: av.id.clone(),
             mismatches: status.mismatches,
+        }),
+        // Cut short: asked again, to start once the raid is clean.
+        Some(CheckPhase::Running) if !legs_whole => steps.push(Step::CheckCutShort {
+            volume: av.id.clone(),
         }),
         _ => {}
     }

@@ -247,6 +247,7 @@ impl Reconciler {
         if let Ok((_, found)) = &result {
             self.record_health(&found.health).await;
             self.export(found);
+            self.ask_scheduled_scrub().await;
         }
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
@@ -267,6 +268,28 @@ impl Reconciler {
             Err(e) => last.error = Some(e.clone()),
         }
         result.map(|(failures, _)| failures)
+    }
+
+    /// Asks for the raid check the scrub schedule says is due on this node, if any; the
+    /// next passes run it.
+    async fn ask_scheduled_scrub(&self) {
+        let now = crate::cluster::rpc::now_ms() / 1000;
+        let me = self.cluster.id();
+        let Some(id) = self
+            .cluster
+            .state()
+            .read(|st| super::scrub_schedule::due(st, me, now))
+        else {
+            return;
+        };
+        tracing::info!(volume = %id, "scheduled scrub: asking for a raid check");
+        let cmd = Command::UpdateVolume {
+            id: id.clone(),
+            change: crate::store::state::VolumeChange::Check { at: now },
+        };
+        if let Err(e) = self.cluster.submit_and_apply(Op::Command(cmd)).await {
+            tracing::warn!(volume = %id, error = %e, "could not ask for the scheduled scrub");
+        }
     }
 
     /// Records through Raft each pool whose health changed, logging the change.
@@ -333,6 +356,7 @@ impl Reconciler {
                 &m.volume_replicas_healthy,
                 &m.volume_resync_bytes,
                 &m.volume_check_mismatches,
+                &m.volume_check_requested,
             ] {
                 g.reset();
             }
@@ -356,10 +380,17 @@ impl Reconciler {
                 m.volume_resync_bytes
                     .with_label_values(&labels)
                     .set(left as i64);
-                if let Some(found) = v.check.as_ref().and_then(|c| c.mismatches) {
+                if let Some((found, at)) = v
+                    .check
+                    .as_ref()
+                    .and_then(|c| c.mismatches.map(|m| (m, c.requested)))
+                {
                     m.volume_check_mismatches
                         .with_label_values(&labels)
                         .set(i64::try_from(found).unwrap_or(i64::MAX));
+                    m.volume_check_requested
+                        .with_label_values(&labels)
+                        .set(i64::try_from(at).unwrap_or(i64::MAX));
                 }
             }
             for v in st.volumes.values() {
@@ -633,12 +664,18 @@ fn step_name(s: &Step) -> String {
         Step::Disconnect { controller, .. } => format!("disconnect {controller}"),
         Step::Attached { volume } => format!("{volume} attached"),
         Step::Detached { volume } => format!("{volume} detached"),
-        Step::ReAdd { splits, .. } => format!("re-add leg {}", splits[0].name),
+        Step::ReAdd { splits, raid, .. } => format!(
+            "re-add leg {}",
+            splits.first().map_or(&raid.name, |s| &s.name)
+        ),
         Step::LegUp { volume, leg } => format!("leg {leg} of {volume} in sync"),
         Step::LegDown { volume, leg } => format!("leg {leg} of {volume} failed in the raid"),
         Step::StartCheck { volume, .. } => format!("check the raid of {volume}"),
         Step::CheckDone { volume, mismatches } => {
             format!("the raid check of {volume} found {mismatches} sectors differing")
+        }
+        Step::CheckCutShort { volume } => {
+            format!("the raid check of {volume} was cut short; it starts again once clean")
         }
         Step::Fence { volume, .. } => format!("fence the leg of {volume} under a lost attachment"),
         Step::Unfence { volume, .. } => format!("unfence the leg of {volume}"),

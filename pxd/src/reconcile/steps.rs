@@ -199,6 +199,9 @@ pub enum Step {
     StartCheck { volume: String, raid: DeviceName },
     /// Record that the raid's check finished, with its mismatch count.
     CheckDone { volume: String, mismatches: u64 },
+    /// Record that the raid's check was cut short (a leg left or came back): it is asked
+    /// again, to start once the raid is clean.
+    CheckCutShort { volume: String },
     /// Load `error` under devices (this node's leg under a stack that lost its attachment),
     /// so nothing written through that stack completes on them.
     Fence {
@@ -439,11 +442,14 @@ mod tests {
                 Step::Disconnect { controller, .. } => format!("disconnect {controller}"),
                 Step::Attached { .. } => "attached".into(),
                 Step::Detached { .. } => "detached".into(),
-                Step::ReAdd { splits, .. } => format!("re-add {}", splits[0].name),
+                Step::ReAdd { splits, raid, .. } => {
+                    format!("re-add {}", splits.first().map_or(&raid.name, |s| &s.name))
+                }
                 Step::LegUp { leg, .. } => format!("leg {leg} up"),
                 Step::LegDown { leg, .. } => format!("leg {leg} down"),
                 Step::StartCheck { raid, .. } => format!("check {raid}"),
                 Step::CheckDone { mismatches, .. } => format!("checked: {mismatches}"),
+                Step::CheckCutShort { .. } => "check cut short".into(),
                 Step::Fence { devices, .. } => format!("fence {}", devices.len()),
                 Step::Unfence { plans, .. } => format!("unfence {}", plans.len()),
             })
@@ -1030,6 +1036,15 @@ mod tests {
                 }
             }]
         );
+        // The last leg in sync is never recorded stale, even dead: the store would refuse it.
+        let mut alone = s.clone();
+        alone.attached[0].legs[0].in_sync = false;
+        alone.attached[0].legs[0].serving = false;
+        assert!(
+            !kinds(&plan(&alone, &o).unwrap()).contains(&"leg c3 down".to_owned()),
+            "{:?}",
+            kinds(&plan(&alone, &o).unwrap())
+        );
         // Once recorded, it is the stale leg's path: dropped and fenced, never re-recorded.
         s.attached[0].legs[1].in_sync = false;
         s.attached[0].legs[1].serving = false;
@@ -1066,10 +1081,12 @@ mod tests {
             [change(VolumeChange::CheckStarted { epoch: 3 })]
         );
         s = after;
-        o.raids.get_mut("v1").unwrap().action = "check".into();
+        // Running, md shows its progress in the sync ratio: not cut short by that.
+        let raid = o.raids.get_mut("v1").unwrap();
+        (raid.action, raid.synced) = ("check".into(), Sectors(10));
         assert!(plan(&s, &o).unwrap().is_empty(), "running");
         let raid = o.raids.get_mut("v1").unwrap();
-        (raid.action, raid.mismatches) = ("idle".into(), 128);
+        (raid.action, raid.synced, raid.mismatches) = ("idle".into(), raid.total, 128);
         assert_eq!(kinds(&plan(&s, &o).unwrap()), ["checked: 128"]);
         let mut after = s.clone();
         after.attached[0].check = Some(CheckPhase::Done(128));
@@ -1081,6 +1098,23 @@ mod tests {
             })]
         );
         assert!(plan(&after, &o).unwrap().is_empty(), "done is done");
+
+        // A leg leaving mid-check cuts it short: asked again, never recorded as a result.
+        let mut s = live_raid().0;
+        s.attached[0].check = Some(CheckPhase::Running);
+        s.attached[0].legs[1].in_sync = false;
+        let steps = plan(&s, &o).unwrap();
+        assert!(
+            kinds(&steps).contains(&"check cut short".to_owned()),
+            "{:?}",
+            kinds(&steps)
+        );
+        let mut after = s.clone();
+        after.attached[0].check = Some(CheckPhase::Asked);
+        assert_eq!(
+            record(&s, &after),
+            [change(VolumeChange::CheckCutShort { epoch: 3 })]
+        );
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub(super) fn apply(v: &mut Volume, change: &VolumeChange) -> Result<bool, Strin
         }
         _ => return Ok(false),
     }
+    super::check::follow_attachment(v);
     Ok(true)
 }
 
@@ -302,12 +303,12 @@ fn detach(v: &mut Volume, force: bool) -> Result<(), String> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::types::Replica;
 
     /// Volume `db` with `repl` legs in sync on nodes 1.., not attached.
-    pub(in crate::store) fn volume(repl: u8) -> Volume {
+    pub(crate) fn volume(repl: u8) -> Volume {
         let mut v: Volume = serde_json::from_value(serde_json::json!({
             "id": "v1", "name": "db", "size": 1048576, "fs": "ext4", "repl": repl,
             "io_priority": "low", "max_iops": null, "encrypted": false, "key_ref": null,

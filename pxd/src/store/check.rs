@@ -2,7 +2,25 @@
 //! attach node, which records its progress here so any node can tell the result.
 
 use super::state::VolumeChange;
-use super::types::{Phase, RaidCheck, ReplicaState, Volume};
+use super::types::{AttachState, Phase, RaidCheck, ReplicaState, Volume};
+
+/// A new attach epoch takes an unfinished check along (it starts again on the new raid); a
+/// volume no longer attached drops it.
+pub(super) fn follow_attachment(v: &mut Volume) {
+    let epoch = v
+        .attachment
+        .as_ref()
+        .filter(|a| a.state != AttachState::Detaching)
+        .map(|a| a.epoch);
+    match (v.check.as_mut().filter(|c| !c.done()), epoch) {
+        (Some(c), Some(epoch)) if c.epoch != epoch => {
+            c.epoch = epoch;
+            c.started = false;
+        }
+        (Some(_), None) => v.check = None,
+        _ => {}
+    }
+}
 
 /// Applies a check change to `v`.
 pub(super) fn apply(v: &mut Volume, change: &VolumeChange) -> Result<(), String> {
@@ -11,6 +29,12 @@ pub(super) fn apply(v: &mut Volume, change: &VolumeChange) -> Result<(), String>
         VolumeChange::CheckStarted { epoch } => {
             if let Some(c) = v.check.as_mut().filter(|c| c.epoch == *epoch) {
                 c.started = true;
+            }
+            Ok(())
+        }
+        VolumeChange::CheckCutShort { epoch } => {
+            if let Some(c) = v.check.as_mut().filter(|c| c.epoch == *epoch && !c.done()) {
+                c.started = false;
             }
             Ok(())
         }
@@ -38,7 +62,11 @@ fn ask(v: &mut Volume, at: u64) -> Result<(), String> {
             v.name
         ));
     }
-    let Some(a) = v.attachment.as_ref() else {
+    let Some(a) = v
+        .attachment
+        .as_ref()
+        .filter(|a| a.state != AttachState::Detaching)
+    else {
         return Err(format!(
             "volume {} is not attached; a check reads every leg through the raid on its attach node: attach it first",
             v.name
@@ -77,7 +105,7 @@ fn ask(v: &mut Volume, at: u64) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::types::{AttachState, Attachment, NodeId};
+    use crate::store::types::{Attachment, NodeId};
 
     /// Volume `db` with `repl` legs in sync, each serving epoch 4.
     fn volume(repl: u8) -> Volume {
@@ -158,5 +186,25 @@ mod tests {
             v.check.as_ref().map(|c| (c.requested, c.epoch)),
             Some((13, 5))
         );
+    }
+
+    #[test]
+    fn an_unfinished_check_follows_a_new_attach_and_goes_with_a_detach() {
+        let mut v = volume(2);
+        attached(&mut v, 4);
+        ask(&mut v, 10).unwrap();
+        apply(&mut v, &VolumeChange::CheckStarted { epoch: 4 }).unwrap();
+        apply(&mut v, &VolumeChange::CheckCutShort { epoch: 4 }).unwrap();
+        assert!(!v.check.as_ref().unwrap().started, "cut short: asked again");
+        apply(&mut v, &VolumeChange::CheckStarted { epoch: 4 }).unwrap();
+        attached(&mut v, 5);
+        follow_attachment(&mut v);
+        let c = v.check.clone().unwrap();
+        assert_eq!((c.requested, c.epoch, c.started), (10, 5, false));
+        v.attachment.as_mut().unwrap().state = AttachState::Detaching;
+        let e = ask(&mut v, 11).unwrap_err();
+        assert!(e.contains("not attached"), "{e}");
+        follow_attachment(&mut v);
+        assert_eq!(v.check, None, "dropped with the attachment");
     }
 }

@@ -3,7 +3,7 @@
 //! from them.
 
 use super::state::{Change, ClusterState};
-use super::types::{Drive, Node, Pool, Snapshot, Volume};
+use super::types::{ClusterOptions, Drive, Node, Pool, Snapshot, Volume};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,9 @@ impl ClusterState {
         let mut out = Vec::new();
         if let Some(c) = &self.cluster {
             out.push(encode("cluster".into(), c));
+        }
+        if self.options != ClusterOptions::default() {
+            out.push(encode("options".into(), &self.options));
         }
         out.extend(
             self.nodes
@@ -79,6 +82,7 @@ impl ClusterState {
         let (kind, rest) = key.split_once('/').unwrap_or((key, ""));
         match kind {
             "cluster" => self.cluster = Some(de(key, value)?),
+            "options" => self.options = de(key, value)?,
             "node" => {
                 let n: Node = de(key, value)?;
                 self.nodes.insert(n.id, n);

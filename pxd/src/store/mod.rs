@@ -1,7 +1,7 @@
 //! Desired state (DESIGN §3): its types, the commands that change it, and the Raft log and
 //! state machine that replicate it, both kept in one embedded redb database.
 
-mod attach;
+pub(crate) mod attach;
 mod check;
 pub mod codec;
 pub mod log_store;

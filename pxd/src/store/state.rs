@@ -5,7 +5,9 @@
 
 pub use super::codec::StateError;
 pub(super) use super::codec::{encode, removed};
-use super::types::{ClusterInfo, Drive, Node, NodeId, Phase, Pool, Snapshot, Volume};
+use super::types::{
+    ClusterInfo, ClusterOptions, Drive, Node, NodeId, Phase, Pool, Snapshot, Volume,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -91,6 +93,10 @@ pub enum Command {
     RemoveSnapshot {
         id: String,
     },
+    /// Replaces the cluster-wide settings (refused when a value is out of range).
+    SetOptions {
+        options: ClusterOptions,
+    },
     /// Small metadata: a value under a key in a namespace.
     KvPut {
         ns: String,
@@ -171,6 +177,8 @@ pub enum VolumeChange {
     CheckStarted { epoch: u64 },
     /// The check at `epoch` finished with `mismatches` sectors differing between legs.
     CheckDone { epoch: u64, mismatches: u64 },
+    /// The check at `epoch` was cut short (a leg left or came back): it starts again.
+    CheckCutShort { epoch: u64 },
     /// The replica on `node` of a volume being deleted is gone from its node; the last one
     /// gone removes the volume. Repeating it changes nothing.
     ReplicaRemoved { node: NodeId },
@@ -214,6 +222,7 @@ pub struct ClusterState {
     pub snapshots: BTreeMap<String, Snapshot>,
     /// namespace → key → value.
     pub kv: BTreeMap<String, BTreeMap<String, String>>,
+    pub options: ClusterOptions,
 }
 
 /// Checks a KV namespace or key: 1 to `MAX_KV_KEY` bytes of `[A-Za-z0-9._-]`, so it can be
@@ -255,6 +264,11 @@ impl ClusterState {
                 }
                 self.cluster = Some(info.clone());
                 encode("cluster".into(), info)
+            }
+            Command::SetOptions { options } => {
+                options.validate()?;
+                self.options = options.clone();
+                encode("options".into(), options)
             }
             Command::PutNode { node } => {
                 let mut node = node.clone();

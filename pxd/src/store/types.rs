@@ -418,7 +418,7 @@ pub struct Replica {
 pub struct RaidCheck {
     /// Unix seconds, chosen by the proposer: which request this is.
     pub requested: u64,
-    /// The attach epoch it runs under; a check cut short by a new attach is asked again.
+    /// The attach epoch it runs under; a new attach takes an unfinished one along.
     pub epoch: u64,
     /// The attach node has started it.
     pub started: bool,
@@ -429,6 +429,34 @@ pub struct RaidCheck {
 impl RaidCheck {
     pub fn done(&self) -> bool {
         self.mismatches.is_some()
+    }
+}
+
+/// Settings that hold for the whole cluster, changed through Raft by any member.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterOptions {
+    /// Seconds between scheduled raid checks of each attached replicated volume; `None`
+    /// (the default) runs none. A volume's attach node asks for its check once this long
+    /// has passed since its last one was asked for, one volume at a time per node.
+    #[serde(default)]
+    pub scrub_interval_s: Option<u64>,
+}
+
+/// The shortest and longest scrub intervals taken: a check reads every leg in full.
+pub const SCRUB_INTERVAL_MIN_S: u64 = 60;
+pub const SCRUB_INTERVAL_MAX_S: u64 = 366 * 86400;
+
+impl ClusterOptions {
+    /// Refuses values out of range, naming the field and its limits.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(s) = self.scrub_interval_s {
+            if !(SCRUB_INTERVAL_MIN_S..=SCRUB_INTERVAL_MAX_S).contains(&s) {
+                return Err(format!(
+                    "scrub_interval_s must be {SCRUB_INTERVAL_MIN_S} to {SCRUB_INTERVAL_MAX_S} seconds (1 minute to 366 days), got {s}"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -117,7 +117,8 @@ impl ClusterState {
             }
             VolumeChange::Check { .. }
             | VolumeChange::CheckStarted { .. }
-            | VolumeChange::CheckDone { .. } => super::check::apply(&mut v, change)?,
+            | VolumeChange::CheckDone { .. }
+            | VolumeChange::CheckCutShort { .. } => super::check::apply(&mut v, change)?,
             VolumeChange::Mount { node, path } if live => {
                 self.known_node(*node)?;
                 v.mount_path = path.clone();

@@ -300,17 +300,12 @@ fn qemu_command(
     .arg(&kernel.vmlinux)
     .arg("-initrd")
     .arg(run_dir.join("initrd.cpio"))
-    // No transparent huge pages: with an NVMe/TCP host and target in one kernel (the test
-    // nodes share the guest's), a send frag that runs past the end of a huge page reaches
-    // nvmet-tcp's receive copy intact, and hardened usercopy stops that worker with a BUG
-    // (Debian 6.1.192: "Kernel memory exposure attempt detected from page alloc"), leaving
-    // its locks held and every leg stuck. Between machines, frags come from the NIC and
-    // never do this. An oops panics the guest, so a test fails at once with the trace
-    // instead of waiting on a kernel that is already broken.
+    // An oops panics the guest, so a test fails at once with the trace instead of waiting
+    // on a kernel that is already broken (tests that put NVMe/TCP hosts and targets in one
+    // kernel turn huge pages off for the reason `pxd_tests::no_huge_pages` gives).
     .args([
         "-append",
-        "console=ttyS0 panic=-1 oops=panic transparent_hugepage=never quiet loglevel=4 \
-         rdinit=/init",
+        "console=ttyS0 panic=-1 oops=panic quiet loglevel=4 rdinit=/init",
     ])
     .arg("-fsdev")
     .arg("local,id=hostfs,path=/,security_model=none,readonly=on,multidevs=remap")
