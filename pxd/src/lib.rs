@@ -7,6 +7,7 @@ pub mod io;
 pub mod kernel;
 pub mod plan;
 pub mod pool;
+pub mod rebuild;
 pub mod reconcile;
 pub mod volume;
 

@@ -181,6 +181,8 @@ pub struct Cluster {
     metrics: Arc<Metrics>,
     /// The key that wraps volume keys: made by `init`, received on `join`.
     cluster_key: std::sync::RwLock<Option<Arc<ClusterKey>>>,
+    /// The new legs this node is building, which take the rebuild's block frames.
+    pub sink: Arc<crate::rebuild::stream::Sink>,
 }
 
 impl Cluster {
@@ -251,6 +253,7 @@ impl Cluster {
             sampler: Mutex::new(StatsSampler::default()),
             local_pools: Mutex::new(BTreeMap::new()),
             metrics,
+            sink: Arc::default(),
         });
         let server = cluster.clone();
         let handler: transport::Handler = Arc::new(move |key, body| {
@@ -403,6 +406,9 @@ impl Cluster {
 
     /// One request from another daemon.
     async fn handle(&self, key: &str, body: &[u8]) -> Reply {
+        if body.first() == Some(&crate::rebuild::frame::TAG) {
+            return self.take_blocks(key, body).await;
+        }
         let req: Request = match rpc::decode(body) {
             Ok(r) => r,
             Err(e) => return Reply::Refused(format!("malformed request: {e}")),
@@ -463,6 +469,20 @@ impl Cluster {
 
     /// Raft RPCs come from members only; a node that is in no cluster yet takes them from
     /// anyone who knows its key, which is how the leader brings a joining node up to date.
+    /// A rebuild's block frame: written to the build it names, if that build is open here
+    /// and the sender is a member.
+    async fn take_blocks(&self, key: &str, body: &[u8]) -> Reply {
+        if !self.is_member_key(key) {
+            return Reply::Refused("block data is taken only from members".into());
+        }
+        let (sink, body) = (self.sink.clone(), body.to_vec());
+        tokio::task::spawn_blocking(move || sink.take(&body))
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Reply::Refused("the block writer stopped".into()))
+    }
+
     fn raft_peer_allowed(&self, key: &str) -> bool {
         let m = self.membership();
         m.nodes().next().is_none() || m.nodes().any(|(_, n)| n.public_key == key)

@@ -112,6 +112,51 @@ pub fn write_direct(path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
     file.write_all_at(&buf.as_slice()[..data.len()], offset)
 }
 
+/// A block device (or file) opened past the page cache, for streaming whole 4 KiB blocks
+/// at a time: a rebuild reads its source and writes its new leg this way.
+pub struct DirectFile {
+    file: File,
+}
+
+impl DirectFile {
+    pub fn open_read(path: &Path) -> io::Result<DirectFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)?;
+        Ok(DirectFile { file })
+    }
+
+    /// Opened for writing; [`DirectFile::sync`] makes what was written durable.
+    pub fn open_write(path: &Path) -> io::Result<DirectFile> {
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)?;
+        Ok(DirectFile { file })
+    }
+
+    /// `len` bytes at `offset` (both multiples of 4096).
+    pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = AlignedBuf::zeroed(len);
+        self.file
+            .read_exact_at(&mut buf.as_mut_slice()[..len], offset)?;
+        Ok(buf.as_slice()[..len].to_vec())
+    }
+
+    /// Writes `data` at `offset` (both multiples of 4096).
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut buf = AlignedBuf::zeroed(data.len());
+        buf.as_mut_slice()[..data.len()].copy_from_slice(data);
+        self.file
+            .write_all_at(&buf.as_slice()[..data.len()], offset)
+    }
+
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
 /// A heap buffer aligned for O_DIRECT (4 KiB covers every logical block size pxd meets).
 pub struct AlignedBuf {
     ptr: std::ptr::NonNull<u8>,
