@@ -80,25 +80,7 @@ pub fn place(candidates: &[Candidate], req: &Request) -> Result<Placement, Place
     if req.repl == 0 {
         return Err(PlaceError::NoReplicas);
     }
-    let allowed = |c: &&Candidate| {
-        c.usable
-            && !c.near_full
-            && c.class == req.class
-            && c.free_bytes >= req.size
-            && (req.nodes.is_empty() || req.nodes.contains(&c.node))
-            && within(&req.zones, c.labels.get(Domain::Zone))
-            && within(&req.racks, c.labels.get(Domain::Rack))
-    };
-    // The best pool of each node: the most free space, then the lowest id.
-    let mut best: BTreeMap<&str, &Candidate> = BTreeMap::new();
-    for c in candidates.iter().filter(allowed) {
-        let slot = best.entry(c.node.as_str()).or_insert(c);
-        if rank(c) < rank(slot) {
-            *slot = c;
-        }
-    }
-    let mut nodes: Vec<&Candidate> = best.into_values().collect();
-    nodes.sort_by_key(|c| rank(c));
+    let nodes = best_per_node(candidates, req, &BTreeSet::new());
     let mut shortfall = None;
     let mut repl = req.repl;
     if nodes.len() < req.repl {
@@ -158,6 +140,117 @@ pub fn place(candidates: &[Candidate], req: &Request) -> Result<Placement, Place
     })
 }
 
+/// Each node's best pool that `req` allows (the most free space, then the lowest id), for
+/// the nodes not in `taken`, best first.
+fn best_per_node<'a>(
+    candidates: &'a [Candidate],
+    req: &Request,
+    taken: &BTreeSet<&str>,
+) -> Vec<&'a Candidate> {
+    let allowed = |c: &&Candidate| {
+        c.usable
+            && !c.near_full
+            && c.class == req.class
+            && c.free_bytes >= req.size
+            && !taken.contains(c.node.as_str())
+            && (req.nodes.is_empty() || req.nodes.contains(&c.node))
+            && within(&req.zones, c.labels.get(Domain::Zone))
+            && within(&req.racks, c.labels.get(Domain::Rack))
+    };
+    let mut best: BTreeMap<&str, &Candidate> = BTreeMap::new();
+    for c in candidates.iter().filter(allowed) {
+        let slot = best.entry(c.node.as_str()).or_insert(c);
+        if rank(c) < rank(slot) {
+            *slot = c;
+        }
+    }
+    let mut nodes: Vec<&Candidate> = best.into_values().collect();
+    nodes.sort_by_key(|c| rank(c));
+    nodes
+}
+
+/// A replica of a volume as [`place_one_more`] sees it: its node and where that node sits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    pub node: String,
+    pub labels: Labels,
+}
+
+/// Where one more replica of a volume goes: a rebuild replacing a lost one, or a higher
+/// replica count. `kept` are the replicas that stay, `lost` the one being replaced, if any.
+/// The new one goes to a node holding none of them, apart from every kept replica at the
+/// widest level where a candidate is (and away from the lost replica's domain at that
+/// level when a candidate is), then to the most free space. It never shares a
+/// hypervisor or a host with a kept replica unless the request is best effort. `req.repl`
+/// is not read: one replica is placed.
+pub fn place_one_more(
+    candidates: &[Candidate],
+    kept: &[Placed],
+    lost: Option<&Placed>,
+    req: &Request,
+) -> Result<Placement, PlaceError> {
+    let taken: BTreeSet<&str> = kept.iter().chain(lost).map(|p| p.node.as_str()).collect();
+    let nodes = best_per_node(candidates, req, &taken);
+    if nodes.is_empty() {
+        return Err(PlaceError::Short {
+            available: 0,
+            asked: 1,
+            class: req.class.clone(),
+            size: req.size,
+        });
+    }
+    // Known and different at `d`: an unknown value proves nothing apart.
+    let differs = |c: &Candidate, l: &Labels, d: Domain| matches!((c.labels.get(d), l.get(d)), (Some(x), Some(y)) if x != y);
+    let apart = |c: &Candidate, d: Domain, from_lost: bool| {
+        kept.iter().all(|k| differs(c, &k.labels, d))
+            && (!from_lost || lost.is_none_or(|l| differs(c, &l.labels, d)))
+    };
+    // Widest level first: apart from the kept replicas matters more than away from the
+    // lost one's domain, which may have lost only that one node.
+    let pick = Domain::ALL.into_iter().find_map(|d| {
+        [true, false].into_iter().find_map(|from_lost| {
+            nodes
+                .iter()
+                .find(|c| apart(c, d, from_lost))
+                .map(|c| (*c, d, from_lost && lost.is_some()))
+        })
+    });
+    // Nothing provably apart at any level (no labels): the best node, if it shares no
+    // machine with a kept replica.
+    let (chosen, level, away) = pick.unwrap_or((nodes[0], Domain::Host, false));
+    let shares_machine = kept
+        .iter()
+        .find_map(|k| shared_machine_of(&chosen.labels, &k.labels));
+    let shortfall = match shares_machine {
+        Some(level) => {
+            let fate = PlaceError::SharedFate {
+                level,
+                available: 1,
+                asked: kept.len() + 1,
+            };
+            if !req.best_effort {
+                return Err(fate);
+            }
+            Some(fate.to_string())
+        }
+        None => None,
+    };
+    let mut explanation = match (shares_machine, kept.is_empty()) {
+        (_, true) => "1 replica".to_owned(),
+        (None, false) => format!("1 more replica, in another {level} than the others"),
+        (Some(m), false) => format!("1 more replica, sharing a {m} with another (best effort)"),
+    };
+    if away {
+        explanation.push_str(&format!(", away from the lost replica's {level}"));
+    }
+    Ok(Placement {
+        replicas: vec![(chosen.node.clone(), chosen.pool.clone())],
+        spread_over: shares_machine.is_none().then_some(level),
+        explanation,
+        shortfall,
+    })
+}
+
 /// When no level has a value for every replica: each next replica is the best node that
 /// shares a machine with none picked so far, if there is one, else the best node left.
 fn spread_greedily<'a>(nodes: &[&'a Candidate], repl: usize) -> Vec<&'a Candidate> {
@@ -179,9 +272,13 @@ fn spread_greedily<'a>(nodes: &[&'a Candidate], repl: usize) -> Vec<&'a Candidat
 
 /// The machine level two replicas share, if any.
 fn shared(a: &Candidate, b: &Candidate) -> Option<Domain> {
+    shared_machine_of(&a.labels, &b.labels)
+}
+
+fn shared_machine_of(a: &Labels, b: &Labels) -> Option<Domain> {
     MACHINE
         .into_iter()
-        .find(|d| matches!((a.labels.get(*d), b.labels.get(*d)), (Some(x), Some(y)) if x == y))
+        .find(|d| matches!((a.get(*d), b.get(*d)), (Some(x), Some(y)) if x == y))
 }
 
 fn shared_machine(chosen: &[&Candidate]) -> Option<Domain> {
@@ -295,6 +392,79 @@ mod tests {
             one.explanation,
             "1 replica in zone z1, rack r1, hypervisor esx1"
         );
+    }
+
+    fn placed(c: &Candidate) -> Placed {
+        Placed {
+            node: c.node.clone(),
+            labels: c.labels.clone(),
+        }
+    }
+
+    #[test]
+    fn one_more_goes_apart_from_the_kept_replicas_then_away_from_the_lost_one() {
+        let kept = cand("n1", "z1", "r1", "h1", 900);
+        let lost = cand("n2", "z1", "r2", "h2", 900);
+        // n3 has the most room but sits in the lost rack; n4 is in a rack of its own.
+        let c = [
+            kept.clone(),
+            lost.clone(),
+            cand("n3", "z1", "r2", "h3", 800),
+            cand("n4", "z1", "r3", "h4", 100),
+        ];
+        let p = place_one_more(&c, &[placed(&kept)], Some(&placed(&lost)), &req(1)).unwrap();
+        assert_eq!(p.replicas, [("n4".into(), "n4-p".into())]);
+        assert_eq!(p.spread_over, Some(Domain::Rack));
+        assert_eq!(
+            p.explanation,
+            "1 more replica, in another rack than the others, away from the lost replica's rack"
+        );
+        // Without n4, the lost rack is still apart from the kept replica: n3.
+        let p = place_one_more(&c[..3], &[placed(&kept)], Some(&placed(&lost)), &req(1)).unwrap();
+        assert_eq!(p.replicas, [("n3".into(), "n3-p".into())]);
+        // Another zone than the kept replica beats avoiding the lost rack.
+        let c = [
+            cand("n3", "z2", "r2", "h3", 100),
+            cand("n5", "z1", "r5", "h5", 900),
+        ];
+        let lost = cand("n2", "z2", "r2", "h2", 900);
+        let p = place_one_more(&c, &[placed(&kept)], Some(&placed(&lost)), &req(1)).unwrap();
+        assert_eq!(p.replicas[0].0, "n3");
+        assert_eq!(p.spread_over, Some(Domain::Zone));
+    }
+
+    #[test]
+    fn one_more_never_shares_a_machine_unless_best_effort_nor_lands_on_a_replica_node() {
+        let kept = cand("n1", "z1", "r1", "h1", 900);
+        let c = [kept.clone(), cand("n2", "z1", "r1", "h1", 900)];
+        let e = place_one_more(&c, &[placed(&kept)], None, &req(1)).unwrap_err();
+        assert_eq!(
+            e,
+            PlaceError::SharedFate {
+                level: Domain::Hypervisor,
+                available: 1,
+                asked: 2
+            }
+        );
+        let mut r = req(1);
+        r.best_effort = true;
+        let p = place_one_more(&c, &[placed(&kept)], None, &r).unwrap();
+        assert_eq!(p.replicas[0].0, "n2");
+        assert!(
+            p.shortfall.unwrap().contains("hypervisor"),
+            "best effort says so"
+        );
+        // Only replica nodes (kept or lost) left: nothing to place on.
+        let lost = cand("n2", "z1", "r2", "h2", 900);
+        let c = [kept.clone(), lost.clone()];
+        assert!(matches!(
+            place_one_more(&c, &[placed(&kept)], Some(&placed(&lost)), &req(1)),
+            Err(PlaceError::Short {
+                available: 0,
+                asked: 1,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -126,6 +126,64 @@ pub fn place_volume(
     Err(format!("size: {} cannot be placed: {why}", human(size)))
 }
 
+/// Where one more replica of volume `v` goes (a rebuild replacing the replica on `lost`, or
+/// a higher replica count when `lost` is `None`): a pool of the volume's class on a node
+/// holding none of its replicas, apart from those that stay and away from the lost one's
+/// fault domain, through [`topology::place::place_one_more`]. A refusal names why.
+pub fn place_replacement(
+    view: &ClusterView<'_>,
+    v: &crate::store::types::Volume,
+    lost: Option<NodeId>,
+    best_effort: bool,
+) -> Result<(NodeId, String, String), String> {
+    use topology::place::{place_one_more, Placed as Where};
+    let st = view.state;
+    let at = |node: NodeId| Where {
+        node: node.to_string(),
+        labels: st
+            .nodes
+            .get(&node)
+            .map(|n| n.topology.labels())
+            .unwrap_or_default(),
+    };
+    let kept: Vec<Where> = v
+        .replicas
+        .iter()
+        .filter(|r| Some(r.node) != lost)
+        .map(|r| at(r.node))
+        .collect();
+    let lost = lost.map(at);
+    let (candidates, passed_over) = candidates(view, v.size);
+    let req = Request {
+        repl: 1,
+        class: v.io_priority.to_string(),
+        size: v.size,
+        best_effort,
+        ..Request::default()
+    };
+    match place_one_more(&candidates, &kept, lost.as_ref(), &req) {
+        Ok(p) => {
+            let (node, pool) = p.replicas.into_iter().next().ok_or("placed no replica")?;
+            let node = node
+                .parse::<NodeId>()
+                .map_err(|e| format!("placement named node {node}: {e}"))?;
+            Ok((node, pool, p.explanation))
+        }
+        Err(e) => {
+            let mut why = e.to_string();
+            if !passed_over.is_empty() {
+                why = format!("{why}; {}", passed_over.join("; "));
+            }
+            Err(format!(
+                "no node can take another replica of volume {} ({} {}): {why}",
+                v.name,
+                human(v.size),
+                v.io_priority
+            ))
+        }
+    }
+}
+
 /// Every pool as the `topology` crate sees it, and why each one that cannot take `size`
 /// more bytes is passed over. Free space is what the overcommit limit leaves.
 fn candidates(view: &ClusterView<'_>, size: u64) -> (Vec<TopoCandidate>, Vec<String>) {
@@ -267,6 +325,61 @@ mod tests {
             overcommit: 1.0,
         };
         place_volume(&view, class, 100 << 20, 1, c, false)
+    }
+
+    #[test]
+    fn a_replacement_goes_to_a_free_node_in_another_rack_and_is_refused_by_name_otherwise() {
+        use crate::store::types::{Replica, ReplicaState, Volume};
+        let st = cluster(&[
+            ("r1", Class::High),
+            ("r2", Class::High),
+            ("r2", Class::High),
+            ("r3", Class::High),
+        ]);
+        let mut v: Volume = crate::store::attach::tests::volume(2);
+        v.size = 100 << 20;
+        v.io_priority = Class::High;
+        v.replicas = [1u64, 2]
+            .iter()
+            .map(|n| Replica {
+                node: NodeId(*n),
+                pool: format!("p{n}"),
+                thin_id: 1,
+                meta_thin_id: Some(2),
+                state: ReplicaState::Up,
+                serving_epoch: 1,
+            })
+            .collect();
+        let (seen, online) = (BTreeMap::new(), all_online(&st));
+        let view = ClusterView {
+            state: &st,
+            online: &online,
+            seen: &seen,
+            overcommit: 1.0,
+        };
+        // n2 (rack r2) is lost: n4 in r3 rather than n3 in the lost rack.
+        let (node, pool, why) = place_replacement(&view, &v, Some(NodeId(2)), false).unwrap();
+        assert_eq!((node, pool.as_str()), (NodeId(4), "p4"), "{why}");
+        // A third replica: n4 again (a rack of its own), never n1 or n2.
+        let (node, _, _) = place_replacement(&view, &v, None, false).unwrap();
+        assert_eq!(node, NodeId(4));
+        // n4 offline and n3 the only free node left: it shares no machine, so it is taken.
+        let online: BTreeSet<NodeId> = [1, 2, 3].map(NodeId).into();
+        let view = ClusterView {
+            online: &online,
+            ..view
+        };
+        let (node, _, _) = place_replacement(&view, &v, Some(NodeId(2)), false).unwrap();
+        assert_eq!(node, NodeId(3));
+        // Only n3, and of the wrong class: refused, naming the volume and the pools passed.
+        let mut low = v.clone();
+        low.io_priority = Class::Low;
+        let e = place_replacement(&view, &low, Some(NodeId(2)), false).unwrap_err();
+        assert!(
+            e.starts_with("no node can take another replica of volume db") && e.contains("low"),
+            "{e}"
+        );
+        assert!(e.contains("the node is offline"), "{e}");
     }
 
     #[test]
