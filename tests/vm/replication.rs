@@ -712,20 +712,17 @@ fn scrub(c: &Cluster, attach: usize, leg: &Path) {
     let v: VolumeView = c.nodes[2].json(&["volume", "inspect", "r2"]);
     assert_eq!(v.check.as_ref().and_then(|k| k.mismatches), Some(found));
     let id = v.id.clone();
-    c.wait(
-        "the check's result in the metrics",
-        Duration::from_secs(60),
-        || {
+    // Metric `name` of r2 on the attach node, once it shows `value`.
+    let metric_shows = |name: &str, value: u64| {
+        let (prefix, end) = (format!("{name}{{"), format!(" {value}"));
+        c.wait(&format!("{name} {value}"), Duration::from_secs(60), || {
             metrics(&c.nodes[attach])
                 .lines()
-                .any(|l| {
-                    l.starts_with("pxd_volume_check_mismatches{")
-                        && l.contains(id.as_str())
-                        && l.ends_with(&format!(" {found}"))
-                })
+                .any(|l| l.starts_with(&prefix) && l.contains(id.as_str()) && l.ends_with(&end))
                 .then_some(())
-        },
-    );
+        })
+    };
+    metric_shows("pxd_volume_check_mismatches", found);
     // Put back, the scrub schedule (every minute) finds the legs equal again on its own.
     write_direct(leg, offset, &original);
     let last = v.check.as_ref().map(|k| k.requested).unwrap();
@@ -745,20 +742,9 @@ fn scrub(c: &Cluster, attach: usize, leg: &Path) {
     );
     let o: serde_json::Value = c.json(0, &["cluster", "options", "--scrub-interval", "off"]);
     assert!(o["scrub_interval_s"].is_null(), "{o}");
-    let stamp = format!(" {}", scheduled.requested);
-    c.wait(
-        "the scheduled check's time in the metrics",
-        Duration::from_secs(60),
-        || {
-            metrics(&c.nodes[attach])
-                .lines()
-                .any(|l| {
-                    l.starts_with("pxd_volume_check_requested_timestamp_seconds{")
-                        && l.contains(id.as_str())
-                        && l.ends_with(&stamp)
-                })
-                .then_some(())
-        },
+    metric_shows(
+        "pxd_volume_check_requested_timestamp_seconds",
+        scheduled.requested,
     );
     eprintln!(
         "scrub: clean legs 0, 64 KiB overwritten on one leg {found} sectors, put back 0 (found by the schedule)"

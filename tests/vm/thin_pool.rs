@@ -114,10 +114,9 @@ fn thin_volume_round_trips_random_data_and_metadata_checks_clean() {
 /// streams in block frames over the node transport (ZeroMQ with CURVE, on loopback here) to
 /// a new thin device, which then maps exactly the same blocks and holds the same data.
 fn copy_mapped_blocks_over_the_transport(dm: &KernelDm, pool: &Pool) {
-    use pxd::cluster::rpc::{self, Reply};
-    use pxd::cluster::transport::{Handler, KeyPair, Transport};
+    use pxd::cluster::transport::{KeyPair, Transport};
     use pxd::kernel::thin_tools::mapped;
-    use pxd::rebuild::stream::{byte_ranges, send_ranges, Peer, Sink};
+    use pxd::rebuild::stream::{byte_ranges, send_ranges, serve_sink, Sink};
     use std::sync::Arc;
     let size = 4096 * MIB as u64;
     let thin = |name: &str, id: u32| {
@@ -148,25 +147,13 @@ fn copy_mapped_blocks_over_the_transport(dm: &KernelDm, pool: &Pool) {
         .unwrap();
     let sink = Arc::new(Sink::default());
     let server = Transport::new(KeyPair::generate().unwrap()).unwrap();
-    let endpoint = "tcp://127.0.0.1:9709".to_owned();
-    let taker = sink.clone();
-    let handler: Handler = Arc::new(move |_key, body: Vec<u8>| {
-        let sink = taker.clone();
-        Box::pin(async move {
-            rpc::encode(
-                &sink
-                    .take(&body)
-                    .unwrap_or(Reply::Refused("no frame".into())),
-            )
-        })
-    });
-    server
-        .serve(&endpoint, rt.handle().clone(), handler)
-        .unwrap();
-    let peer = Peer {
-        endpoint,
-        public_key: server.public_key().to_owned(),
-    };
+    let peer = serve_sink(
+        &server,
+        "tcp://127.0.0.1:9709",
+        rt.handle().clone(),
+        sink.clone(),
+    )
+    .unwrap();
     let client = Transport::new(KeyPair::generate().unwrap()).unwrap();
     sink.open("dst", &dst.path()).unwrap();
     let sent = rt

@@ -232,10 +232,37 @@ impl Sink {
     }
 }
 
+/// Serves block frames into `sink` at `endpoint` (`tcp://IP:PORT`), and nothing else: a
+/// receiver of its own, for a node that does not run the daemon's node port. The daemon
+/// hands block frames from members to its sink among its other requests.
+pub fn serve_sink(
+    transport: &Transport,
+    endpoint: &str,
+    rt: tokio::runtime::Handle,
+    sink: Arc<Sink>,
+) -> Result<Peer, TransportError> {
+    let handler: crate::cluster::transport::Handler = Arc::new(move |_key, body: Vec<u8>| {
+        let sink = sink.clone();
+        Box::pin(async move {
+            let reply = tokio::task::spawn_blocking(move || sink.take(&body))
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Reply::Refused("not a block frame".into()));
+            rpc::encode(&reply)
+        })
+    });
+    transport.serve(endpoint, rt, handler)?;
+    Ok(Peer {
+        endpoint: endpoint.to_owned(),
+        public_key: transport.public_key().to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::transport::{Handler, KeyPair};
+    use crate::cluster::transport::KeyPair;
 
     const MIB: u64 = 1 << 20;
 
@@ -248,22 +275,7 @@ mod tests {
             .unwrap()
             .port();
         let endpoint = format!("tcp://127.0.0.1:{port}");
-        let handler: Handler = Arc::new(move |_key, body: Vec<u8>| {
-            let sink = sink.clone();
-            Box::pin(async move {
-                let reply = sink
-                    .take(&body)
-                    .unwrap_or_else(|| Reply::Refused("not a block frame".into()));
-                rpc::encode(&reply)
-            })
-        });
-        server
-            .serve(&endpoint, rt.handle().clone(), handler)
-            .unwrap();
-        let peer = Peer {
-            endpoint,
-            public_key: server.public_key().to_owned(),
-        };
+        let peer = serve_sink(&server, &endpoint, rt.handle().clone(), sink).unwrap();
         (server, peer)
     }
 
