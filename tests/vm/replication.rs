@@ -485,6 +485,7 @@ fn mount_detach_delete(c: &Cluster) {
     let v: VolumeView = b.json(&["volume", "mount", "fs2"]);
     let mnt = PathBuf::from(v.mountpoint.clone().expect("mounted"));
     std::fs::write(mnt.join("hello"), b"replicated").unwrap();
+    scheduled_scrub(c, 1, &v.id);
     let e = b.refused(&["volume", "detach", "fs2"]);
     assert!(e.contains("unmount it first"), "{e}");
     let v: VolumeView = b.json(&["volume", "unmount", "fs2"]);
@@ -712,43 +713,46 @@ fn scrub(c: &Cluster, attach: usize, leg: &Path) {
     let v: VolumeView = c.nodes[2].json(&["volume", "inspect", "r2"]);
     assert_eq!(v.check.as_ref().and_then(|k| k.mismatches), Some(found));
     let id = v.id.clone();
-    // Metric `name` of r2 on the attach node, once it shows `value`.
-    let metric_shows = |name: &str, value: u64| {
-        let (prefix, end) = (format!("{name}{{"), format!(" {value}"));
-        c.wait(&format!("{name} {value}"), Duration::from_secs(60), || {
-            metrics(&c.nodes[attach])
-                .lines()
-                .any(|l| l.starts_with(&prefix) && l.contains(id.as_str()) && l.ends_with(&end))
-                .then_some(())
-        })
-    };
-    metric_shows("pxd_volume_check_mismatches", found);
-    // Put back, the scrub schedule (every minute) finds the legs equal again on its own.
+    metric_shows(c, attach, "pxd_volume_check_mismatches", &id, found);
     write_direct(leg, offset, &original);
-    let last = v.check.as_ref().map(|k| k.requested).unwrap();
+    assert_eq!(checked(2), 0, "the leg put back, the legs still differ");
+    eprintln!("scrub: clean legs 0, 64 KiB overwritten on one leg {found} sectors, put back 0");
+}
+
+/// The scrub schedule, turned on, checks volume `id` (attached on node `attach`, never
+/// checked, so due at once) and finds its legs equal; the time it was asked for reaches the
+/// metrics. Out-of-range intervals are refused by name; the schedule is turned off after.
+fn scheduled_scrub(c: &Cluster, attach: usize, id: &str) {
     let e = c.nodes[2].refused(&["cluster", "options", "--scrub-interval", "30"]);
     assert!(e.contains("scrub_interval_s must be 60 to"), "{e}");
     let o: serde_json::Value = c.json(2, &["cluster", "options", "--scrub-interval", "1m"]);
     assert_eq!(o["scrub_interval_s"], 60, "{o}");
-    let scheduled = c.wait("a scheduled check of r2", Duration::from_secs(240), || {
-        let v: VolumeView = c.nodes[0].json(&["volume", "inspect", "r2"]);
-        v.check
-            .filter(|k| k.requested > last && k.mismatches.is_some())
+    let check = c.wait("a scheduled check", Duration::from_secs(240), || {
+        let v: VolumeView = c.nodes[0].json(&["volume", "inspect", id]);
+        v.check.filter(|k| k.mismatches.is_some())
     });
-    assert_eq!(
-        scheduled.mismatches,
-        Some(0),
-        "the leg put back, the legs still differ"
-    );
     let o: serde_json::Value = c.json(0, &["cluster", "options", "--scrub-interval", "off"]);
     assert!(o["scrub_interval_s"].is_null(), "{o}");
+    assert_eq!(check.mismatches, Some(0), "a fresh volume's legs differ");
     metric_shows(
+        c,
+        attach,
         "pxd_volume_check_requested_timestamp_seconds",
-        scheduled.requested,
+        id,
+        check.requested,
     );
-    eprintln!(
-        "scrub: clean legs 0, 64 KiB overwritten on one leg {found} sectors, put back 0 (found by the schedule)"
-    );
+    eprintln!("scheduled scrub: found the legs equal");
+}
+
+/// Waits until metric `name` of volume `id` on node `attach` shows `value`.
+fn metric_shows(c: &Cluster, attach: usize, name: &str, id: &str, value: u64) {
+    let (prefix, end) = (format!("{name}{{"), format!(" {value}"));
+    c.wait(&format!("{name} {value}"), Duration::from_secs(60), || {
+        metrics(&c.nodes[attach])
+            .lines()
+            .any(|l| l.starts_with(&prefix) && l.contains(id) && l.ends_with(&end))
+            .then_some(())
+    });
 }
 
 /// Node `d`'s `/metrics`.
