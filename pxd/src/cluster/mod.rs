@@ -475,12 +475,7 @@ impl Cluster {
         if !self.is_member_key(key) {
             return Reply::Refused("block data is taken only from members".into());
         }
-        let (sink, body) = (self.sink.clone(), body.to_vec());
-        tokio::task::spawn_blocking(move || sink.take(&body))
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| Reply::Refused("the block writer stopped".into()))
+        self.sink.clone().take_frame(body.to_vec()).await
     }
 
     fn raft_peer_allowed(&self, key: &str) -> bool {

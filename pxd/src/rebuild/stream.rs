@@ -212,6 +212,16 @@ impl Sink {
         })
     }
 
+    /// [`Sink::take`] off the async runtime, for a node port's request handler; anything
+    /// but a block frame is refused.
+    pub async fn take_frame(self: Arc<Self>, body: Vec<u8>) -> Reply {
+        tokio::task::spawn_blocking(move || self.take(&body))
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Reply::Refused("not a block frame, or its writer stopped".into()))
+    }
+
     fn write(&self, to: &BlockWrite, data: &[u8]) -> Reply {
         let Some(file) = self.lock().get(&to.build).cloned() else {
             return Reply::Refused(format!("no build {} is open on this node", to.build));
@@ -243,14 +253,7 @@ pub fn serve_sink(
 ) -> Result<Peer, TransportError> {
     let handler: crate::cluster::transport::Handler = Arc::new(move |_key, body: Vec<u8>| {
         let sink = sink.clone();
-        Box::pin(async move {
-            let reply = tokio::task::spawn_blocking(move || sink.take(&body))
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| Reply::Refused("not a block frame".into()));
-            rpc::encode(&reply)
-        })
+        Box::pin(async move { rpc::encode(&sink.take_frame(body).await) })
     });
     transport.serve(endpoint, rt, handler)?;
     Ok(Peer {
