@@ -116,9 +116,11 @@ impl Daemon {
             .spawn()
             .expect("start pxd daemon");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(180);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(180);
         loop {
             if self.cli(&["cluster", "status"]).status.success() {
+                eprintln!("daemon {} served after {:?}", self.name, started.elapsed());
                 return;
             }
             if let Some(status) = self.exited() {
@@ -144,6 +146,11 @@ impl Daemon {
     pub fn start_cluster(&mut self) {
         self.start();
         self.ok(&["cluster", "init", "--name", "vmtest"]);
+    }
+
+    /// Whether this handle started the daemon and has not stopped it.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// How the daemon exited, if it has.

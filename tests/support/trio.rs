@@ -275,5 +275,19 @@ pub fn legs_built(c: &Cluster, name: &str) -> VolumeView {
             node_devices(&node).contains(&thin).then_some(())
         });
     }
+    // An attach refuses a leg whose node it sees offline, which is right; but under emulation
+    // a node can miss a few beats while the legs are built. Let the views settle first.
+    for from in 0..c.nodes.len() {
+        for i in (0..c.nodes.len()).filter(|i| *i != from && c.nodes[*i].is_running()) {
+            c.wait(
+                &format!(
+                    "{} seen online from {}",
+                    c.nodes[i].name, c.nodes[from].name
+                ),
+                Duration::from_secs(120),
+                || c.online(from, i).then_some(()),
+            );
+        }
+    }
     v
 }
