@@ -13,7 +13,9 @@ use pxd::kernel::stack;
 use pxd::plan::names::{host_nqn, leg_nqn, DeviceName, Id, Role};
 use pxd::plan::pool::DEFAULT_CHUNK;
 use pxd::plan::raid::{LegHealth, RaidStatus};
-use pxd::plan::replica::{leg_thins, plan_leg_export, plan_leg_split, plan_raid, LEG_META};
+use pxd::plan::replica::{
+    leg_thins, plan_leg_export, plan_leg_split, plan_raid, LEG_HEAD, LEG_META,
+};
 use pxd::plan::table::DevRef;
 use pxd::plan::thin::plan_thin;
 use pxd::pool::{self, Pool};
@@ -41,7 +43,7 @@ fn leg(
         pool::ensure_thin(dm, pool, vol, ThinDevId::new_u64(data_id).unwrap(), SIZE).unwrap();
     let meta_thin = ThinDevId::new_u64(meta_id).unwrap();
     pool::create_thin_id(dm, pool, meta_thin).unwrap();
-    let mut meta = plan_thin(node, &pool.spec.pool, vol, meta_thin, LEG_META).unwrap();
+    let mut meta = plan_thin(node, &pool.spec.pool, vol, meta_thin, LEG_HEAD).unwrap();
     meta.name.role = Some(Role::Meta);
     stack::apply(dm, &[&meta]).unwrap();
     assert_eq!((meta.name.clone(), data.name.clone()), leg_thins(node, vol));
@@ -133,14 +135,15 @@ fn a_remote_leg_over_nvme_tcp_mirrors_fences_and_resyncs_from_its_bitmap() {
 
     // A reaches it over NVMe/TCP, splits it, and mirrors it with its local leg.
     let (ctrl1, ns1) = connect(&net, &e1, &a);
-    let (m1, d1) = plan_leg_split(&a, &vol, 1, ns1, SIZE);
-    stack::apply(&dm, &[&m1, &d1]).unwrap();
+    let split1 = plan_leg_split(&a, &vol, 1, ns1, SIZE);
+    let plans1 = split1.plans();
+    stack::apply(&dm, &plans1.iter().collect::<Vec<_>>()).unwrap();
     let raid = plan_raid(
         &a,
         &vol,
         vec![
             Some((DevRef::Dm(local_meta), DevRef::Dm(local_data.clone()))),
-            Some((DevRef::Dm(m1.name.clone()), DevRef::Dm(d1.name.clone()))),
+            Some(split1.pair(0)),
         ],
         SIZE,
         true,
@@ -200,9 +203,13 @@ fn a_remote_leg_over_nvme_tcp_mirrors_fences_and_resyncs_from_its_bitmap() {
     })
     .unwrap();
     let (ctrl2, ns2) = connect(&net, &e2, &a);
-    let (m2, d2) = plan_leg_split(&a, &vol, 1, ns2, SIZE);
-    assert_eq!((&m2.name, &d2.name), (&m1.name, &d1.name), "the names stay");
-    assert!(stack::reload(&dm, &m2, true).unwrap() && stack::reload(&dm, &d2, true).unwrap());
+    let plans2 = plan_leg_split(&a, &vol, 1, ns2, SIZE).plans();
+    let names =
+        |p: &[pxd::plan::table::DevicePlan]| p.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&plans2), names(&plans1), "the names stay");
+    for p in &plans2 {
+        assert!(stack::reload(&dm, p, true).unwrap());
+    }
     stack::cycle(&dm, &raid.name).unwrap();
     wait_until(Duration::from_secs(120), || {
         let s = raid_status(&dm, &raid.name);
@@ -225,10 +232,154 @@ fn a_remote_leg_over_nvme_tcp_mirrors_fences_and_resyncs_from_its_bitmap() {
     );
 
     // Tear down top first; the export goes last.
-    stack::teardown(&dm, &[&raid.name, &d1.name, &m1.name]).unwrap();
+    let mut top_first = vec![&raid.name];
+    top_first.extend(plans1.iter().rev().map(|p| &p.name));
+    stack::teardown(&dm, &top_first).unwrap();
     nvme_host::delete(&ctrl2).unwrap();
     nvmet.remove_export(&e2).unwrap();
     nvmet.remove_port_if_idle(port.id).unwrap();
     assert!(nvmet.exports().iter().all(|x| x.nqn != e2));
     stack::teardown(&dm, &[&export.name]).unwrap();
+}
+
+/// A leg of volume `vol` on node `node`'s pool, for the re-assembly test: data thin and two
+/// metadata slots (A, the thins' own name; B, under the leg name with role `m0`).
+fn leg_with_slots(dm: &KernelDm, pool: &Pool, vol: &Id) -> [DeviceName; 3] {
+    let (meta_a, data) = leg(dm, pool, vol, 1, 2);
+    let node = &pool.spec.node;
+    let meta_b_id = ThinDevId::new_u64(3).unwrap();
+    pool::create_thin_id(dm, pool, meta_b_id).unwrap();
+    let mut meta_b = plan_thin(node, &pool.spec.pool, vol, meta_b_id, LEG_META).unwrap();
+    meta_b.name = DeviceName::new(
+        node,
+        pxd::plan::names::Kind::Leg,
+        vol,
+        Some(Role::LegMeta(0)),
+    );
+    stack::apply(dm, &[&meta_b]).unwrap();
+    [meta_a, meta_b.name, data]
+}
+
+#[test]
+fn a_live_raid_gains_and_loses_a_leg_on_fresh_metadata_without_a_failed_io() {
+    run("modprobe", &["dm-raid"]);
+    let disks = vm_disks(6);
+    let dm = KernelDm::open().unwrap();
+    let vol = id("v2");
+    let legs: Vec<[DeviceName; 3]> = ["re0", "re1", "re2"]
+        .iter()
+        .zip(&disks[..3])
+        .map(|(node, disk)| {
+            let pool = pool::ensure_pool(
+                &dm,
+                &pool_spec(node, std::slice::from_ref(disk), DEFAULT_CHUNK),
+                pool::Metadata::MayBeNew,
+            )
+            .unwrap();
+            leg_with_slots(&dm, &pool, &vol)
+        })
+        .collect();
+    let pair = |i: usize, slot: usize| {
+        Some((
+            DevRef::Dm(legs[i][slot].clone()),
+            DevRef::Dm(legs[i][2].clone()),
+        ))
+    };
+    let owner = Id::node("re0").unwrap();
+    let two = plan_raid(&owner, &vol, vec![pair(0, 0), pair(1, 0)], SIZE, true);
+    stack::apply(&dm, &[&two]).unwrap();
+    let top = node_path(&two.name.dm_name());
+
+    // fio writes and verifies all along; every I/O must succeed.
+    let fio = std::process::Command::new("fio")
+        .args([
+            "--name=live",
+            &format!("--filename={}", top.display()),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--ioengine=libaio",
+            "--iodepth=8",
+            "--direct=1",
+            "--size=48M",
+            "--time_based",
+            "--runtime=20",
+            "--verify=crc32c",
+            "--verify_backlog=64",
+            "--output-format=json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start fio");
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Raised to three: the new leg is copied while I/O waits, then every leg gets fresh
+    // metadata in its other slot.
+    let three = plan_raid(
+        &owner,
+        &vol,
+        vec![pair(0, 1), pair(1, 1), pair(2, 1)],
+        SIZE,
+        true,
+    );
+    let len = (*SIZE * 512) as usize;
+    let (from, to) = (
+        node_path(&legs[0][2].dm_name()),
+        node_path(&legs[2][2].dm_name()),
+    );
+    let mut copy = || -> Result<(), String> {
+        let data = read_direct(&from, 0, len);
+        write_direct(&to, 0, &data);
+        Ok(())
+    };
+    let fresh: Vec<&DeviceName> = (0..3).map(|i| &legs[i][1]).collect();
+    // Metadata the running raid uses is refused as fresh metadata.
+    let e = stack::reassemble(&dm, &three, &[&legs[0][0]], &mut copy).unwrap_err();
+    assert!(
+        e.to_string().contains("metadata of the running raid"),
+        "{e}"
+    );
+    let pause = stack::reassemble(&dm, &three, &fresh, &mut copy).unwrap();
+    eprintln!("raised 2 -> 3: I/O waited {pause:?} (64 MiB copied in the pause)");
+    let s = raid_status(&dm, &three.name);
+    assert_eq!(s.legs, [LegHealth::InSync; 3], "{s:?}");
+    assert!(s.is_clean(), "{s:?}");
+    std::thread::sleep(Duration::from_secs(3));
+
+    // A failure in the pause leaves the running raid as it was.
+    let e = stack::reassemble(&dm, &two, &[&legs[0][0], &legs[1][0]], &mut || {
+        Err("no".into())
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("no"), "{e}");
+    assert_eq!(raid_status(&dm, &three.name).legs.len(), 3);
+
+    // Lowered to two: leg 1 leaves; legs 0 and 2 go back to their first slot.
+    let lowered = plan_raid(&owner, &vol, vec![pair(0, 0), pair(2, 0)], SIZE, true);
+    let pause =
+        stack::reassemble(&dm, &lowered, &[&legs[0][0], &legs[2][0]], &mut || Ok(())).unwrap();
+    eprintln!("lowered 3 -> 2: I/O waited {pause:?}");
+    let out = fio.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "fio failed:\n{report}");
+    let json: serde_json::Value = serde_json::from_str(&report).expect("fio's JSON");
+    assert_eq!(json["jobs"][0]["error"], 0, "{report}");
+    assert!(json["jobs"][0]["write"]["io_bytes"].as_u64().unwrap() > 0);
+
+    // md checks the legs: none differs, and they read back equal.
+    dm.message(&lowered.name.dm_name(), "check").unwrap();
+    assert_eq!(raid_status(&dm, &lowered.name).action, "check");
+    wait_until(Duration::from_secs(120), || {
+        let s = raid_status(&dm, &lowered.name);
+        (s.action == "idle" && s.is_clean())
+            .then_some(())
+            .ok_or(format!("{s:?}"))
+    });
+    let s = raid_status(&dm, &lowered.name);
+    assert_eq!((s.legs.len(), s.mismatches), (2, 0), "{s:?}");
+    assert_eq!(
+        sum_of(&legs[0][2], len),
+        sum_of(&legs[2][2], len),
+        "legs equal"
+    );
+    stack::teardown(&dm, &[&lowered.name]).unwrap();
 }

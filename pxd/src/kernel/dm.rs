@@ -89,6 +89,9 @@ pub trait DeviceMapper {
     /// Loads `table` as the inactive table of a live device; [`DeviceMapper::resume`] swaps
     /// it in (online resize). The live table stays in force until then.
     fn load(&self, name: &DmName, table: &[(u64, u64, String, String)]) -> DmResult<()>;
+    /// Drops a table loaded by [`DeviceMapper::load`] and not yet resumed: the live table
+    /// stays in force after the next resume.
+    fn clear(&self, name: &DmName) -> DmResult<()>;
     /// The live table.
     fn table(&self, name: &DmName) -> DmResult<RawTable>;
     /// The live status lines.
@@ -216,6 +219,13 @@ impl DeviceMapper for KernelDm {
             .table_load(&Self::id(name), table, DmOptions::default())
             .map(|_| ())
             .map_err(|e| DmOpError::new("load table of", name, e))
+    }
+
+    fn clear(&self, name: &DmName) -> DmResult<()> {
+        self.dm
+            .table_clear(&Self::id(name))
+            .map(|_| ())
+            .map_err(|e| DmOpError::new("clear the loaded table of", name, e))
     }
 
     fn table(&self, name: &DmName) -> DmResult<RawTable> {
@@ -348,6 +358,9 @@ pub mod fake {
             if let Some(d) = self.devices.borrow_mut().get_mut(&name.to_string()) {
                 d.1 = table.to_vec();
             }
+            Ok(())
+        }
+        fn clear(&self, _: &DmName) -> DmResult<()> {
             Ok(())
         }
         fn table(&self, name: &DmName) -> DmResult<RawTable> {

@@ -257,6 +257,109 @@ pub fn replace(dm: &dyn DeviceMapper, plan: &DevicePlan) -> Result<(), StackErro
     Ok(())
 }
 
+/// Why a live re-assembly was refused or rolled back.
+#[derive(Debug, thiserror::Error)]
+pub enum ReassembleError {
+    #[error(transparent)]
+    Stack(#[from] StackError),
+    #[error(transparent)]
+    Dm(#[from] DmOpError),
+    #[error(
+        "{raid}: {device} is metadata of the running raid; fresh metadata must be another device"
+    )]
+    MetadataInUse { raid: String, device: String },
+    #[error("{raid}: the new table must say nosync (its legs are equal, and its metadata fresh)")]
+    NotNosync { raid: String },
+    #[error("{raid}: zeroing {device}: {source}")]
+    Zero {
+        raid: String,
+        device: String,
+        source: std::io::Error,
+    },
+    #[error("{raid}: {reason}")]
+    InPause { raid: String, reason: String },
+}
+
+/// Re-assembles a live raid1 over another set of legs (one more, one fewer) without a resync
+/// and without failing an I/O: suspended (I/O waits), `in_pause` runs (the last delta of a
+/// new leg's copy), every metadata device of the new table is zeroed, the new table is
+/// loaded with `nosync` and resumed. dm-raid takes a new leg only with fresh superblocks on
+/// every leg, and the old raid writes its own superblocks when it stops, so `fresh_meta`
+/// must be metadata the running table does not use (the legs' other metadata slot).
+///
+/// The caller vouches that the legs of the new table hold equal data (the running raid is
+/// in sync, and a new leg was copied in `in_pause`): `nosync` tells the kernel so.
+/// Before the new table is live any failure resumes the old one: I/O goes on as before.
+/// Returns how long I/O waited.
+pub fn reassemble(
+    dm: &dyn DeviceMapper,
+    raid: &DevicePlan,
+    fresh_meta: &[&DeviceName],
+    in_pause: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<std::time::Duration, ReassembleError> {
+    let name = raid.name.dm_name();
+    let raid_name = raid.name.to_string();
+    let lines = planned_live(dm, raid)?;
+    let table = raw_table(&lines);
+    if !table.iter().all(|l| l.3.split(' ').any(|w| w == "nosync")) {
+        return Err(ReassembleError::NotNosync { raid: raid_name });
+    }
+    let running = dm.table(&name)?;
+    for meta in fresh_meta {
+        let Some(info) = dm.info(&meta.dm_name())? else {
+            return Err(StackError::NotActive {
+                device: meta.to_string(),
+            }
+            .into());
+        };
+        let dev = info.dev.to_string();
+        if running
+            .iter()
+            .any(|l| l.3.split(' ').any(|w| w == dev.as_str()))
+        {
+            return Err(ReassembleError::MetadataInUse {
+                raid: raid_name,
+                device: meta.to_string(),
+            });
+        }
+    }
+    let started = std::time::Instant::now();
+    dm.suspend(&name)?;
+    let paused = (|| {
+        in_pause().map_err(|reason| ReassembleError::InPause {
+            raid: raid_name.clone(),
+            reason,
+        })?;
+        for meta in fresh_meta {
+            let path = crate::kernel::dm::node_path(&meta.dm_name());
+            crate::kernel::block::zero_direct(&path, 0, crate::plan::replica::LEG_META_BYTES)
+                .map_err(|source| ReassembleError::Zero {
+                    raid: raid_name.clone(),
+                    device: meta.to_string(),
+                    source,
+                })?;
+        }
+        dm.load(&name, &table)?;
+        Ok(())
+    })();
+    if let Err(e) = paused {
+        // The old table is still the live one; a table that did load is dropped first.
+        let _ = dm.clear(&name);
+        if let Err(resume) = dm.resume(&name) {
+            tracing::error!(raid = %raid_name, error = %resume, "the raid stays suspended after a failed re-assembly");
+        }
+        return Err(e);
+    }
+    if let Err(e) = dm.resume(&name) {
+        let _ = dm.clear(&name);
+        if let Err(again) = dm.resume(&name) {
+            tracing::error!(raid = %raid_name, error = %again, "the raid stays suspended after a failed re-assembly");
+        }
+        return Err(e.into());
+    }
+    Ok(started.elapsed())
+}
+
 /// Suspends and resumes a device with its table unchanged: a raid then tries to take back
 /// the legs it had marked dead, resyncing only what their bitmaps mark dirty.
 pub fn cycle(dm: &dyn DeviceMapper, name: &DeviceName) -> Result<(), DmOpError> {

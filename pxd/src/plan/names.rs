@@ -112,8 +112,12 @@ pub enum Kind {
 pub enum Role {
     Meta,
     Data,
-    /// Metadata (superblock and bitmap) of raid leg `i`, reached over NVMe/TCP.
+    /// Metadata (superblock and bitmap) of raid leg `i`: its first slot.
     LegMeta(u8),
+    /// The second metadata slot of raid leg `i`. A raid re-assembled over another set of
+    /// legs starts on fresh metadata while the old raid still writes its own when it stops,
+    /// so assemblies take the two slots in turn.
+    LegMetaNext(u8),
     /// Data of raid leg `i`, reached over NVMe/TCP.
     LegData(u8),
 }
@@ -139,6 +143,7 @@ impl fmt::Display for Role {
             Role::Meta => f.write_str("meta"),
             Role::Data => f.write_str("data"),
             Role::LegMeta(i) => write!(f, "m{i}"),
+            Role::LegMetaNext(i) => write!(f, "n{i}"),
             Role::LegData(i) => write!(f, "d{i}"),
         }
     }
@@ -151,9 +156,14 @@ impl FromStr for Role {
         match s {
             "meta" => Ok(Role::Meta),
             "data" => Ok(Role::Data),
-            _ => match (s.strip_prefix('m'), s.strip_prefix('d')) {
-                (Some(i), _) => leg(i).map(Role::LegMeta).ok_or(()),
-                (_, Some(i)) => leg(i).map(Role::LegData).ok_or(()),
+            _ => match (
+                s.strip_prefix('m'),
+                s.strip_prefix('n'),
+                s.strip_prefix('d'),
+            ) {
+                (Some(i), _, _) => leg(i).map(Role::LegMeta).ok_or(()),
+                (_, Some(i), _) => leg(i).map(Role::LegMetaNext).ok_or(()),
+                (_, _, Some(i)) => leg(i).map(Role::LegData).ok_or(()),
                 _ => Err(()),
             },
         }
@@ -296,6 +306,9 @@ mod tests {
         assert_eq!("pxd-n1-leg-v7-d2".parse::<DeviceName>().unwrap(), split);
         assert_eq!("pxd-n1-leg-v7".parse::<DeviceName>().unwrap().role, None);
         assert!("pxd-n1-leg-v7-d3".parse::<DeviceName>().is_err());
+        let next = DeviceName::new(&node, Kind::Leg, &vol, Some(Role::LegMetaNext(1)));
+        assert_eq!(next.to_string(), "pxd-n1-leg-v7-n1");
+        assert_eq!("pxd-n1-leg-v7-n1".parse::<DeviceName>().unwrap(), next);
         assert!("pxd-n1-leg-v7-x1".parse::<DeviceName>().is_err());
         let nqn = leg_nqn(&node, &vol, 42);
         assert_eq!(nqn, "nqn.2026-11.io.pxd:leg:n1:v7:e42");

@@ -1,17 +1,23 @@
 //! The devices of a replicated volume (DESIGN §4, §5), as pure plans:
-//! - on each replica node, the leg: a metadata thin and a data thin joined by `linear` into
-//!   the one device nvmet exports;
-//! - on the attach node, each remote leg's namespace split again into metadata and data,
-//!   under names that stay put when a reconnect brings a new namespace (only their tables
-//!   change), and the `raid1` over every leg.
+//! - on each replica node, the leg: a metadata thin (two metadata slots) and a data thin
+//!   joined by `linear` into the one device nvmet exports;
+//! - on the attach node, each leg split into its two metadata slots and its data (a remote
+//!   leg's namespace, or a local leg's metadata thin), under names that stay put when a
+//!   reconnect brings a new namespace (only their tables change), and the `raid1` over every
+//!   leg, on one slot of each.
 
 use crate::plan::names::{DeviceName, Id, Kind, Role};
 use crate::plan::table::{DevRef, DevicePlan, SegmentSpec, TargetSpec};
 use devicemapper::{Device, Sectors};
 
-/// A leg's metadata: the md superblock and the write-intent bitmap. 4 MiB holds the bitmap
-/// of a 32 TiB volume at 1 MiB regions.
+/// One metadata slot of a leg: the md superblock and the write-intent bitmap. 4 MiB holds
+/// the bitmap of a 32 TiB volume at 1 MiB regions.
 pub const LEG_META: Sectors = Sectors(8192);
+/// [`LEG_META`] in bytes.
+pub const LEG_META_BYTES: usize = 8192 * 512;
+/// A leg's metadata thin: two slots (see [`Role::LegMetaNext`]); the data follows it in the
+/// export.
+pub const LEG_HEAD: Sectors = Sectors(2 * 8192);
 
 /// The TCP port a node's NVMe/TCP target listens on, on the address of its data endpoint:
 /// the port IANA assigned to NVMe/TCP.
@@ -31,7 +37,7 @@ pub fn leg_thins(node: &Id, volume: &Id) -> (DeviceName, DeviceName) {
     )
 }
 
-/// The device a replica node exports: metadata then data.
+/// The device a replica node exports: both metadata slots, then data.
 pub fn plan_leg_export(node: &Id, volume: &Id, size: Sectors) -> DevicePlan {
     let (meta, data) = leg_thins(node, volume);
     DevicePlan {
@@ -39,14 +45,14 @@ pub fn plan_leg_export(node: &Id, volume: &Id, size: Sectors) -> DevicePlan {
         segments: vec![
             SegmentSpec {
                 start: Sectors(0),
-                length: LEG_META,
+                length: LEG_HEAD,
                 target: TargetSpec::Linear {
                     dev: DevRef::Dm(meta),
                     offset: Sectors(0),
                 },
             },
             SegmentSpec {
-                start: LEG_META,
+                start: LEG_HEAD,
                 length: size,
                 target: TargetSpec::Linear {
                     dev: DevRef::Dm(data),
@@ -58,31 +64,89 @@ pub fn plan_leg_export(node: &Id, volume: &Id, size: Sectors) -> DevicePlan {
     }
 }
 
-/// The attach node's view of remote leg `leg`, reached as block device `namespace`:
-/// (metadata, data).
+/// The devices a leg is split into on the attach node: its two metadata slots and its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegSplit {
+    pub meta: [DevicePlan; 2],
+    /// A remote leg's data, split off its namespace; a local leg's data thin is used as it
+    /// is, and has none.
+    pub data: Option<DevicePlan>,
+    data_name: DeviceName,
+}
+
+impl LegSplit {
+    /// Every split device, in the order they are created.
+    pub fn plans(&self) -> Vec<DevicePlan> {
+        let mut out = self.meta.to_vec();
+        out.extend(self.data.clone());
+        out
+    }
+
+    /// The raid's (metadata, data) pair for this leg on metadata slot `slot` (0 or 1).
+    pub fn pair(&self, slot: u8) -> (DevRef, DevRef) {
+        let meta = &self.meta[usize::from(slot & 1)];
+        (
+            DevRef::Dm(meta.name.clone()),
+            DevRef::Dm(self.data_name.clone()),
+        )
+    }
+}
+
+/// The names of leg `leg`'s split devices on `attach`: metadata slots 0 and 1, data.
+pub fn leg_split_names(attach: &Id, volume: &Id, leg: u8) -> [DeviceName; 3] {
+    [
+        Role::LegMeta(leg),
+        Role::LegMetaNext(leg),
+        Role::LegData(leg),
+    ]
+    .map(|role| DeviceName::new(attach, Kind::Leg, volume, Some(role)))
+}
+
+fn linear(name: DeviceName, dev: DevRef, offset: Sectors, length: Sectors) -> DevicePlan {
+    DevicePlan {
+        name,
+        segments: vec![SegmentSpec {
+            start: Sectors(0),
+            length,
+            target: TargetSpec::Linear { dev, offset },
+        }],
+        read_only: false,
+    }
+}
+
+/// The attach node's view of remote leg `leg`, reached as block device `namespace`.
 pub fn plan_leg_split(
     attach: &Id,
     volume: &Id,
     leg: u8,
     namespace: Device,
     size: Sectors,
-) -> (DevicePlan, DevicePlan) {
-    let part = |role: Role, offset: Sectors, length: Sectors| DevicePlan {
-        name: DeviceName::new(attach, Kind::Leg, volume, Some(role)),
-        segments: vec![SegmentSpec {
-            start: Sectors(0),
-            length,
-            target: TargetSpec::Linear {
-                dev: DevRef::Disk(namespace),
-                offset,
-            },
-        }],
-        read_only: false,
-    };
-    (
-        part(Role::LegMeta(leg), Sectors(0), LEG_META),
-        part(Role::LegData(leg), LEG_META, size),
-    )
+) -> LegSplit {
+    let [m, n, d] = leg_split_names(attach, volume, leg);
+    let disk = DevRef::Disk(namespace);
+    LegSplit {
+        meta: [
+            linear(m, disk.clone(), Sectors(0), LEG_META),
+            linear(n, disk.clone(), LEG_META, LEG_META),
+        ],
+        data: Some(linear(d.clone(), disk, LEG_HEAD, size)),
+        data_name: d,
+    }
+}
+
+/// The attach node's own leg `leg`: its metadata thin split into the two slots; the data
+/// thin is used as it is.
+pub fn plan_local_split(attach: &Id, volume: &Id, leg: u8) -> LegSplit {
+    let [m, n, _] = leg_split_names(attach, volume, leg);
+    let (meta, data) = leg_thins(attach, volume);
+    LegSplit {
+        meta: [
+            linear(m, DevRef::Dm(meta.clone()), Sectors(0), LEG_META),
+            linear(n, DevRef::Dm(meta), LEG_META, LEG_META),
+        ],
+        data: None,
+        data_name: data,
+    }
 }
 
 /// The raid1 of `volume` on its attach node over `legs` ((metadata, data) each; `None` for
@@ -111,13 +175,13 @@ mod tests {
     use crate::plan::table::raw_table;
 
     #[test]
-    fn a_local_and_a_remote_leg_make_one_raid1() {
+    fn a_local_and_a_remote_leg_make_one_raid1_on_either_metadata_slot() {
         let (a, b) = (Id::node("na").unwrap(), Id::node("nb").unwrap());
         let v = Id::object("v1").unwrap();
         let size = Sectors(2048 * 64);
         let export = plan_leg_export(&b, &v, size);
         assert_eq!(export.name.to_string(), "pxd-nb-leg-v1");
-        assert_eq!(export.length(), LEG_META + size);
+        assert_eq!(export.length(), LEG_HEAD + size);
         let names: Vec<String> = export.depends_on().iter().map(|n| n.to_string()).collect();
         assert_eq!(names, ["pxd-nb-thin-v1-meta", "pxd-nb-thin-v1"]);
 
@@ -125,44 +189,57 @@ mod tests {
             major: 259,
             minor: 3,
         };
-        let (m, d) = plan_leg_split(&a, &v, 1, nvme, size);
+        let remote = plan_leg_split(&a, &v, 1, nvme, size);
+        let names: Vec<String> = remote.plans().iter().map(|p| p.name.to_string()).collect();
         assert_eq!(
-            (m.name.to_string(), d.name.to_string()),
-            ("pxd-na-leg-v1-m1".into(), "pxd-na-leg-v1-d1".into())
+            names,
+            ["pxd-na-leg-v1-m1", "pxd-na-leg-v1-n1", "pxd-na-leg-v1-d1"]
         );
-        let (local_meta, local_data) = leg_thins(&a, &v);
-        let raid = plan_raid(
-            &a,
-            &v,
-            vec![
-                Some((DevRef::Dm(local_meta), DevRef::Dm(local_data))),
-                Some((DevRef::Dm(m.name.clone()), DevRef::Dm(d.name.clone()))),
-            ],
-            size,
-            true,
-        );
+        let local = plan_local_split(&a, &v, 0);
+        let names: Vec<String> = local.plans().iter().map(|p| p.name.to_string()).collect();
+        assert_eq!(names, ["pxd-na-leg-v1-m0", "pxd-na-leg-v1-n0"]);
         let dev = |n: &DeviceName| {
             let minor = match n.to_string().as_str() {
                 "pxd-na-thin-v1-meta" => 1,
                 "pxd-na-thin-v1" => 2,
                 "pxd-na-leg-v1-m1" => 3,
                 "pxd-na-leg-v1-d1" => 4,
+                "pxd-na-leg-v1-m0" => 5,
+                "pxd-na-leg-v1-n0" => 6,
+                "pxd-na-leg-v1-n1" => 7,
                 _ => return None,
             };
             Some(Device { major: 254, minor })
         };
-        let lines = raid.resolve(&dev).unwrap();
+        for (slot, expected) in [
+            (0, "254:5 254:2 254:3 254:4"),
+            (1, "254:6 254:2 254:7 254:4"),
+        ] {
+            let raid = plan_raid(
+                &a,
+                &v,
+                vec![Some(local.pair(slot)), Some(remote.pair(slot))],
+                size,
+                true,
+            );
+            let lines = raid.resolve(&dev).unwrap();
+            assert_eq!(
+                raw_table(&lines),
+                [(
+                    0,
+                    *size,
+                    "raid".to_owned(),
+                    format!("raid1 4 0 nosync region_size 2048 2 {expected}")
+                )]
+            );
+        }
+        let table = |p: &DevicePlan| raw_table(&p.resolve(&dev).unwrap())[0].3.clone();
+        assert_eq!(table(&remote.meta[0]), "259:3 0");
+        assert_eq!(table(&remote.meta[1]), format!("259:3 {}", *LEG_META));
         assert_eq!(
-            raw_table(&lines),
-            [(
-                0,
-                *size,
-                "raid".to_owned(),
-                "raid1 4 0 nosync region_size 2048 2 254:1 254:2 254:3 254:4".to_owned()
-            )]
+            table(remote.data.as_ref().unwrap()),
+            format!("259:3 {}", *LEG_HEAD)
         );
-        assert_eq!(raid.depends_on().len(), 4);
-        let split = d.resolve(&|_| None).unwrap();
-        assert_eq!(raw_table(&split)[0].3, format!("259:3 {}", *LEG_META));
+        assert_eq!(table(&local.meta[1]), format!("254:1 {}", *LEG_META));
     }
 }

@@ -224,6 +224,7 @@ pub fn attached_volume(cluster: &ClusterState, v: &Volume, node: NodeId) -> Opti
         epoch: a.epoch,
         legs,
         fresh: !v.assembled,
+        meta_slot: 0,
         attached: a.state == AttachState::Attached,
         detaching: a.state == AttachState::Detaching,
         check: v

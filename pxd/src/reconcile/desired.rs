@@ -72,6 +72,9 @@ pub struct AttachedVolume {
     /// No raid was ever assembled from these legs: they are fresh thin devices, all zeros,
     /// so the first assembly skips the initial sync.
     pub fresh: bool,
+    /// The metadata slot (0 or 1) of every leg the raid runs on.
+    #[serde(default)]
+    pub meta_slot: u8,
     /// The store records this epoch's stack as up.
     pub attached: bool,
     /// The attachment is being taken down.

@@ -83,6 +83,10 @@ impl DeviceMapper for FaultyDm<'_> {
         self.tick("load", name);
         self.inner.load(name, table)
     }
+    fn clear(&self, name: &DmName) -> DmResult<()> {
+        self.tick("clear", name);
+        self.inner.clear(name)
+    }
     fn table(&self, name: &DmName) -> DmResult<RawTable> {
         self.inner.table(name)
     }

@@ -9,7 +9,10 @@ use crate::kernel::dm::node_path;
 use crate::plan::crypt::plan_crypt;
 use crate::plan::names::{host_nqn, leg_nqn, parse_leg_nqn, DeviceName, Id, Kind, Role};
 use crate::plan::raid::LegHealth;
-use crate::plan::replica::{leg_thins, plan_leg_export, plan_leg_split, plan_raid, LEG_META};
+use crate::plan::replica::{
+    leg_split_names, leg_thins, plan_leg_export, plan_leg_split, plan_local_split, plan_raid,
+    LEG_HEAD,
+};
 use crate::plan::table::{DevRef, DevicePlan};
 use crate::plan::thin::plan_thin;
 use crate::reconcile::desired::{AttachedVolume, CheckPhase, LegState, NodeState, VolumeState};
@@ -34,7 +37,7 @@ pub fn leg_stack(node: &Id, v: &VolumeState, leg: &LegState) -> Result<Vec<Devic
             }
         })
     };
-    let mut meta = thin(leg.meta_thin_id, LEG_META)?;
+    let mut meta = thin(leg.meta_thin_id, LEG_HEAD)?;
     meta.name.role = Some(Role::Meta);
     // The device nvmet exports stays while the volume lives: an old epoch's unlinked export
     // keeps it open.
@@ -281,19 +284,8 @@ fn attach_devices(node: &Id, vid: &Id, legs: usize) -> Vec<DeviceName> {
         DeviceName::new(node, Kind::Raid, vid, None),
     ];
     for i in 0..legs {
-        let i = u8::try_from(i).unwrap_or(u8::MAX);
-        out.push(DeviceName::new(
-            node,
-            Kind::Leg,
-            vid,
-            Some(Role::LegData(i)),
-        ));
-        out.push(DeviceName::new(
-            node,
-            Kind::Leg,
-            vid,
-            Some(Role::LegMeta(i)),
-        ));
+        let [meta, next, data] = leg_split_names(node, vid, u8::try_from(i).unwrap_or(u8::MAX));
+        out.extend([data, next, meta]);
     }
     out
 }
@@ -439,21 +431,20 @@ fn attach_plans(
             ready = false;
             continue;
         }
+        let index = u8::try_from(i)
+            .map_err(|_| replication_error(&av.id, format!("leg {i} is out of range")))?;
         if leg.local {
-            legs.push(leg_refs(node, vid, i, true));
+            let split = plan_local_split(node, vid, index);
+            legs.push(Some(split.pair(av.meta_slot)));
+            plans.extend(split.plans());
             continue;
         }
         let nqn = leg_nqn(&Id::node(&leg.node)?, vid, av.epoch);
         match observed.namespaces.get(&nqn) {
             Some(dev) => {
-                let index = u8::try_from(i)
-                    .map_err(|_| replication_error(&av.id, format!("leg {i} is out of range")))?;
-                let (m, d) = plan_leg_split(node, vid, index, *dev, size);
-                legs.push(Some((
-                    DevRef::Dm(m.name.clone()),
-                    DevRef::Dm(d.name.clone()),
-                )));
-                plans.extend([m, d]);
+                let split = plan_leg_split(node, vid, index, *dev, size);
+                legs.push(Some(split.pair(av.meta_slot)));
+                plans.extend(split.plans());
             }
             None => {
                 ready = false;
@@ -484,28 +475,13 @@ fn attach_plans(
     Ok(Some(plans))
 }
 
-/// The raid's (metadata, data) of leg `i` on this node: the local thins, or the leg's split
-/// devices.
-fn leg_refs(node: &Id, vid: &Id, i: usize, local: bool) -> Option<(DevRef, DevRef)> {
-    if local {
-        let (meta, data) = leg_thins(node, vid);
-        return Some((DevRef::Dm(meta), DevRef::Dm(data)));
-    }
-    let i = u8::try_from(i).ok()?;
-    Some((
-        DevRef::Dm(DeviceName::new(
-            node,
-            Kind::Leg,
-            vid,
-            Some(Role::LegMeta(i)),
-        )),
-        DevRef::Dm(DeviceName::new(
-            node,
-            Kind::Leg,
-            vid,
-            Some(Role::LegData(i)),
-        )),
-    ))
+/// The raid's (metadata on `slot`, data) of leg `i` on this node: its split devices, and
+/// a local leg's data thin.
+fn leg_refs(node: &Id, vid: &Id, i: usize, local: bool, slot: u8) -> Option<(DevRef, DevRef)> {
+    let [meta, next, data] = leg_split_names(node, vid, u8::try_from(i).ok()?);
+    let meta = if slot & 1 == 0 { meta } else { next };
+    let data = if local { leg_thins(node, vid).1 } else { data };
+    Some((DevRef::Dm(meta), DevRef::Dm(data)))
 }
 
 /// Legs in sync by the store that the raid shows dead: an I/O error took them out (a drive
@@ -603,10 +579,7 @@ fn stale_leg_steps(
         }
         let index = u8::try_from(i)
             .map_err(|_| replication_error(&av.id, format!("leg {i} is out of range")))?;
-        let splits = [
-            DeviceName::new(node, Kind::Leg, vid, Some(Role::LegMeta(index))),
-            DeviceName::new(node, Kind::Leg, vid, Some(Role::LegData(index))),
-        ];
+        let splits = leg_split_names(node, vid, index);
         let present = |d: &DeviceName| observed.devices.contains_key(&d.to_string());
         let fenced = |d: &DeviceName| observed.fenced.contains(&d.to_string());
         // Taken out of the raid's use until a re-add: absent, or `error` under it.
@@ -660,8 +633,7 @@ fn stale_leg_steps(
         if holding || !leg.may_rejoin {
             continue;
         }
-        let (m, d) = plan_leg_split(node, vid, index, *dev, size);
-        rejoining.push((i, [m, d]));
+        rejoining.push((i, plan_leg_split(node, vid, index, *dev, size).plans()));
     }
     // Every leg coming back joins in one table: a table per leg would leave out the others.
     if !rejoining.is_empty() {
@@ -671,7 +643,7 @@ fn stale_leg_steps(
             .enumerate()
             .map(|(j, l)| {
                 (l.in_sync || rejoined.contains(&j) || rejoining.iter().any(|(r, _)| *r == j))
-                    .then(|| leg_refs(node, vid, j, l.local))
+                    .then(|| leg_refs(node, vid, j, l.local, av.meta_slot))
                     .flatten()
             })
             .collect();

@@ -939,7 +939,7 @@ mod tests {
         assert_eq!(
             kinds(&steps),
             [
-                "activate 5",
+                "activate 7",
                 "attached",
                 "mkfs pxd-a1-raid-v1",
                 "disconnect nvme7",
@@ -947,7 +947,7 @@ mod tests {
             ]
         );
         match &steps[0] {
-            Step::Activate { plans, .. } => match &plans[4].segments[0].target {
+            Step::Activate { plans, .. } => match &plans[6].segments[0].target {
                 crate::plan::table::TargetSpec::Raid { legs, nosync } => {
                     assert_eq!(legs.len(), 2);
                     assert!(*nosync, "fresh legs skip the initial sync");
@@ -994,8 +994,10 @@ mod tests {
         (v.attached, v.formatted, v.fresh, v.fs) = (true, true, false, Fs::Raw);
         let mut o = observed(&[
             ("pxd-a1-leg-v1-m0", 8192),
+            ("pxd-a1-leg-v1-n0", 8192),
             ("pxd-a1-leg-v1-d0", 131072),
             ("pxd-a1-leg-v1-m1", 8192),
+            ("pxd-a1-leg-v1-n1", 8192),
             ("pxd-a1-leg-v1-d1", 131072),
             ("pxd-a1-raid-v1", 131072),
         ]);
@@ -1050,7 +1052,7 @@ mod tests {
         s.attached[0].legs[1].serving = false;
         assert_eq!(
             kinds(&plan(&s, &o).unwrap()),
-            ["disconnect nvme1", "fence 2"]
+            ["disconnect nvme1", "fence 3"]
         );
     }
 
@@ -1128,8 +1130,10 @@ mod tests {
         (c3.in_sync, c3.serving, c3.may_rejoin) = (false, false, true);
         let mut o = observed(&[
             ("pxd-a1-leg-v1-m0", 8192),
+            ("pxd-a1-leg-v1-n0", 8192),
             ("pxd-a1-leg-v1-d0", 131072),
             ("pxd-a1-leg-v1-m1", 8192),
+            ("pxd-a1-leg-v1-n1", 8192),
             ("pxd-a1-leg-v1-d1", 131072),
             ("pxd-a1-raid-v1", 131072),
         ]);
@@ -1148,13 +1152,13 @@ mod tests {
         }
         assert_eq!(
             kinds(&plan(&s, &o).unwrap()),
-            ["disconnect nvme1", "fence 2"],
+            ["disconnect nvme1", "fence 3"],
             "its held writes fail, then nothing reaches it"
         );
         // Served again and reconnected: re-added, unless a leg in sync holds writes.
         s.attached[0].legs[1].serving = true;
         o.fenced
-            .extend(["pxd-a1-leg-v1-m1".into(), "pxd-a1-leg-v1-d1".into()]);
+            .extend(["m1", "n1", "d1"].map(|r| format!("pxd-a1-leg-v1-{r}")));
         o.controllers[1].state = "live".into();
         assert_eq!(kinds(&plan(&s, &o).unwrap()), ["re-add pxd-a1-leg-v1-m1"]);
         o.controllers[0].state = "connecting".into();
@@ -1181,7 +1185,7 @@ mod tests {
         // A failed leg never comes back by resync.
         s.attached[0].legs[1].may_rejoin = false;
         o.fenced
-            .extend(["pxd-a1-leg-v1-m1".into(), "pxd-a1-leg-v1-d1".into()]);
+            .extend(["m1", "n1", "d1"].map(|r| format!("pxd-a1-leg-v1-{r}")));
         assert!(plan(&s, &o).unwrap().is_empty());
     }
 
@@ -1200,6 +1204,7 @@ mod tests {
         }
         let mut o = observed(&[
             ("pxd-a1-leg-v1-m0", 8192),
+            ("pxd-a1-leg-v1-n0", 8192),
             ("pxd-a1-leg-v1-d0", 131072),
             ("pxd-a1-raid-v1", 131072),
         ]);
@@ -1224,9 +1229,9 @@ mod tests {
         };
         let steps = plan(&s, &o).unwrap();
         assert_eq!(steps.len(), 1, "{:?}", kinds(&steps));
-        assert_eq!(members(&steps), (4, vec![true, true, true]));
+        assert_eq!(members(&steps), (6, vec![true, true, true]));
         // c3 back and resyncing, d4 dropped again: d4 rejoins, and c3 stays in the table.
-        for split in ["m1", "d1"] {
+        for split in ["m1", "n1", "d1"] {
             o.devices.insert(
                 format!("pxd-a1-leg-v1-{split}"),
                 (
@@ -1241,7 +1246,7 @@ mod tests {
         status.legs = vec![LegHealth::InSync, LegHealth::Syncing, LegHealth::Dead];
         o.raids.insert("v1".into(), status);
         let steps = plan(&s, &o).unwrap();
-        assert_eq!(members(&steps), (2, vec![true, true, true]));
+        assert_eq!(members(&steps), (3, vec![true, true, true]));
     }
 
     #[test]
