@@ -12,6 +12,10 @@ use openraft::ChangeMembers;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+/// How long a join waits for the leader to confirm a majority before it is refused. Within
+/// [`JOIN_TIMEOUT`], with the learner's catch-up after it.
+const JOIN_QUORUM_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Longest node or cluster name, in bytes.
 pub const MAX_NAME: usize = 64;
 
@@ -247,7 +251,9 @@ impl Cluster {
                 None => {}
             }
         }
-        self.ensure_quorum().await.map_err(|e| self.led_error(e))?;
+        self.ensure_quorum_within(JOIN_QUORUM_PATIENCE)
+            .await
+            .map_err(|e| self.led_error(e))?;
         if known.is_none() {
             let raft_node = crate::store::RaftNode {
                 data_addr: node.data_addr.clone(),

@@ -691,6 +691,23 @@ impl Cluster {
     }
 
     /// Confirms with a majority that this node still leads.
+    /// [`Cluster::ensure_quorum`], asked again for up to `patience` while the answer is that
+    /// no majority acknowledged: a member that has just joined, or one busy for a moment,
+    /// acknowledges late, and a join should not fail on that. Anything else is final.
+    async fn ensure_quorum_within(&self, patience: Duration) -> Result<(), Led> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.ensure_quorum().await {
+                Err(Led::Err(ClusterError::NoQuorum(_)))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn ensure_quorum(&self) -> Result<(), Led> {
         use openraft::error::CheckIsLeaderError;
         let limit = Duration::from_secs(3);
