@@ -108,6 +108,7 @@ fn an_attach_node_cut_off_is_fenced_and_a_forced_attach_loses_no_acknowledged_wr
     let disks = vm_disks(6);
     let c = Cluster::start("fence", &disks[..3], 0, 9700);
     mount_detach_delete(&c);
+    ha_lower(&c);
     forced_takeover(&c, "f6", Cut::Control);
     forced_takeover(&c, "p5", Cut::Whole);
 }
@@ -402,10 +403,16 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
         Duration::from_secs(120),
         || (!node_devices(&spare_id).iter().any(|d| d.contains(&r2.id))).then_some(()),
     );
+    // Last: its attach node's old stack is left holding I/O for a lost leg.
+    never_from_stale_data(&mut c);
+}
 
-    // Never from stale data: legs on b and c, attached on a. b is lost and a keeps writing
-    // (c alone has it); then c is lost and only b comes back. The attach is refused; with
-    // --force it attaches from b's leg, and the loss is recorded.
+/// Never from stale data: legs on b and c, attached on a. b is lost and a keeps writing (c
+/// alone has it); then c is lost and only b comes back. The attach is refused; with --force
+/// it attaches from b's leg, and the loss is recorded. a's old stack stays behind, its
+/// reconciler held up by it (a known gap: a pass waits on the stack's held I/O).
+fn never_from_stale_data(c: &mut Cluster) {
+    let (b_name, c_name) = (c.nodes[1].name.clone(), c.nodes[2].name.clone());
     c.nodes[0].ok(&[
         "volume",
         "create",
@@ -417,30 +424,30 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
         "--repl",
         "2",
         "--nodes",
-        "repl-b,repl-c",
+        &format!("{b_name},{c_name}"),
     ]);
-    legs_built(&c, "s8");
+    legs_built(c, "s8");
     let v: VolumeView = c.nodes[0].json(&["volume", "attach", "s8"]);
     let s8 = v.device.clone().expect("a device");
     let first = pattern(21, 4 * MIB);
     write_direct(&s8, 0, &first);
-    lose(&mut c, 1);
+    lose(c, 1);
     c.wait(
         "b's leg of s8 recorded stale",
         Duration::from_secs(120),
         || {
             let v: VolumeView = c.nodes[0].json(&["volume", "inspect", "s8"]);
-            let b = v.replicas.iter().find(|r| r.node_name == "repl-b")?;
+            let b = v.replicas.iter().find(|r| r.node_name == b_name)?;
             matches!(b.state, ReplicaState::Stale { .. }).then_some(())
         },
     );
     let later = pattern(22, 4 * MIB);
     write_direct(&s8, 0, &later);
-    lose(&mut c, 2);
-    bring_back(&mut c, 1);
+    lose(c, 2);
+    bring_back(c, 1);
     c.wait("b sees c offline", Duration::from_secs(120), || {
         let nodes: Vec<serde_json::Value> = c.nodes[1].json(&["node", "list"]);
-        let cn = nodes.iter().find(|n| n["name"] == "repl-c")?;
+        let cn = nodes.iter().find(|n| n["name"] == c_name.as_str())?;
         (cn["liveness"] != "online").then_some(())
     });
     c.nodes[1].ok(&["volume", "detach", "s8", "--force"]);
@@ -454,7 +461,7 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
     );
     let v: VolumeView = c.nodes[1].json(&["volume", "attach", "s8", "--force"]);
     assert_eq!(v.accepted_losses.len(), 1, "{v:?}");
-    let c_leg = v.replicas.iter().find(|r| r.node_name == "repl-c").unwrap();
+    let c_leg = v.replicas.iter().find(|r| r.node_name == c_name).unwrap();
     assert_eq!(
         c_leg.state,
         ReplicaState::Failed,
@@ -468,10 +475,10 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
         v.accepted_losses[0]
     );
     // c back, so that nothing is left holding I/O for it when the daemons go.
-    bring_back(&mut c, 2);
+    bring_back(c, 2);
     c.wait("c online again", Duration::from_secs(120), || {
         let nodes: Vec<serde_json::Value> = c.nodes[1].json(&["node", "list"]);
-        let n = nodes.iter().find(|n| n["name"] == "repl-c")?;
+        let n = nodes.iter().find(|n| n["name"] == c_name.as_str())?;
         (n["liveness"] == "online").then_some(())
     });
 }
@@ -761,4 +768,70 @@ fn metrics(d: &Daemon) -> String {
     let client = BlockingClient::new(Target::Unix(d.socket())).unwrap();
     let (_, body) = client.raw(Method::GET, "/metrics").unwrap();
     String::from_utf8_lossy(&body).into_owned()
+}
+
+/// `ha-update` from 3 replicas to 2 while fio writes and verifies: the attach node's raid
+/// is re-assembled without the dropped leg (no failed I/O, no resync), the legs left are
+/// equal, and the dropped leg's devices leave its node. Bad counts are refused by name,
+/// and so is raising (no thin-aware copy yet), with nothing changed.
+fn ha_lower(c: &Cluster) {
+    let a = &c.nodes[0];
+    a.ok(&[
+        "volume", "create", "h3", "--size", "64M", "--fs", "raw", "--repl", "3",
+    ]);
+    legs_built(c, "h3");
+    let v: VolumeView = a.json(&["volume", "attach", "h3"]);
+    let dev = v.device.clone().expect("a device");
+    let raid = format!("pxd-{}-raid-{}", c.id(0), v.id);
+    for (repl, limit) in [("0", "1 to 3"), ("4", "1 to 3"), ("1", "2 or 3")] {
+        let e = a.refused(&["volume", "ha-update", "h3", "--repl", repl]);
+        assert!(e.contains("repl") && e.contains(limit), "{e}");
+    }
+    let writer = {
+        let dev = dev.clone();
+        std::thread::spawn(move || fio_verify(&dev, "ha", "48M"))
+    };
+    // Dropped: node b's leg, in the middle of the raid.
+    let b_name = c.nodes[1].name.clone();
+    let lowered: VolumeView = a.json(&[
+        "volume",
+        "ha-update",
+        "h3",
+        "--repl",
+        "2",
+        "--node",
+        &b_name,
+    ]);
+    writer.join().expect("fio ran clean through the change");
+    assert_eq!(lowered.repl, 2);
+    let kept: BTreeSet<&str> = lowered
+        .replicas
+        .iter()
+        .map(|r| r.node_name.as_str())
+        .collect();
+    let expected = BTreeSet::from([c.nodes[0].name.as_str(), c.nodes[2].name.as_str()]);
+    assert_eq!(kept, expected);
+    let status = raid_status(&raid).expect("the raid");
+    assert_eq!(status.legs, [LegHealth::InSync; 2], "{status:?}");
+    assert!(status.is_clean(), "{status:?}");
+    let sums = leg_sums(&lowered, &c.ids, 64 * MIB);
+    assert_eq!(sums[0], sums[1], "the legs left differ");
+    let b_thin = format!("pxd-{}-thin-{}", c.id(1), v.id);
+    c.wait("b's leg of h3 freed", Duration::from_secs(120), || {
+        let freed = !node_devices(c.id(1)).iter().any(|d| d.contains(&v.id));
+        let unexported = !c
+            .exports()
+            .iter()
+            .any(|e| e.contains(&format!("{}:{}", c.id(1), v.id)));
+        (freed && unexported).then_some(())
+    });
+    assert!(!node_devices(c.id(1)).contains(&b_thin));
+    let e = a.refused(&["volume", "ha-update", "h3", "--repl", "3"]);
+    assert!(e.contains("raising") && e.contains("not"), "{e}");
+    let v: VolumeView = a.json(&["volume", "check", "h3", "--timeout", "300"]);
+    let check = v.check.expect("a check recorded");
+    assert_eq!(check.mismatches, Some(0), "the legs left differ");
+    eprintln!("ha-update 3 -> 2 under fio: no error, legs equal, check clean, b's leg freed");
+    a.ok(&["volume", "detach", "h3"]);
+    a.ok(&["volume", "delete", "h3"]);
 }

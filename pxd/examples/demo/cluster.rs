@@ -1,8 +1,9 @@
 //! The demo's second part: three nodes, each a daemon in its own network namespace with its
 //! own disk (as on three hosts), form a cluster. A 2-way replicated volume is mirrored by
 //! dm-raid over NVMe/TCP legs on the node that holds neither leg; `kill -9` of any daemon
-//! under a writer stops nothing; when the attach node is lost, a replica node takes the
-//! volume over with `attach --force` and the data is there.
+//! under a writer stops nothing; a 3-way volume loses a replica under a writer
+//! (`ha-update`); when the attach node is lost, a replica node takes the volume over with
+//! `attach --force` and the data is there.
 
 use super::{cmd, read_dev, sha256_file, step, write_file, Node, Writer};
 use anyhow::{ensure, Context, Result};
@@ -197,6 +198,40 @@ pub fn run(pxd: &Path, disks: &[PathBuf], first: u32) -> Result<()> {
 
     step(
         first + 3,
+        "a 3-way replicated volume lowered to 2 replicas while it is written: node-a's raid is re-assembled without node-b's leg, nothing resynced",
+    );
+    nodes[0].show(&[
+        "volume", "create", "trio", "--size", "64M", "--fs", "raw", "--repl", "3",
+    ])?;
+    let t: VolumeView = nodes[0].json(&["volume", "attach", "trio"])?;
+    let trio_raid = format!("pxd-{}-raid-{}", ids[0], t.id);
+    println!("      raid on node-a: {}", raid_health(&trio_raid)?);
+    let writer = Writer::start(t.device.clone().context("a device")?);
+    println!("      $ pxd volume ha-update trio --repl 2 --node node-b");
+    nodes[0].run(&[
+        "volume",
+        "ha-update",
+        "trio",
+        "--repl",
+        "2",
+        "--node",
+        "node-b",
+    ])?;
+    let writes = writer.stop()?;
+    let health = raid_health(&trio_raid)?;
+    ensure!(health == "AA", "the raid after ha-update: {health}");
+    println!("      {writes} writes meanwhile, no errors; raid on node-a: {health}");
+    wait("node-b to free its leg of trio", || {
+        let freed = !cmd("dmsetup", &["ls"])
+            .ok()?
+            .contains(&format!("pxd-{}-thin-{}", ids[1], t.id));
+        freed.then_some(())
+    })?;
+    println!("      node-b's thin devices of trio are gone");
+    nodes[0].show(&["volume", "inspect", "trio"])?;
+
+    step(
+        first + 4,
         "node-c is lost (its daemon and its link): node-b takes the volume over with --force",
     );
     nodes[2].kill();

@@ -30,6 +30,7 @@
 
 pub mod attach;
 pub mod client;
+pub mod ha;
 pub mod pools;
 pub mod snapshots;
 pub mod topology;
@@ -276,6 +277,7 @@ fn routes(state: AppState) -> Router {
         .route("/v1/volumes/{vol}/attach", post(attach::attach))
         .route("/v1/volumes/{vol}/detach", post(attach::detach))
         .route("/v1/volumes/{vol}/check", post(attach::check))
+        .route("/v1/volumes/{vol}/ha", post(ha::update))
         .route("/v1/volumes/{vol}/clone", post(snapshots::clone))
         .route("/v1/volumes/{vol}/restore", post(snapshots::restore))
         .route(

@@ -534,6 +534,7 @@ pub async fn create(
             .iter()
             .map(|(node, pool)| Replica {
                 node: *node,
+                split: None,
                 pool: pool.clone(),
                 thin_id: 0,
                 meta_thin_id: None,
@@ -557,6 +558,8 @@ pub async fn create(
         retired_thin_ids: vec![],
         created: now(),
         check: None,
+        meta_slot: 0,
+        dropped: Vec::new(),
         placement: Some(PlacementNote {
             explanation: placed.explanation.clone(),
             shortfall: placed.shortfall.clone(),

@@ -70,11 +70,24 @@ pub enum VolumeCommand {
     List,
     /// Show one volume with its stack, use, mount point and snapshots.
     Inspect { volume: String },
-    /// Grow a volume (online, with its filesystem).
+    /// Grow a volume (online, with its filesystem), or change its replica count (as
+    /// `ha-update`).
     Update {
         volume: String,
         #[arg(long)]
-        size: String,
+        size: Option<String>,
+        #[arg(long)]
+        repl: Option<u8>,
+    },
+    /// Change the replica count of a live volume by one. Lowering drops a replica (the one
+    /// on --node, or one not in sync, or one not on the attach node) and frees its space.
+    HaUpdate {
+        volume: String,
+        #[arg(long)]
+        repl: u8,
+        /// The node whose replica goes, when lowering.
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Delete a volume and free its space (refused while mounted).
     Delete { volume: String },
@@ -346,6 +359,21 @@ fn print_snapshots(snaps: &[SnapshotView]) {
     );
 }
 
+/// `volume ha-update` (and `volume update --repl`): answers once the change is done.
+fn ha_update(
+    c: &BlockingClient,
+    volume: &str,
+    repl: u8,
+    node: Option<String>,
+) -> Result<VolumeView, CliError> {
+    let req = crate::api::ha::HaRequest { repl, node };
+    Ok(c.post_within(
+        &format!("/v1/volumes/{}/ha", seg("volume", volume)?),
+        &req,
+        ATTACH_CALL,
+    )?)
+}
+
 pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(), CliError> {
     let show = |v: VolumeView| {
         if json {
@@ -408,9 +436,20 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
         VolumeCommand::Inspect { volume } => {
             show(c.get(&format!("/v1/volumes/{}", seg("volume", volume)?))?);
         }
-        VolumeCommand::Update { volume, size } => {
-            let req = ResizeRequest { size: size.clone() };
-            show(c.put(&format!("/v1/volumes/{}", seg("volume", volume)?), &req)?);
+        VolumeCommand::Update { volume, size, repl } => match (size, repl) {
+            (Some(size), None) => {
+                let req = ResizeRequest { size: size.clone() };
+                show(c.put(&format!("/v1/volumes/{}", seg("volume", volume)?), &req)?);
+            }
+            (None, Some(repl)) => show(ha_update(c, volume, *repl, None)?),
+            _ => {
+                return Err(CliError::Usage(
+                    "volume update: give one of --size or --repl".into(),
+                ))
+            }
+        },
+        VolumeCommand::HaUpdate { volume, repl, node } => {
+            show(ha_update(c, volume, *repl, node.clone())?)
         }
         VolumeCommand::Delete { volume } => {
             let d: Deleted = c.delete(&format!("/v1/volumes/{}", seg("volume", volume)?))?;

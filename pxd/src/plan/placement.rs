@@ -343,6 +343,7 @@ mod tests {
             .iter()
             .map(|n| Replica {
                 node: NodeId(*n),
+                split: None,
                 pool: format!("p{n}"),
                 thin_id: 1,
                 meta_thin_id: Some(2),

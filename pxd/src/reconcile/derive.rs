@@ -112,6 +112,12 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
 
 /// What `node` should have of volume `v`: none unless a replica of it is there.
 pub fn volume_state(cluster: &ClusterState, v: &Volume, node: NodeId) -> Option<VolumeState> {
+    if let Some(dropped) = v.dropped.iter().find(|r| r.node == node) {
+        // Dropped by `ha-update` and out of the raid: torn down and freed as in a delete.
+        let mut leg = leg_state(v, dropped, node, Vec::new());
+        leg.phase = crate::store::types::Phase::Deleting;
+        return Some(leg);
+    }
     let replica = v.replicas.iter().find(|r| r.node == node)?;
     let snapshots = cluster
         .snapshots
@@ -199,19 +205,24 @@ pub fn attached_volume(cluster: &ClusterState, v: &Volume, node: NodeId) -> Opti
     if v.repl < 2 || v.phase != crate::store::types::Phase::Live {
         return None;
     }
+    use crate::store::types::ReplicaState;
     let legs = v
         .replicas
         .iter()
-        .map(|r| AttachLeg {
+        .enumerate()
+        .map(|(i, r)| AttachLeg {
             node: r.node.to_string(),
+            split: r.split.unwrap_or(u8::try_from(i).unwrap_or(u8::MAX)),
             local: r.node == node,
             addr: cluster
                 .nodes
                 .get(&r.node)
                 .and_then(|n| crate::plan::replica::nvme_addr(&n.data_addr)),
             serving: r.serving_epoch == a.epoch,
-            in_sync: r.state == crate::store::types::ReplicaState::Up,
-            may_rejoin: matches!(r.state, crate::store::types::ReplicaState::Stale { .. }),
+            // A leaving leg stays a member of the raid until it is re-assembled without it.
+            in_sync: matches!(r.state, ReplicaState::Up | ReplicaState::Leaving),
+            may_rejoin: matches!(r.state, ReplicaState::Stale { .. }),
+            leaving: r.state == ReplicaState::Leaving,
         })
         .collect();
     Some(AttachedVolume {
@@ -224,7 +235,7 @@ pub fn attached_volume(cluster: &ClusterState, v: &Volume, node: NodeId) -> Opti
         epoch: a.epoch,
         legs,
         fresh: !v.assembled,
-        meta_slot: 0,
+        meta_slot: v.meta_slot,
         attached: a.state == AttachState::Attached,
         detaching: a.state == AttachState::Detaching,
         check: v
@@ -278,6 +289,15 @@ fn replication_records(before: &NodeState, after: &NodeState) -> Vec<Command> {
         }
         if !b.formatted && a.formatted {
             out.push(change(&b.id, VolumeChange::Formatted));
+        }
+        if b.meta_slot != a.meta_slot {
+            out.push(change(
+                &b.id,
+                VolumeChange::Reassembled {
+                    epoch: a.epoch,
+                    slot: a.meta_slot,
+                },
+            ));
         }
         match (b.check, a.check) {
             (Some(CheckPhase::Asked), Some(CheckPhase::Running)) => {
@@ -455,6 +475,7 @@ mod tests {
             labels: Default::default(),
             replicas: vec![Replica {
                 node: NodeId(1),
+                split: None,
                 pool: "p1".into(),
                 thin_id: 0,
                 meta_thin_id: None,
@@ -478,6 +499,8 @@ mod tests {
             created: 0,
             placement: None,
             check: None,
+            meta_slot: 0,
+            dropped: Vec::new(),
         }
     }
 

@@ -72,7 +72,8 @@ pub struct AttachedVolume {
     /// No raid was ever assembled from these legs: they are fresh thin devices, all zeros,
     /// so the first assembly skips the initial sync.
     pub fresh: bool,
-    /// The metadata slot (0 or 1) of every leg the raid runs on.
+    /// The metadata slot (0 or 1) of every leg that the raid runs on; a re-assembly without
+    /// the leaving legs moves to the other one.
     #[serde(default)]
     pub meta_slot: u8,
     /// The store records this epoch's stack as up.
@@ -100,6 +101,9 @@ pub enum CheckPhase {
 pub struct AttachLeg {
     /// The replica's node id.
     pub node: String,
+    /// The number of its split devices here (`m<n>`, `n<n>`, `d<n>`).
+    #[serde(default)]
+    pub split: u8,
     /// This node's own replica, used directly; otherwise reached over NVMe/TCP at `addr`.
     pub local: bool,
     /// The replica node's NVMe/TCP address.
@@ -112,6 +116,9 @@ pub struct AttachLeg {
     /// leg); a failed one never does.
     #[serde(default)]
     pub may_rejoin: bool,
+    /// Dropped by `ha-update`: in the raid until it is re-assembled without it.
+    #[serde(default)]
+    pub leaving: bool,
 }
 
 /// A drive whose add is recorded but not finished.

@@ -46,6 +46,8 @@ pub enum ExecError {
     Connect(#[from] legs::ConnectError),
     #[error(transparent)]
     Stack(#[from] crate::kernel::stack::StackError),
+    #[error(transparent)]
+    Reassemble(#[from] crate::kernel::stack::ReassembleError),
 }
 
 /// What a step works on.
@@ -106,6 +108,8 @@ impl Concern {
             | Step::Attached { volume }
             | Step::Detached { volume }
             | Step::ReAdd { volume, .. }
+            | Step::Reassemble { volume, .. }
+            | Step::Reassembled { volume, .. }
             | Step::LegUp { volume, .. }
             | Step::LegDown { volume, .. }
             | Step::StartCheck { volume, .. }
@@ -498,6 +502,12 @@ impl<'a> Executor<'a> {
                     crate::kernel::stack::cycle(dm, &raid.name)?;
                 }
             }
+            Step::Reassemble { raid, fresh, .. } => {
+                self.faults.tick(&format_args!("reassemble {}", raid.name));
+                let fresh: Vec<&DeviceName> = fresh.iter().collect();
+                let pause = crate::kernel::stack::reassemble(dm, raid, &fresh, &mut || Ok(()))?;
+                tracing::info!(raid = %raid.name, ?pause, "re-assembled on fresh metadata");
+            }
             Step::Fence { devices, .. } => {
                 for d in devices {
                     self.faults.tick(&format_args!("fence {d}"));
@@ -508,6 +518,13 @@ impl<'a> Executor<'a> {
                 for p in plans {
                     crate::kernel::stack::replace(dm, p)?;
                 }
+            }
+            Step::Reassembled { volume, slot } => {
+                if let Some(a) = state.attached_mut(volume) {
+                    a.meta_slot = *slot;
+                    a.legs.retain(|l| !l.leaving);
+                }
+                return Ok(true);
             }
             Step::LegUp { volume, leg } | Step::LegDown { volume, leg } => {
                 if let Some(l) = state

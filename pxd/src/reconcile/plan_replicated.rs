@@ -15,7 +15,9 @@ use crate::plan::replica::{
 };
 use crate::plan::table::{DevRef, DevicePlan};
 use crate::plan::thin::plan_thin;
-use crate::reconcile::desired::{AttachedVolume, CheckPhase, LegState, NodeState, VolumeState};
+use crate::reconcile::desired::{
+    AttachLeg, AttachedVolume, CheckPhase, LegState, NodeState, VolumeState,
+};
 use crate::reconcile::plan_volumes::{managed_mounts, thin_id};
 use crate::reconcile::steps::{Observed, PlanError, Step};
 use crate::volume::spec::Fs;
@@ -278,13 +280,13 @@ pub(super) fn fence_steps(
 }
 
 /// Every device the attach side of `av` may have on this node, top first.
-fn attach_devices(node: &Id, vid: &Id, legs: usize) -> Vec<DeviceName> {
+fn attach_devices(node: &Id, vid: &Id, av: &AttachedVolume) -> Vec<DeviceName> {
     let mut out = vec![
         DeviceName::new(node, Kind::Crypt, vid, None),
         DeviceName::new(node, Kind::Raid, vid, None),
     ];
-    for i in 0..legs {
-        let [meta, next, data] = leg_split_names(node, vid, u8::try_from(i).unwrap_or(u8::MAX));
+    for leg in &av.legs {
+        let [meta, next, data] = leg_split_names(node, vid, leg.split);
         out.extend([data, next, meta]);
     }
     out
@@ -307,7 +309,7 @@ pub(super) fn attach_steps(
         let Some(plans) = attach_plans(steps, &node, &vid, av, observed)? else {
             // Not every leg can be reached yet: whatever is up stays up.
             expected.extend(
-                attach_devices(&node, &vid, av.legs.len())
+                attach_devices(&node, &vid, av)
                     .iter()
                     .map(|n| n.to_string()),
             );
@@ -325,7 +327,7 @@ pub(super) fn attach_steps(
             .any(|c| parse_leg_nqn(&c.nqn).is_some_and(|(_, x, e)| x == vid && e < av.epoch));
         if raid_up && older {
             expected.extend(
-                attach_devices(&node, &vid, av.legs.len())
+                attach_devices(&node, &vid, av)
                     .iter()
                     .map(|n| n.to_string()),
             );
@@ -333,7 +335,7 @@ pub(super) fn attach_steps(
         }
         // A stale leg's split devices stay while the raid holds them.
         expected.extend(
-            attach_devices(&node, &vid, av.legs.len())
+            attach_devices(&node, &vid, av)
                 .iter()
                 .map(|n| n.to_string()),
         );
@@ -343,7 +345,7 @@ pub(super) fn attach_steps(
                 volume: av.id.clone(),
                 plans: plans.clone(),
             });
-        } else {
+        } else if !reshape_steps(steps, &node, &vid, av, observed) {
             dead_leg_steps(steps, av, observed);
             stale_leg_steps(steps, &node, &vid, av, observed)?;
             check_steps(steps, &node, &vid, av, observed);
@@ -377,9 +379,13 @@ pub(super) fn attach_steps(
                 });
             }
         }
-        // Controllers of older epochs: nothing here uses them once this epoch's raid is up.
+        // Controllers of older epochs, and of legs that left the volume: nothing here uses
+        // them once this epoch's raid is up without them.
+        let gone = |n: &Id| !av.legs.iter().any(|l| l.node == n.as_str());
         for c in &observed.controllers {
-            if parse_leg_nqn(&c.nqn).is_some_and(|(_, x, e)| x == vid && e != av.epoch) {
+            if parse_leg_nqn(&c.nqn)
+                .is_some_and(|(n, x, e)| x == vid && (e != av.epoch || gone(&n)))
+            {
                 steps.push(Step::Disconnect {
                     volume: av.id.clone(),
                     controller: c.name.clone(),
@@ -394,7 +400,7 @@ pub(super) fn attach_steps(
 fn connect(
     node: &Id,
     av: &AttachedVolume,
-    leg: &crate::reconcile::desired::AttachLeg,
+    leg: &AttachLeg,
     nqn: String,
 ) -> Result<Step, PlanError> {
     let addr = leg.addr.ok_or_else(|| {
@@ -422,7 +428,7 @@ fn attach_plans(
     let mut legs = Vec::new();
     let mut plans = Vec::new();
     let mut ready = true;
-    for (i, leg) in av.legs.iter().enumerate() {
+    for leg in &av.legs {
         if !leg.in_sync {
             legs.push(None);
             continue;
@@ -431,8 +437,7 @@ fn attach_plans(
             ready = false;
             continue;
         }
-        let index = u8::try_from(i)
-            .map_err(|_| replication_error(&av.id, format!("leg {i} is out of range")))?;
+        let index = leg.split;
         if leg.local {
             let split = plan_local_split(node, vid, index);
             legs.push(Some(split.pair(av.meta_slot)));
@@ -477,11 +482,74 @@ fn attach_plans(
 
 /// The raid's (metadata on `slot`, data) of leg `i` on this node: its split devices, and
 /// a local leg's data thin.
-fn leg_refs(node: &Id, vid: &Id, i: usize, local: bool, slot: u8) -> Option<(DevRef, DevRef)> {
-    let [meta, next, data] = leg_split_names(node, vid, u8::try_from(i).ok()?);
+fn leg_refs(node: &Id, vid: &Id, leg: &AttachLeg, slot: u8) -> Option<(DevRef, DevRef)> {
+    let [meta, next, data] = leg_split_names(node, vid, leg.split);
     let meta = if slot & 1 == 0 { meta } else { next };
-    let data = if local { leg_thins(node, vid).1 } else { data };
+    let data = if leg.local {
+        leg_thins(node, vid).1
+    } else {
+        data
+    };
     Some((DevRef::Dm(meta), DevRef::Dm(data)))
+}
+
+/// Legs dropped by `ha-update`: once the raid is idle and in sync on every other leg, it
+/// is re-assembled without them on the other metadata slot (nothing is resynced: the legs
+/// that stay hold the same data); once it runs so, that is recorded and they leave.
+/// Returns whether the raid already runs without them, the record still to come: the
+/// places of its legs no longer match the store's, so nothing else is planned for it.
+fn reshape_steps(
+    steps: &mut Vec<Step>,
+    node: &Id,
+    vid: &Id,
+    av: &AttachedVolume,
+    observed: &Observed,
+) -> bool {
+    let Some(status) = observed.raids.get(&av.id) else {
+        return false;
+    };
+    if !av.legs.iter().any(|l| l.leaving) {
+        return false;
+    }
+    let kept: Vec<&AttachLeg> = av.legs.iter().filter(|l| !l.leaving).collect();
+    let next = av.meta_slot ^ 1;
+    if status.legs.len() == kept.len() {
+        steps.push(Step::Reassembled {
+            volume: av.id.clone(),
+            slot: next,
+        });
+        return true;
+    }
+    let in_sync = av
+        .legs
+        .iter()
+        .zip(&status.legs)
+        .all(|(l, h)| l.leaving || (l.in_sync && *h == LegHealth::InSync));
+    let ready = status.legs.len() == av.legs.len()
+        && status.action == "idle"
+        && status.synced == status.total
+        && in_sync;
+    if ready {
+        let size = Sectors(av.size_bytes / 512);
+        let legs = kept.iter().map(|l| leg_refs(node, vid, l, next)).collect();
+        let fresh = kept
+            .iter()
+            .map(|l| {
+                let [meta, other, _] = leg_split_names(node, vid, l.split);
+                if next == 0 {
+                    meta
+                } else {
+                    other
+                }
+            })
+            .collect();
+        steps.push(Step::Reassemble {
+            volume: av.id.clone(),
+            raid: plan_raid(node, vid, legs, size, true),
+            fresh,
+        });
+    }
+    false
 }
 
 /// Legs in sync by the store that the raid shows dead: an I/O error took them out (a drive
@@ -577,8 +645,7 @@ fn stale_leg_steps(
         if leg.in_sync || leg.local {
             continue;
         }
-        let index = u8::try_from(i)
-            .map_err(|_| replication_error(&av.id, format!("leg {i} is out of range")))?;
+        let index = leg.split;
         let splits = leg_split_names(node, vid, index);
         let present = |d: &DeviceName| observed.devices.contains_key(&d.to_string());
         let fenced = |d: &DeviceName| observed.fenced.contains(&d.to_string());
@@ -643,7 +710,7 @@ fn stale_leg_steps(
             .enumerate()
             .map(|(j, l)| {
                 (l.in_sync || rejoined.contains(&j) || rejoining.iter().any(|(r, _)| *r == j))
-                    .then(|| leg_refs(node, vid, j, l.local, av.meta_slot))
+                    .then(|| leg_refs(node, vid, l, av.meta_slot))
                     .flatten()
             })
             .collect();
@@ -665,7 +732,7 @@ fn detach_steps(
     desired: &NodeState,
     observed: &Observed,
 ) {
-    let devices = attach_devices(node, vid, av.legs.len());
+    let devices = attach_devices(node, vid, av);
     for d in &devices {
         steps.extend(managed_mounts(desired, observed, &d.to_string()).map(Step::Unmount));
     }

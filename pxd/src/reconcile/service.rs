@@ -668,6 +668,13 @@ fn step_name(s: &Step) -> String {
             "re-add leg {}",
             splits.first().map_or(&raid.name, |s| &s.name)
         ),
+        Step::Reassemble { volume, fresh, .. } => format!(
+            "re-assemble the raid of {volume} over {} legs on fresh metadata",
+            fresh.len()
+        ),
+        Step::Reassembled { volume, slot } => {
+            format!("the raid of {volume} runs on metadata slot {slot}")
+        }
         Step::LegUp { volume, leg } => format!("leg {leg} of {volume} in sync"),
         Step::LegDown { volume, leg } => format!("leg {leg} of {volume} failed in the raid"),
         Step::StartCheck { volume, .. } => format!("check the raid of {volume}"),

@@ -190,6 +190,15 @@ pub enum Step {
         splits: Vec<DevicePlan>,
         raid: DevicePlan,
     },
+    /// Re-assemble a live raid without its leaving legs: suspended, `fresh` (the kept legs'
+    /// other metadata slot) zeroed, `raid` loaded with nosync, resumed (`ha-update`).
+    Reassemble {
+        volume: String,
+        raid: DevicePlan,
+        fresh: Vec<DeviceName>,
+    },
+    /// Record that the raid runs without its leaving legs, on metadata slot `slot`.
+    Reassembled { volume: String, slot: u8 },
     /// Record that leg `leg` (its node's id) is in sync again.
     LegUp { volume: String, leg: String },
     /// Record that leg `leg`, in sync as far as the store knows, is dead in the raid (an I/O
@@ -445,6 +454,8 @@ mod tests {
                 Step::ReAdd { splits, raid, .. } => {
                     format!("re-add {}", splits.first().map_or(&raid.name, |s| &s.name))
                 }
+                Step::Reassemble { fresh, .. } => format!("reassemble {}", fresh.len()),
+                Step::Reassembled { slot, .. } => format!("reassembled on slot {slot}"),
                 Step::LegUp { leg, .. } => format!("leg {leg} up"),
                 Step::LegDown { leg, .. } => format!("leg {leg} down"),
                 Step::StartCheck { raid, .. } => format!("check {raid}"),
@@ -876,6 +887,8 @@ mod tests {
         s.pools.clear();
         let leg = |node: &str, ip: &str| AttachLeg {
             node: node.into(),
+            split: if node == "b2" { 0 } else { 1 },
+            leaving: false,
             local: false,
             addr: Some(format!("{ip}:4420").parse().unwrap()),
             serving: legs_serving,
@@ -1057,6 +1070,60 @@ mod tests {
     }
 
     #[test]
+    fn a_leaving_leg_is_reassembled_out_on_the_other_slot_then_recorded_and_let_go() {
+        use crate::plan::raid::LegHealth;
+        use crate::plan::table::TargetSpec;
+        let (mut s, mut o) = live_raid();
+        s.attached[0].legs[1].leaving = true;
+        let steps = plan(&s, &o).unwrap();
+        assert_eq!(kinds(&steps), ["reassemble 1"]);
+        match &steps[0] {
+            Step::Reassemble { raid, fresh, .. } => {
+                assert_eq!(fresh[0].to_string(), "pxd-a1-leg-v1-n0");
+                match &raid.segments[0].target {
+                    TargetSpec::Raid { legs, nosync } => {
+                        assert!(*nosync, "the legs left hold the same data");
+                        assert_eq!(legs.len(), 1);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not while md is busy, nor while a leg that stays is out of sync.
+        let mut status = o.raids["v1"].clone();
+        status.action = "check".into();
+        o.raids.insert("v1".into(), status.clone());
+        assert!(plan(&s, &o).unwrap().is_empty());
+        status.action = "idle".into();
+        status.legs[0] = LegHealth::Dead;
+        o.raids.insert("v1".into(), status.clone());
+        assert!(!kinds(&plan(&s, &o).unwrap()).contains(&"reassemble 1".to_owned()));
+        // Re-assembled: recorded, and nothing else planned from the old places.
+        status.legs = vec![LegHealth::InSync];
+        o.raids.insert("v1".into(), status);
+        assert_eq!(kinds(&plan(&s, &o).unwrap()), ["reassembled on slot 1"]);
+        // Recorded: the leg that left loses its controller and split devices here.
+        s.attached[0].legs.remove(1);
+        s.attached[0].meta_slot = 1;
+        let steps = kinds(&plan(&s, &o).unwrap());
+        for k in [
+            "disconnect nvme1",
+            "deactivate pxd-a1-leg-v1-d1",
+            "deactivate pxd-a1-leg-v1-m1",
+            "deactivate pxd-a1-leg-v1-n1",
+        ] {
+            assert!(steps.contains(&k.to_owned()), "{k}: {steps:?}");
+        }
+        assert!(
+            !steps
+                .iter()
+                .any(|k| k.contains("leg-v1-d0") || k.contains("leg-v1-n0")),
+            "{steps:?}"
+        );
+    }
+
+    #[test]
     fn a_raid_check_starts_on_a_clean_idle_raid_and_is_recorded_when_md_goes_idle() {
         use crate::reconcile::desired::CheckPhase;
         use crate::store::state::{Command, VolumeChange};
@@ -1198,6 +1265,7 @@ mod tests {
         (v.attached, v.formatted, v.fresh, v.fs) = (true, true, false, Fs::Raw);
         let mut d4 = v.legs[1].clone();
         d4.node = "d4".into();
+        d4.split = 2;
         v.legs.push(d4);
         for l in &mut v.legs[1..] {
             (l.in_sync, l.serving, l.may_rejoin) = (false, true, true);

@@ -209,12 +209,13 @@ fn attach(
 }
 
 /// A leg for a message: its node and how it stands.
-fn describe(r: &super::types::Replica, lost: &[NodeId]) -> String {
+pub(super) fn describe(r: &super::types::Replica, lost: &[NodeId]) -> String {
     let state = match r.state {
         ReplicaState::Stale { missed_epoch } => format!("stale since epoch {missed_epoch}"),
         ReplicaState::Up => "in sync".to_owned(),
         ReplicaState::Building => "being built".to_owned(),
         ReplicaState::Failed => "failed".to_owned(),
+        ReplicaState::Leaving => "leaving".to_owned(),
     };
     let reach = if lost.contains(&r.node) {
         ", offline"
@@ -319,6 +320,7 @@ pub(crate) mod tests {
         v.replicas = (1..=u64::from(repl))
             .map(|n| Replica {
                 node: NodeId(n),
+                split: None,
                 pool: format!("p{n}"),
                 thin_id: 1,
                 meta_thin_id: Some(2),

@@ -4,6 +4,7 @@
 pub(crate) mod attach;
 mod check;
 pub mod codec;
+mod ha;
 pub mod log_store;
 pub mod pools;
 pub mod state;

@@ -180,8 +180,16 @@ pub enum VolumeChange {
     /// The check at `epoch` was cut short (a leg left or came back): it starts again.
     CheckCutShort { epoch: u64 },
     /// The replica on `node` of a volume being deleted is gone from its node; the last one
-    /// gone removes the volume. Repeating it changes nothing.
+    /// gone removes the volume. Repeating it changes nothing. For a live volume: its dropped
+    /// replica on `node` is freed.
     ReplicaRemoved { node: NodeId },
+    /// One replica fewer (`ha-update`): the one on `drop` leaves once the attach node has
+    /// re-assembled the raid without it. Refused unless attached, with every other replica
+    /// in sync.
+    Lower { drop: NodeId },
+    /// The attach node re-assembled the raid of `epoch` on metadata slot `slot`, without the
+    /// leaving replicas.
+    Reassembled { epoch: u64, slot: u8 },
 }
 
 /// A change to one snapshot.
@@ -552,6 +560,8 @@ pub(crate) mod tests {
             created: 0,
             placement: None,
             check: None,
+            meta_slot: 0,
+            dropped: Vec::new(),
         };
         assert!(matches!(
             s.apply(&Command::PutVolume { volume: v.clone() }).0,
@@ -560,6 +570,7 @@ pub(crate) mod tests {
         v.repl = 1;
         v.replicas.push(Replica {
             node: NodeId(1),
+            split: None,
             pool: "p".into(),
             thin_id: 1,
             meta_thin_id: None,

@@ -393,11 +393,19 @@ pub enum ReplicaState {
     Building,
     /// Lost (its drive or node); to be replaced.
     Failed,
+    /// Dropped by `ha-update`: still in the raid, until the attach node re-assembles it
+    /// without this leg.
+    Leaving,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replica {
     pub node: NodeId,
+    /// The number of this leg's split devices on the attach node, once a leg has left the
+    /// volume (until then, its place among the replicas): a leg keeps its devices while
+    /// the others' places change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<u8>,
     pub pool: String,
     pub thin_id: u32,
     /// The thin device holding this leg's raid superblock and write-intent bitmap; only
@@ -566,6 +574,13 @@ pub struct Volume {
     /// The last raid check asked for, running or finished.
     #[serde(default)]
     pub check: Option<RaidCheck>,
+    /// The metadata slot (0 or 1) of every leg that the raid was last assembled on; a
+    /// re-assembly over another set of legs moves to the other one (DESIGN §5).
+    #[serde(default)]
+    pub meta_slot: u8,
+    /// Replicas `ha-update` dropped, for their nodes to free.
+    #[serde(default)]
+    pub dropped: Vec<Replica>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -119,6 +119,13 @@ impl ClusterState {
             | VolumeChange::CheckStarted { .. }
             | VolumeChange::CheckDone { .. }
             | VolumeChange::CheckCutShort { .. } => super::check::apply(&mut v, change)?,
+            VolumeChange::Lower { drop } if live => {
+                self.known_node(*drop)?;
+                super::ha::apply(&mut v, change)?;
+            }
+            VolumeChange::Reassembled { .. } => {
+                super::ha::apply(&mut v, change)?;
+            }
             VolumeChange::Mount { node, path } if live => {
                 self.known_node(*node)?;
                 v.mount_path = path.clone();
@@ -167,6 +174,9 @@ impl ClusterState {
                         v.name, a.node
                     ));
                 }
+                // Dropped replicas not freed yet go with the others.
+                let dropped = std::mem::take(&mut v.dropped);
+                v.replicas.extend(dropped);
                 v.phase = Phase::Deleting;
             }
             VolumeChange::Formatted => v.formatted = true,
@@ -179,15 +189,20 @@ impl ClusterState {
         Ok(vec![change])
     }
 
-    /// A deleted volume's replica on `node` is torn down; see [`VolumeChange::ReplicaRemoved`].
+    /// A deleted volume's replica on `node` is torn down, or a live volume's dropped one
+    /// (`ha-update`) is freed; see [`VolumeChange::ReplicaRemoved`].
     fn replica_removed(&mut self, id: &str, node: NodeId) -> Vec<Change> {
-        let Some(v) = self
-            .volumes
-            .get_mut(id)
-            .filter(|v| v.phase == Phase::Deleting)
-        else {
+        let Some(v) = self.volumes.get_mut(id) else {
             return Vec::new();
         };
+        if v.phase == Phase::Live {
+            if !v.dropped.iter().any(|r| r.node == node) {
+                return Vec::new();
+            }
+            v.dropped.retain(|r| r.node != node);
+            let v = v.clone();
+            return vec![encode(format!("volume/{id}"), &v)];
+        }
         v.replicas.retain(|r| r.node != node);
         if v.replicas.is_empty() {
             self.volumes.remove(id);

@@ -1,0 +1,98 @@
+//! Replica count changes of a live volume (pxctl's `volume ha-update`).
+//!
+//! | route | does |
+//! |---|---|
+//! | `POST /v1/volumes/{vol}/ha` `{repl, node?}` | lower the replica count by one, dropping the replica on `node` |
+//!
+//! Lowering is recorded, the attach node re-assembles the raid without the dropped leg, and
+//! the call answers once that is recorded; the dropped leg's node then frees it. Raising
+//! needs the thin-aware copy of a new leg, which this release does not have: it is refused.
+
+use super::attach::{submit, wait_for};
+use super::volumes::{bad, find, inspect, VolumeView};
+use super::{ApiResult, AppState, JsonBody};
+use crate::store::state::VolumeChange;
+use crate::store::types::{NodeId, ReplicaState, Volume};
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaRequest {
+    /// The replica count wanted: one less than now.
+    pub repl: u8,
+    /// The node whose replica goes (a member's name or id). By default a replica that is
+    /// not in sync, else one not on the attach node.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+pub async fn update(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    JsonBody(req): JsonBody<HaRequest>,
+) -> ApiResult<VolumeView> {
+    let v = s.cluster.state().read(|st| find(st, &key))?;
+    if !(1..=3).contains(&req.repl) {
+        return Err(bad(format!(
+            "repl: {} is out of range (limit: 1 to 3)",
+            req.repl
+        )));
+    }
+    if req.repl == v.repl {
+        return inspect(State(s), Path(v.id)).await;
+    }
+    if req.repl > v.repl {
+        return Err(bad(format!(
+            "repl: raising volume {} from {} to {} replicas needs a new leg copied while it \
+             runs, which this release does not do yet (it lowers only)",
+            v.name, v.repl, req.repl
+        )));
+    }
+    if req.repl < 2 {
+        return Err(bad(format!(
+            "repl: lowering volume {} to 1 replica is not supported yet: a repl 1 volume has \
+             no raid (limit: 2 or 3)",
+            v.name
+        )));
+    }
+    if req.repl + 1 != v.repl {
+        return Err(bad(format!(
+            "repl: volume {} has {} replicas; ha-update changes the count by one at a time",
+            v.name, v.repl
+        )));
+    }
+    let drop = match &req.node {
+        Some(n) => s.cluster.resolve_node(n)?,
+        None => default_drop(&v)
+            .ok_or_else(|| bad(format!("volume {} has no replica that can go", v.name)))?,
+    };
+    submit(&s, &v, VolumeChange::Lower { drop }).await?;
+    wait_for(&s, &v.id, "the replica count change", |v| {
+        v.replicas
+            .iter()
+            .find(|r| r.state == ReplicaState::Leaving)
+            .map(|r| {
+                format!(
+                    "the attach node has not re-assembled the raid without node {} yet",
+                    r.node
+                )
+            })
+    })
+    .await?;
+    inspect(State(s), Path(v.id)).await
+}
+
+/// The replica a lowering drops by default: one not in sync (last first), else the last
+/// one not on the attach node.
+fn default_drop(v: &Volume) -> Option<NodeId> {
+    let attach = v.attachment.as_ref().map(|a| a.node);
+    let not_up = v
+        .replicas
+        .iter()
+        .rev()
+        .find(|r| r.state != ReplicaState::Up);
+    not_up
+        .or_else(|| v.replicas.iter().rev().find(|r| Some(r.node) != attach))
+        .map(|r| r.node)
+}
