@@ -102,6 +102,16 @@ pub fn leg_split_names(attach: &Id, volume: &Id, leg: u8) -> [DeviceName; 3] {
     .map(|role| DeviceName::new(attach, Kind::Leg, volume, Some(role)))
 }
 
+/// The name of leg `leg`'s metadata split on `attach` for slot `slot` (0 or 1).
+pub fn leg_meta_name(attach: &Id, volume: &Id, leg: u8, slot: u8) -> DeviceName {
+    let role = if slot & 1 == 0 {
+        Role::LegMeta(leg)
+    } else {
+        Role::LegMetaNext(leg)
+    };
+    DeviceName::new(attach, Kind::Leg, volume, Some(role))
+}
+
 fn linear(name: DeviceName, dev: DevRef, offset: Sectors, length: Sectors) -> DevicePlan {
     DevicePlan {
         name,

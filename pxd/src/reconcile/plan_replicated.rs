@@ -10,8 +10,8 @@ use crate::plan::crypt::plan_crypt;
 use crate::plan::names::{host_nqn, leg_nqn, parse_leg_nqn, DeviceName, Id, Kind, Role};
 use crate::plan::raid::LegHealth;
 use crate::plan::replica::{
-    leg_split_names, leg_thins, plan_leg_export, plan_leg_split, plan_local_split, plan_raid,
-    LEG_HEAD,
+    leg_meta_name, leg_split_names, leg_thins, plan_leg_export, plan_leg_split, plan_local_split,
+    plan_raid, LEG_HEAD,
 };
 use crate::plan::table::{DevRef, DevicePlan};
 use crate::plan::thin::plan_thin;
@@ -480,17 +480,18 @@ fn attach_plans(
     Ok(Some(plans))
 }
 
-/// The raid's (metadata on `slot`, data) of leg `i` on this node: its split devices, and
-/// a local leg's data thin.
-fn leg_refs(node: &Id, vid: &Id, leg: &AttachLeg, slot: u8) -> Option<(DevRef, DevRef)> {
-    let [meta, next, data] = leg_split_names(node, vid, leg.split);
-    let meta = if slot & 1 == 0 { meta } else { next };
+/// The raid's (metadata on `slot`, data) of `leg` on this node: its split devices, and a
+/// local leg's data thin.
+fn leg_refs(node: &Id, vid: &Id, leg: &AttachLeg, slot: u8) -> (DevRef, DevRef) {
     let data = if leg.local {
         leg_thins(node, vid).1
     } else {
-        data
+        leg_split_names(node, vid, leg.split)[2].clone()
     };
-    Some((DevRef::Dm(meta), DevRef::Dm(data)))
+    (
+        DevRef::Dm(leg_meta_name(node, vid, leg.split, slot)),
+        DevRef::Dm(data),
+    )
 }
 
 /// Legs dropped by `ha-update`: once the raid is idle and in sync on every other leg, it
@@ -531,17 +532,13 @@ fn reshape_steps(
         && in_sync;
     if ready {
         let size = Sectors(av.size_bytes / 512);
-        let legs = kept.iter().map(|l| leg_refs(node, vid, l, next)).collect();
+        let legs = kept
+            .iter()
+            .map(|l| Some(leg_refs(node, vid, l, next)))
+            .collect();
         let fresh = kept
             .iter()
-            .map(|l| {
-                let [meta, other, _] = leg_split_names(node, vid, l.split);
-                if next == 0 {
-                    meta
-                } else {
-                    other
-                }
-            })
+            .map(|l| leg_meta_name(node, vid, l.split, next))
             .collect();
         steps.push(Step::Reassemble {
             volume: av.id.clone(),
@@ -711,7 +708,6 @@ fn stale_leg_steps(
             .map(|(j, l)| {
                 (l.in_sync || rejoined.contains(&j) || rejoining.iter().any(|(r, _)| *r == j))
                     .then(|| leg_refs(node, vid, l, av.meta_slot))
-                    .flatten()
             })
             .collect();
         steps.push(Step::ReAdd {
