@@ -5,10 +5,11 @@
 
 use crate::daemon::Daemon;
 use crate::netns::Net;
-use crate::{node_devices, run};
+use crate::node_devices;
 use pxd::api::volumes::VolumeView;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -41,8 +42,28 @@ pub fn node_id(d: &Daemon) -> String {
 }
 
 /// Every pxd dm device and its table: what a refused call must not change.
+/// The other cluster in the guest makes and removes devices meanwhile: a device listed but
+/// gone (or not loaded yet) when its table is read fails the whole read, which is then read
+/// again.
 pub fn all_tables() -> BTreeSet<String> {
-    run("dmsetup", &["table"])
+    let mut tries = 0;
+    let out = loop {
+        let out = Command::new("dmsetup")
+            .arg("table")
+            .output()
+            .expect("dmsetup");
+        tries += 1;
+        if out.status.success() || tries == 50 {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        out.status.success(),
+        "dmsetup table failed {tries} times: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with("pxd-"))
         .map(str::to_owned)
