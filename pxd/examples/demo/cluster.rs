@@ -1,8 +1,8 @@
 //! The demo's second part: three nodes, each a daemon in its own network namespace with its
 //! own disk (as on three hosts), form a cluster. A 2-way replicated volume is mirrored by
 //! dm-raid over NVMe/TCP legs on the node that holds neither leg; `kill -9` of any daemon
-//! under a writer stops nothing; a 3-way volume loses a replica under a writer
-//! (`ha-update`); when the attach node is lost, a replica node takes the volume over with
+//! under a writer stops nothing; a 3-way volume loses a replica under a writer and gains
+//! one again, copied thin-aware (`ha-update`); when the attach node is lost, a replica node takes the volume over with
 //! `attach --force` and the data is there.
 
 use super::{cmd, read_dev, sha256_file, step, write_file, Node, Writer};
@@ -198,7 +198,7 @@ pub fn run(pxd: &Path, disks: &[PathBuf], first: u32) -> Result<()> {
 
     step(
         first + 3,
-        "a 3-way replicated volume lowered to 2 replicas while it is written: node-a's raid is re-assembled without node-b's leg, nothing resynced",
+        "a 3-way replicated volume lowered to 2 replicas and raised to 3 again while it is written: node-a's raid is re-assembled without node-b's leg, nothing resynced; then a new leg gets only the blocks the volume maps",
     );
     nodes[0].show(&[
         "volume", "create", "trio", "--size", "64M", "--fs", "raw", "--repl", "3",
@@ -228,6 +228,33 @@ pub fn run(pxd: &Path, disks: &[PathBuf], first: u32) -> Result<()> {
         freed.then_some(())
     })?;
     println!("      node-b's thin devices of trio are gone");
+    println!("      and back to 3: a new leg on node-b, copied while the volume is written");
+    let writer = Writer::start(t.device.clone().context("a device")?);
+    nodes[0].show(&[
+        "volume",
+        "ha-update",
+        "trio",
+        "--repl",
+        "3",
+        "--node",
+        "node-b",
+    ])?;
+    wait(
+        "the new leg of trio to be copied, joined and checked",
+        || {
+            let v: VolumeView = nodes[0].json(&["volume", "inspect", "trio"]).ok()?;
+            let up = v
+                .replicas
+                .iter()
+                .all(|r| r.state == pxd::store::types::ReplicaState::Up);
+            (up && v.build.is_none()).then_some(())
+        },
+    )?;
+    let writes = writer.stop()?;
+    let health = raid_health(&trio_raid)?;
+    ensure!(health == "AAA", "the raid after the raise: {health}");
+    println!("      {writes} writes meanwhile, no errors; raid on node-a: {health}");
+    nodes[0].show(&["volume", "rebuild-status", "trio"])?;
     nodes[0].show(&["volume", "inspect", "trio"])?;
 
     step(

@@ -2,15 +2,17 @@
 //!
 //! | route | does |
 //! |---|---|
-//! | `POST /v1/volumes/{vol}/ha` `{repl, node?}` | lower the replica count by one, dropping the replica on `node` |
+//! | `POST /v1/volumes/{vol}/ha` `{repl, node?}` | raise or lower the replica count by one |
 //!
 //! Lowering is recorded, the attach node re-assembles the raid without the dropped leg, and
-//! the call answers once that is recorded; the dropped leg's node then frees it. Raising
-//! needs the thin-aware copy of a new leg, which this release does not have: it is refused.
+//! the call answers once that is recorded; the dropped leg's node then frees it.
+//! Raising places a new leg (on `node` when given), records it `building`, and answers at
+//! once: the copy runs while the volume does, and `volume rebuild-status` follows it.
 
 use super::attach::{submit, wait_for};
 use super::volumes::{bad, find, inspect, VolumeView};
 use super::{ApiResult, AppState, JsonBody};
+use crate::plan::placement;
 use crate::store::state::VolumeChange;
 use crate::store::types::{NodeId, ReplicaState, Volume};
 use axum::extract::{Path, State};
@@ -42,24 +44,20 @@ pub async fn update(
     if req.repl == v.repl {
         return inspect(State(s), Path(v.id)).await;
     }
-    if req.repl > v.repl {
+    if req.repl > v.repl + 1 || req.repl + 1 < v.repl {
         return Err(bad(format!(
-            "repl: raising volume {} from {} to {} replicas needs a new leg copied while it \
-             runs, which this release does not do yet (it lowers only)",
-            v.name, v.repl, req.repl
+            "repl: volume {} has {} replicas; ha-update changes the count by one at a time",
+            v.name, v.repl
         )));
+    }
+    if req.repl > v.repl {
+        return raise(s, v, req.node.as_deref()).await;
     }
     if req.repl < 2 {
         return Err(bad(format!(
             "repl: lowering volume {} to 1 replica is not supported yet: a repl 1 volume has \
              no raid (limit: 2 or 3)",
             v.name
-        )));
-    }
-    if req.repl + 1 != v.repl {
-        return Err(bad(format!(
-            "repl: volume {} has {} replicas; ha-update changes the count by one at a time",
-            v.name, v.repl
         )));
     }
     let drop = match &req.node {
@@ -80,6 +78,35 @@ pub async fn update(
             })
     })
     .await?;
+    inspect(State(s), Path(v.id)).await
+}
+
+/// One leg more: placed by topology (on `node` when given), recorded `building`; the copy
+/// runs on its own from there.
+async fn raise(s: AppState, v: Volume, node: Option<&str>) -> ApiResult<VolumeView> {
+    let only = node.map(|n| s.cluster.resolve_node(n)).transpose()?;
+    let (online, seen) = super::volumes::liveness_and_pools(&s);
+    let placed = s.cluster.state().read(|st| {
+        let view = placement::ClusterView {
+            state: st,
+            online: &online,
+            seen: &seen,
+            overcommit: s.config.overcommit,
+        };
+        placement::place_replacement(&view, &v, None, only, false)
+    });
+    let (node, pool, _) = placed.map_err(|why| {
+        bad(format!(
+            "node: no node can take a new leg of volume {}: {why}",
+            v.name
+        ))
+    })?;
+    let at = crate::cluster::rpc::now_ms() / 1000;
+    submit(&s, &v, VolumeChange::Raise { node, pool, at }).await?;
+    // The new leg's node builds it and the copy starts with the next passes.
+    if let Err(e) = s.reconciler.pass().await {
+        tracing::warn!(error = %e, "a reconcile pass failed after a raise");
+    }
     inspect(State(s), Path(v.id)).await
 }
 

@@ -112,6 +112,12 @@ pub struct VolumeView {
     /// Bytes the volume has mapped in its pool (thin status); inspect only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<u64>,
+    /// A new leg being copied (`ha-update`), and how far the copy is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<crate::store::types::Build>,
+    /// The last new leg's copy, once over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_build: Option<crate::store::types::Build>,
 }
 
 /// A replicated volume's raid on its attach node: each leg's health (`A` in sync, `a`
@@ -249,6 +255,8 @@ pub(super) fn view(st: &ClusterState, v: &Volume) -> VolumeView {
         check: v.check.clone(),
         raid: None,
         usage: None,
+        build: v.build.clone(),
+        last_build: v.last_build.clone(),
     }
 }
 
@@ -308,7 +316,7 @@ pub(super) fn candidates(s: &AppState, st: &ClusterState) -> Vec<Candidate> {
 /// What placement needs from this node's view, in one read: the nodes online as seen from
 /// here, and every pool's use as its node last reported it (this node's from its own last
 /// pass, the freshest; the others' from their heartbeats).
-fn liveness_and_pools(
+pub(super) fn liveness_and_pools(
     s: &AppState,
 ) -> (
     std::collections::BTreeSet<NodeId>,
@@ -560,6 +568,8 @@ pub async fn create(
         check: None,
         meta_slot: 0,
         dropped: Vec::new(),
+        build: None,
+        last_build: None,
         placement: Some(PlacementNote {
             explanation: placed.explanation.clone(),
             shortfall: placed.shortfall.clone(),

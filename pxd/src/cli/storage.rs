@@ -81,14 +81,19 @@ pub enum VolumeCommand {
     },
     /// Change the replica count of a live volume by one. Lowering drops a replica (the one
     /// on --node, or one not in sync, or one not on the attach node) and frees its space.
+    /// Raising places a new replica (on --node when given) and copies what the volume
+    /// holds to it while it runs; `rebuild-status` follows the copy.
     HaUpdate {
         volume: String,
         #[arg(long)]
         repl: u8,
-        /// The node whose replica goes, when lowering.
+        /// The node whose replica goes when lowering, or that takes the new one when
+        /// raising.
         #[arg(long)]
         node: Option<String>,
     },
+    /// How far a new replica's copy is: round, bytes copied and left, rate, cut-over pause.
+    RebuildStatus { volume: String },
     /// Delete a volume and free its space (refused while mounted).
     Delete { volume: String },
     /// Mount a volume (by default under the daemon's mount root).
@@ -326,6 +331,11 @@ fn print_volume(v: &VolumeView) {
             k.requested, k.epoch
         );
     }
+    if let Some(b) = &v.build {
+        println!("rebuild:    {}", build_line(b));
+    } else if let Some(b) = &v.last_build {
+        println!("rebuilt:    {}", build_line(b));
+    }
     println!("stack:      {}", v.stack.join(" <- "));
     if let Some(d) = &v.device {
         println!("device:     {}", d.display());
@@ -338,6 +348,29 @@ fn print_volume(v: &VolumeView) {
     for s in &v.snapshots {
         println!("snapshot:   {} ({})", s.name, s.id);
     }
+}
+
+/// A new leg's copy in one line: where, how far, how fast.
+fn build_line(b: &crate::store::types::Build) -> String {
+    use crate::volume::spec::human;
+    let phase = format!("{:?}", b.phase).to_lowercase();
+    let mut line = format!(
+        "{phase}: node {} from node {}, round {}, {} copied of {} allocated, {} left, {}/s",
+        b.target,
+        b.source,
+        b.rounds,
+        human(b.copied_bytes),
+        human(b.allocated_bytes),
+        human(b.left_bytes),
+        human(b.rate)
+    );
+    if let Some(p) = b.pause_ms {
+        line.push_str(&format!(", cut-over pause {p} ms"));
+    }
+    if let Some(e) = &b.error {
+        line.push_str(&format!(" (last error: {e})"));
+    }
+    line
 }
 
 fn print_snapshots(snaps: &[SnapshotView]) {
@@ -450,6 +483,20 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
         },
         VolumeCommand::HaUpdate { volume, repl, node } => {
             show(ha_update(c, volume, *repl, node.clone())?)
+        }
+        VolumeCommand::RebuildStatus { volume } => {
+            let v: VolumeView = c.get(&format!("/v1/volumes/{}", seg("volume", volume)?))?;
+            if json {
+                print_json(&v.build);
+            } else {
+                match (&v.build, &v.last_build) {
+                    (Some(b), _) => println!("{}: {}", v.name, build_line(b)),
+                    (None, Some(b)) => {
+                        println!("{}: none now; the last: {}", v.name, build_line(b))
+                    }
+                    (None, None) => println!("{}: no new replica is being built", v.name),
+                }
+            }
         }
         VolumeCommand::Delete { volume } => {
             let d: Deleted = c.delete(&format!("/v1/volumes/{}", seg("volume", volume)?))?;

@@ -183,6 +183,8 @@ pub struct Cluster {
     cluster_key: std::sync::RwLock<Option<Arc<ClusterKey>>>,
     /// The new legs this node is building, which take the rebuild's block frames.
     pub sink: Arc<crate::rebuild::stream::Sink>,
+    /// The new legs' copies this node is the source of.
+    pub copier: crate::rebuild::copy::Copier,
 }
 
 impl Cluster {
@@ -254,6 +256,7 @@ impl Cluster {
             local_pools: Mutex::new(BTreeMap::new()),
             metrics,
             sink: Arc::default(),
+            copier: Default::default(),
         });
         let server = cluster.clone();
         let handler: transport::Handler = Arc::new(move |key, body| {
@@ -291,6 +294,45 @@ impl Cluster {
 
     pub fn state(&self) -> &StateReader {
         &self.state
+    }
+
+    /// The node transport (ZeroMQ with CURVE), for streams to other members.
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
+    /// Has the last round of a new leg's copy of `volume` run, while this node (its attach
+    /// node) holds its raid suspended: here, or on the copy's source within `limit`.
+    pub async fn copy_last(&self, volume: &str, limit: Duration) -> Result<u64, String> {
+        let source = self
+            .state
+            .read(|st| {
+                st.volumes
+                    .get(volume)
+                    .and_then(|v| v.build.as_ref())
+                    .map(|b| b.source)
+            })
+            .ok_or_else(|| format!("volume {volume} builds no new leg"))?;
+        if source == self.id() {
+            return crate::rebuild::copy::Copier::copy_last(self, volume).await;
+        }
+        let node = self
+            .state
+            .read(|st| st.nodes.get(&source).cloned())
+            .ok_or_else(|| format!("the copy's source {source} is no member"))?;
+        let req = rpc::encode(&Request::CopyLast {
+            volume: volume.to_owned(),
+        });
+        let reply = self
+            .transport
+            .call(&node.data_addr, &node.public_key, req, limit)
+            .await
+            .map_err(|e| format!("the copy's source {source} does not answer: {e}"))?;
+        match rpc::decode::<Reply>(&reply) {
+            Ok(Reply::CopiedLast(r)) => r,
+            Ok(other) => Err(format!("unexpected reply {other:?}")),
+            Err(e) => Err(format!("undecodable reply: {e}")),
+        }
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -428,6 +470,10 @@ impl Cluster {
                 Reply::Quorum(self.confirm_as_leader().await)
             }
             Request::ConfirmQuorum => Reply::Refused("only members may ask".into()),
+            Request::CopyLast { volume } if self.is_member_key(key) => {
+                Reply::CopiedLast(crate::rebuild::copy::Copier::copy_last(self, &volume).await)
+            }
+            Request::CopyLast { .. } => Reply::Refused("only members may ask".into()),
             Request::Join { token, node } => {
                 Reply::Join(self.admit(key, &token, node).await.map_err(|e| e.refusal()))
             }

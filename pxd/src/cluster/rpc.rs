@@ -38,6 +38,11 @@ pub enum Request {
     /// A member asks the leader to confirm, by a Raft read index (no log entry), that it
     /// still leads a quorum: how an attach node renews its lease.
     ConfirmQuorum,
+    /// The attach node, its raid suspended, asks the source of a new leg's copy of volume
+    /// `volume` for the last round.
+    CopyLast {
+        volume: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -53,6 +58,8 @@ pub enum Reply {
     Ack,
     /// The leader's answer to [`Request::ConfirmQuorum`]: confirmed, or why not.
     Quorum(Result<(), String>),
+    /// The answer to [`Request::CopyLast`]: the bytes sent, or why not.
+    CopiedLast(Result<u64, String>),
     /// The request was not allowed or not understood.
     Refused(String),
 }

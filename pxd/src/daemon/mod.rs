@@ -120,6 +120,10 @@ pub struct StorageArgs {
     /// node. In milliseconds.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1000..=600_000))]
     pub attach_lease_ms: u64,
+    /// The most a new leg's copy sends, in MiB a second, so that it leaves the volume's own
+    /// I/O room; 0 sends as fast as the disks and network allow.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub copy_rate_mib: u64,
 }
 
 fn parse_overcommit(s: &str) -> Result<f64, String> {
@@ -231,6 +235,7 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
     };
     let cluster = Cluster::start(config, metrics).await?;
     let st = &args.storage;
+    cluster.copier.set_rate(st.copy_rate_mib << 20);
     let thresholds = Thresholds {
         high_min_iops: st.high_min_iops,
         high_max_p50_us: st.high_max_p50_us,

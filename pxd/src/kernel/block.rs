@@ -152,6 +152,26 @@ impl DirectFile {
             .write_all_at(&buf.as_slice()[..data.len()], offset)
     }
 
+    /// Discards `len` bytes at `offset`: a thin device unmaps the whole blocks among them,
+    /// which then read as zeros, as on the source that discarded them.
+    pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        // BLKDISCARD = _IO(0x12, 119); takes [offset, length] in bytes.
+        const BLKDISCARD: libc::c_ulong = 0x1277;
+        let range: [u64; 2] = [offset, len];
+        // SAFETY: the ioctl reads two u64s from `range`, which lives for the call.
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&self.file),
+                BLKDISCARD,
+                &range,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }

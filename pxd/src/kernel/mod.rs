@@ -8,6 +8,7 @@ pub mod fs;
 pub mod host;
 pub mod keyring;
 pub mod label;
+pub mod leg_copy;
 pub mod legs;
 pub mod loop_device;
 pub mod modules;

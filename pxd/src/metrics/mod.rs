@@ -34,6 +34,9 @@ pub struct Metrics {
     pub volume_resync_bytes: IntGaugeVec,
     pub volume_check_mismatches: IntGaugeVec,
     pub volume_check_requested: IntGaugeVec,
+    pub volume_rebuild_copied_bytes: IntGaugeVec,
+    pub volume_rebuild_left_bytes: IntGaugeVec,
+    pub volume_rebuild_rate_bytes: IntGaugeVec,
 }
 
 fn gauge(registry: &Registry, name: &'static str, help: &str) -> Result<IntGauge, MetricsError> {
@@ -182,6 +185,24 @@ impl Metrics {
                 &r,
                 "pxd_volume_check_requested_timestamp_seconds",
                 "Unix time the volume's last finished raid check was asked for (by hand or by the scrub schedule), on its attach node",
+                &["volume", "volume_id", "node"],
+            )?,
+            volume_rebuild_copied_bytes: gauge_vec(
+                &r,
+                "pxd_volume_rebuild_copied_bytes",
+                "Bytes a new leg's copy has sent so far, over every round, on the node it copies from",
+                &["volume", "volume_id", "node"],
+            )?,
+            volume_rebuild_left_bytes: gauge_vec(
+                &r,
+                "pxd_volume_rebuild_left_bytes",
+                "Bytes a new leg's last copy round found changed: about what is left, on the node it copies from",
+                &["volume", "volume_id", "node"],
+            )?,
+            volume_rebuild_rate_bytes: gauge_vec(
+                &r,
+                "pxd_volume_rebuild_rate_bytes",
+                "Bytes a second of a new leg's last copy round, on the node it copies from",
                 &["volume", "volume_id", "node"],
             )?,
             volume_resync_bytes: gauge_vec(

@@ -120,6 +120,9 @@ pub enum Role {
     LegMetaNext(u8),
     /// Data of raid leg `i`, reached over NVMe/TCP.
     LegData(u8),
+    /// Snapshot `i` (0 or 1) of a leg that a new replica is copied from, read by the copy
+    /// alone: the planner leaves it to the copy, which removes it.
+    Copy(u8),
 }
 
 /// Most legs a volume has (repl 3).
@@ -145,6 +148,7 @@ impl fmt::Display for Role {
             Role::LegMeta(i) => write!(f, "m{i}"),
             Role::LegMetaNext(i) => write!(f, "n{i}"),
             Role::LegData(i) => write!(f, "d{i}"),
+            Role::Copy(i) => write!(f, "c{i}"),
         }
     }
 }
@@ -160,10 +164,17 @@ impl FromStr for Role {
                 s.strip_prefix('m'),
                 s.strip_prefix('n'),
                 s.strip_prefix('d'),
+                s.strip_prefix('c'),
             ) {
-                (Some(i), _, _) => leg(i).map(Role::LegMeta).ok_or(()),
-                (_, Some(i), _) => leg(i).map(Role::LegMetaNext).ok_or(()),
-                (_, _, Some(i)) => leg(i).map(Role::LegData).ok_or(()),
+                (Some(i), _, _, _) => leg(i).map(Role::LegMeta).ok_or(()),
+                (_, Some(i), _, _) => leg(i).map(Role::LegMetaNext).ok_or(()),
+                (_, _, Some(i), _) => leg(i).map(Role::LegData).ok_or(()),
+                (_, _, _, Some(i)) => i
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|i| *i < 2)
+                    .map(Role::Copy)
+                    .ok_or(()),
                 _ => Err(()),
             },
         }

@@ -129,11 +129,13 @@ pub fn place_volume(
 /// Where one more replica of volume `v` goes (a rebuild replacing the replica on `lost`, or
 /// a higher replica count when `lost` is `None`): a pool of the volume's class on a node
 /// holding none of its replicas, apart from those that stay and away from the lost one's
-/// fault domain, through [`topology::place::place_one_more`]. A refusal names why.
+/// fault domain, through [`topology::place::place_one_more`]; on node `only` when given.
+/// A refusal names why.
 pub fn place_replacement(
     view: &ClusterView<'_>,
     v: &crate::store::types::Volume,
     lost: Option<NodeId>,
+    only: Option<NodeId>,
     best_effort: bool,
 ) -> Result<(NodeId, String, String), String> {
     use topology::place::{place_one_more, Placed as Where};
@@ -159,6 +161,7 @@ pub fn place_replacement(
         class: v.io_priority.to_string(),
         size: v.size,
         best_effort,
+        nodes: only.iter().map(NodeId::to_string).collect(),
         ..Request::default()
     };
     match place_one_more(&candidates, &kept, lost.as_ref(), &req) {
@@ -359,10 +362,10 @@ mod tests {
             overcommit: 1.0,
         };
         // n2 (rack r2) is lost: n4 in r3 rather than n3 in the lost rack.
-        let (node, pool, why) = place_replacement(&view, &v, Some(NodeId(2)), false).unwrap();
+        let (node, pool, why) = place_replacement(&view, &v, Some(NodeId(2)), None, false).unwrap();
         assert_eq!((node, pool.as_str()), (NodeId(4), "p4"), "{why}");
         // A third replica: n4 again (a rack of its own), never n1 or n2.
-        let (node, _, _) = place_replacement(&view, &v, None, false).unwrap();
+        let (node, _, _) = place_replacement(&view, &v, None, None, false).unwrap();
         assert_eq!(node, NodeId(4));
         // n4 offline and n3 the only free node left: it shares no machine, so it is taken.
         let online: BTreeSet<NodeId> = [1, 2, 3].map(NodeId).into();
@@ -370,12 +373,12 @@ mod tests {
             online: &online,
             ..view
         };
-        let (node, _, _) = place_replacement(&view, &v, Some(NodeId(2)), false).unwrap();
+        let (node, _, _) = place_replacement(&view, &v, Some(NodeId(2)), None, false).unwrap();
         assert_eq!(node, NodeId(3));
         // Only n3, and of the wrong class: refused, naming the volume and the pools passed.
         let mut low = v.clone();
         low.io_priority = Class::Low;
-        let e = place_replacement(&view, &low, Some(NodeId(2)), false).unwrap_err();
+        let e = place_replacement(&view, &low, Some(NodeId(2)), None, false).unwrap_err();
         assert!(
             e.starts_with("no node can take another replica of volume db") && e.contains("low"),
             "{e}"

@@ -283,7 +283,16 @@ pub fn delete_thin_id(
     pool: &Pool,
     thin_id: ThinDevId,
 ) -> Result<(), PoolError> {
-    match dm.message(&pool.name().dm_name(), &format!("delete {thin_id}")) {
+    delete_thin_id_in(dm, pool.name(), thin_id)
+}
+
+/// [`delete_thin_id`] in the thin-pool device `pool`.
+pub fn delete_thin_id_in(
+    dm: &dyn DeviceMapper,
+    pool: &DeviceName,
+    thin_id: ThinDevId,
+) -> Result<(), PoolError> {
+    match dm.message(&pool.dm_name(), &format!("delete {thin_id}")) {
         Err(e) if e.errno == Some(libc::ENODATA) => Ok(()),
         other => Ok(other?),
     }
@@ -355,6 +364,17 @@ pub fn snapshot_thin_id(
     snap_id: ThinDevId,
     live_top_down: &[&DeviceName],
 ) -> Result<Outcome, PoolError> {
+    snapshot_thin_id_in(dm, pool.name(), source_id, snap_id, live_top_down)
+}
+
+/// [`snapshot_thin_id`] in the thin-pool device `pool`.
+pub fn snapshot_thin_id_in(
+    dm: &dyn DeviceMapper,
+    pool: &DeviceName,
+    source_id: ThinDevId,
+    snap_id: ThinDevId,
+    live_top_down: &[&DeviceName],
+) -> Result<Outcome, PoolError> {
     let mut suspended: Vec<&DeviceName> = Vec::new();
     let mut result = Ok(Outcome::Created);
     for dev in live_top_down {
@@ -368,7 +388,7 @@ pub fn snapshot_thin_id(
     }
     if result.is_ok() {
         let msg = format!("create_snap {snap_id} {source_id}");
-        result = match dm.message(&pool.name().dm_name(), &msg) {
+        result = match dm.message(&pool.dm_name(), &msg) {
             Ok(()) => Ok(Outcome::Created),
             Err(e) if e.errno == Some(libc::EEXIST) => Ok(Outcome::AlreadyExists),
             Err(e) => Err(e.into()),

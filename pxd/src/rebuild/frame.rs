@@ -19,6 +19,10 @@ pub const ALIGN: u64 = 4096;
 pub struct BlockWrite {
     pub build: String,
     pub offset: u64,
+    /// Set on a frame without data: discard this many bytes from `offset` instead (blocks
+    /// the source unmapped between two rounds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discard: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,9 +68,13 @@ fn parse(body: &[u8]) -> Result<(BlockWrite, &[u8]), FrameError> {
     let to: BlockWrite =
         serde_json::from_slice(head).map_err(|e| FrameError::Header(e.to_string()))?;
     let data = &body[5 + len..];
+    let discard_ok = to
+        .discard
+        .is_none_or(|d| data.is_empty() && d.is_multiple_of(ALIGN));
     if !to.offset.is_multiple_of(ALIGN)
         || !(data.len() as u64).is_multiple_of(ALIGN)
         || data.len() > MAX_DATA
+        || !discard_ok
     {
         return Err(FrameError::Unaligned {
             offset: to.offset,
@@ -84,6 +92,7 @@ mod tests {
         BlockWrite {
             build: "v1-n2".into(),
             offset,
+            discard: None,
         }
     }
 
@@ -121,5 +130,14 @@ mod tests {
                 .unwrap_err();
             assert_eq!(e, FrameError::Unaligned { offset, len });
         }
+        // A discard carries no data, and whole blocks only.
+        let discard = |len, data: &[u8]| {
+            let mut t = to(0);
+            t.discard = Some(len);
+            decode(&encode(&t, data)).unwrap().map(drop)
+        };
+        assert!(discard(1 << 20, &[]).is_ok());
+        assert!(discard(1 << 20, &[0u8; 4096]).is_err());
+        assert!(discard(512, &[]).is_err());
     }
 }

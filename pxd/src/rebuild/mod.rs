@@ -2,5 +2,6 @@
 //! healthy leg's thin device maps are copied, as block frames over the node transport, to
 //! the new leg's thin device on the target node.
 
+pub mod copy;
 pub mod frame;
 pub mod stream;

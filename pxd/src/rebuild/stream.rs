@@ -124,6 +124,7 @@ pub async fn send_ranges(
         let to = BlockWrite {
             build: build.to_owned(),
             offset: chunk.offset,
+            discard: None,
         };
         let reply = transport
             .call(
@@ -133,21 +134,7 @@ pub async fn send_ranges(
                 FRAME_TIMEOUT,
             )
             .await?;
-        match rpc::decode::<Reply>(&reply) {
-            Ok(Reply::Ack) => {}
-            Ok(Reply::Refused(why)) => {
-                return Err(StreamError::Refused {
-                    offset: chunk.offset,
-                    why,
-                })
-            }
-            other => {
-                return Err(StreamError::Refused {
-                    offset: chunk.offset,
-                    why: format!("unexpected answer {other:?}"),
-                })
-            }
-        }
+        acknowledged(&reply, chunk.offset)?;
         sent.bytes += chunk.len;
         sent.frames += 1;
         progress(sent.bytes);
@@ -156,6 +143,53 @@ pub async fn send_ranges(
         }
     }
     Ok(sent)
+}
+
+/// Has build `build` on `peer` discard `ranges`: blocks the source unmapped since the last
+/// round, which read as zeros there and must on the new leg too.
+pub async fn send_discards(
+    transport: &Arc<Transport>,
+    peer: &Peer,
+    build: &str,
+    ranges: &[ByteRange],
+) -> Result<Sent, StreamError> {
+    let mut sent = Sent::default();
+    for r in ranges {
+        if !r.offset.is_multiple_of(ALIGN) || !r.len.is_multiple_of(ALIGN) {
+            return Err(StreamError::Unaligned {
+                offset: r.offset,
+                len: r.len,
+            });
+        }
+        let to = BlockWrite {
+            build: build.to_owned(),
+            offset: r.offset,
+            discard: Some(r.len),
+        };
+        let reply = transport
+            .call(
+                &peer.endpoint,
+                &peer.public_key,
+                frame::encode(&to, &[]),
+                FRAME_TIMEOUT,
+            )
+            .await?;
+        acknowledged(&reply, r.offset)?;
+        sent.frames += 1;
+    }
+    Ok(sent)
+}
+
+/// The building node's answer to the frame at `offset`: anything but an ack stops the stream.
+fn acknowledged(reply: &[u8], offset: u64) -> Result<(), StreamError> {
+    match rpc::decode::<Reply>(reply) {
+        Ok(Reply::Ack) => Ok(()),
+        Ok(Reply::Refused(why)) => Err(StreamError::Refused { offset, why }),
+        other => Err(StreamError::Refused {
+            offset,
+            why: format!("unexpected answer {other:?}"),
+        }),
+    }
 }
 
 /// A range cut into frames of at most [`MAX_DATA`] bytes.
@@ -199,6 +233,21 @@ impl Sink {
         }
     }
 
+    /// Closes every build but those in `keep`.
+    pub fn close_all_but(&self, keep: &std::collections::BTreeSet<String>) {
+        let gone: Vec<String> = self
+            .lock()
+            .keys()
+            .filter(|b| !keep.contains(*b))
+            .cloned()
+            .collect();
+        for b in gone {
+            if let Err(e) = self.close(&b) {
+                tracing::warn!(build = %b, error = %e, "could not flush a new leg's copy");
+            }
+        }
+    }
+
     pub fn is_open(&self, build: &str) -> bool {
         self.lock().contains_key(build)
     }
@@ -226,6 +275,15 @@ impl Sink {
         let Some(file) = self.lock().get(&to.build).cloned() else {
             return Reply::Refused(format!("no build {} is open on this node", to.build));
         };
+        if let Some(len) = to.discard {
+            return match file.discard(to.offset, len) {
+                Ok(()) => Reply::Ack,
+                Err(e) => Reply::Refused(format!(
+                    "discarding {len} bytes at {} for build {}: {e}",
+                    to.offset, to.build
+                )),
+            };
+        }
         match file.write_at(to.offset, data) {
             Ok(()) => Reply::Ack,
             Err(e) => Reply::Refused(format!(

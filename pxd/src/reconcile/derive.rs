@@ -3,7 +3,7 @@
 //! Both directions are pure.
 
 use crate::pool::label::LabelSpec;
-use crate::reconcile::desired::{AttachLeg, AttachedVolume, CheckPhase, LegState};
+use crate::reconcile::desired::{AttachLeg, AttachedVolume, BuildingLeg, CheckPhase, LegState};
 use crate::reconcile::desired::{JoinPhase, JoiningDrive};
 use crate::reconcile::desired::{NodeState, OriginState, PoolState, SnapshotState, VolumeState};
 use crate::store::pools::{DriveChange, PoolChange};
@@ -205,26 +205,50 @@ pub fn attached_volume(cluster: &ClusterState, v: &Volume, node: NodeId) -> Opti
     if v.repl < 2 || v.phase != crate::store::types::Phase::Live {
         return None;
     }
-    use crate::store::types::ReplicaState;
+    use crate::store::types::{BuildPhase, ReplicaState};
+    // A new leg is a member of the raid once it joined; until then it is only copied to.
+    let copying = |r: &crate::store::types::Replica| {
+        v.build.as_ref().is_some_and(|b| {
+            b.target == r.node && matches!(b.phase, BuildPhase::Copying | BuildPhase::Ready)
+        })
+    };
+    let leg = |i: usize, r: &crate::store::types::Replica| AttachLeg {
+        node: r.node.to_string(),
+        split: r.split.unwrap_or(u8::try_from(i).unwrap_or(u8::MAX)),
+        local: r.node == node,
+        addr: cluster
+            .nodes
+            .get(&r.node)
+            .and_then(|n| crate::plan::replica::nvme_addr(&n.data_addr)),
+        serving: r.serving_epoch == a.epoch,
+        // A leaving leg stays a member of the raid until it is re-assembled without it;
+        // a joined new one holds what the others do (a check is to confirm it).
+        in_sync: matches!(
+            r.state,
+            ReplicaState::Up | ReplicaState::Leaving | ReplicaState::Building
+        ),
+        may_rejoin: matches!(r.state, ReplicaState::Stale { .. }),
+        leaving: r.state == ReplicaState::Leaving,
+    };
     let legs = v
         .replicas
         .iter()
         .enumerate()
-        .map(|(i, r)| AttachLeg {
-            node: r.node.to_string(),
-            split: r.split.unwrap_or(u8::try_from(i).unwrap_or(u8::MAX)),
-            local: r.node == node,
-            addr: cluster
-                .nodes
-                .get(&r.node)
-                .and_then(|n| crate::plan::replica::nvme_addr(&n.data_addr)),
-            serving: r.serving_epoch == a.epoch,
-            // A leaving leg stays a member of the raid until it is re-assembled without it.
-            in_sync: matches!(r.state, ReplicaState::Up | ReplicaState::Leaving),
-            may_rejoin: matches!(r.state, ReplicaState::Stale { .. }),
-            leaving: r.state == ReplicaState::Leaving,
-        })
+        .filter(|(_, r)| !copying(r))
+        .map(|(i, r)| leg(i, r))
         .collect();
+    let building = v
+        .replicas
+        .iter()
+        .enumerate()
+        .find(|(_, r)| copying(r))
+        .map(|(i, r)| BuildingLeg {
+            leg: leg(i, r),
+            ready: v
+                .build
+                .as_ref()
+                .is_some_and(|b| b.phase == BuildPhase::Ready),
+        });
     Some(AttachedVolume {
         id: v.id.clone(),
         size_bytes: v.size,
@@ -247,6 +271,8 @@ pub fn attached_volume(cluster: &ClusterState, v: &Volume, node: NodeId) -> Opti
                 None if c.started => CheckPhase::Running,
                 None => CheckPhase::Asked,
             }),
+        building,
+        pause_ms: None,
     })
 }
 
@@ -296,6 +322,7 @@ fn replication_records(before: &NodeState, after: &NodeState) -> Vec<Command> {
                 VolumeChange::Reassembled {
                     epoch: a.epoch,
                     slot: a.meta_slot,
+                    pause_ms: a.pause_ms,
                 },
             ));
         }
@@ -501,6 +528,8 @@ mod tests {
             check: None,
             meta_slot: 0,
             dropped: Vec::new(),
+            build: None,
+            last_build: None,
         }
     }
 

@@ -83,6 +83,30 @@ pub struct AttachedVolume {
     /// A raid check asked for at this epoch, and how far it is.
     #[serde(default)]
     pub check: Option<CheckPhase>,
+    /// A new leg being built for this raid (`ha-update`), not a member yet.
+    #[serde(default)]
+    pub building: Option<BuildingLeg>,
+    /// How long the last re-assembly held I/O, in milliseconds (recorded with it).
+    #[serde(default)]
+    pub pause_ms: Option<u64>,
+}
+
+impl AttachedVolume {
+    /// The raid runs over its new set of legs on metadata slot `slot`: without the leaving
+    /// legs, with the new one.
+    pub fn reassembled(&mut self, slot: u8) {
+        self.meta_slot = slot;
+        self.legs.retain(|l| !l.leaving);
+        self.legs.extend(self.building.take().map(|b| b.leg));
+    }
+}
+
+/// A new leg being copied for a raid: it joins once the copy is `ready`, by a re-assembly
+/// during which the copy's last round runs (the raid suspended, so nothing changes under it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BuildingLeg {
+    pub leg: AttachLeg,
+    pub ready: bool,
 }
 
 /// Where a raid check stands on the attach node.

@@ -48,6 +48,8 @@ pub enum ExecError {
     Stack(#[from] crate::kernel::stack::StackError),
     #[error(transparent)]
     Reassemble(#[from] crate::kernel::stack::ReassembleError),
+    #[error("{0}")]
+    Replication(String),
 }
 
 /// What a step works on.
@@ -162,7 +164,12 @@ pub struct Executor<'a> {
     cluster_key: Option<&'a ClusterKey>,
     faults: Faults,
     pools: HashMap<String, Pool>,
+    copy_last: Option<&'a CopyLast<'a>>,
 }
+
+/// Runs the last copy round of a new leg of volume `id` while its raid is suspended, on the
+/// node the copy comes from; returns the bytes it copied.
+pub type CopyLast<'a> = dyn Fn(&str) -> Result<u64, String> + Sync + 'a;
 
 impl<'a> Executor<'a> {
     pub fn new(dm: &'a dyn DeviceMapper, cluster_key: Option<&'a ClusterKey>) -> Self {
@@ -171,7 +178,14 @@ impl<'a> Executor<'a> {
             cluster_key,
             faults: Faults::from_env(),
             pools: HashMap::new(),
+            copy_last: None,
         }
+    }
+
+    /// How a re-assembly that takes a new leg copies the last round.
+    pub fn with_copy_last(mut self, copy_last: Option<&'a CopyLast<'a>>) -> Self {
+        self.copy_last = copy_last;
+        self
     }
 
     /// Runs `steps` in order, updating `state` and calling `persist` after every change to it.
@@ -502,11 +516,37 @@ impl<'a> Executor<'a> {
                     crate::kernel::stack::cycle(dm, &raid.name)?;
                 }
             }
-            Step::Reassemble { raid, fresh, .. } => {
+            Step::Reassemble {
+                volume,
+                raid,
+                fresh,
+                slot,
+                copy_last,
+            } => {
                 self.faults.tick(&format_args!("reassemble {}", raid.name));
                 let fresh: Vec<&DeviceName> = fresh.iter().collect();
-                let pause = crate::kernel::stack::reassemble(dm, raid, &fresh, &mut || Ok(()))?;
+                let hook = self.copy_last.filter(|_| *copy_last);
+                if *copy_last && hook.is_none() {
+                    return Err(ExecError::Replication(format!(
+                        "volume {volume}: a new leg joins only with its last copy round, which \
+                         this pass cannot run"
+                    )));
+                }
+                let mut in_pause = || match hook {
+                    Some(copy) => copy(volume).map(|bytes| {
+                        tracing::info!(volume, bytes, "copied the last round in the pause");
+                    }),
+                    None => Ok(()),
+                };
+                let pause = crate::kernel::stack::reassemble(dm, raid, &fresh, &mut in_pause)?;
                 tracing::info!(raid = %raid.name, ?pause, "re-assembled on fresh metadata");
+                // Recorded at once, with the pause; a crash before the record leaves it to
+                // `Reassembled`, which finds the raid so.
+                if let Some(a) = state.attached_mut(volume) {
+                    a.pause_ms = Some(u64::try_from(pause.as_millis()).unwrap_or(u64::MAX));
+                    a.reassembled(*slot);
+                }
+                return Ok(true);
             }
             Step::Fence { devices, .. } => {
                 for d in devices {
@@ -521,8 +561,7 @@ impl<'a> Executor<'a> {
             }
             Step::Reassembled { volume, slot } => {
                 if let Some(a) = state.attached_mut(volume) {
-                    a.meta_slot = *slot;
-                    a.legs.retain(|l| !l.leaving);
+                    a.reassembled(*slot);
                 }
                 return Ok(true);
             }

@@ -47,8 +47,9 @@ pub fn reconcile_pass(
     cluster_key: Option<&ClusterKey>,
     state: &mut NodeState,
     persist: &mut dyn FnMut(&NodeState) -> std::io::Result<()>,
+    copy_last: Option<&execute::CopyLast<'_>>,
 ) -> Result<Pass, ReconcileError> {
-    let mut executor = Executor::new(dm, cluster_key);
+    let mut executor = Executor::new(dm, cluster_key).with_copy_last(copy_last);
     let mut observed = observe::observe(dm, state)?;
     let mut steps = steps::plan(state, &observed)?;
     let mut failures = executor.run(&steps, state, persist)?;
@@ -81,7 +82,7 @@ pub fn reconcile(
     state: &mut NodeState,
     persist: &mut dyn FnMut(&NodeState) -> std::io::Result<()>,
 ) -> Result<Vec<steps::Step>, ReconcileError> {
-    let pass = reconcile_pass(dm, cluster_key, state, persist)?;
+    let pass = reconcile_pass(dm, cluster_key, state, persist, None)?;
     match pass.failures.into_iter().next() {
         Some(f) => Err(f.error.into()),
         None => Ok(pass.steps),

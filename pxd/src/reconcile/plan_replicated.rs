@@ -285,7 +285,7 @@ fn attach_devices(node: &Id, vid: &Id, av: &AttachedVolume) -> Vec<DeviceName> {
         DeviceName::new(node, Kind::Crypt, vid, None),
         DeviceName::new(node, Kind::Raid, vid, None),
     ];
-    for leg in &av.legs {
+    for leg in av.legs.iter().chain(av.building.as_ref().map(|b| &b.leg)) {
         let [meta, next, data] = leg_split_names(node, vid, leg.split);
         out.extend([data, next, meta]);
     }
@@ -345,7 +345,9 @@ pub(super) fn attach_steps(
                 volume: av.id.clone(),
                 plans: plans.clone(),
             });
-        } else if !reshape_steps(steps, &node, &vid, av, observed) {
+        } else if !reshape_steps(steps, &node, &vid, av, observed)
+            && !raise_steps(steps, &node, &vid, av, observed)?
+        {
             dead_leg_steps(steps, av, observed);
             stale_leg_steps(steps, &node, &vid, av, observed)?;
             check_steps(steps, &node, &vid, av, observed);
@@ -381,7 +383,12 @@ pub(super) fn attach_steps(
         }
         // Controllers of older epochs, and of legs that left the volume: nothing here uses
         // them once this epoch's raid is up without them.
-        let gone = |n: &Id| !av.legs.iter().any(|l| l.node == n.as_str());
+        let gone = |n: &Id| {
+            !av.legs
+                .iter()
+                .chain(av.building.as_ref().map(|b| &b.leg))
+                .any(|l| l.node == n.as_str())
+        };
         for c in &observed.controllers {
             if parse_leg_nqn(&c.nqn)
                 .is_some_and(|(n, x, e)| x == vid && (e != av.epoch || gone(&n)))
@@ -544,9 +551,95 @@ fn reshape_steps(
             volume: av.id.clone(),
             raid: plan_raid(node, vid, legs, size, true),
             fresh,
+            slot: next,
+            copy_last: false,
         });
     }
     false
+}
+
+/// Whether the raid of `av` runs idle and whole: every leg in sync in the store and the
+/// raid, nothing left to resync. Only such a raid is re-assembled with `nosync`.
+fn idle_and_whole(av: &AttachedVolume, status: &crate::plan::raid::RaidStatus) -> bool {
+    status.legs.len() == av.legs.len()
+        && status.action == "idle"
+        && status.synced == status.total
+        && av
+            .legs
+            .iter()
+            .zip(&status.legs)
+            .all(|(l, h)| l.in_sync && *h == LegHealth::InSync)
+}
+
+/// A new leg (`ha-update` raising the count): reached (connected, split) while it is copied;
+/// once the copy is ready and the raid idle and whole, the raid is re-assembled with it on
+/// the other metadata slot, the copy's last round running while it is suspended. Returns
+/// whether the raid already runs with it, the record still to come.
+fn raise_steps(
+    steps: &mut Vec<Step>,
+    node: &Id,
+    vid: &Id,
+    av: &AttachedVolume,
+    observed: &Observed,
+) -> Result<bool, PlanError> {
+    let (Some(status), Some(building)) = (observed.raids.get(&av.id), av.building.as_ref()) else {
+        return Ok(false);
+    };
+    let next = av.meta_slot ^ 1;
+    if status.legs.len() == av.legs.len() + 1 {
+        steps.push(Step::Reassembled {
+            volume: av.id.clone(),
+            slot: next,
+        });
+        return Ok(true);
+    }
+    let new = &building.leg;
+    if !new.serving {
+        return Ok(false);
+    }
+    let size = Sectors(av.size_bytes / 512);
+    let split = if new.local {
+        plan_local_split(node, vid, new.split)
+    } else {
+        let nqn = leg_nqn(&Id::node(&new.node)?, vid, av.epoch);
+        let Some(dev) = observed.namespaces.get(&nqn) else {
+            if !observed.controllers.iter().any(|c| c.nqn == nqn) {
+                steps.push(connect(node, av, new, nqn)?);
+            }
+            return Ok(false);
+        };
+        plan_leg_split(node, vid, new.split, *dev, size)
+    };
+    let plans = split.plans();
+    if !plans
+        .iter()
+        .all(|p| observed.devices.contains_key(&p.name.to_string()))
+    {
+        steps.push(Step::Activate {
+            volume: av.id.clone(),
+            plans,
+        });
+        return Ok(false);
+    }
+    if building.ready && idle_and_whole(av, status) {
+        let all: Vec<&AttachLeg> = av.legs.iter().chain([new]).collect();
+        let legs = all
+            .iter()
+            .map(|l| Some(leg_refs(node, vid, l, next)))
+            .collect();
+        let fresh = all
+            .iter()
+            .map(|l| leg_meta_name(node, vid, l.split, next))
+            .collect();
+        steps.push(Step::Reassemble {
+            volume: av.id.clone(),
+            raid: plan_raid(node, vid, legs, size, true),
+            fresh,
+            slot: next,
+            copy_last: true,
+        });
+    }
+    Ok(false)
 }
 
 /// Legs in sync by the store that the raid shows dead: an I/O error took them out (a drive

@@ -119,6 +119,10 @@ pub struct LastPass {
     pub error: Option<String>,
 }
 
+/// How long the last round of a new leg's copy may hold the raid suspended before the
+/// re-assembly gives up and resumes the raid as it was.
+const COPY_LAST_LIMIT: Duration = Duration::from_secs(60);
+
 pub struct Reconciler {
     cluster: Arc<Cluster>,
     mount_root: PathBuf,
@@ -245,6 +249,7 @@ impl Reconciler {
             .await
             .map_err(|e| format!("the reconcile pass stopped: {e}"))?;
         if let Ok((_, found)) = &result {
+            crate::rebuild::copy::Copier::tend(&self.cluster);
             self.record_health(&found.health).await;
             self.export(found);
             self.ask_scheduled_scrub().await;
@@ -357,8 +362,25 @@ impl Reconciler {
                 &m.volume_resync_bytes,
                 &m.volume_check_mismatches,
                 &m.volume_check_requested,
+                &m.volume_rebuild_copied_bytes,
+                &m.volume_rebuild_left_bytes,
+                &m.volume_rebuild_rate_bytes,
             ] {
                 g.reset();
+            }
+            for v in st.volumes.values() {
+                let Some(b) = v.build.as_ref().filter(|b| b.source == me) else {
+                    continue;
+                };
+                let labels = [v.name.as_str(), v.id.as_str(), &me.to_string()];
+                for (g, x) in [
+                    (&m.volume_rebuild_copied_bytes, b.copied_bytes),
+                    (&m.volume_rebuild_left_bytes, b.left_bytes),
+                    (&m.volume_rebuild_rate_bytes, b.rate),
+                ] {
+                    g.with_label_values(&labels)
+                        .set(i64::try_from(x).unwrap_or(i64::MAX));
+                }
             }
             for (id, raid) in &found.raids {
                 let Some(v) = st.volumes.get(id) else {
@@ -432,8 +454,17 @@ impl Reconciler {
             Ok(())
         };
         let key = self.cluster.cluster_key();
-        let pass = reconcile_pass(&dm, key.as_deref(), &mut state, &mut persist)
-            .map_err(|e| e.to_string())?;
+        // A new leg's last copy round, run while this node's raid is suspended.
+        let copy_last =
+            |volume: &str| handle.block_on(self.cluster.copy_last(volume, COPY_LAST_LIMIT));
+        let pass = reconcile_pass(
+            &dm,
+            key.as_deref(),
+            &mut state,
+            &mut persist,
+            Some(&copy_last),
+        )
+        .map_err(|e| e.to_string())?;
         let changed: Vec<_> = pass.steps.iter().filter(|s| !s.is_check()).collect();
         if !changed.is_empty() {
             tracing::info!(steps = ?changed.iter().map(|s| step_name(s)).collect::<Vec<_>>(), "reconciled");

@@ -2,7 +2,7 @@
 //! the kernel shows ([`Observed`]), the ordered steps that close the gap. Every step is
 //! idempotent, so a pass interrupted anywhere is completed by the next one.
 
-use crate::plan::names::{DeviceName, Id, Kind, NameError};
+use crate::plan::names::{DeviceName, Id, Kind, NameError, Role};
 use crate::plan::pool::{Drive, PoolSpec};
 use crate::plan::table::DevicePlan;
 use crate::plan::thin::ThinPlanError;
@@ -190,14 +190,18 @@ pub enum Step {
         splits: Vec<DevicePlan>,
         raid: DevicePlan,
     },
-    /// Re-assemble a live raid without its leaving legs: suspended, `fresh` (the kept legs'
-    /// other metadata slot) zeroed, `raid` loaded with nosync, resumed (`ha-update`).
+    /// Re-assemble a live raid over another set of legs (`ha-update`): suspended, `fresh`
+    /// (every leg's other metadata slot) zeroed, `raid` loaded with nosync, resumed. With
+    /// `copy_last`, a new leg joins: the copy's last round runs while the raid is suspended.
     Reassemble {
         volume: String,
         raid: DevicePlan,
         fresh: Vec<DeviceName>,
+        /// The metadata slot `fresh` is in: the raid runs on it from now on.
+        slot: u8,
+        copy_last: bool,
     },
-    /// Record that the raid runs without its leaving legs, on metadata slot `slot`.
+    /// Record that the raid runs over its new set of legs, on metadata slot `slot`.
     Reassembled { volume: String, slot: u8 },
     /// Record that leg `leg` (its node's id) is in sync again.
     LegUp { volume: String, leg: String },
@@ -314,6 +318,7 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
         .filter(|n| !expected.contains(*n))
         .filter_map(|n| n.parse::<DeviceName>().ok())
         .filter(|n| n.node == node)
+        .filter(|n| !matches!(n.role, Some(Role::Copy(_))))
         .filter(|n| !steps.contains(&Step::Deactivate(n.clone())))
         .collect();
     orphans.sort_by_key(|n| (layer(n), n.to_string()));
@@ -1121,6 +1126,78 @@ mod tests {
                 .any(|k| k.contains("leg-v1-d0") || k.contains("leg-v1-n0")),
             "{steps:?}"
         );
+    }
+
+    #[test]
+    fn a_new_leg_is_connected_and_split_while_copied_and_joins_once_ready() {
+        use crate::plan::raid::LegHealth;
+        use crate::plan::table::TargetSpec;
+        use crate::reconcile::desired::BuildingLeg;
+        let (mut s, mut o) = live_raid();
+        let mut new = s.attached[0].legs[1].clone();
+        (new.node, new.split, new.addr) = ("d4".into(), 2, Some("10.0.0.4:4420".parse().unwrap()));
+        s.attached[0].building = Some(BuildingLeg {
+            leg: new,
+            ready: false,
+        });
+        // Reached first: its controller is no orphan, and the raid is left as it is.
+        assert_eq!(
+            kinds(&plan(&s, &o).unwrap()),
+            [format!("connect {NQN}:d4:v1:e3")]
+        );
+        connected(&mut o, &["b2", "c3", "d4"]);
+        let steps = plan(&s, &o).unwrap();
+        assert!(
+            matches!(&steps[..], [Step::Activate { plans, .. }] if plans.len() == 3),
+            "{:?}",
+            kinds(&steps)
+        );
+        for n in ["m2", "n2", "d2"] {
+            o.devices.insert(
+                format!("pxd-a1-leg-v1-{n}"),
+                (
+                    Device {
+                        major: 253,
+                        minor: 99,
+                    },
+                    Sectors(8192),
+                ),
+            );
+        }
+        assert!(
+            plan(&s, &o).unwrap().is_empty(),
+            "copying: nothing to do here"
+        );
+        // Ready: re-assembled with it, on the other slot, the last round in the pause.
+        s.attached[0].building.as_mut().unwrap().ready = true;
+        let steps = plan(&s, &o).unwrap();
+        match &steps[..] {
+            [Step::Reassemble {
+                raid,
+                fresh,
+                slot,
+                copy_last,
+                ..
+            }] => {
+                assert!(*copy_last);
+                assert_eq!(*slot, 1);
+                assert_eq!(fresh.len(), 3);
+                assert_eq!(fresh[2].to_string(), "pxd-a1-leg-v1-n2");
+                match &raid.segments[0].target {
+                    TargetSpec::Raid { legs, nosync } => assert!(*nosync && legs.len() == 3),
+                    other => panic!("{other:?}"),
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        // Never over a raid that is resyncing.
+        o.raids.get_mut("v1").unwrap().action = "resync".into();
+        assert!(plan(&s, &o).unwrap().is_empty());
+        // The raid runs with it: recorded.
+        let raid = o.raids.get_mut("v1").unwrap();
+        raid.action = "idle".into();
+        raid.legs = vec![LegHealth::InSync; 3];
+        assert_eq!(kinds(&plan(&s, &o).unwrap()), ["reassembled on slot 1"]);
     }
 
     #[test]

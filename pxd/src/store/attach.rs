@@ -83,6 +83,7 @@ pub(super) fn apply(v: &mut Volume, change: &VolumeChange) -> Result<bool, Strin
         _ => return Ok(false),
     }
     super::check::follow_attachment(v);
+    super::ha::follow_attachment(v);
     Ok(true)
 }
 

@@ -4,18 +4,92 @@
 //! its raid without it, on fresh metadata in the legs' other slot (DESIGN §5), and records
 //! that; only then does the leg leave the volume, and its node frees it. Until the record,
 //! every leg keeps its place: a daemon that restarts half-way finds the raid it left.
+//!
+//! Raising adds one leg, `building`, and a [`Build`]: the source copies rounds until little
+//! is left (`ready`); the attach node suspends its raid, has the last round copied, and
+//! re-assembles with the new leg (`joined`); a check must then find every leg equal before
+//! the new one is up (`done`), and the source deletes its snapshots.
 
 use super::state::VolumeChange;
-use super::types::{AttachState, NodeId, ReplicaState, Volume};
+use super::types::{
+    AttachState, Build, BuildPhase, NodeId, RaidCheck, Replica, ReplicaState, Volume,
+};
 
-/// Applies a replica count change to `v`; `Ok(false)` for one this module does not handle.
+/// Applies a replica count change to `v`; `Ok(false)` for one this module does not handle
+/// (a raise, which needs thin ids: see [`raise`]).
 pub(super) fn apply(v: &mut Volume, change: &VolumeChange) -> Result<bool, String> {
     match change {
         VolumeChange::Lower { drop } => lower(v, *drop)?,
-        VolumeChange::Reassembled { epoch, slot } => reassembled(v, *epoch, *slot),
+        VolumeChange::Reassembled {
+            epoch,
+            slot,
+            pause_ms,
+        } => reassembled(v, *epoch, *slot, *pause_ms),
+        VolumeChange::BuildRound {
+            rounds,
+            allocated_bytes,
+            copied_bytes,
+            left_bytes,
+            rate,
+            ready,
+        } => {
+            if let Some(b) = v.build.as_mut().filter(|b| b.phase == BuildPhase::Copying) {
+                b.rounds = *rounds;
+                b.allocated_bytes = *allocated_bytes;
+                b.copied_bytes = *copied_bytes;
+                b.left_bytes = *left_bytes;
+                b.rate = *rate;
+                b.error = None;
+                if *ready {
+                    b.phase = BuildPhase::Ready;
+                }
+            }
+        }
+        VolumeChange::BuildError { why } => {
+            if let Some(b) = v.build.as_mut() {
+                b.error = Some(why.clone());
+            }
+        }
+        VolumeChange::BuildCleaned => {
+            if v.build
+                .as_ref()
+                .is_some_and(|b| b.phase == BuildPhase::Done)
+            {
+                v.last_build = v.build.take();
+            }
+        }
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// Refuses a change while the raid is attached nowhere, or another change is under way.
+fn ready_for_change(v: &Volume, what: &str) -> Result<(), String> {
+    let attached = v
+        .attachment
+        .as_ref()
+        .is_some_and(|a| a.state == AttachState::Attached);
+    if !attached {
+        return Err(format!(
+            "volume {} is not attached: {what} re-assembles the running raid, so attach it \
+             first",
+            v.name
+        ));
+    }
+    if v.build.is_some() || v.replicas.iter().any(|r| r.state == ReplicaState::Leaving) {
+        return Err(format!(
+            "volume {}: a replica count change is under way; wait for it to finish",
+            v.name
+        ));
+    }
+    Ok(())
+}
+
+/// Every leg keeps the split devices it has on the attach node, whatever its place.
+fn pin_splits(v: &mut Volume) {
+    for (i, r) in v.replicas.iter_mut().enumerate() {
+        r.split.get_or_insert(u8::try_from(i).unwrap_or(u8::MAX));
+    }
 }
 
 fn lower(v: &mut Volume, drop: NodeId) -> Result<(), String> {
@@ -25,23 +99,7 @@ fn lower(v: &mut Volume, drop: NodeId) -> Result<(), String> {
             v.name
         ));
     }
-    let attached = v
-        .attachment
-        .as_ref()
-        .is_some_and(|a| a.state == AttachState::Attached);
-    if !attached {
-        return Err(format!(
-            "volume {} is not attached: lowering its replica count re-assembles the running \
-             raid, so attach it first",
-            v.name
-        ));
-    }
-    if v.replicas.iter().any(|r| r.state == ReplicaState::Leaving) {
-        return Err(format!(
-            "volume {}: a replica count change is under way; wait for it to finish",
-            v.name
-        ));
-    }
+    ready_for_change(v, "lowering its replica count")?;
     if !v.replicas.iter().any(|r| r.node == drop) {
         return Err(format!(
             "node: volume {} has no replica on node {drop}",
@@ -60,10 +118,7 @@ fn lower(v: &mut Volume, drop: NodeId) -> Result<(), String> {
             super::attach::describe(r, &[])
         ));
     }
-    // Every leg keeps the split devices it has on the attach node, whatever its place.
-    for (i, r) in v.replicas.iter_mut().enumerate() {
-        r.split.get_or_insert(u8::try_from(i).unwrap_or(u8::MAX));
-    }
+    pin_splits(v);
     if let Some(r) = v.replicas.iter_mut().find(|r| r.node == drop) {
         r.state = ReplicaState::Leaving;
     }
@@ -71,13 +126,133 @@ fn lower(v: &mut Volume, drop: NodeId) -> Result<(), String> {
     Ok(())
 }
 
-/// The attach node runs the raid at `epoch` on metadata slot `slot` (the other one) without
-/// the leaving legs: they leave the volume, for their nodes to free. Repeating it, or a
-/// record of an older attachment, changes nothing.
-fn reassembled(v: &mut Volume, epoch: u64, slot: u8) {
+/// Where a raise puts the new leg: `node`'s pool `pool`, its data and metadata thins at
+/// `thin_id` and `thin_id + 1` there; the source's two snapshot ids on its own pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct NewLeg {
+    pub node: NodeId,
+    pub pool: String,
+    pub thin_id: u32,
+    pub at: u64,
+}
+
+/// The replica a new leg is copied from: one in sync, the attach node's own first (its
+/// reads then need no network).
+pub(super) fn build_source(v: &Volume) -> Option<&Replica> {
+    let attach = v.attachment.as_ref().map(|a| a.node);
+    let up = || v.replicas.iter().filter(|r| r.state == ReplicaState::Up);
+    up().find(|r| Some(r.node) == attach)
+        .or_else(|| up().next())
+}
+
+/// One replica more: the new leg is recorded `building` with the copy it needs, and counts
+/// once a check has found it equal to the others. `snap_ids` are free thin ids on the
+/// source's pool.
+pub(super) fn raise(v: &mut Volume, leg: NewLeg, snap_ids: [u32; 2]) -> Result<(), String> {
+    if v.repl >= 3 {
+        return Err(format!(
+            "repl: volume {} has {} replicas (limit: 1 to 3)",
+            v.name, v.repl
+        ));
+    }
+    if v.repl < 2 {
+        return Err(format!(
+            "repl: volume {} has 1 replica and no raid to add a leg to; raising a repl 1 \
+             volume is not supported yet (limit: 2 or 3)",
+            v.name
+        ));
+    }
+    ready_for_change(v, "raising its replica count")?;
+    if let Some(r) = v.replicas.iter().find(|r| r.state != ReplicaState::Up) {
+        return Err(format!(
+            "volume {}: {} is not in sync; a new leg is copied only while every leg is",
+            v.name,
+            super::attach::describe(r, &[])
+        ));
+    }
+    if v.replicas.iter().any(|r| r.node == leg.node) {
+        return Err(format!(
+            "node: volume {} has a replica on node {} already",
+            v.name, leg.node
+        ));
+    }
+    if let Some(r) = v.dropped.iter().find(|r| r.node == leg.node) {
+        return Err(format!(
+            "node: volume {}'s dropped replica on node {} is still being freed; try again \
+             once it is",
+            v.name, r.node
+        ));
+    }
+    let source = build_source(v)
+        .map(|r| r.node)
+        .ok_or_else(|| format!("volume {} has no replica in sync to copy", v.name))?;
+    pin_splits(v);
+    // A dropped leg's split devices may still be up on the attach node: never reused.
+    let used: Vec<u8> = v
+        .replicas
+        .iter()
+        .chain(&v.dropped)
+        .filter_map(|r| r.split)
+        .collect();
+    let split = (0..crate::plan::names::MAX_LEGS)
+        .find(|i| !used.contains(i))
+        .ok_or_else(|| {
+            format!(
+                "volume {}: a dropped replica is still being freed; try again once it is",
+                v.name
+            )
+        })?;
+    v.replicas.push(Replica {
+        node: leg.node,
+        split: Some(split),
+        pool: leg.pool,
+        thin_id: leg.thin_id,
+        meta_thin_id: Some(leg.thin_id + 1),
+        state: ReplicaState::Building,
+        serving_epoch: 0,
+    });
+    v.repl += 1;
+    let epoch = v.attachment.as_ref().map_or(0, |a| a.epoch);
+    v.build = Some(Build {
+        source,
+        target: leg.node,
+        epoch,
+        snap_ids,
+        phase: BuildPhase::Copying,
+        rounds: 0,
+        allocated_bytes: 0,
+        copied_bytes: 0,
+        left_bytes: 0,
+        rate: 0,
+        started: leg.at,
+        pause_ms: None,
+        error: None,
+    });
+    Ok(())
+}
+
+/// The attach node runs the raid at `epoch` on metadata slot `slot` (the other one): without
+/// the leaving legs, which leave the volume for their nodes to free; or with the new leg,
+/// which a check must now find equal to the others. Repeating it, or a record of an older
+/// attachment, changes nothing.
+fn reassembled(v: &mut Volume, epoch: u64, slot: u8, pause_ms: Option<u64>) {
     let current = v.attachment.as_ref().is_some_and(|a| a.epoch == epoch);
-    let leaving = v.replicas.iter().any(|r| r.state == ReplicaState::Leaving);
-    if !current || !leaving || slot != v.meta_slot ^ 1 {
+    if !current || slot != v.meta_slot ^ 1 {
+        return;
+    }
+    if let Some(b) = v.build.as_mut().filter(|b| b.phase == BuildPhase::Ready) {
+        v.meta_slot = slot;
+        b.phase = BuildPhase::Joined;
+        b.pause_ms = pause_ms;
+        v.check = Some(RaidCheck {
+            requested: b.started,
+            epoch,
+            started: false,
+            mismatches: None,
+        });
+        return;
+    }
+    if !v.replicas.iter().any(|r| r.state == ReplicaState::Leaving) {
         return;
     }
     v.meta_slot = slot;
@@ -87,6 +262,56 @@ fn reassembled(v: &mut Volume, epoch: u64, slot: u8) {
         .partition(|r| r.state == ReplicaState::Leaving);
     v.replicas = kept;
     v.dropped.extend(leaving);
+}
+
+/// A build whose raid is gone (a detach, or an attach elsewhere) stops before it joins:
+/// its leg leaves the volume for its node to free, and the source deletes its snapshots.
+/// A joined leg stays a leg; it is stale in the new attach, as any leg that missed it.
+pub(super) fn follow_attachment(v: &mut Volume) {
+    let epoch = v
+        .attachment
+        .as_ref()
+        .filter(|a| a.state == AttachState::Attached)
+        .map(|a| a.epoch);
+    let Some(b) = v.build.as_mut() else { return };
+    if epoch == Some(b.epoch) || matches!(b.phase, BuildPhase::Joined | BuildPhase::Done) {
+        return;
+    }
+    b.phase = BuildPhase::Done;
+    b.error = Some(format!(
+        "stopped: the raid of attach epoch {} it was joining is gone",
+        b.epoch
+    ));
+    let target = b.target;
+    let (gone, kept) = v
+        .replicas
+        .drain(..)
+        .partition(|r| r.node == target && r.state == ReplicaState::Building);
+    v.replicas = kept;
+    v.dropped.extend::<Vec<Replica>>(gone);
+    v.repl = u8::try_from(v.replicas.len()).unwrap_or(v.repl);
+}
+
+/// A check finished on a raid with a joined new leg: with every leg equal the leg is up and
+/// the build done; otherwise the leg stays `building`, the build stopped with the count.
+pub(super) fn checked(v: &mut Volume, mismatches: u64) {
+    let Some(b) = v.build.as_mut().filter(|b| b.phase == BuildPhase::Joined) else {
+        return;
+    };
+    if mismatches > 0 {
+        b.error = Some(format!(
+            "the check after the cut-over found {mismatches} sector(s) differing between the \
+             legs: the new leg on node {} is not taken as up (lower the volume by it, then \
+             raise it again)",
+            b.target
+        ));
+        return;
+    }
+    b.phase = BuildPhase::Done;
+    let target = b.target;
+    if let Some(r) = v.replicas.iter_mut().find(|r| r.node == target) {
+        r.state = ReplicaState::Up;
+    }
 }
 
 #[cfg(test)]
@@ -105,6 +330,14 @@ mod tests {
             state: AttachState::Attached,
         });
         v
+    }
+
+    fn reassembled_at(epoch: u64, slot: u8) -> VolumeChange {
+        VolumeChange::Reassembled {
+            epoch,
+            slot,
+            pause_ms: None,
+        }
     }
 
     fn lower_by(v: &mut Volume, node: u64) -> Result<bool, String> {
@@ -128,10 +361,10 @@ mod tests {
         assert!(e.contains("under way"), "{e}");
         // An older epoch's record, or one on the slot in use, changes nothing.
         let before = v.clone();
-        apply(&mut v, &VolumeChange::Reassembled { epoch: 0, slot: 1 }).unwrap();
-        apply(&mut v, &VolumeChange::Reassembled { epoch: 1, slot: 0 }).unwrap();
+        apply(&mut v, &reassembled_at(0, 1)).unwrap();
+        apply(&mut v, &reassembled_at(1, 0)).unwrap();
         assert_eq!(v, before);
-        apply(&mut v, &VolumeChange::Reassembled { epoch: 1, slot: 1 }).unwrap();
+        apply(&mut v, &reassembled_at(1, 1)).unwrap();
         assert_eq!(v.meta_slot, 1);
         let nodes: Vec<NodeId> = v.replicas.iter().map(|r| r.node).collect();
         assert_eq!(nodes, [NodeId(1), NodeId(3)]);
@@ -140,7 +373,7 @@ mod tests {
         assert_eq!(v.dropped[0].node, NodeId(2));
         // Repeated, it changes nothing.
         let after = v.clone();
-        apply(&mut v, &VolumeChange::Reassembled { epoch: 1, slot: 1 }).unwrap();
+        apply(&mut v, &reassembled_at(1, 1)).unwrap();
         assert_eq!(v, after);
     }
 
@@ -167,5 +400,124 @@ mod tests {
         one.repl = 1;
         let e = lower_by(&mut one, 2).unwrap_err();
         assert!(e.contains("repl") && e.contains("1 to 3"), "{e}");
+    }
+
+    fn new_leg(node: u64) -> NewLeg {
+        NewLeg {
+            node: NodeId(node),
+            pool: format!("p{node}"),
+            thin_id: 7,
+            at: 100,
+        }
+    }
+
+    /// Volume `db` with 2 legs in sync (nodes 1 and 2), attached on node 1 at epoch 1.
+    fn attached_two() -> Volume {
+        let mut v = attached();
+        v.replicas.truncate(2);
+        v.repl = 2;
+        v
+    }
+
+    #[test]
+    fn a_raised_leg_is_copied_joined_checked_then_up() {
+        let mut v = attached_two();
+        raise(&mut v, new_leg(3), [9, 10]).unwrap();
+        assert_eq!(v.repl, 3);
+        let new = &v.replicas[2];
+        assert_eq!(
+            (
+                new.node,
+                new.state,
+                new.split,
+                new.thin_id,
+                new.meta_thin_id
+            ),
+            (NodeId(3), ReplicaState::Building, Some(2), 7, Some(8))
+        );
+        let b = v.build.clone().unwrap();
+        // The attach node's own leg is the source: its reads need no network.
+        assert_eq!(
+            (b.source, b.target, b.epoch, b.phase),
+            (NodeId(1), NodeId(3), 1, BuildPhase::Copying)
+        );
+        let e = raise(&mut v, new_leg(4), [11, 12]).unwrap_err();
+        assert!(e.contains("limit: 1 to 3"), "{e}");
+        let e = lower(&mut v.clone(), NodeId(2)).unwrap_err();
+        assert!(e.contains("under way"), "{e}");
+        let round = |ready| VolumeChange::BuildRound {
+            rounds: 1,
+            allocated_bytes: 200,
+            copied_bytes: 200,
+            left_bytes: 4,
+            rate: 50,
+            ready,
+        };
+        apply(&mut v, &round(false)).unwrap();
+        assert_eq!(v.build.as_ref().unwrap().phase, BuildPhase::Copying);
+        // No re-assembly is taken before the copy is ready.
+        apply(&mut v, &reassembled_at(1, 1)).unwrap();
+        assert_eq!(v.meta_slot, 0);
+        apply(&mut v, &round(true)).unwrap();
+        assert_eq!(v.build.as_ref().unwrap().phase, BuildPhase::Ready);
+        apply(
+            &mut v,
+            &VolumeChange::Reassembled {
+                epoch: 1,
+                slot: 1,
+                pause_ms: Some(420),
+            },
+        )
+        .unwrap();
+        let b = v.build.clone().unwrap();
+        assert_eq!(
+            (b.phase, b.pause_ms, v.meta_slot),
+            (BuildPhase::Joined, Some(420), 1)
+        );
+        assert_eq!(
+            v.check.as_ref().map(|c| (c.epoch, c.started)),
+            Some((1, false))
+        );
+        assert_eq!(v.replicas[2].state, ReplicaState::Building);
+        // A check that finds a difference keeps it out.
+        let mut bad = v.clone();
+        checked(&mut bad, 8);
+        assert_eq!(bad.replicas[2].state, ReplicaState::Building);
+        assert!(bad.build.unwrap().error.unwrap().contains("8 sector(s)"));
+        checked(&mut v, 0);
+        assert_eq!(v.replicas[2].state, ReplicaState::Up);
+        assert_eq!(v.build.as_ref().unwrap().phase, BuildPhase::Done);
+        apply(&mut v, &VolumeChange::BuildCleaned).unwrap();
+        assert_eq!(v.build, None);
+        assert_eq!(v.last_build.as_ref().map(|b| b.pause_ms), Some(Some(420)));
+    }
+
+    #[test]
+    fn a_raise_is_refused_at_three_detached_onto_a_holder_or_with_a_leg_behind() {
+        let e = raise(&mut attached(), new_leg(4), [9, 10]).unwrap_err();
+        assert!(e.contains("repl") && e.contains("1 to 3"), "{e}");
+        let mut detached = attached_two();
+        detached.attachment = None;
+        let e = raise(&mut detached, new_leg(3), [9, 10]).unwrap_err();
+        assert!(e.contains("not attached"), "{e}");
+        let e = raise(&mut attached_two(), new_leg(2), [9, 10]).unwrap_err();
+        assert!(e.contains("has a replica on node"), "{e}");
+        let mut behind = attached_two();
+        behind.replicas[1].state = ReplicaState::Stale { missed_epoch: 1 };
+        let e = raise(&mut behind, new_leg(3), [9, 10]).unwrap_err();
+        assert!(e.contains("not in sync"), "{e}");
+    }
+
+    #[test]
+    fn a_build_whose_raid_goes_stops_and_its_leg_is_freed() {
+        let mut v = attached_two();
+        raise(&mut v, new_leg(3), [9, 10]).unwrap();
+        v.attachment = None;
+        follow_attachment(&mut v);
+        let b = v.build.clone().unwrap();
+        assert_eq!(b.phase, BuildPhase::Done);
+        assert!(b.error.unwrap().contains("stopped"));
+        assert_eq!((v.repl, v.replicas.len()), (2, 2));
+        assert_eq!(v.dropped[0].node, NodeId(3));
     }
 }

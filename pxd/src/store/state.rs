@@ -187,9 +187,32 @@ pub enum VolumeChange {
     /// re-assembled the raid without it. Refused unless attached, with every other replica
     /// in sync.
     Lower { drop: NodeId },
-    /// The attach node re-assembled the raid of `epoch` on metadata slot `slot`, without the
-    /// leaving replicas.
-    Reassembled { epoch: u64, slot: u8 },
+    /// The attach node re-assembled the raid of `epoch` on metadata slot `slot`: without the
+    /// leaving replicas, or with the one being built, after a pause of `pause_ms`.
+    Reassembled {
+        epoch: u64,
+        slot: u8,
+        #[serde(default)]
+        pause_ms: Option<u64>,
+    },
+    /// One replica more (`ha-update`): a new leg on `node`'s pool `pool`, built thin-aware
+    /// from a leg in sync while the volume runs. Refused unless attached, with every replica
+    /// in sync. `at`: unix seconds, chosen by the proposer.
+    Raise { node: NodeId, pool: String, at: u64 },
+    /// The build's source finished a copy round; `ready` once what is left is small enough
+    /// to copy while the raid is suspended.
+    BuildRound {
+        rounds: u32,
+        allocated_bytes: u64,
+        copied_bytes: u64,
+        left_bytes: u64,
+        rate: u64,
+        ready: bool,
+    },
+    /// A copy round failed; the source tries again.
+    BuildError { why: String },
+    /// The build's source deleted its snapshots of a finished build: the record goes.
+    BuildCleaned,
 }
 
 /// A change to one snapshot.
@@ -562,6 +585,8 @@ pub(crate) mod tests {
             check: None,
             meta_slot: 0,
             dropped: Vec::new(),
+            build: None,
+            last_build: None,
         };
         assert!(matches!(
             s.apply(&Command::PutVolume { volume: v.clone() }).0,

@@ -581,6 +581,62 @@ pub struct Volume {
     /// Replicas `ha-update` dropped, for their nodes to free.
     #[serde(default)]
     pub dropped: Vec<Replica>,
+    /// The new replica being built, thin-aware, while the volume runs (DESIGN §5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+    /// The last build, once over: what it copied and how long its cut-over paused I/O.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_build: Option<Build>,
+}
+
+/// A new leg copied from a leg in sync while the volume runs: only the blocks the source's
+/// thin device maps travel, in rounds of snapshots compared with `thin_delta`, and the last
+/// round runs while the attach node's raid is suspended, just before the raid is
+/// re-assembled with the new leg (DESIGN §5, "A new replica").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Build {
+    /// The node whose leg in sync is copied.
+    pub source: NodeId,
+    /// The node of the new leg (the volume's `Building` replica).
+    pub target: NodeId,
+    /// The attach epoch it runs under: the raid it joins. Another attach stops it.
+    pub epoch: u64,
+    /// Two thin ids on the source's pool for the snapshots that successive rounds compare,
+    /// reserved here so that a crash never leaks one: the source deletes both when done.
+    pub snap_ids: [u32; 2],
+    pub phase: BuildPhase,
+    /// Copy rounds finished.
+    pub rounds: u32,
+    /// Bytes the source's leg mapped when the copy began.
+    pub allocated_bytes: u64,
+    /// Bytes sent so far, over every round.
+    pub copied_bytes: u64,
+    /// What the last round found changed: the bytes left to copy.
+    pub left_bytes: u64,
+    /// Bytes a second of the last round.
+    pub rate: u64,
+    /// Unix seconds the build was asked for, chosen by the proposer.
+    pub started: u64,
+    /// The last cut-over's pause, in milliseconds, once joined.
+    #[serde(default)]
+    pub pause_ms: Option<u64>,
+    /// Why the build stopped, when it did.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// How far a build has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildPhase {
+    /// The source copies rounds until the remainder is small.
+    Copying,
+    /// The remainder is small: the attach node may cut over (suspend, last round, load).
+    Ready,
+    /// The raid runs with the new leg; a check must find the legs equal before it is up.
+    Joined,
+    /// The new leg is up; the source deletes its snapshots, then the record goes.
+    Done,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

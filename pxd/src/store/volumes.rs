@@ -10,9 +10,13 @@ impl ClusterState {
     pub fn next_thin_id(&self, node: NodeId, pool: &str) -> u32 {
         let mut top = 0;
         for v in self.volumes.values() {
+            if let Some(b) = v.build.as_ref().filter(|b| b.source == node) {
+                top = b.snap_ids.iter().fold(top, |t, x| t.max(*x));
+            }
             for r in v
                 .replicas
                 .iter()
+                .chain(&v.dropped)
                 .filter(|r| r.node == node && r.pool == pool)
             {
                 top = top.max(r.thin_id).max(r.meta_thin_id.unwrap_or(0));
@@ -118,12 +122,37 @@ impl ClusterState {
             VolumeChange::Check { .. }
             | VolumeChange::CheckStarted { .. }
             | VolumeChange::CheckDone { .. }
-            | VolumeChange::CheckCutShort { .. } => super::check::apply(&mut v, change)?,
+            | VolumeChange::CheckCutShort { .. } => {
+                super::check::apply(&mut v, change)?;
+                if let Some(m) = v.check.as_ref().and_then(|c| c.mismatches) {
+                    super::ha::checked(&mut v, m);
+                }
+            }
             VolumeChange::Lower { drop } if live => {
                 self.known_node(*drop)?;
                 super::ha::apply(&mut v, change)?;
             }
-            VolumeChange::Reassembled { .. } => {
+            VolumeChange::Raise { node, pool, at } if live => {
+                self.known_node(*node)?;
+                if self.pools.get(pool).is_none_or(|p| p.node != *node) {
+                    return Err(format!("pool: node {node} has no pool {pool}"));
+                }
+                let source = super::ha::build_source(&v)
+                    .map(|r| (r.node, r.pool.clone()))
+                    .ok_or_else(|| format!("volume {} has no replica in sync to copy", v.name))?;
+                let leg = super::ha::NewLeg {
+                    node: *node,
+                    pool: pool.clone(),
+                    thin_id: self.next_thin_id(*node, pool),
+                    at: *at,
+                };
+                let snap = self.next_thin_id(source.0, &source.1);
+                super::ha::raise(&mut v, leg, [snap, snap + 1])?;
+            }
+            VolumeChange::Reassembled { .. }
+            | VolumeChange::BuildRound { .. }
+            | VolumeChange::BuildError { .. }
+            | VolumeChange::BuildCleaned => {
                 super::ha::apply(&mut v, change)?;
             }
             VolumeChange::Mount { node, path } if live => {
