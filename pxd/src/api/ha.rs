@@ -65,7 +65,15 @@ pub async fn update(
         None => default_drop(&v)
             .ok_or_else(|| bad(format!("volume {} has no replica that can go", v.name)))?,
     };
-    submit(&s, &v, VolumeChange::Lower { drop }).await?;
+    submit(
+        &s,
+        &v,
+        VolumeChange::Lower {
+            drop,
+            replace: false,
+        },
+    )
+    .await?;
     wait_for(&s, &v.id, "the replica count change", |v| {
         v.replicas
             .iter()
@@ -85,7 +93,7 @@ pub async fn update(
 /// runs on its own from there.
 async fn raise(s: AppState, v: Volume, node: Option<&str>) -> ApiResult<VolumeView> {
     let only = node.map(|n| s.cluster.resolve_node(n)).transpose()?;
-    let (online, seen) = super::volumes::liveness_and_pools(&s);
+    let (online, seen) = s.reconciler.liveness_and_pools();
     let placed = s.cluster.state().read(|st| {
         let view = placement::ClusterView {
             state: st,
@@ -102,7 +110,13 @@ async fn raise(s: AppState, v: Volume, node: Option<&str>) -> ApiResult<VolumeVi
         ))
     })?;
     let at = crate::cluster::rpc::now_ms() / 1000;
-    submit(&s, &v, VolumeChange::Raise { node, pool, at }).await?;
+    let raise = VolumeChange::Raise {
+        node,
+        pool,
+        at,
+        replace: false,
+    };
+    submit(&s, &v, raise).await?;
     // The new leg's node builds it and the copy starts with the next passes.
     if let Err(e) = s.reconciler.pass().await {
         tracing::warn!(error = %e, "a reconcile pass failed after a raise");

@@ -9,7 +9,7 @@
 //! | `POST /v1/cluster/join` `{token}` | join the cluster the token names |
 //! | `GET /v1/cluster/token`, `GET /v1/cluster/api-token` | a join token; the TCP bearer token |
 //! | `POST /v1/cluster/remove` `{node}` | remove a member by id or name |
-//! | `GET`, `PUT /v1/cluster/options` `{scrub_interval_s}` | cluster-wide settings: the scrub schedule |
+//! | `GET`, `PUT /v1/cluster/options` `{scrub_interval_s, replica_timeout_s}` | cluster-wide settings: the scrub schedule, the replica timeout |
 //! | `GET /v1/nodes` | every node with role, liveness, stats and fault-domain labels |
 //! | `GET /v1/topology[?node=N]` | each node's labels with the source of each |
 //! | `POST /v1/topology/tag` `{node, set, clear}` | manual labels of any member, through Raft |
@@ -237,6 +237,10 @@ pub struct OptionsRequest {
     /// 366 days); null or absent turns the schedule off.
     #[serde(default)]
     pub scrub_interval_s: Option<u64>,
+    /// Seconds a leg may stay stale before a new one is built elsewhere (10 to 30 days);
+    /// null or absent: 600.
+    #[serde(default)]
+    pub replica_timeout_s: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -447,6 +451,7 @@ async fn set_options(
     }
     let options = ClusterOptions {
         scrub_interval_s: req.scrub_interval_s,
+        replica_timeout_s: req.replica_timeout_s,
     };
     options.validate().map_err(ApiError::BadRequest)?;
     let cmd = Command::SetOptions {

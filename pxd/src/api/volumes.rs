@@ -12,7 +12,6 @@
 //! | `POST /v1/volumes/{vol}/restore` `{snapshot}` | put a snapshot's data back |
 
 use super::{ApiError, ApiResult, AppState, JsonBody};
-use crate::cluster::gossip::PoolBeat;
 use crate::cluster::Op;
 use crate::crypt::{new_salt, VolumeKey};
 use crate::kernel::dm::node_path;
@@ -313,31 +312,6 @@ pub(super) fn candidates(s: &AppState, st: &ClusterState) -> Vec<Candidate> {
         .collect()
 }
 
-/// What placement needs from this node's view, in one read: the nodes online as seen from
-/// here, and every pool's use as its node last reported it (this node's from its own last
-/// pass, the freshest; the others' from their heartbeats).
-pub(super) fn liveness_and_pools(
-    s: &AppState,
-) -> (
-    std::collections::BTreeSet<NodeId>,
-    BTreeMap<String, PoolBeat>,
-) {
-    let mut online = std::collections::BTreeSet::new();
-    let mut seen = BTreeMap::new();
-    for n in s.cluster.nodes() {
-        if n.liveness == crate::cluster::gossip::Liveness::Online {
-            online.insert(n.id);
-        }
-        if let Some(stats) = n.stats {
-            seen.extend(stats.pools);
-        }
-    }
-    for (id, u) in s.reconciler.last().pools {
-        seen.insert(id, u.beat(&s.reconciler.full));
-    }
-    (online, seen)
-}
-
 /// Records `cmd` (if there is one: a repeated call may have nothing new to record), then
 /// waits for the reconcile pass that builds it. A refusal by the state machine is the
 /// caller's error; a kernel failure of volume `volume` (or of its pool or node) is reported
@@ -473,7 +447,7 @@ pub async fn create(
             )));
         }
     }
-    let (online, seen) = liveness_and_pools(&s);
+    let (online, seen) = s.reconciler.liveness_and_pools();
     let (placed, exists) = s.cluster.state().read(|st| {
         let view = placement::ClusterView {
             state: st,
@@ -547,6 +521,7 @@ pub async fn create(
                 thin_id: 0,
                 meta_thin_id: None,
                 serving_epoch: 0,
+                left_behind: false,
                 state: ReplicaState::Up,
             })
             .collect(),
@@ -570,6 +545,7 @@ pub async fn create(
         dropped: Vec::new(),
         build: None,
         last_build: None,
+        replacing: None,
         placement: Some(PlacementNote {
             explanation: placed.explanation.clone(),
             shortfall: placed.shortfall.clone(),

@@ -125,6 +125,10 @@ pub enum ClusterCommand {
         /// seconds or with a unit (30m, 24h, 7d), 1 minute to 366 days; `off` stops them.
         #[arg(long, value_parser = parse_interval)]
         scrub_interval: Option<Interval>,
+        /// How long a leg may stay stale (its node gone) before a new one is built
+        /// elsewhere: seconds or with a unit (90s, 10m, 1h), 10 seconds to 30 days.
+        #[arg(long, value_parser = parse_ttl)]
+        replica_timeout: Option<u64>,
     },
 }
 
@@ -406,14 +410,19 @@ fn cluster(cli: &Cli, c: &BlockingClient, cmd: &ClusterCommand) -> Result<(), Cl
                 println!("node {} removed", r.removed);
             }
         }
-        ClusterCommand::Options { scrub_interval } => {
+        ClusterCommand::Options {
+            scrub_interval,
+            replica_timeout,
+        } => {
             let mut o: crate::store::types::ClusterOptions = c.get("/v1/cluster/options")?;
-            if let Some(i) = scrub_interval {
+            if scrub_interval.is_some() || replica_timeout.is_some() {
                 let req = crate::api::OptionsRequest {
-                    scrub_interval_s: match i {
-                        Interval::Off => None,
-                        Interval::Every(s) => Some(*s),
+                    scrub_interval_s: match scrub_interval {
+                        Some(Interval::Off) => None,
+                        Some(Interval::Every(s)) => Some(*s),
+                        None => o.scrub_interval_s,
                     },
+                    replica_timeout_s: replica_timeout.or(o.replica_timeout_s),
                 };
                 o = c.put("/v1/cluster/options", &req)?;
             }
@@ -424,6 +433,7 @@ fn cluster(cli: &Cli, c: &BlockingClient, cmd: &ClusterCommand) -> Result<(), Cl
                     .scrub_interval_s
                     .map_or("off".to_owned(), |s| format!("every {s} s"));
                 println!("scrub schedule: {scrub}");
+                println!("replica timeout: {} s", o.replica_timeout().as_secs());
             }
         }
         ClusterCommand::Status | ClusterCommand::Members => {

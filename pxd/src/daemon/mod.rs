@@ -242,7 +242,7 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
         medium_min_iops: st.medium_min_iops,
         medium_max_p50_us: st.medium_max_p50_us,
     };
-    let reconciler = Arc::new(Reconciler::new(
+    let mut reconciler = Reconciler::new(
         cluster.clone(),
         st.mount_root
             .clone()
@@ -254,7 +254,9 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
         },
         Duration::from_millis(st.attach_lease_ms),
         Duration::from_millis(st.drive_bench_ms),
-    ));
+    );
+    reconciler.set_overcommit(st.overcommit);
+    let reconciler = Arc::new(reconciler);
     // Adopt what the kernel has before serving: a restart changes nothing that runs.
     if let Err(e) = reconciler.pass().await {
         tracing::warn!(error = %e, "the first reconcile pass failed; retrying on the timer");

@@ -299,7 +299,11 @@ pub fn reassemble(
 ) -> Result<std::time::Duration, ReassembleError> {
     let name = raid.name.dm_name();
     let raid_name = raid.name.to_string();
-    let lines = planned_live(dm, raid)?;
+    let (lines, found) = live_tables(dm, raid)?;
+    if lines == found {
+        // It runs so already: a repeat after a crash between the load and its record.
+        return Ok(std::time::Duration::ZERO);
+    }
     let table = raw_table(&lines);
     if !table.iter().all(|l| l.3.split(' ').any(|w| w == "nosync")) {
         return Err(ReassembleError::NotNosync { raid: raid_name });

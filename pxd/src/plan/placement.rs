@@ -352,6 +352,7 @@ mod tests {
                 meta_thin_id: Some(2),
                 state: ReplicaState::Up,
                 serving_epoch: 1,
+                left_behind: false,
             })
             .collect();
         let (seen, online) = (BTreeMap::new(), all_online(&st));

@@ -28,8 +28,7 @@ use std::time::Instant;
 /// A round that changed at most this much ends the rounds: the last one, copied while the
 /// raid is suspended, is about as small.
 const READY_BYTES: u64 = 8 << 20;
-/// Rounds after which the copy is ready whatever changed (a volume written about as fast as
-/// the copy runs never settles; the pause then carries the rest).
+/// Rounds after which the copy is ready whatever changed.
 const MAX_ROUNDS: u32 = 6;
 
 /// The snapshot the new leg matches: its slot (0 or 1) and thin id.
@@ -215,10 +214,9 @@ async fn rounds(cluster: &Arc<Cluster>, volume: &str) -> Result<(), String> {
         let sent = round(cluster, &v, &b, &mut copy).await?;
         let rounds = b.rounds + 1;
         let first = sent.allocated.is_some();
-        // Small enough, or no longer shrinking (written as fast as it is copied).
-        let settled =
-            !first && (sent.copied <= READY_BYTES || (b.rounds > 1 && sent.copied >= b.left_bytes));
-        let ready = settled || rounds >= MAX_ROUNDS;
+        // Small enough: the pause copies about as much. A volume written about as fast as
+        // the copy runs never settles; after the last round allowed, the pause carries it.
+        let ready = !first && (sent.copied <= READY_BYTES || rounds >= MAX_ROUNDS);
         tracing::info!(
             volume,
             rounds,

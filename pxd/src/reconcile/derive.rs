@@ -221,12 +221,14 @@ pub fn attached_volume(cluster: &ClusterState, v: &Volume, node: NodeId) -> Opti
             .get(&r.node)
             .and_then(|n| crate::plan::replica::nvme_addr(&n.data_addr)),
         serving: r.serving_epoch == a.epoch,
-        // A leaving leg stays a member of the raid until it is re-assembled without it;
-        // a joined new one holds what the others do (a check is to confirm it).
-        in_sync: matches!(
-            r.state,
-            ReplicaState::Up | ReplicaState::Leaving | ReplicaState::Building
-        ),
+        // A leaving leg stays a member of the raid until it is re-assembled without it
+        // (unless it was out of sync when dropped); a joined new one holds what the
+        // others do (a check is to confirm it).
+        in_sync: match r.state {
+            ReplicaState::Up | ReplicaState::Building => true,
+            ReplicaState::Leaving => !r.left_behind,
+            _ => false,
+        },
         may_rejoin: matches!(r.state, ReplicaState::Stale { .. }),
         leaving: r.state == ReplicaState::Leaving,
     };
@@ -507,6 +509,7 @@ mod tests {
                 thin_id: 0,
                 meta_thin_id: None,
                 serving_epoch: 0,
+                left_behind: false,
                 state: ReplicaState::Up,
             }],
             attachment: None,
@@ -530,6 +533,7 @@ mod tests {
             dropped: Vec::new(),
             build: None,
             last_build: None,
+            replacing: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod observe;
 pub mod plan_pools;
 pub mod plan_replicated;
 pub mod plan_volumes;
+pub mod replica_timeout;
 pub mod scrub_schedule;
 pub mod service;
 pub mod steps;

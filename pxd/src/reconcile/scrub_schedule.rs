@@ -127,6 +127,7 @@ mod tests {
             let (r, _) = c.apply(&crate::store::state::Command::SetOptions {
                 options: crate::store::types::ClusterOptions {
                     scrub_interval_s: Some(bad),
+                    ..Default::default()
                 },
             });
             let crate::store::Response::Rejected(why) = r else {

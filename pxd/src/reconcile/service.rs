@@ -3,6 +3,7 @@
 //! did back through Raft. It also keeps the pools' use from the last pass, which the API
 //! checks before it allocates and `/metrics` exports.
 
+use crate::cluster::gossip::PoolBeat;
 use crate::cluster::{Cluster, Op};
 use crate::crypt::ClusterKey;
 use crate::kernel::dm::{DeviceMapper, KernelDm};
@@ -17,6 +18,7 @@ use crate::reconcile::steps::{assemble, Observed, Step};
 use crate::reconcile::{reconcile_pass, Pass};
 use crate::store::pools::PoolChange;
 use crate::store::state::Command;
+use crate::store::types::NodeId;
 use crate::store::types::PoolHealth;
 use devicemapper::Sectors;
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,8 +59,8 @@ impl PoolUse {
     }
 
     /// The pool as heartbeats carry it to the other nodes' placement.
-    pub fn beat(&self, t: &FullThresholds) -> crate::cluster::gossip::PoolBeat {
-        crate::cluster::gossip::PoolBeat {
+    pub fn beat(&self, t: &FullThresholds) -> PoolBeat {
+        PoolBeat {
             data_used: self.data_used,
             data_total: self.data_total,
             near_full: self.near_full(t),
@@ -142,6 +144,10 @@ pub struct Reconciler {
     /// The attach epoch of each volume with a leg here, and since when this node knows it.
     epochs_seen: Mutex<BTreeMap<String, (u64, std::time::Instant)>>,
     last: Mutex<LastPass>,
+    /// Since when each stale leg of a volume attached here has been seen stale.
+    stale_clock: super::replica_timeout::StaleClock,
+    /// How many times its capacity a pool may have provisioned (placement of new legs).
+    overcommit: f64,
 }
 
 /// Whether `v` has a leg marked failed: its attachment was forced from a node holding that
@@ -172,11 +178,61 @@ impl Reconciler {
             drive_bench,
             epochs_seen: Mutex::new(BTreeMap::new()),
             last: Mutex::new(LastPass::default()),
+            stale_clock: Default::default(),
+            overcommit: 1.0,
         }
     }
 
     pub fn mount_root(&self) -> &std::path::Path {
         &self.mount_root
+    }
+
+    /// How many times its capacity a pool may have provisioned, as placement admits.
+    pub fn set_overcommit(&mut self, overcommit: f64) {
+        self.overcommit = overcommit;
+    }
+
+    /// What placement needs from this node's view, in one read: the nodes online as seen
+    /// from here, and every pool's use as its node last reported it (this node's from its
+    /// own last pass, the freshest; the others' from their heartbeats).
+    pub fn liveness_and_pools(&self) -> (BTreeSet<NodeId>, BTreeMap<String, PoolBeat>) {
+        let mut online = BTreeSet::new();
+        let mut seen = BTreeMap::new();
+        for n in self.cluster.nodes() {
+            if n.liveness == crate::cluster::gossip::Liveness::Online {
+                online.insert(n.id);
+            }
+            if let Some(stats) = n.stats {
+                seen.extend(stats.pools);
+            }
+        }
+        for (id, u) in self.last().pools {
+            seen.insert(id, u.beat(&self.full));
+        }
+        (online, seen)
+    }
+
+    /// Replaces legs stale past the replica timeout on volumes attached here.
+    async fn replace_timed_out(&self) {
+        let me = self.cluster.id();
+        let due = self
+            .cluster
+            .state()
+            .read(|st| self.stale_clock.due(st, me, std::time::Instant::now()));
+        if due.is_empty() {
+            return;
+        }
+        let (online, seen) = self.liveness_and_pools();
+        super::replica_timeout::act(&self.cluster, due, |st, v, lost| {
+            let view = crate::plan::placement::ClusterView {
+                state: st,
+                online: &online,
+                seen: &seen,
+                overcommit: self.overcommit,
+            };
+            super::replica_timeout::place(&view, v, lost)
+        })
+        .await;
     }
 
     /// The cluster key, once this node has it (after `cluster init` or `join`).
@@ -250,6 +306,7 @@ impl Reconciler {
             .map_err(|e| format!("the reconcile pass stopped: {e}"))?;
         if let Ok((_, found)) = &result {
             crate::rebuild::copy::Copier::tend(&self.cluster);
+            self.replace_timed_out().await;
             self.record_health(&found.health).await;
             self.export(found);
             self.ask_scheduled_scrub().await;

@@ -327,6 +327,7 @@ pub(crate) mod tests {
                 meta_thin_id: Some(2),
                 state: ReplicaState::Up,
                 serving_epoch: 0,
+                left_behind: false,
             })
             .collect();
         v

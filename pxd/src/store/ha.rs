@@ -19,7 +19,7 @@ use super::types::{
 /// (a raise, which needs thin ids: see [`raise`]).
 pub(super) fn apply(v: &mut Volume, change: &VolumeChange) -> Result<bool, String> {
     match change {
-        VolumeChange::Lower { drop } => lower(v, *drop)?,
+        VolumeChange::Lower { drop, replace } => lower(v, *drop, *replace)?,
         VolumeChange::Reassembled {
             epoch,
             slot,
@@ -64,6 +64,7 @@ pub(super) fn apply(v: &mut Volume, change: &VolumeChange) -> Result<bool, Strin
 }
 
 /// Refuses a change while the raid is attached nowhere, or another change is under way.
+/// A replacement's own raise (`replacing`) goes ahead of the refusal of a change under way.
 fn ready_for_change(v: &Volume, what: &str) -> Result<(), String> {
     let attached = v
         .attachment
@@ -76,7 +77,8 @@ fn ready_for_change(v: &Volume, what: &str) -> Result<(), String> {
             v.name
         ));
     }
-    if v.build.is_some() || v.replicas.iter().any(|r| r.state == ReplicaState::Leaving) {
+    let leaving = v.replicas.iter().any(|r| r.state == ReplicaState::Leaving);
+    if v.build.is_some() || leaving || v.replacing.is_some() {
         return Err(format!(
             "volume {}: a replica count change is under way; wait for it to finish",
             v.name
@@ -92,7 +94,9 @@ fn pin_splits(v: &mut Volume) {
     }
 }
 
-fn lower(v: &mut Volume, drop: NodeId) -> Result<(), String> {
+/// Drops the leg on `drop`. With `replace` (a stale leg past the replica timeout) the
+/// replica count stays: a new leg takes its place once it is gone.
+fn lower(v: &mut Volume, drop: NodeId, replace: bool) -> Result<(), String> {
     if v.repl <= 1 {
         return Err(format!(
             "repl: volume {} has 1 replica; a volume keeps 1 to 3",
@@ -120,9 +124,14 @@ fn lower(v: &mut Volume, drop: NodeId) -> Result<(), String> {
     }
     pin_splits(v);
     if let Some(r) = v.replicas.iter_mut().find(|r| r.node == drop) {
+        r.left_behind = r.state != ReplicaState::Up;
         r.state = ReplicaState::Leaving;
     }
-    v.repl -= 1;
+    if replace {
+        v.replacing = Some(drop);
+    } else {
+        v.repl -= 1;
+    }
     Ok(())
 }
 
@@ -149,20 +158,37 @@ pub(super) fn build_source(v: &Volume) -> Option<&Replica> {
 /// once a check has found it equal to the others. `snap_ids` are free thin ids on the
 /// source's pool.
 pub(super) fn raise(v: &mut Volume, leg: NewLeg, snap_ids: [u32; 2]) -> Result<(), String> {
-    if v.repl >= 3 {
+    // The replacement of a dropped leg: the count stays, the legs are one short of it.
+    let replacing = v.replacing.take();
+    let result = add_leg(v, leg, snap_ids, replacing.is_some());
+    if result.is_err() {
+        v.replacing = replacing;
+    }
+    result
+}
+
+fn add_leg(v: &mut Volume, leg: NewLeg, snap_ids: [u32; 2], replacing: bool) -> Result<(), String> {
+    ready_for_change(v, "adding a leg")?;
+    if replacing {
+        if v.replicas.len() >= usize::from(v.repl) {
+            return Err(format!(
+                "volume {} has all its {} replicas: nothing to replace",
+                v.name, v.repl
+            ));
+        }
+    } else if v.repl >= 3 {
         return Err(format!(
             "repl: volume {} has {} replicas (limit: 1 to 3)",
             v.name, v.repl
         ));
     }
-    if v.repl < 2 {
+    if v.repl < 2 && !replacing {
         return Err(format!(
             "repl: volume {} has 1 replica and no raid to add a leg to; raising a repl 1 \
              volume is not supported yet (limit: 2 or 3)",
             v.name
         ));
     }
-    ready_for_change(v, "raising its replica count")?;
     if let Some(r) = v.replicas.iter().find(|r| r.state != ReplicaState::Up) {
         return Err(format!(
             "volume {}: {} is not in sync; a new leg is copied only while every leg is",
@@ -210,8 +236,11 @@ pub(super) fn raise(v: &mut Volume, leg: NewLeg, snap_ids: [u32; 2]) -> Result<(
         meta_thin_id: Some(leg.thin_id + 1),
         state: ReplicaState::Building,
         serving_epoch: 0,
+        left_behind: false,
     });
-    v.repl += 1;
+    if !replacing {
+        v.repl += 1;
+    }
     let epoch = v.attachment.as_ref().map_or(0, |a| a.epoch);
     v.build = Some(Build {
         source,
@@ -265,8 +294,9 @@ fn reassembled(v: &mut Volume, epoch: u64, slot: u8, pause_ms: Option<u64>) {
 }
 
 /// A build whose raid is gone (a detach, or an attach elsewhere) stops before it joins:
-/// its leg leaves the volume for its node to free, and the source deletes its snapshots.
-/// A joined leg stays a leg; it is stale in the new attach, as any leg that missed it.
+/// its leg leaves the volume for its node to free, the source deletes its snapshots, and
+/// the volume is left one leg short, to be replaced under its next attach. A joined leg
+/// stays a leg; it is stale in the new attach, as any leg that missed it.
 pub(super) fn follow_attachment(v: &mut Volume) {
     let epoch = v
         .attachment
@@ -289,7 +319,8 @@ pub(super) fn follow_attachment(v: &mut Volume) {
         .partition(|r| r.node == target && r.state == ReplicaState::Building);
     v.replicas = kept;
     v.dropped.extend::<Vec<Replica>>(gone);
-    v.repl = u8::try_from(v.replicas.len()).unwrap_or(v.repl);
+    // The count asked for stays: the next attach builds the missing leg again.
+    v.replacing = Some(target);
 }
 
 /// A check finished on a raid with a joined new leg: with every leg equal the leg is up and
@@ -341,7 +372,13 @@ mod tests {
     }
 
     fn lower_by(v: &mut Volume, node: u64) -> Result<bool, String> {
-        apply(v, &VolumeChange::Lower { drop: NodeId(node) })
+        apply(
+            v,
+            &VolumeChange::Lower {
+                drop: NodeId(node),
+                replace: false,
+            },
+        )
     }
 
     #[test]
@@ -442,8 +479,8 @@ mod tests {
             (NodeId(1), NodeId(3), 1, BuildPhase::Copying)
         );
         let e = raise(&mut v, new_leg(4), [11, 12]).unwrap_err();
-        assert!(e.contains("limit: 1 to 3"), "{e}");
-        let e = lower(&mut v.clone(), NodeId(2)).unwrap_err();
+        assert!(e.contains("under way"), "{e}");
+        let e = lower(&mut v.clone(), NodeId(2), false).unwrap_err();
         assert!(e.contains("under way"), "{e}");
         let round = |ready| VolumeChange::BuildRound {
             rounds: 1,
@@ -517,7 +554,35 @@ mod tests {
         let b = v.build.clone().unwrap();
         assert_eq!(b.phase, BuildPhase::Done);
         assert!(b.error.unwrap().contains("stopped"));
-        assert_eq!((v.repl, v.replicas.len()), (2, 2));
+        assert_eq!((v.repl, v.replicas.len()), (3, 2));
         assert_eq!(v.dropped[0].node, NodeId(3));
+        assert_eq!(v.replacing, Some(NodeId(3)));
+    }
+
+    #[test]
+    fn a_stale_leg_past_the_timeout_is_dropped_then_replaced_at_the_same_count() {
+        let mut v = attached_two();
+        v.replicas[1].state = ReplicaState::Stale { missed_epoch: 1 };
+        apply(
+            &mut v,
+            &VolumeChange::Lower {
+                drop: NodeId(2),
+                replace: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(v.repl, 2);
+        assert!(v.replicas[1].left_behind);
+        let e = raise(&mut v, new_leg(3), [9, 10]).unwrap_err();
+        assert!(e.contains("under way"), "{e}");
+        apply(&mut v, &reassembled_at(1, 1)).unwrap();
+        assert_eq!((v.replicas.len(), v.replacing), (1, Some(NodeId(2))));
+        // An operator's change waits for the replacement.
+        let e = lower(&mut v.clone(), NodeId(1), false).unwrap_err();
+        assert!(e.contains("under way"), "{e}");
+        raise(&mut v, new_leg(3), [9, 10]).unwrap();
+        assert_eq!((v.repl, v.replicas.len(), v.replacing), (2, 2, None));
+        assert_eq!(v.replicas[1].state, ReplicaState::Building);
+        assert_eq!(v.build.as_ref().map(|b| b.source), Some(NodeId(1)));
     }
 }

@@ -186,7 +186,13 @@ pub enum VolumeChange {
     /// One replica fewer (`ha-update`): the one on `drop` leaves once the attach node has
     /// re-assembled the raid without it. Refused unless attached, with every other replica
     /// in sync.
-    Lower { drop: NodeId },
+    Lower {
+        drop: NodeId,
+        /// A stale leg past the replica timeout: a new one is built elsewhere once it is
+        /// gone (see [`Volume::replacing`](super::types::Volume::replacing)).
+        #[serde(default)]
+        replace: bool,
+    },
     /// The attach node re-assembled the raid of `epoch` on metadata slot `slot`: without the
     /// leaving replicas, or with the one being built, after a pause of `pause_ms`.
     Reassembled {
@@ -198,7 +204,14 @@ pub enum VolumeChange {
     /// One replica more (`ha-update`): a new leg on `node`'s pool `pool`, built thin-aware
     /// from a leg in sync while the volume runs. Refused unless attached, with every replica
     /// in sync. `at`: unix seconds, chosen by the proposer.
-    Raise { node: NodeId, pool: String, at: u64 },
+    Raise {
+        node: NodeId,
+        pool: String,
+        at: u64,
+        /// The replacement of a leg dropped past the replica timeout: the count stays.
+        #[serde(default)]
+        replace: bool,
+    },
     /// The build's source finished a copy round; `ready` once what is left is small enough
     /// to copy while the raid is suspended.
     BuildRound {
@@ -587,6 +600,7 @@ pub(crate) mod tests {
             dropped: Vec::new(),
             build: None,
             last_build: None,
+            replacing: None,
         };
         assert!(matches!(
             s.apply(&Command::PutVolume { volume: v.clone() }).0,
@@ -600,6 +614,7 @@ pub(crate) mod tests {
             thin_id: 1,
             meta_thin_id: None,
             serving_epoch: 0,
+            left_behind: false,
             state: ReplicaState::Up,
         });
         assert_eq!(

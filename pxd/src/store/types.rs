@@ -418,6 +418,9 @@ pub struct Replica {
     /// this epoch can no longer be written by an older attach node through it.
     #[serde(default)]
     pub serving_epoch: u64,
+    /// Dropped (`leaving`) while out of sync: no member of the raid while it leaves.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub left_behind: bool,
 }
 
 /// A raid `check` of a replicated volume (a scrub): asked for through the API, run by the
@@ -448,7 +451,17 @@ pub struct ClusterOptions {
     /// has passed since its last one was asked for, one volume at a time per node.
     #[serde(default)]
     pub scrub_interval_s: Option<u64>,
+    /// Seconds a leg may stay stale before it is replaced by a new one built elsewhere;
+    /// `None`: [`REPLICA_TIMEOUT_DEFAULT_S`]. A node back sooner keeps its leg.
+    #[serde(default)]
+    pub replica_timeout_s: Option<u64>,
 }
+
+/// How long a stale leg waits for its node by default: a reboot takes less.
+pub const REPLICA_TIMEOUT_DEFAULT_S: u64 = 600;
+/// The shortest and longest replica timeouts taken.
+pub const REPLICA_TIMEOUT_MIN_S: u64 = 10;
+pub const REPLICA_TIMEOUT_MAX_S: u64 = 30 * 86400;
 
 /// The shortest and longest scrub intervals taken: a check reads every leg in full.
 pub const SCRUB_INTERVAL_MIN_S: u64 = 60;
@@ -464,7 +477,19 @@ impl ClusterOptions {
                 ));
             }
         }
+        if let Some(s) = self.replica_timeout_s {
+            if !(REPLICA_TIMEOUT_MIN_S..=REPLICA_TIMEOUT_MAX_S).contains(&s) {
+                return Err(format!(
+                    "replica_timeout_s must be {REPLICA_TIMEOUT_MIN_S} to {REPLICA_TIMEOUT_MAX_S} seconds (10 seconds to 30 days), got {s}"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// How long a stale leg waits before it is replaced.
+    pub fn replica_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.replica_timeout_s.unwrap_or(REPLICA_TIMEOUT_DEFAULT_S))
     }
 }
 
@@ -584,6 +609,10 @@ pub struct Volume {
     /// The new replica being built, thin-aware, while the volume runs (DESIGN §5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
+    /// The node whose stale leg was dropped to be replaced (the replica timeout): a new leg
+    /// is placed away from its fault domain and built, as a raise, once the drop is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacing: Option<NodeId>,
     /// The last build, once over: what it copied and how long its cut-over paused I/O.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_build: Option<Build>,

@@ -128,11 +128,27 @@ impl ClusterState {
                     super::ha::checked(&mut v, m);
                 }
             }
-            VolumeChange::Lower { drop } if live => {
+            VolumeChange::Lower { drop, .. } if live => {
                 self.known_node(*drop)?;
                 super::ha::apply(&mut v, change)?;
             }
-            VolumeChange::Raise { node, pool, at } if live => {
+            VolumeChange::Raise {
+                node,
+                pool,
+                at,
+                replace,
+            } if live => {
+                if *replace != v.replacing.is_some() {
+                    return Err(format!(
+                        "volume {}: {}",
+                        v.name,
+                        if *replace {
+                            "no leg of it is waiting to be replaced"
+                        } else {
+                            "a lost leg is being replaced; wait for it to finish"
+                        }
+                    ));
+                }
                 self.known_node(*node)?;
                 if self.pools.get(pool).is_none_or(|p| p.node != *node) {
                     return Err(format!("pool: node {node} has no pool {pool}"));

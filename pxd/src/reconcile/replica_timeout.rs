@@ -1,0 +1,245 @@
+//! The replica timeout: a leg stale for longer than the cluster's `replica_timeout_s` is
+//! replaced. Its volume's attach node drops it (a lowering recorded with `replace`), then
+//! places a new leg away from the lost node's fault domain and has it built, as a raise.
+//!
+//! A node back before the timeout keeps its leg, which resyncs from its bitmap: a reboot is
+//! no reason to copy a whole leg. The clock starts when the attach node first sees the leg
+//! stale, so a restart of the attach node only ever makes it wait longer, never less.
+
+use crate::cluster::{Cluster, Op};
+use crate::plan::placement;
+use crate::store::state::{ClusterState, Command, VolumeChange};
+use crate::store::types::{AttachState, NodeId, ReplicaState, Volume};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What the attach node does next for one volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Drop the stale leg on this node, to be replaced.
+    Drop(NodeId),
+    /// Place and build the replacement of the leg dropped from this node.
+    Replace(NodeId),
+}
+
+/// Since when this node has seen each (volume, node) leg stale.
+#[derive(Default)]
+pub struct StaleClock {
+    since: Mutex<BTreeMap<(String, NodeId), Instant>>,
+}
+
+impl StaleClock {
+    /// What is due for the volumes attached on `me`, now, with the legs' clocks updated.
+    pub fn due(&self, st: &ClusterState, me: NodeId, now: Instant) -> Vec<(String, Next)> {
+        let timeout = st.options.replica_timeout();
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        let stale = |v: &Volume, node: NodeId| {
+            v.replicas
+                .iter()
+                .any(|r| r.node == node && matches!(r.state, ReplicaState::Stale { .. }))
+        };
+        // A leg back in sync (or gone) starts from nothing at its next loss.
+        since.retain(|(id, node), _| st.volumes.get(id).is_some_and(|v| stale(v, *node)));
+        let mut out = Vec::new();
+        for v in st.volumes.values().filter(|v| attached_on(v, me)) {
+            for r in v.replicas.iter().filter(|r| stale(v, r.node)) {
+                since.entry((v.id.clone(), r.node)).or_insert(now);
+            }
+            if let Some(next) = next_for(v, &since, now, timeout) {
+                out.push((v.id.clone(), next));
+            }
+        }
+        out
+    }
+}
+
+fn attached_on(v: &Volume, me: NodeId) -> bool {
+    v.repl > 1
+        && v.attachment
+            .as_ref()
+            .is_some_and(|a| a.node == me && a.state == AttachState::Attached)
+}
+
+/// The step due for `v`: nothing while a change is under way; the replacement of a dropped
+/// leg; or the drop of a leg stale past `timeout` (the longest stale first).
+fn next_for(
+    v: &Volume,
+    since: &BTreeMap<(String, NodeId), Instant>,
+    now: Instant,
+    timeout: Duration,
+) -> Option<Next> {
+    let busy = v.build.is_some() || v.replicas.iter().any(|r| r.state == ReplicaState::Leaving);
+    if busy {
+        return None;
+    }
+    if let Some(lost) = v.replacing {
+        return Some(Next::Replace(lost));
+    }
+    // Only with every other leg in sync: a drop re-assembles the raid over them.
+    let stale: Vec<NodeId> = v
+        .replicas
+        .iter()
+        .filter(|r| r.state != ReplicaState::Up)
+        .map(|r| r.node)
+        .collect();
+    let [node] = stale[..] else {
+        return None;
+    };
+    let at = since.get(&(v.id.clone(), node))?;
+    (now.duration_since(*at) >= timeout).then_some(Next::Drop(node))
+}
+
+/// Carries out what is due, recording each step through Raft; a refusal or a failed
+/// placement is logged and tried again after the next pass.
+pub async fn act(
+    cluster: &Cluster,
+    due: Vec<(String, Next)>,
+    view: impl Fn(&ClusterState, &Volume, NodeId) -> Result<(NodeId, String), String>,
+) {
+    for (id, next) in due {
+        let change = match next {
+            Next::Drop(node) => {
+                tracing::warn!(volume = %id, %node, "a leg stayed stale past the replica timeout: dropping it, to build a new one elsewhere");
+                VolumeChange::Lower {
+                    drop: node,
+                    replace: true,
+                }
+            }
+            Next::Replace(lost) => {
+                let placed = cluster.state().read(|st| {
+                    let v = st.volumes.get(&id).ok_or("gone")?;
+                    view(st, v, lost)
+                });
+                match placed {
+                    Ok((node, pool)) => {
+                        tracing::info!(volume = %id, %node, %lost, "building a new leg to replace the one lost");
+                        VolumeChange::Raise {
+                            node,
+                            pool,
+                            at: crate::cluster::rpc::now_ms() / 1000,
+                            replace: true,
+                        }
+                    }
+                    Err(why) => {
+                        tracing::warn!(volume = %id, %lost, error = %why, "no node can take the replacement leg yet");
+                        continue;
+                    }
+                }
+            }
+        };
+        let cmd = Command::UpdateVolume {
+            id: id.clone(),
+            change,
+        };
+        if let Err(e) = cluster.submit_and_apply(Op::Command(cmd)).await {
+            tracing::warn!(volume = %id, error = %e, "could not record a replica replacement step");
+        }
+    }
+}
+
+/// Where the replacement of the leg lost on `lost` goes: away from its fault domain.
+pub fn place(
+    view: &placement::ClusterView<'_>,
+    v: &Volume,
+    lost: NodeId,
+) -> Result<(NodeId, String), String> {
+    placement::place_replacement(view, v, Some(lost), None, false).map(|(n, p, _)| (n, p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::attach::tests::volume;
+    use crate::store::types::Attachment;
+
+    fn state_with(v: Volume) -> ClusterState {
+        let mut st = ClusterState::default();
+        st.volumes.insert(v.id.clone(), v);
+        st
+    }
+
+    fn attached_two() -> Volume {
+        let mut v = volume(2);
+        v.attachment = Some(Attachment {
+            node: NodeId(1),
+            epoch: 2,
+            by_mount: false,
+            state: AttachState::Attached,
+        });
+        v
+    }
+
+    #[test]
+    fn a_stale_leg_is_dropped_only_past_the_timeout_then_replaced() {
+        let clock = StaleClock::default();
+        let t0 = Instant::now();
+        let mut v = attached_two();
+        v.replicas[1].state = ReplicaState::Stale { missed_epoch: 2 };
+        let mut st = state_with(v.clone());
+        st.options.replica_timeout_s = Some(30);
+        assert!(clock.due(&st, NodeId(1), t0).is_empty());
+        assert!(clock
+            .due(&st, NodeId(1), t0 + Duration::from_secs(29))
+            .is_empty());
+        // Only the attach node acts.
+        assert!(clock
+            .due(&st, NodeId(2), t0 + Duration::from_secs(60))
+            .is_empty());
+        assert_eq!(
+            clock.due(&st, NodeId(1), t0 + Duration::from_secs(30)),
+            [("v1".to_owned(), Next::Drop(NodeId(2)))]
+        );
+        // Back in sync before it: the clock forgets it, and starts again at the next loss.
+        st.volumes.get_mut("v1").unwrap().replicas[1].state = ReplicaState::Up;
+        assert!(clock
+            .due(&st, NodeId(1), t0 + Duration::from_secs(40))
+            .is_empty());
+        st.volumes.get_mut("v1").unwrap().replicas[1].state =
+            ReplicaState::Stale { missed_epoch: 3 };
+        assert!(clock
+            .due(&st, NodeId(1), t0 + Duration::from_secs(41))
+            .is_empty());
+        assert!(clock
+            .due(&st, NodeId(1), t0 + Duration::from_secs(70))
+            .is_empty());
+        assert_eq!(
+            clock
+                .due(&st, NodeId(1), t0 + Duration::from_secs(71))
+                .len(),
+            1
+        );
+        // Dropped: nothing while it leaves, then its replacement.
+        let v = st.volumes.get_mut("v1").unwrap();
+        v.replicas[1].state = ReplicaState::Leaving;
+        assert!(clock
+            .due(&st, NodeId(1), t0 + Duration::from_secs(80))
+            .is_empty());
+        let v = st.volumes.get_mut("v1").unwrap();
+        v.replicas.truncate(1);
+        v.replacing = Some(NodeId(2));
+        assert_eq!(
+            clock.due(&st, NodeId(1), t0 + Duration::from_secs(81)),
+            [("v1".to_owned(), Next::Replace(NodeId(2)))]
+        );
+    }
+
+    #[test]
+    fn the_default_timeout_is_ten_minutes() {
+        let clock = StaleClock::default();
+        let t0 = Instant::now();
+        let mut v = attached_two();
+        v.replicas[1].state = ReplicaState::Stale { missed_epoch: 2 };
+        let st = state_with(v);
+        assert!(clock.due(&st, NodeId(1), t0).is_empty());
+        assert!(clock
+            .due(&st, NodeId(1), t0 + Duration::from_secs(599))
+            .is_empty());
+        assert_eq!(
+            clock
+                .due(&st, NodeId(1), t0 + Duration::from_secs(600))
+                .len(),
+            1
+        );
+    }
+}
