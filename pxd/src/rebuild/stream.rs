@@ -2,7 +2,7 @@
 //! leg reads the byte ranges its thin device maps, past the page cache, and sends them in
 //! [`frame`](super::frame)s over the node transport to the node building the new leg, whose
 //! [`Sink`] writes them to the new thin device. Only mapped ranges travel, so the new thin
-//! device maps no more than the source does; one frame is in flight at a time, and an
+//! device maps no more than the source does; a few frames are in flight at a time, and an
 //! optional rate limit keeps the copy from starving the volume's own I/O.
 
 use super::frame::{self, BlockWrite, ALIGN, MAX_DATA};
@@ -14,6 +14,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Frames on their way at once: the copy is bound by round trips more than by bandwidth,
+/// and each frame writes a range of its own, so their order does not matter.
+const IN_FLIGHT: usize = 4;
 
 /// How long one frame may take to be written and answered.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,34 +112,41 @@ pub async fn send_ranges(
     };
     let started = Instant::now();
     let mut sent = Sent::default();
-    for chunk in ranges.iter().flat_map(|r| chunks(*r)) {
-        let data = {
-            let file = file.clone();
-            let len = chunk.len as usize;
-            tokio::task::spawn_blocking(move || file.read_at(chunk.offset, len))
-                .await
-                .map_err(|e| StreamError::Task(e.to_string()))?
-                .map_err(|source| StreamError::Read {
-                    what: what.clone(),
+    let mut todo = ranges.iter().flat_map(|r| chunks(*r));
+    let mut flying = tokio::task::JoinSet::new();
+    loop {
+        while flying.len() < IN_FLIGHT {
+            let Some(chunk) = todo.next() else { break };
+            let (file, transport, peer) = (file.clone(), transport.clone(), peer.clone());
+            let (build, what) = (build.to_owned(), what.clone());
+            flying.spawn(async move {
+                let len = chunk.len as usize;
+                let data = tokio::task::spawn_blocking(move || file.read_at(chunk.offset, len))
+                    .await
+                    .map_err(|e| StreamError::Task(e.to_string()))?
+                    .map_err(|source| StreamError::Read {
+                        what,
+                        offset: chunk.offset,
+                        source,
+                    })?;
+                let to = BlockWrite {
+                    build,
                     offset: chunk.offset,
-                    source,
-                })?
+                    discard: None,
+                };
+                let frame = frame::encode(&to, &data);
+                let reply = transport
+                    .call(&peer.endpoint, &peer.public_key, frame, FRAME_TIMEOUT)
+                    .await?;
+                acknowledged(&reply, chunk.offset)?;
+                Ok::<u64, StreamError>(chunk.len)
+            });
+        }
+        // A failed frame ends the stream; the frames still in flight are dropped with it.
+        let Some(done) = flying.join_next().await else {
+            break;
         };
-        let to = BlockWrite {
-            build: build.to_owned(),
-            offset: chunk.offset,
-            discard: None,
-        };
-        let reply = transport
-            .call(
-                &peer.endpoint,
-                &peer.public_key,
-                frame::encode(&to, &data),
-                FRAME_TIMEOUT,
-            )
-            .await?;
-        acknowledged(&reply, chunk.offset)?;
-        sent.bytes += chunk.len;
+        sent.bytes += done.map_err(|e| StreamError::Task(e.to_string()))??;
         sent.frames += 1;
         progress(sent.bytes);
         if let Some(wait) = rate.and_then(|r| behind_rate(sent.bytes, r, started.elapsed())) {
