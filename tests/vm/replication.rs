@@ -905,7 +905,7 @@ fn ha_update(c: &Cluster) {
     let a = &c.nodes[0];
     let on = format!("{},{}", c.nodes[0].name, c.nodes[2].name);
     a.ok(&[
-        "volume", "create", "h2", "--size", "256M", "--fs", "raw", "--repl", "2", "--nodes", &on,
+        "volume", "create", "h2", "--size", "128M", "--fs", "raw", "--repl", "2", "--nodes", &on,
     ]);
     legs_built(c, "h2");
     let v: VolumeView = a.json(&["volume", "attach", "h2"]);
@@ -917,10 +917,10 @@ fn ha_update(c: &Cluster) {
     }
     // Data outside fio's range, to find again on the new leg.
     let data = pattern(11, 32 * MIB);
-    write_direct(&dev, 128 * MIB as u64, &data);
+    write_direct(&dev, 64 * MIB as u64, &data);
     let writer = {
         let dev = dev.clone();
-        std::thread::spawn(move || fio_verify(&dev, "raise", "48M"))
+        std::thread::spawn(move || fio(&dev, "raise", "16M", &["--do_verify=1", "--rate=2m"]))
     };
     let b_name = c.nodes[1].name.clone();
     let raised: VolumeView = a.json(&[
@@ -949,13 +949,13 @@ fn ha_update(c: &Cluster) {
     let status = raid_status(&raid).expect("the raid");
     assert_eq!(status.legs, [LegHealth::InSync; 3], "{status:?}");
     assert!(status.is_clean(), "{status:?}");
-    let sums = leg_sums(&built, &c.ids, 256 * MIB);
+    let sums = leg_sums(&built, &c.ids, 128 * MIB);
     assert!(
         sums.iter().all(|x| *x == sums[0]),
         "the legs differ: {sums:?}"
     );
     assert_eq!(
-        sha256(&read_direct(&dev, 128 * MIB as u64, data.len())),
+        sha256(&read_direct(&dev, 64 * MIB as u64, data.len())),
         sha256(&data)
     );
     let check = built.check.clone().expect("the check after the cut-over");
@@ -973,15 +973,15 @@ fn ha_update(c: &Cluster) {
         "the new leg maps {new}, the source {source}"
     );
     assert!(
-        new < 128 * MIB as u64,
-        "the new leg maps {new} of a 256 MiB volume"
+        new < 64 * MIB as u64,
+        "the new leg maps {new} of a 128 MiB volume"
     );
     assert!(b.pause_ms.is_some(), "{b:?}");
 
     // Lowered again: node c's leg, in the middle of the raid, goes.
     let writer = {
         let dev = dev.clone();
-        std::thread::spawn(move || fio_verify(&dev, "lower", "48M"))
+        std::thread::spawn(move || fio(&dev, "lower", "16M", &["--do_verify=1", "--rate=2m"]))
     };
     let c_name = c.nodes[2].name.clone();
     let lowered: VolumeView = a.json(&[
@@ -1005,7 +1005,7 @@ fn ha_update(c: &Cluster) {
     let status = raid_status(&raid).expect("the raid");
     assert_eq!(status.legs, [LegHealth::InSync; 2], "{status:?}");
     assert!(status.is_clean(), "{status:?}");
-    let sums = leg_sums(&lowered, &c.ids, 256 * MIB);
+    let sums = leg_sums(&lowered, &c.ids, 128 * MIB);
     assert_eq!(sums[0], sums[1], "the legs left differ");
     c.wait("c's leg of h2 freed", Duration::from_secs(120), || {
         let freed = !node_devices(c.id(2)).iter().any(|d| d.contains(&v.id));

@@ -538,24 +538,35 @@ fn reshape_steps(
         && status.synced == status.total
         && in_sync;
     if ready {
-        let size = Sectors(av.size_bytes / 512);
-        let legs = kept
-            .iter()
-            .map(|l| Some(leg_refs(node, vid, l, next)))
-            .collect();
-        let fresh = kept
-            .iter()
-            .map(|l| leg_meta_name(node, vid, l.split, next))
-            .collect();
-        steps.push(Step::Reassemble {
-            volume: av.id.clone(),
-            raid: plan_raid(node, vid, legs, size, true),
-            fresh,
-            slot: next,
-            copy_last: false,
-        });
+        steps.push(reassemble(node, vid, av, &kept, next, false));
     }
     false
+}
+
+/// The re-assembly of `av`'s raid over `legs`, on metadata slot `slot`, with `nosync`.
+fn reassemble(
+    node: &Id,
+    vid: &Id,
+    av: &AttachedVolume,
+    legs: &[&AttachLeg],
+    slot: u8,
+    copy_last: bool,
+) -> Step {
+    let size = Sectors(av.size_bytes / 512);
+    let refs = legs
+        .iter()
+        .map(|l| Some(leg_refs(node, vid, l, slot)))
+        .collect();
+    Step::Reassemble {
+        volume: av.id.clone(),
+        raid: plan_raid(node, vid, refs, size, true),
+        fresh: legs
+            .iter()
+            .map(|l| leg_meta_name(node, vid, l.split, slot))
+            .collect(),
+        slot,
+        copy_last,
+    }
 }
 
 /// Whether the raid of `av` runs idle and whole: every leg in sync in the store and the
@@ -623,21 +634,7 @@ fn raise_steps(
     }
     if building.ready && idle_and_whole(av, status) {
         let all: Vec<&AttachLeg> = av.legs.iter().chain([new]).collect();
-        let legs = all
-            .iter()
-            .map(|l| Some(leg_refs(node, vid, l, next)))
-            .collect();
-        let fresh = all
-            .iter()
-            .map(|l| leg_meta_name(node, vid, l.split, next))
-            .collect();
-        steps.push(Step::Reassemble {
-            volume: av.id.clone(),
-            raid: plan_raid(node, vid, legs, size, true),
-            fresh,
-            slot: next,
-            copy_last: true,
-        });
+        steps.push(reassemble(node, vid, av, &all, next, true));
     }
     Ok(false)
 }
