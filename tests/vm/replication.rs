@@ -774,13 +774,15 @@ fn metrics(d: &Daemon) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
-/// A leg whose node stays gone past the replica timeout (15 s here) is replaced while fio
+/// A leg whose node stays gone past its volume's replica timeout (15 s here, the cluster's
+/// an hour) is replaced while fio
 /// writes: dropped, then built on the third node thin-aware (only what the volume maps is
 /// copied, about 200 MiB of a 384 MiB volume), joined, checked. The lost node, back, frees
 /// its old leg.
 fn replaced_past_the_timeout(c: &mut Cluster) {
     let a = &c.nodes[0];
-    a.ok(&["cluster", "options", "--replica-timeout", "15s"]);
+    // The cluster's timeout is long; the volume's own, short, wins.
+    a.ok(&["cluster", "options", "--replica-timeout", "1h"]);
     let e = a.refused(&["cluster", "options", "--replica-timeout", "5s"]);
     assert!(e.contains("replica_timeout_s must be 10 to"), "{e}");
     let on = format!("{},{}", c.nodes[0].name, c.nodes[2].name);
@@ -788,6 +790,10 @@ fn replaced_past_the_timeout(c: &mut Cluster) {
         "volume", "create", "rt", "--size", "384M", "--fs", "raw", "--repl", "2", "--nodes", &on,
     ]);
     legs_built(c, "rt");
+    let e = a.refused(&["volume", "update", "rt", "--replica-timeout", "31d"]);
+    assert!(e.contains("replica_timeout_s must be 10 to"), "{e}");
+    let v: VolumeView = a.json(&["volume", "update", "rt", "--replica-timeout", "15s"]);
+    assert_eq!(v.replica_timeout_s, Some(15));
     let v: VolumeView = a.json(&["volume", "attach", "rt"]);
     let dev = v.device.clone().expect("a device");
     let raid = format!("pxd-{}-raid-{}", c.id(0), v.id);

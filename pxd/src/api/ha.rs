@@ -3,6 +3,7 @@
 //! | route | does |
 //! |---|---|
 //! | `POST /v1/volumes/{vol}/ha` `{repl, node?}` | raise or lower the replica count by one |
+//! | `PUT /v1/volumes/{vol}/replica-timeout` `{replica_timeout_s}` | its own replica timeout (null: the cluster's) |
 //!
 //! Lowering is recorded, the attach node re-assembles the raid without the dropped leg, and
 //! the call answers once that is recorded; the dropped leg's node then frees it.
@@ -121,6 +122,32 @@ async fn raise(s: AppState, v: Volume, node: Option<&str>) -> ApiResult<VolumeVi
     if let Err(e) = s.reconciler.pass().await {
         tracing::warn!(error = %e, "a reconcile pass failed after a raise");
     }
+    inspect(State(s), Path(v.id)).await
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaTimeoutRequest {
+    /// Seconds a leg of this volume may stay stale before it is replaced (10 to 30 days);
+    /// null or absent: the cluster's.
+    #[serde(default)]
+    pub replica_timeout_s: Option<u64>,
+}
+
+/// `PUT /v1/volumes/{vol}/replica-timeout`: this volume's own replica timeout.
+pub async fn set_replica_timeout(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    JsonBody(req): JsonBody<ReplicaTimeoutRequest>,
+) -> ApiResult<VolumeView> {
+    let v = s.cluster.state().read(|st| find(st, &key))?;
+    if let Some(t) = req.replica_timeout_s {
+        crate::store::types::check_replica_timeout(t).map_err(bad)?;
+    }
+    let change = VolumeChange::ReplicaTimeout {
+        seconds: req.replica_timeout_s,
+    };
+    submit(&s, &v, change).await?;
     inspect(State(s), Path(v.id)).await
 }
 

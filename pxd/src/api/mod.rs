@@ -282,6 +282,10 @@ fn routes(state: AppState) -> Router {
         .route("/v1/volumes/{vol}/detach", post(attach::detach))
         .route("/v1/volumes/{vol}/check", post(attach::check))
         .route("/v1/volumes/{vol}/ha", post(ha::update))
+        .route(
+            "/v1/volumes/{vol}/replica-timeout",
+            put(ha::set_replica_timeout),
+        )
         .route("/v1/volumes/{vol}/clone", post(snapshots::clone))
         .route("/v1/volumes/{vol}/restore", post(snapshots::restore))
         .route(

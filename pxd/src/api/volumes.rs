@@ -117,6 +117,9 @@ pub struct VolumeView {
     /// The last new leg's copy, once over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_build: Option<crate::store::types::Build>,
+    /// Its own replica timeout in seconds, when it has one (else the cluster's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_timeout_s: Option<u64>,
 }
 
 /// A replicated volume's raid on its attach node: each leg's health (`A` in sync, `a`
@@ -256,6 +259,7 @@ pub(super) fn view(st: &ClusterState, v: &Volume) -> VolumeView {
         usage: None,
         build: v.build.clone(),
         last_build: v.last_build.clone(),
+        replica_timeout_s: v.replica_timeout_s,
     }
 }
 
@@ -546,6 +550,7 @@ pub async fn create(
         build: None,
         last_build: None,
         replacing: None,
+        replica_timeout_s: None,
         placement: Some(PlacementNote {
             explanation: placed.explanation.clone(),
             shortfall: placed.shortfall.clone(),

@@ -616,7 +616,7 @@ mod tests {
 }
 
 /// A duration in seconds: `90`, `30m`, `24h` or `7d`.
-fn parse_ttl(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_ttl(s: &str) -> Result<u64, String> {
     let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, "s"),

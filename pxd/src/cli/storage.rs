@@ -78,6 +78,10 @@ pub enum VolumeCommand {
         size: Option<String>,
         #[arg(long)]
         repl: Option<u8>,
+        /// How long a leg may stay stale before it is replaced: seconds or with a unit
+        /// (90s, 10m, 1h), 10 seconds to 30 days; `cluster` takes the cluster's again.
+        #[arg(long, value_parser = parse_replica_timeout)]
+        replica_timeout: Option<ReplicaTimeout>,
     },
     /// Change the replica count of a live volume by one. Lowering drops a replica (the one
     /// on --node, or one not in sync, or one not on the attach node) and frees its space.
@@ -331,6 +335,9 @@ fn print_volume(v: &VolumeView) {
             k.requested, k.epoch
         );
     }
+    if let Some(t) = v.replica_timeout_s {
+        println!("replica timeout: {t} s (its own)");
+    }
     if let Some(b) = &v.build {
         println!("rebuild:    {}", build_line(b));
     } else if let Some(b) = &v.last_build {
@@ -390,6 +397,23 @@ fn print_snapshots(snaps: &[SnapshotView]) {
         "{}",
         table(&["NAME", "ID", "VOLUME", "TIME", "STATE"], &rows)
     );
+}
+
+/// A volume's replica timeout as `volume update` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaTimeout {
+    /// The cluster's.
+    Cluster,
+    Seconds(u64),
+}
+
+fn parse_replica_timeout(s: &str) -> Result<ReplicaTimeout, String> {
+    if s == "cluster" {
+        return Ok(ReplicaTimeout::Cluster);
+    }
+    super::parse_ttl(s)
+        .map(ReplicaTimeout::Seconds)
+        .map_err(|e| e.replacen("ttl", "replica timeout", 1))
 }
 
 /// `volume ha-update` (and `volume update --repl`): answers once the change is done.
@@ -469,15 +493,32 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
         VolumeCommand::Inspect { volume } => {
             show(c.get(&format!("/v1/volumes/{}", seg("volume", volume)?))?);
         }
-        VolumeCommand::Update { volume, size, repl } => match (size, repl) {
-            (Some(size), None) => {
+        VolumeCommand::Update {
+            volume,
+            size,
+            repl,
+            replica_timeout,
+        } => match (size, repl, replica_timeout) {
+            (None, None, Some(t)) => {
+                let req = crate::api::ha::ReplicaTimeoutRequest {
+                    replica_timeout_s: match t {
+                        ReplicaTimeout::Cluster => None,
+                        ReplicaTimeout::Seconds(s) => Some(*s),
+                    },
+                };
+                show(c.put(
+                    &format!("/v1/volumes/{}/replica-timeout", seg("volume", volume)?),
+                    &req,
+                )?);
+            }
+            (Some(size), None, None) => {
                 let req = ResizeRequest { size: size.clone() };
                 show(c.put(&format!("/v1/volumes/{}", seg("volume", volume)?), &req)?);
             }
-            (None, Some(repl)) => show(ha_update(c, volume, *repl, None)?),
+            (None, Some(repl), None) => show(ha_update(c, volume, *repl, None)?),
             _ => {
                 return Err(CliError::Usage(
-                    "volume update: give one of --size or --repl".into(),
+                    "volume update: give one of --size, --repl or --replica-timeout".into(),
                 ))
             }
         },

@@ -534,6 +534,7 @@ mod tests {
             build: None,
             last_build: None,
             replacing: None,
+            replica_timeout_s: None,
         }
     }
 

@@ -32,7 +32,6 @@ pub struct StaleClock {
 impl StaleClock {
     /// What is due for the volumes attached on `me`, now, with the legs' clocks updated.
     pub fn due(&self, st: &ClusterState, me: NodeId, now: Instant) -> Vec<(String, Next)> {
-        let timeout = st.options.replica_timeout();
         let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
         let stale = |v: &Volume, node: NodeId| {
             v.replicas
@@ -46,6 +45,9 @@ impl StaleClock {
             for r in v.replicas.iter().filter(|r| stale(v, r.node)) {
                 since.entry((v.id.clone(), r.node)).or_insert(now);
             }
+            let timeout = v
+                .replica_timeout_s
+                .map_or(st.options.replica_timeout(), Duration::from_secs);
             if let Some(next) = next_for(v, &since, now, timeout) {
                 out.push((v.id.clone(), next));
             }
@@ -221,6 +223,27 @@ mod tests {
         assert_eq!(
             clock.due(&st, NodeId(1), t0 + Duration::from_secs(81)),
             [("v1".to_owned(), Next::Replace(NodeId(2)))]
+        );
+    }
+
+    #[test]
+    fn a_volume_s_own_timeout_wins_over_the_cluster_s() {
+        let clock = StaleClock::default();
+        let t0 = Instant::now();
+        let mut v = attached_two();
+        v.replicas[1].state = ReplicaState::Stale { missed_epoch: 2 };
+        v.replica_timeout_s = Some(3600);
+        let mut st = state_with(v);
+        st.options.replica_timeout_s = Some(30);
+        assert!(clock.due(&st, NodeId(1), t0).is_empty());
+        assert!(clock
+            .due(&st, NodeId(1), t0 + Duration::from_secs(3599))
+            .is_empty());
+        assert_eq!(
+            clock
+                .due(&st, NodeId(1), t0 + Duration::from_secs(3600))
+                .len(),
+            1
         );
     }
 

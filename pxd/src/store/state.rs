@@ -226,6 +226,8 @@ pub enum VolumeChange {
     BuildError { why: String },
     /// The build's source deleted its snapshots of a finished build: the record goes.
     BuildCleaned,
+    /// This volume's own replica timeout in seconds; `None`: the cluster's.
+    ReplicaTimeout { seconds: Option<u64> },
 }
 
 /// A change to one snapshot.
@@ -601,6 +603,7 @@ pub(crate) mod tests {
             build: None,
             last_build: None,
             replacing: None,
+            replica_timeout_s: None,
         };
         assert!(matches!(
             s.apply(&Command::PutVolume { volume: v.clone() }).0,

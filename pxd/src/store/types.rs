@@ -457,6 +457,16 @@ pub struct ClusterOptions {
     pub replica_timeout_s: Option<u64>,
 }
 
+/// Refuses a replica timeout out of range, naming the field and its limits.
+pub fn check_replica_timeout(s: u64) -> Result<(), String> {
+    if (REPLICA_TIMEOUT_MIN_S..=REPLICA_TIMEOUT_MAX_S).contains(&s) {
+        return Ok(());
+    }
+    Err(format!(
+        "replica_timeout_s must be {REPLICA_TIMEOUT_MIN_S} to {REPLICA_TIMEOUT_MAX_S} seconds (10 seconds to 30 days), got {s}"
+    ))
+}
+
 /// How long a stale leg waits for its node by default: a reboot takes less.
 pub const REPLICA_TIMEOUT_DEFAULT_S: u64 = 600;
 /// The shortest and longest replica timeouts taken.
@@ -470,17 +480,13 @@ pub const SCRUB_INTERVAL_MAX_S: u64 = 366 * 86400;
 impl ClusterOptions {
     /// Refuses values out of range, naming the field and its limits.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(s) = self.replica_timeout_s {
+            check_replica_timeout(s)?;
+        }
         if let Some(s) = self.scrub_interval_s {
             if !(SCRUB_INTERVAL_MIN_S..=SCRUB_INTERVAL_MAX_S).contains(&s) {
                 return Err(format!(
                     "scrub_interval_s must be {SCRUB_INTERVAL_MIN_S} to {SCRUB_INTERVAL_MAX_S} seconds (1 minute to 366 days), got {s}"
-                ));
-            }
-        }
-        if let Some(s) = self.replica_timeout_s {
-            if !(REPLICA_TIMEOUT_MIN_S..=REPLICA_TIMEOUT_MAX_S).contains(&s) {
-                return Err(format!(
-                    "replica_timeout_s must be {REPLICA_TIMEOUT_MIN_S} to {REPLICA_TIMEOUT_MAX_S} seconds (10 seconds to 30 days), got {s}"
                 ));
             }
         }
@@ -613,6 +619,9 @@ pub struct Volume {
     /// is placed away from its fault domain and built, as a raise, once the drop is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replacing: Option<NodeId>,
+    /// This volume's own replica timeout, in seconds, over the cluster's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_timeout_s: Option<u64>,
     /// The last build, once over: what it copied and how long its cut-over paused I/O.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_build: Option<Build>,

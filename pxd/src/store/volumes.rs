@@ -224,6 +224,12 @@ impl ClusterState {
                 v.replicas.extend(dropped);
                 v.phase = Phase::Deleting;
             }
+            VolumeChange::ReplicaTimeout { seconds } if live => {
+                if let Some(s) = seconds {
+                    super::types::check_replica_timeout(*s)?;
+                }
+                v.replica_timeout_s = *seconds;
+            }
             VolumeChange::Formatted => v.formatted = true,
             VolumeChange::OriginCopied => v.origin = None,
             VolumeChange::RetiredDeleted => v.retired_thin_ids.clear(),
