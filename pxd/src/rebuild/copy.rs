@@ -80,7 +80,10 @@ impl Copier {
         let builds: Vec<(Volume, Build)> = cluster.state().read(|st| {
             st.volumes
                 .values()
-                .filter_map(|v| Some((v.clone(), v.build.clone()?)))
+                .filter_map(|v| {
+                    let b = v.build.clone()?;
+                    Some((v.clone(), b))
+                })
                 .collect()
         });
         let copier = &cluster.copier;
