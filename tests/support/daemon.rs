@@ -26,7 +26,8 @@ pub struct Daemon {
     /// The node's name in the cluster.
     pub name: String,
     pub dir: PathBuf,
-    /// Base port: the API listens on it, the node port on the next.
+    /// Base port: the API listens on it, the node port on the next, the bulk port (block
+    /// streams) on the one after.
     port: u16,
     /// Extra daemon flags (class thresholds and the like).
     pub args: Vec<String>,

@@ -363,7 +363,7 @@ fn a_crash_at_every_step_of_drive_add_converges() {
         );
         // A fresh node and a blank disk for every abort point.
         write_direct(&disk, 0, &vec![0u8; 8 << 20]);
-        let mut d = Daemon::new(&format!("addcrash{n}"), 9400 + 2 * n as u16, &[]);
+        let mut d = Daemon::new(&format!("addcrash{n}"), 9400 + 3 * n as u16, &[]);
         d.start_cluster();
         let node = d.json::<Status>(&["cluster", "status"]).node.to_string();
         let (answered, crashed) = d.cli_crashing_at(n, &["drive", "add", path]);

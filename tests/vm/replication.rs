@@ -59,6 +59,14 @@ fn fio_verify(dev: &Path, name: &str, size: &str) {
 /// fio job `name` as [`fio_verify`] runs it, with `extra` flags: `--do_verify=0` writes only,
 /// `--verify_only` checks what the same job wrote before (its offsets and data repeat).
 fn fio(dev: &Path, name: &str, size: &str, extra: &[&str]) {
+    if let Err(e) = try_fio(dev, name, size, extra) {
+        panic!("{e}");
+    }
+}
+
+/// [`fio`], its failure returned: for a writer thread whose failure the test shows with
+/// every node's log.
+fn try_fio(dev: &Path, name: &str, size: &str, extra: &[&str]) -> Result<(), String> {
     let out = Command::new("fio")
         .args([
             &format!("--name={name}"),
@@ -76,19 +84,25 @@ fn fio(dev: &Path, name: &str, size: &str, extra: &[&str]) {
         .output()
         .expect("run fio");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "fio on {} failed: {text}{}",
-        dev.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        return Err(format!(
+            "fio on {} failed: {}{text}",
+            dev.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
     let json: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
     for job in json["jobs"].as_array().unwrap() {
-        assert_eq!(job["error"], 0, "fio job {name} had errors: {text}");
+        if job["error"] != 0 {
+            return Err(format!("fio job {name} had errors: {text}"));
+        }
         let ios = job["write"]["total_ios"].as_u64().unwrap()
             + job["read"]["total_ios"].as_u64().unwrap();
-        assert!(ios > 0, "{text}");
+        if ios == 0 {
+            return Err(format!("fio job {name} did no I/O: {text}"));
+        }
     }
+    Ok(())
 }
 
 /// Cuts node `i` off whole: its daemon killed, its link down.
@@ -801,17 +815,22 @@ fn replaced_past_the_timeout(c: &mut Cluster) {
     write_direct(&dev, 64 * MIB as u64, &data);
     // A slow writer throughout: what it changes is copied in the next round.
     let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(Mutex::new(None::<String>));
     let writer = {
-        let (stop, dev) = (stop.clone(), dev.clone());
+        let (stop, failed, dev) = (stop.clone(), failed.clone(), dev.clone());
         std::thread::spawn(move || {
             let mut runs = 0;
             while !stop.load(Ordering::Relaxed) {
-                fio(
+                let run = try_fio(
                     &dev,
                     &format!("rt{runs}"),
                     "8M",
                     &["--do_verify=1", "--rate=1m"],
                 );
+                if let Err(e) = run {
+                    *failed.lock().unwrap() = Some(e);
+                    break;
+                }
                 runs += 1;
             }
             runs
@@ -826,6 +845,10 @@ fn replaced_past_the_timeout(c: &mut Cluster) {
         "c's leg of rt replaced on b",
         Duration::from_secs(600),
         || {
+            if let Some(e) = failed.lock().unwrap().clone() {
+                c.show_logs("fio failed while rt's leg was replaced");
+                panic!("{e}");
+            }
             let v: VolumeView = a.json(&["volume", "inspect", "rt"]);
             let on_b = v.replicas.iter().any(|r| r.node_name == b_name);
             let up = v.replicas.iter().all(|r| r.state == ReplicaState::Up);
@@ -834,9 +857,11 @@ fn replaced_past_the_timeout(c: &mut Cluster) {
     );
     let took = cut.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let runs = writer
-        .join()
-        .expect("fio ran clean through the replacement");
+    let runs = writer.join().unwrap();
+    if let Some(e) = failed.lock().unwrap().clone() {
+        c.show_logs("fio failed while rt's leg was replaced");
+        panic!("{e}");
+    }
     let b = built.last_build.clone().expect("the copy's record");
     let status = raid_status(&raid).expect("the raid");
     assert_eq!(status.legs, [LegHealth::InSync; 2], "{status:?}");

@@ -268,6 +268,23 @@ impl Cluster {
             tokio::runtime::Handle::current(),
             handler,
         )?;
+        let bulk = cluster.clone();
+        let blocks: transport::Handler = Arc::new(move |key, body| {
+            let c = bulk.clone();
+            Box::pin(async move { rpc::encode(&c.take_blocks(&key, &body).await) })
+        });
+        let bulk_at = transport::bulk_endpoint(&cluster.data_endpoint()).ok_or_else(|| {
+            ClusterError::Invalid {
+                field: "data_port",
+                reason: "must be at most 65534: the port after it carries block streams".into(),
+            }
+        })?;
+        cluster.transport.serve_on(
+            transport::Lane::Bulk,
+            &bulk_at,
+            tokio::runtime::Handle::current(),
+            blocks,
+        )?;
         tokio::spawn(gossip_loop(cluster.clone()));
         Ok(cluster)
     }
@@ -449,7 +466,7 @@ impl Cluster {
     /// One request from another daemon.
     async fn handle(&self, key: &str, body: &[u8]) -> Reply {
         if body.first() == Some(&crate::rebuild::frame::TAG) {
-            return self.take_blocks(key, body).await;
+            return Reply::Refused("block frames go to the bulk port (the node port + 1)".into());
         }
         let req: Request = match rpc::decode(body) {
             Ok(r) => r,
@@ -515,8 +532,8 @@ impl Cluster {
 
     /// Raft RPCs come from members only; a node that is in no cluster yet takes them from
     /// anyone who knows its key, which is how the leader brings a joining node up to date.
-    /// A rebuild's block frame: written to the build it names, if that build is open here
-    /// and the sender is a member.
+    /// A rebuild's block frame, from the bulk port: written to the build it names, if that
+    /// build is open here and the sender is a member.
     async fn take_blocks(&self, key: &str, body: &[u8]) -> Reply {
         if !self.is_member_key(key) {
             return Reply::Refused("block data is taken only from members".into());

@@ -27,8 +27,9 @@ pub struct DaemonArgs {
     /// it).
     #[arg(long)]
     pub addr: IpAddr,
-    /// ZeroMQ node port: Raft, heartbeats, replica traffic (CURVE).
-    #[arg(long, default_value_t = 9011)]
+    /// ZeroMQ node port: Raft, heartbeats, replica traffic (CURVE). The port after it
+    /// carries rebuild block streams, on an I/O thread of their own.
+    #[arg(long, default_value_t = 9011, value_parser = clap::value_parser!(u16).range(1..=65534))]
     pub data_port: u16,
     /// TCP port of the REST API (bearer token).
     #[arg(long, default_value_t = 9010)]

@@ -12,6 +12,7 @@
 //! can linger where the source has since unmapped.
 
 use super::stream::{byte_ranges, send_discards, send_ranges, ByteRange, Peer};
+use crate::cluster::transport::bulk_endpoint;
 use crate::cluster::{Cluster, Op};
 use crate::kernel::dm::{node_path, KernelDm};
 use crate::kernel::leg_copy::LegSource;
@@ -374,15 +375,20 @@ fn leg_source(me: NodeId, v: &Volume) -> Result<LegSource, String> {
     })
 }
 
-/// Where node `node` takes block frames.
+/// Where node `node` takes block frames: its bulk lane.
 fn peer_of(cluster: &Cluster, node: NodeId) -> Result<Peer, String> {
     cluster
         .state()
         .read(|st| {
-            st.nodes.get(&node).map(|n| Peer {
-                endpoint: n.data_addr.clone(),
-                public_key: n.public_key.clone(),
+            st.nodes.get(&node).map(|n| {
+                let endpoint = bulk_endpoint(&n.data_addr).ok_or_else(|| {
+                    format!("node {node}'s node port {} has no next port", n.data_addr)
+                })?;
+                Ok(Peer {
+                    endpoint,
+                    public_key: n.public_key.clone(),
+                })
             })
         })
-        .ok_or_else(|| format!("node {node} is not a member"))
+        .ok_or_else(|| format!("node {node} is not a member"))?
 }

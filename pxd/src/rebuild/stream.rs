@@ -7,7 +7,7 @@
 
 use super::frame::{self, BlockWrite, ALIGN, MAX_DATA};
 use crate::cluster::rpc::{self, Reply};
-use crate::cluster::transport::{Transport, TransportError};
+use crate::cluster::transport::{Lane, Transport, TransportError};
 use crate::kernel::block::DirectFile;
 use crate::plan::thin_map::BlockRange;
 use std::collections::HashMap;
@@ -64,7 +64,7 @@ pub enum StreamError {
     Task(String),
 }
 
-/// The node a stream goes to: its transport endpoint and the CURVE key it must prove.
+/// The node a stream goes to: its bulk lane's endpoint and the CURVE key it must prove.
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub endpoint: String,
@@ -136,7 +136,13 @@ pub async fn send_ranges(
                 };
                 let frame = frame::encode(&to, &data);
                 let reply = transport
-                    .call(&peer.endpoint, &peer.public_key, frame, FRAME_TIMEOUT)
+                    .call_on(
+                        Lane::Bulk,
+                        &peer.endpoint,
+                        &peer.public_key,
+                        frame,
+                        FRAME_TIMEOUT,
+                    )
                     .await?;
                 acknowledged(&reply, chunk.offset)?;
                 Ok::<u64, StreamError>(chunk.len)
@@ -178,7 +184,8 @@ pub async fn send_discards(
             discard: Some(r.len),
         };
         let reply = transport
-            .call(
+            .call_on(
+                Lane::Bulk,
                 &peer.endpoint,
                 &peer.public_key,
                 frame::encode(&to, &[]),
@@ -311,9 +318,9 @@ impl Sink {
     }
 }
 
-/// Serves block frames into `sink` at `endpoint` (`tcp://IP:PORT`), and nothing else: a
-/// receiver of its own, for a node that does not run the daemon's node port. The daemon
-/// hands block frames from members to its sink among its other requests.
+/// Serves block frames into `sink` at `endpoint` (`tcp://IP:PORT`) on the bulk lane, and
+/// nothing else: a receiver of its own, for a node that does not run the daemon. The
+/// daemon's bulk port takes block frames from members only.
 pub fn serve_sink(
     transport: &Transport,
     endpoint: &str,
@@ -324,7 +331,7 @@ pub fn serve_sink(
         let sink = sink.clone();
         Box::pin(async move { rpc::encode(&sink.take_frame(body).await) })
     });
-    transport.serve(endpoint, rt, handler)?;
+    transport.serve_on(Lane::Bulk, endpoint, rt, handler)?;
     Ok(Peer {
         endpoint: endpoint.to_owned(),
         public_key: transport.public_key().to_owned(),
