@@ -262,6 +262,33 @@ pub fn node_devices(node: &str) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// The thin ids in each of node `node`'s pools, read from the pool's metadata (a reserved
+/// metadata snapshot, listed by `thin_ls`): what a leak check compares.
+pub fn pool_thin_ids(node: &str) -> std::collections::BTreeSet<(String, u32)> {
+    let mut out = std::collections::BTreeSet::new();
+    let pools = node_devices(node)
+        .into_iter()
+        .filter(|d| d.contains("-pool-") && !d.ends_with("-meta") && !d.ends_with("-data"));
+    for pool in pools {
+        run("dmsetup", &["message", &pool, "0", "reserve_metadata_snap"]);
+        let listed = Command::new("thin_ls")
+            .args(["--metadata-snap", "--no-headers", "-o", "DEV"])
+            .arg(format!("/dev/mapper/{pool}-meta"))
+            .output()
+            .expect("run thin_ls");
+        run("dmsetup", &["message", &pool, "0", "release_metadata_snap"]);
+        assert!(
+            listed.status.success(),
+            "thin_ls on {pool}: {}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+        for id in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+            out.insert((pool.clone(), id.parse().expect("a thin id")));
+        }
+    }
+    out
+}
+
 /// Labels `disk` as the next member of pool `pool` of `state` (cluster `state.cluster`,
 /// node `state.node`, which must be a hex node id), as `pxd drive add` does, so the
 /// reconciler can assemble the pool from it.

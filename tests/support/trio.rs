@@ -127,14 +127,21 @@ impl Drop for Cluster {
 /// Nodes `{prefix}-a`, `-b` and `-c`, each in its own network namespace (addresses from index
 /// `first` on, API and node ports from `port` on), formed into one cluster by node a, each
 /// with its disk of `disks` added.
-pub fn form(prefix: &str, disks: &[PathBuf], first: usize, port: u16) -> (Net, Vec<Daemon>) {
+pub fn form(
+    prefix: &str,
+    disks: &[PathBuf],
+    first: usize,
+    port: u16,
+    extra: &[&str],
+) -> (Net, Vec<Daemon>) {
     let net = Net::new_at(3, first);
+    let args: Vec<&str> = ALL_LOW.iter().chain(extra).copied().collect();
     let mut nodes: Vec<Daemon> = ["a", "b", "c"]
         .iter()
         .enumerate()
         .map(|(i, n)| {
             let name = format!("{prefix}-{n}");
-            Daemon::in_netns(&name, &net.ns(i), &net.addr_of(i), port, &ALL_LOW)
+            Daemon::in_netns(&name, &net.ns(i), &net.addr_of(i), port, &args)
         })
         .collect();
     nodes[0].start_cluster();
@@ -171,11 +178,22 @@ impl Cluster {
     /// Nodes `{prefix}-a`, `-b` and `-c` on `disks`, at addresses from index `first` on,
     /// their API and node ports from `port` on.
     pub fn start(prefix: &str, disks: &[PathBuf], first: usize, port: u16) -> Cluster {
+        Cluster::start_with(prefix, disks, first, port, &[])
+    }
+
+    /// [`Cluster::start`], every daemon given the flags `extra` too.
+    pub fn start_with(
+        prefix: &str,
+        disks: &[PathBuf],
+        first: usize,
+        port: u16,
+        extra: &[&str],
+    ) -> Cluster {
         // One cluster forms at a time: two at once in the emulated guest starve Raft's
         // heartbeats and turn joins into elections.
         static FORMING: Mutex<()> = Mutex::new(());
         let _one = FORMING.lock().unwrap_or_else(|p| p.into_inner());
-        let (net, nodes) = form(prefix, disks, first, port);
+        let (net, nodes) = form(prefix, disks, first, port, extra);
         for n in &nodes {
             // One guest holds every node: as far as placement knows, each is its own host.
             let host = format!("host-{}", n.name);

@@ -47,7 +47,7 @@ fn built_and_holds_data(owner: &Daemon, name: &str, seed: u64) {
 fn volumes_go_where_the_topology_tags_and_constraints_say() {
     let disks = vm_disks(3);
     // Each node in its own network namespace, as on separate hosts.
-    let (_net, nodes) = form("topo", &disks, 0, 9500);
+    let (_net, nodes) = form("topo", &disks, 0, 9500, &[]);
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
 
     // Racks and a zone, tagged from one node for all three.

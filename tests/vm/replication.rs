@@ -14,7 +14,7 @@
 use pxd::api::volumes::VolumeView;
 use pxd::kernel::dm::{DeviceMapper, KernelDm};
 use pxd::plan::raid::{LegHealth, RaidStatus};
-use pxd::store::types::{AttachState, ReplicaState};
+use pxd::store::types::{AttachState, BuildPhase, ReplicaState};
 use pxd_tests::daemon::Daemon;
 use pxd_tests::trio::{legs_built, wait_until, Cluster};
 use pxd_tests::{node_devices, pattern, read_direct, run, sha256, vm_disks, write_direct};
@@ -131,7 +131,8 @@ fn an_attach_node_cut_off_is_fenced_and_a_forced_attach_loses_no_acknowledged_wr
 #[test]
 fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_input() {
     let disks = vm_disks(6);
-    let mut c = Cluster::start("repl", &disks[3..], 10, 9800);
+    // The copy capped low, so that the crash test below finds a copy under way to kill.
+    let mut c = Cluster::start_with("repl", &disks[3..], 10, 9800, &["--copy-rate-mib", "4"]);
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
 
     // Bad input: refused by name, and no node's devices or exports change.
@@ -421,8 +422,113 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
         Duration::from_secs(120),
         || (!node_devices(&spare_id).iter().any(|d| d.contains(&r2.id))).then_some(()),
     );
+    crash_mid_copy(&mut c);
     // Last: its attach node's old stack is left holding I/O for a lost leg.
     never_from_stale_data(&mut c);
+}
+
+/// kill -9 of a new leg's copy source (the attach node, whose own leg is copied), then of its
+/// target, each in the middle of the copy, while fio writes: each restarted daemon takes the
+/// copy up again, the new leg joins equal to the others and checks clean, and no pool keeps
+/// a thin id the copy made (a round's snapshot, or a leg begun twice).
+fn crash_mid_copy(c: &mut Cluster) {
+    let on = format!("{},{}", c.nodes[0].name, c.nodes[1].name);
+    c.nodes[0].ok(&[
+        "volume", "create", "cm", "--size", "128M", "--fs", "raw", "--repl", "2", "--nodes", &on,
+    ]);
+    legs_built(c, "cm");
+    let v: VolumeView = c.nodes[0].json(&["volume", "attach", "cm"]);
+    let dev = v.device.clone().expect("a device");
+    let data = pattern(17, 24 * MIB);
+    write_direct(&dev, 32 * MIB as u64, &data);
+    let before: Vec<_> = (0..3).map(|i| pxd_tests::pool_thin_ids(c.id(i))).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, dev) = (stop.clone(), dev.clone());
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while !stop.load(Ordering::Relaxed) || runs == 0 {
+                fio(
+                    &dev,
+                    &format!("cm{runs}"),
+                    "8M",
+                    &["--do_verify=1", "--rate=1m"],
+                );
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let c_name = c.nodes[2].name.clone();
+    c.nodes[1].ok(&[
+        "volume",
+        "ha-update",
+        "cm",
+        "--repl",
+        "3",
+        "--node",
+        &c_name,
+    ]);
+    let new_leg = format!("pxd-{}-thin-{}", c.id(2), v.id);
+    // The copy runs at 4 MiB/s: the source is killed with some 4 MiB on the new leg (under
+    // 12 MiB with the frames in flight); the restarted source begins again (the new leg
+    // discarded whole), and the target is killed once past 16 MiB of the 32 the leg maps,
+    // which only the new round reaches.
+    for (victim, past) in [(0, 4 * MIB as u64), (2, 16 * MIB as u64)] {
+        c.wait(
+            "the copy under way on the new leg",
+            Duration::from_secs(300),
+            || (thin_mapped_now(&new_leg)? >= past).then_some(()),
+        );
+        let v: VolumeView = c.nodes[1].json(&["volume", "inspect", "cm"]);
+        let b = v.build.expect("a copy under way");
+        assert_eq!(b.phase, BuildPhase::Copying, "{b:?}");
+        c.nodes[victim].kill();
+        std::thread::sleep(Duration::from_millis(500));
+        c.nodes[victim].start();
+    }
+    let built = c.wait(
+        "cm's new leg copied, joined and checked after both crashes",
+        Duration::from_secs(600),
+        || {
+            let v: VolumeView = c.nodes[1].json(&["volume", "inspect", "cm"]);
+            let up = v.replicas.iter().all(|r| r.state == ReplicaState::Up);
+            (up && v.replicas.len() == 3 && v.build.is_none()).then_some(v)
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    let runs = writer.join().expect("fio ran clean through both crashes");
+    let raid = format!("pxd-{}-raid-{}", c.id(0), v.id);
+    let status = raid_status(&raid).expect("the raid");
+    assert_eq!(status.legs, [LegHealth::InSync; 3], "{status:?}");
+    let sums = leg_sums(&built, &c.ids, 128 * MIB);
+    assert!(
+        sums.iter().all(|x| *x == sums[0]),
+        "the legs differ: {sums:?}"
+    );
+    assert_eq!(
+        sha256(&read_direct(&dev, 32 * MIB as u64, data.len())),
+        sha256(&data)
+    );
+    assert_eq!(built.check.as_ref().and_then(|k| k.mismatches), Some(0));
+    // No thin id leaked: a's and b's pools hold what they did, c's that and the new leg's two.
+    let after: Vec<_> = (0..3).map(|i| pxd_tests::pool_thin_ids(c.id(i))).collect();
+    assert_eq!(after[0], before[0], "a thin id leaked on the source's pool");
+    assert_eq!(after[1], before[1], "a's pool changed");
+    let added: Vec<_> = after[2].difference(&before[2]).collect();
+    assert!(
+        before[2].is_subset(&after[2]) && added.len() == 2,
+        "c's pool gained {added:?}"
+    );
+    let b = built.last_build.clone().expect("the copy's record");
+    eprintln!(
+        "crashes mid-copy (source, then target) under {runs} fio runs: the new leg joined \
+         after {} rounds, {} bytes copied of {} allocated, pause {:?} ms; legs equal, check \
+         clean, no thin id leaked",
+        b.rounds, b.copied_bytes, b.allocated_bytes, b.pause_ms
+    );
+    c.nodes[0].ok(&["volume", "detach", "cm"]);
+    c.nodes[0].ok(&["volume", "delete", "cm"]);
 }
 
 /// Never from stale data: legs on b and c, attached on a. b is lost and a keeps writing (c
@@ -913,17 +1019,16 @@ fn replaced_past_the_timeout(c: &mut Cluster) {
 
 /// Bytes thin device `name` maps in its pool, from its status.
 fn thin_mapped(name: &str) -> u64 {
-    let dm = KernelDm::open().expect("device-mapper");
-    let name = devicemapper::DmNameBuf::new(name.to_owned()).unwrap();
-    let status = dm.status(&name).expect("thin status");
-    let sectors: u64 = status[0]
-        .3
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    sectors * 512
+    thin_mapped_now(name).unwrap_or_else(|| panic!("no thin status of {name}"))
+}
+
+/// [`thin_mapped`], `None` while the device is not there.
+fn thin_mapped_now(name: &str) -> Option<u64> {
+    let dm = KernelDm::open().ok()?;
+    let name = devicemapper::DmNameBuf::new(name.to_owned()).ok()?;
+    let status = dm.status(&name).ok()?;
+    let sectors: u64 = status.first()?.3.split_whitespace().next()?.parse().ok()?;
+    Some(sectors * 512)
 }
 
 /// `ha-update` from 2 replicas to 3, then back to 2, while fio writes and verifies.
