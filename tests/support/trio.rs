@@ -25,12 +25,15 @@ pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
-/// Every drive lands in the low class, whatever the emulator's speed, so all pools are alike.
-pub const ALL_LOW: [&str; 6] = [
+/// Every drive lands in the low class, whatever the emulator's speed, so all pools are alike
+/// (and a short benchmark is enough to class it so).
+pub const ALL_LOW: [&str; 8] = [
     "--high-min-iops",
     "1000000000",
     "--medium-min-iops",
     "1000000000",
+    "--drive-bench-ms",
+    "300",
     "--reconcile-interval-ms",
     "2000",
 ];

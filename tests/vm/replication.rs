@@ -11,10 +11,11 @@
 //! nodes away, the other does everything else. Their checks of the kernel's state look
 //! only at their own nodes' devices, exports and controllers.
 
+use pxd::api::pools::PoolView;
 use pxd::api::volumes::VolumeView;
 use pxd::kernel::dm::{DeviceMapper, KernelDm};
 use pxd::plan::raid::{LegHealth, RaidStatus};
-use pxd::store::types::{AttachState, BuildPhase, ReplicaState};
+use pxd::store::types::{AttachState, BuildPhase, DriveState, PoolHealth, ReplicaState};
 use pxd_tests::daemon::Daemon;
 use pxd_tests::trio::{legs_built, wait_until, Cluster};
 use pxd_tests::{node_devices, pattern, read_direct, run, sha256, vm_disks, write_direct};
@@ -105,6 +106,83 @@ fn try_fio(dev: &Path, name: &str, size: &str, extra: &[&str]) -> Result<(), Str
     Ok(())
 }
 
+/// fio writing and verifying `size` bytes at 1 MiB/s, run after run, until stopped: the
+/// slow writer a copy runs under (what it changes goes in the next round). Its first
+/// failure is kept, for the test to show with every node's log.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    failed: Arc<Mutex<Option<String>>>,
+    runs: std::thread::JoinHandle<u32>,
+}
+
+impl Writer {
+    fn start(dev: &Path, name: &str, size: &str) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(Mutex::new(None::<String>));
+        let runs = {
+            let (stop, failed) = (stop.clone(), failed.clone());
+            let (dev, name, size) = (dev.to_owned(), name.to_owned(), size.to_owned());
+            std::thread::spawn(move || {
+                let mut runs = 0;
+                while !stop.load(Ordering::Relaxed) || runs == 0 {
+                    let job = format!("{name}{runs}");
+                    if let Err(e) = try_fio(&dev, &job, &size, &["--do_verify=1", "--rate=1m"]) {
+                        *failed.lock().unwrap() = Some(e);
+                        break;
+                    }
+                    runs += 1;
+                }
+                runs
+            })
+        };
+        Writer { stop, failed, runs }
+    }
+
+    /// Panics with every node's log if a run failed.
+    fn check(&self, c: &Cluster) {
+        if let Some(e) = self.failed.lock().unwrap().clone() {
+            c.show_logs("fio failed");
+            panic!("{e}");
+        }
+    }
+
+    /// Stops it; the runs it made, all clean.
+    fn finish(self, c: &Cluster) -> u32 {
+        self.stop.store(true, Ordering::Relaxed);
+        while !self.runs.is_finished() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.check(c);
+        self.runs.join().unwrap()
+    }
+}
+
+/// Waits for volume `name` (attached on node a) to have its two legs up, one of them new
+/// on node b, and no copy under way; `writer` must stay clean meanwhile.
+fn rebuilt_on_b(c: &Cluster, name: &str, limit: Duration, writer: &Writer) -> VolumeView {
+    let b = c.nodes[1].name.clone();
+    c.wait(&format!("{name}'s new leg built on b"), limit, || {
+        writer.check(c);
+        let v: VolumeView = c.nodes[0].json(&["volume", "inspect", name]);
+        let on_b = v.replicas.iter().any(|r| r.node_name == b);
+        let up = v.replicas.iter().all(|r| r.state == ReplicaState::Up);
+        (on_b && up && v.replicas.len() == 2 && v.build.is_none()).then_some(v)
+    })
+}
+
+/// Volume `v` (`len` bytes, attached on node a as `dev`) after a new leg joined: the raid
+/// has both legs in sync, they are equal, `data` reads back at its offset, and the check
+/// after the join found nothing differing.
+fn two_legs_whole(c: &Cluster, v: &VolumeView, len: usize, dev: &Path, (at, data): (u64, &[u8])) {
+    let raid = format!("pxd-{}-raid-{}", c.id(0), v.id);
+    let status = raid_status(&raid).expect("the raid");
+    assert_eq!(status.legs, [LegHealth::InSync; 2], "{status:?}");
+    let sums = leg_sums(v, &c.ids, len);
+    assert_eq!(sums[0], sums[1], "the legs differ");
+    assert_eq!(sha256(&read_direct(dev, at, data.len())), sha256(data));
+    assert_eq!(v.check.as_ref().and_then(|k| k.mismatches), Some(0));
+}
+
 /// Cuts node `i` off whole: its daemon killed, its link down.
 fn lose(c: &mut Cluster, i: usize) {
     c.nodes[i].kill();
@@ -120,12 +198,91 @@ fn bring_back(c: &mut Cluster, i: usize) {
 #[test]
 fn an_attach_node_cut_off_is_fenced_and_a_forced_attach_loses_no_acknowledged_write() {
     let disks = vm_disks(6);
-    let mut c = Cluster::start("fence", &disks[..3], 0, 9700);
+    // Node c's drive is a linear map over its disk, so that a test can make it fail.
+    let failing = FailingDrive::over(&disks[2], "fence-c-drive");
+    let drives = [disks[0].clone(), disks[1].clone(), failing.path.clone()];
+    let mut c = Cluster::start("fence", &drives, 0, 9700);
     mount_detach_delete(&c);
     ha_update(&c);
     replaced_past_the_timeout(&mut c);
     forced_takeover(&c, "f6", Cut::Control);
     forced_takeover(&c, "p5", Cut::Whole);
+    drive_failure(&c, &failing);
+}
+
+/// A drive that a test can fail: a `linear` map over a disk, swapped for `error`.
+struct FailingDrive {
+    name: String,
+    path: PathBuf,
+    sectors: u64,
+}
+
+impl FailingDrive {
+    fn over(disk: &Path, name: &str) -> FailingDrive {
+        let disk = disk.display().to_string();
+        let sectors: u64 = run("blockdev", &["--getsz", &disk]).trim().parse().unwrap();
+        let table = format!("0 {sectors} linear {disk} 0");
+        run("dmsetup", &["create", name, "--table", &table]);
+        FailingDrive {
+            name: name.to_owned(),
+            path: PathBuf::from(format!("/dev/mapper/{name}")),
+            sectors,
+        }
+    }
+
+    /// From now on every read and write of the drive fails, as a dead disk's do.
+    fn fail(&self) {
+        let table = format!("0 {} error", self.sectors);
+        run("dmsetup", &["load", &self.name, "--table", &table]);
+        run("dmsetup", &["resume", &self.name]);
+    }
+}
+
+/// A drive under one replica fails (its map swapped for `error`) while fio writes: fio sees
+/// no error, the drive is recorded failed and its pool degraded, and the leg on it is built
+/// anew on the third node at once, with no replica timeout to wait out (10 minutes here).
+fn drive_failure(c: &Cluster, drive: &FailingDrive) {
+    let a = &c.nodes[0];
+    let on = format!("{},{}", c.nodes[0].name, c.nodes[2].name);
+    a.ok(&[
+        "volume", "create", "df", "--size", "128M", "--fs", "raw", "--repl", "2", "--nodes", &on,
+    ]);
+    legs_built(c, "df");
+    let v: VolumeView = a.json(&["volume", "attach", "df"]);
+    let dev = v.device.clone().expect("a device");
+    let data = pattern(19, 16 * MIB);
+    write_direct(&dev, 64 * MIB as u64, &data);
+    let writer = Writer::start(&dev, "df", "8M");
+    drive.fail();
+    let cut = Instant::now();
+    // Well within the replica timeout (10 minutes): the failed drive needs no waiting out.
+    let built = rebuilt_on_b(c, "df", Duration::from_secs(400), &writer);
+    let took = cut.elapsed();
+    let runs = writer.finish(c);
+    // The drive shows failed, its pool degraded, naming it.
+    let pools: Vec<PoolView> = c.nodes[2].json(&["pool", "list"]);
+    let pool = pools
+        .iter()
+        .find(|p| p.node.to_string() == c.id(2))
+        .expect("c's pool");
+    assert_eq!(pool.members[0].state, Some(DriveState::Failed), "{pool:?}");
+    let why = pool.health.reason().unwrap_or_default();
+    assert!(
+        matches!(pool.health, PoolHealth::Degraded(_)) && why.contains(&pool.members[0].uuid),
+        "{pool:?}"
+    );
+    two_legs_whole(c, &built, 128 * MIB, &dev, (64 * MIB as u64, &data));
+    let b = built.last_build.clone().expect("the copy's record");
+    eprintln!(
+        "drive failure: c's leg of df built anew on b {took:?} after the drive failed, under \
+         {runs} fio runs, 0 errors: {} bytes copied of {} allocated, pause {:?} ms; pool {}",
+        b.copied_bytes,
+        b.allocated_bytes,
+        b.pause_ms,
+        pool.health.name()
+    );
+    a.ok(&["volume", "detach", "df"]);
+    a.ok(&["volume", "delete", "df"]);
 }
 
 #[test]
@@ -442,23 +599,7 @@ fn crash_mid_copy(c: &mut Cluster) {
     let data = pattern(17, 24 * MIB);
     write_direct(&dev, 32 * MIB as u64, &data);
     let before: Vec<_> = (0..3).map(|i| pxd_tests::pool_thin_ids(c.id(i))).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (stop, dev) = (stop.clone(), dev.clone());
-        std::thread::spawn(move || {
-            let mut runs = 0;
-            while !stop.load(Ordering::Relaxed) || runs == 0 {
-                fio(
-                    &dev,
-                    &format!("cm{runs}"),
-                    "8M",
-                    &["--do_verify=1", "--rate=1m"],
-                );
-                runs += 1;
-            }
-            runs
-        })
-    };
+    let writer = Writer::start(&dev, "cm", "8M");
     let c_name = c.nodes[2].name.clone();
     c.nodes[1].ok(&[
         "volume",
@@ -496,8 +637,7 @@ fn crash_mid_copy(c: &mut Cluster) {
             (up && v.replicas.len() == 3 && v.build.is_none()).then_some(v)
         },
     );
-    stop.store(true, Ordering::Relaxed);
-    let runs = writer.join().expect("fio ran clean through both crashes");
+    let runs = writer.finish(c);
     let raid = format!("pxd-{}-raid-{}", c.id(0), v.id);
     let status = raid_status(&raid).expect("the raid");
     assert_eq!(status.legs, [LegHealth::InSync; 3], "{status:?}");
@@ -916,68 +1056,17 @@ fn replaced_past_the_timeout(c: &mut Cluster) {
     assert_eq!(v.replica_timeout_s, Some(15));
     let v: VolumeView = a.json(&["volume", "attach", "rt"]);
     let dev = v.device.clone().expect("a device");
-    let raid = format!("pxd-{}-raid-{}", c.id(0), v.id);
     let data = pattern(13, 200 * MIB);
     write_direct(&dev, 64 * MIB as u64, &data);
-    // A slow writer throughout: what it changes is copied in the next round.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failed = Arc::new(Mutex::new(None::<String>));
-    let writer = {
-        let (stop, failed, dev) = (stop.clone(), failed.clone(), dev.clone());
-        std::thread::spawn(move || {
-            let mut runs = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let run = try_fio(
-                    &dev,
-                    &format!("rt{runs}"),
-                    "8M",
-                    &["--do_verify=1", "--rate=1m"],
-                );
-                if let Err(e) = run {
-                    *failed.lock().unwrap() = Some(e);
-                    break;
-                }
-                runs += 1;
-            }
-            runs
-        })
-    };
+    let writer = Writer::start(&dev, "rt", "8M");
     lose(c, 2);
     let cut = Instant::now();
     let lost = c.id(2).to_owned();
-    let a = &c.nodes[0];
-    let b_name = c.nodes[1].name.clone();
-    let built = c.wait(
-        "c's leg of rt replaced on b",
-        Duration::from_secs(600),
-        || {
-            if let Some(e) = failed.lock().unwrap().clone() {
-                c.show_logs("fio failed while rt's leg was replaced");
-                panic!("{e}");
-            }
-            let v: VolumeView = a.json(&["volume", "inspect", "rt"]);
-            let on_b = v.replicas.iter().any(|r| r.node_name == b_name);
-            let up = v.replicas.iter().all(|r| r.state == ReplicaState::Up);
-            (on_b && up && v.replicas.len() == 2 && v.build.is_none()).then_some(v)
-        },
-    );
+    let built = rebuilt_on_b(c, "rt", Duration::from_secs(600), &writer);
     let took = cut.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let runs = writer.join().unwrap();
-    if let Some(e) = failed.lock().unwrap().clone() {
-        c.show_logs("fio failed while rt's leg was replaced");
-        panic!("{e}");
-    }
+    let runs = writer.finish(c);
     let b = built.last_build.clone().expect("the copy's record");
-    let status = raid_status(&raid).expect("the raid");
-    assert_eq!(status.legs, [LegHealth::InSync; 2], "{status:?}");
-    let sums = leg_sums(&built, &c.ids, 384 * MIB);
-    assert_eq!(sums[0], sums[1], "the legs differ");
-    assert_eq!(
-        sha256(&read_direct(&dev, 64 * MIB as u64, data.len())),
-        sha256(&data)
-    );
-    assert_eq!(built.check.as_ref().and_then(|k| k.mismatches), Some(0));
+    two_legs_whole(c, &built, 384 * MIB, &dev, (64 * MIB as u64, &data));
     let source = thin_mapped(&format!("pxd-{}-thin-{}", c.id(0), v.id));
     let new = thin_mapped(&format!("pxd-{}-thin-{}", c.id(1), v.id));
     eprintln!(
@@ -1054,10 +1143,9 @@ fn ha_update(c: &Cluster) {
     // Data outside fio's range, to find again on the new leg.
     let data = pattern(11, 32 * MIB);
     write_direct(&dev, 64 * MIB as u64, &data);
-    let writer = {
-        let dev = dev.clone();
-        std::thread::spawn(move || fio(&dev, "raise", "16M", &["--do_verify=1", "--rate=2m"]))
-    };
+    // fio over a few MiB: each round after the first copies about that much, so the copy
+    // is ready after it.
+    let writer = Writer::start(&dev, "raise", "4M");
     let b_name = c.nodes[1].name.clone();
     let raised: VolumeView = a.json(&[
         "volume",
@@ -1075,12 +1163,13 @@ fn ha_update(c: &Cluster) {
         "the new leg of h2 copied, joined and checked",
         Duration::from_secs(600),
         || {
+            writer.check(c);
             let v: VolumeView = a.json(&["volume", "inspect", "h2"]);
             let up = v.replicas.iter().all(|r| r.state == ReplicaState::Up);
             (up && v.build.is_none()).then_some(v)
         },
     );
-    writer.join().expect("fio ran clean through the raise");
+    writer.finish(c);
     let b = built.last_build.clone().expect("the copy's record");
     let status = raid_status(&raid).expect("the raid");
     assert_eq!(status.legs, [LegHealth::InSync; 3], "{status:?}");
@@ -1117,7 +1206,7 @@ fn ha_update(c: &Cluster) {
     // Lowered again: node c's leg, in the middle of the raid, goes.
     let writer = {
         let dev = dev.clone();
-        std::thread::spawn(move || fio(&dev, "lower", "16M", &["--do_verify=1", "--rate=2m"]))
+        std::thread::spawn(move || fio(&dev, "lower", "4M", &["--do_verify=1", "--rate=1m"]))
     };
     let c_name = c.nodes[2].name.clone();
     let lowered: VolumeView = a.json(&[

@@ -37,6 +37,12 @@ pub struct DriveAdded {
 pub struct MemberView {
     pub uuid: String,
     pub path: Option<String>,
+    /// online, or failed (it fails I/O; its replicas are built elsewhere), as recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<DriveState>,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +84,8 @@ pub async fn list(State(s): State<AppState>) -> ApiResult<Vec<PoolView>> {
                         .drives
                         .iter()
                         .map(|d| MemberView {
+                            state: st.drives.get(d).map(|x| x.state),
+                            note: st.drives.get(d).and_then(|x| x.note.clone()),
                             uuid: d.clone(),
                             path: last
                                 .members

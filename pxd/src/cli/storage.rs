@@ -16,7 +16,7 @@ use crate::api::volumes::{
     CreateRequest, Deleted, MountRequest, ResizeRequest, SnapshotView, VolumeView,
 };
 use crate::cli::output::{bytes, table};
-use crate::store::types::{PoolHealth, Secret};
+use crate::store::types::{DriveState, PoolHealth, Secret};
 use clap::Subcommand;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -727,7 +727,13 @@ pub fn pool_list(json: bool, c: &BlockingClient) -> Result<(), CliError> {
             let drives: Vec<String> = p
                 .members
                 .iter()
-                .map(|m| format!("{} ({})", m.uuid, m.path.as_deref().unwrap_or("not found")))
+                .map(|m| {
+                    let at = m.path.as_deref().unwrap_or("not found");
+                    match m.state {
+                        Some(DriveState::Failed) => format!("{} ({at}, FAILED)", m.uuid),
+                        _ => format!("{} ({at})", m.uuid),
+                    }
+                })
                 .collect();
             let state = match (&p.health, &p.near_full) {
                 (PoolHealth::Online, None) => "online".to_string(),

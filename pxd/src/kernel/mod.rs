@@ -4,6 +4,7 @@
 pub mod blkid;
 pub mod block;
 pub mod dm;
+pub mod drive_health;
 pub mod fs;
 pub mod host;
 pub mod keyring;

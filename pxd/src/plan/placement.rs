@@ -209,7 +209,11 @@ fn candidates(view: &ClusterView<'_>, size: u64) -> (Vec<TopoCandidate>, Vec<Str
         let free = limit.saturating_sub(provisioned);
         let near_full = seen.and_then(|u| u.near_full.clone());
         let online = view.online.contains(&p.node);
-        let healthy = !matches!(p.health, PoolHealth::Damaged(_));
+        let failed = st
+            .drives
+            .values()
+            .find(|d| d.pool == p.id && d.state == crate::store::types::DriveState::Failed);
+        let healthy = !matches!(p.health, PoolHealth::Damaged(_)) && failed.is_none();
         let storage = node.role == Role::Storage;
         let at = format!("pool {} ({}) on {}", p.id, p.class, node.name);
         if !storage {
@@ -218,6 +222,8 @@ fn candidates(view: &ClusterView<'_>, size: u64) -> (Vec<TopoCandidate>, Vec<Str
             passed_over.push(format!("{at}: the node is offline"));
         } else if let PoolHealth::Damaged(r) = &p.health {
             passed_over.push(format!("{at}: damaged: {r}"));
+        } else if let Some(d) = failed {
+            passed_over.push(format!("{at}: its drive {} failed", d.id));
         } else if let Some(r) = &near_full {
             passed_over.push(format!("{at}: near full: {r}"));
         } else if free < size {

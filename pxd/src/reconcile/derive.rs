@@ -21,18 +21,18 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
         .filter(|p| p.node == node)
         .map(|p| {
             // Members still being added are not assembled yet: their labels may not exist.
-            let (members, drives) = p
-                .drives
-                .iter()
-                .zip(p.drive_paths.iter().map(PathBuf::from))
-                .filter(|(d, _)| {
-                    cluster
-                        .drives
-                        .get(*d)
-                        .is_none_or(|d| d.state == DriveState::Online)
-                })
-                .map(|(d, path)| (d.clone(), path))
-                .unzip();
+            // A failed member stays in its place: the pool's layout still counts it.
+            let (members, drives) =
+                p.drives
+                    .iter()
+                    .zip(p.drive_paths.iter().map(PathBuf::from))
+                    .filter(|(d, _)| {
+                        cluster.drives.get(*d).is_none_or(|d| {
+                            matches!(d.state, DriveState::Online | DriveState::Failed)
+                        })
+                    })
+                    .map(|(d, path)| (d.clone(), path))
+                    .unzip();
             PoolState {
                 id: p.id.clone(),
                 members,
@@ -760,6 +760,10 @@ mod tests {
         }
         let online = node_state(&c, NodeId(1), None);
         assert!(online.joining.is_empty());
-        assert_eq!(online.pools[0].members, ["d1".to_string(), uuid]);
+        assert_eq!(online.pools[0].members, ["d1".to_string(), uuid.clone()]);
+        // A member that fails I/O keeps its place: the pool's layout still counts it.
+        c.drives.get_mut(&uuid).unwrap().state = DriveState::Failed;
+        let failed = node_state(&c, NodeId(1), None);
+        assert_eq!(failed.pools[0].members, ["d1".to_string(), uuid]);
     }
 }

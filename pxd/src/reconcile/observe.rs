@@ -4,7 +4,7 @@
 use crate::kernel::dm::{DeviceMapper, DmOpError};
 use crate::kernel::nvme_host;
 use crate::kernel::nvmet::Nvmet;
-use crate::kernel::{fs, label};
+use crate::kernel::{drive_health, fs, label};
 use crate::plan::crypt::kernel_has_workqueue_bypass;
 use crate::plan::names::{host_nqn, parse_leg_nqn, DeviceName, Id, Kind};
 use crate::plan::pool::Drive;
@@ -61,6 +61,7 @@ pub fn observe(dm: &dyn DeviceMapper, desired: &NodeState) -> Result<Observed, D
         }
         observed.devices.insert(name, (dev, Sectors(len)));
     }
+    observe_drive_health(dm, desired, &mut observed);
     observe_legs(desired, &mut observed);
     observe_raids(dm, desired, &mut observed);
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -85,6 +86,25 @@ pub fn labelled_drives(hints: &[std::path::PathBuf]) -> Vec<LabelledDrive> {
             _ => None,
         })
         .collect()
+}
+
+/// Which members of this node's live pools fail a read (a drive returning I/O errors).
+fn observe_drive_health(dm: &dyn DeviceMapper, desired: &NodeState, observed: &mut Observed) {
+    let Ok(node) = Id::node(&desired.node) else {
+        return;
+    };
+    for p in &desired.pools {
+        let Ok(pool) = Id::object(&p.id) else {
+            continue;
+        };
+        match drive_health::failing_members(dm, &node, &pool) {
+            Ok(failing) if !failing.is_empty() => {
+                observed.failing.insert(p.id.clone(), failing);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(pool = %p.id, error = %e, "could not probe its drives"),
+        }
+    }
 }
 
 /// This node's leg exports, its NVMe controllers and their namespaces. On a kernel shared by

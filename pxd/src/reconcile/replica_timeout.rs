@@ -5,12 +5,15 @@
 //! A node back before the timeout keeps its leg, which resyncs from its bitmap: a reboot is
 //! no reason to copy a whole leg. The clock starts when the attach node first sees the leg
 //! stale, so a restart of the attach node only ever makes it wait longer, never less.
+//!
+//! A leg on a pool with a failed drive (one that fails reads) is dropped at once, stale or
+//! not: a failed drive does not come back by waiting.
 
 use crate::cluster::{Cluster, Op};
 use crate::plan::placement;
 use crate::store::state::{ClusterState, Command, VolumeChange};
-use crate::store::types::{AttachState, NodeId, ReplicaState, Volume};
-use std::collections::BTreeMap;
+use crate::store::types::{AttachState, DriveState, NodeId, ReplicaState, Volume};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -40,6 +43,7 @@ impl StaleClock {
         };
         // A leg back in sync (or gone) starts from nothing at its next loss.
         since.retain(|(id, node), _| st.volumes.get(id).is_some_and(|v| stale(v, *node)));
+        let failed = failed_pools(st);
         let mut out = Vec::new();
         for v in st.volumes.values().filter(|v| attached_on(v, me)) {
             for r in v.replicas.iter().filter(|r| stale(v, r.node)) {
@@ -48,12 +52,21 @@ impl StaleClock {
             let timeout = v
                 .replica_timeout_s
                 .map_or(st.options.replica_timeout(), Duration::from_secs);
-            if let Some(next) = next_for(v, &since, now, timeout) {
+            if let Some(next) = next_for(v, &since, now, timeout, &failed) {
                 out.push((v.id.clone(), next));
             }
         }
         out
     }
+}
+
+/// The pools with a member drive recorded failed.
+fn failed_pools(st: &ClusterState) -> BTreeSet<String> {
+    st.drives
+        .values()
+        .filter(|d| d.state == DriveState::Failed && !d.pool.is_empty())
+        .map(|d| d.pool.clone())
+        .collect()
 }
 
 fn attached_on(v: &Volume, me: NodeId) -> bool {
@@ -64,12 +77,13 @@ fn attached_on(v: &Volume, me: NodeId) -> bool {
 }
 
 /// The step due for `v`: nothing while a change is under way; the replacement of a dropped
-/// leg; or the drop of a leg stale past `timeout` (the longest stale first).
+/// leg; or the drop of a leg on a `failed` pool, or stale past `timeout`.
 fn next_for(
     v: &Volume,
     since: &BTreeMap<(String, NodeId), Instant>,
     now: Instant,
     timeout: Duration,
+    failed: &BTreeSet<String>,
 ) -> Option<Next> {
     let busy = v.build.is_some() || v.replicas.iter().any(|r| r.state == ReplicaState::Leaving);
     if busy {
@@ -79,15 +93,20 @@ fn next_for(
         return Some(Next::Replace(lost));
     }
     // Only with every other leg in sync: a drop re-assembles the raid over them.
-    let stale: Vec<NodeId> = v
+    let bad: Vec<(NodeId, bool)> = v
         .replicas
         .iter()
-        .filter(|r| r.state != ReplicaState::Up)
-        .map(|r| r.node)
+        .map(|r| (r.node, failed.contains(&r.pool)))
+        .zip(&v.replicas)
+        .filter(|((_, on_failed), r)| *on_failed || r.state != ReplicaState::Up)
+        .map(|(bad, _)| bad)
         .collect();
-    let [node] = stale[..] else {
+    let [(node, on_failed)] = bad[..] else {
         return None;
     };
+    if on_failed {
+        return Some(Next::Drop(node));
+    }
     let at = since.get(&(v.id.clone(), node))?;
     (now.duration_since(*at) >= timeout).then_some(Next::Drop(node))
 }
@@ -224,6 +243,41 @@ mod tests {
             clock.due(&st, NodeId(1), t0 + Duration::from_secs(81)),
             [("v1".to_owned(), Next::Replace(NodeId(2)))]
         );
+    }
+
+    #[test]
+    fn a_leg_on_a_failed_drive_is_dropped_at_once() {
+        let clock = StaleClock::default();
+        let t0 = Instant::now();
+        let v = attached_two();
+        let pool = v.replicas[1].pool.clone();
+        let mut st = state_with(v);
+        let mut drive = crate::store::types::Drive::adding(
+            "d1".into(),
+            NodeId(2),
+            "/dev/vdb".into(),
+            None,
+            1 << 30,
+            false,
+        );
+        drive.pool = pool;
+        drive.state = DriveState::Online;
+        st.drives.insert(drive.id.clone(), drive.clone());
+        assert!(clock.due(&st, NodeId(1), t0).is_empty());
+        drive.state = DriveState::Failed;
+        st.drives.insert(drive.id.clone(), drive);
+        // Up or stale, at once, whatever the timeout.
+        assert_eq!(
+            clock.due(&st, NodeId(1), t0),
+            [("v1".to_owned(), Next::Drop(NodeId(2)))]
+        );
+        st.volumes.get_mut("v1").unwrap().replicas[1].state =
+            ReplicaState::Stale { missed_epoch: 2 };
+        assert_eq!(clock.due(&st, NodeId(1), t0).len(), 1);
+        // Not while another leg is out too: the drop re-assembles over the legs in sync.
+        st.volumes.get_mut("v1").unwrap().replicas[0].state =
+            ReplicaState::Stale { missed_epoch: 2 };
+        assert!(clock.due(&st, NodeId(1), t0).is_empty());
     }
 
     #[test]

@@ -97,6 +97,8 @@ struct Found {
     volumes: BTreeMap<String, VolumeSeen>,
     health: BTreeMap<String, PoolHealth>,
     members: BTreeMap<String, PathBuf>,
+    /// Member drives that fail reads: (drive uuid, why).
+    failed_drives: Vec<(String, String)>,
 }
 
 type PassResult = (Vec<StepFailure>, Found);
@@ -307,6 +309,7 @@ impl Reconciler {
         if let Ok((_, found)) = &result {
             crate::rebuild::copy::Copier::tend(&self.cluster);
             self.replace_timed_out().await;
+            self.record_failed_drives(&found.failed_drives).await;
             self.record_health(&found.health).await;
             self.export(found);
             self.ask_scheduled_scrub().await;
@@ -351,6 +354,31 @@ impl Reconciler {
         };
         if let Err(e) = self.cluster.submit_and_apply(Op::Command(cmd)).await {
             tracing::warn!(volume = %id, error = %e, "could not ask for the scheduled scrub");
+        }
+    }
+
+    /// Records through Raft each member drive newly seen failing reads: its replicas are
+    /// then built elsewhere at once (a failed drive does not come back by waiting).
+    async fn record_failed_drives(&self, failed: &[(String, String)]) {
+        for (drive, why) in failed {
+            let online = self.cluster.state().read(|st| {
+                st.drives
+                    .get(drive)
+                    .is_some_and(|d| d.state == crate::store::types::DriveState::Online)
+            });
+            if !online {
+                continue;
+            }
+            tracing::error!(drive = %drive, "drive failed: {why}");
+            let cmd = Command::UpdateDrive {
+                id: drive.clone(),
+                change: crate::store::pools::DriveChange::Failed {
+                    reason: format!("I/O errors: {why}"),
+                },
+            };
+            if let Err(e) = self.cluster.submit_and_apply(Op::Command(cmd)).await {
+                tracing::warn!(drive = %drive, error = %e, "could not record the drive's failure");
+            }
         }
     }
 
@@ -527,6 +555,7 @@ impl Reconciler {
             tracing::info!(steps = ?changed.iter().map(|s| step_name(s)).collect::<Vec<_>>(), "reconciled");
         }
         let health = pool_health(&state, &pass);
+        let failed_drives = failed_drives(&state, &pass.observed);
         let members = member_paths(&state, &pass.observed);
         let failures: Vec<StepFailure> = pass
             .failures
@@ -545,6 +574,7 @@ impl Reconciler {
             volumes: volumes_seen(&dm, &state),
             health,
             members,
+            failed_drives,
         };
         Ok((failures, found))
     }
@@ -607,6 +637,14 @@ fn pool_health(state: &NodeState, pass: &Pass) -> BTreeMap<String, PoolHealth> {
         return out;
     };
     for p in &state.pools {
+        if let Some((member, why)) = pass.observed.failing.get(&p.id).and_then(|f| f.first()) {
+            let drive = p.members.get(*member).cloned().unwrap_or_default();
+            out.insert(
+                p.id.clone(),
+                PoolHealth::Degraded(format!("drive {drive} fails reads: {why}")),
+            );
+            continue;
+        }
         if let Err(missing) = assemble(&state.cluster, &node, p, &pass.observed) {
             let what = if missing.is_empty() {
                 "it has no members".to_string()
@@ -647,6 +685,18 @@ fn pool_health(state: &NodeState, pass: &Pass) -> BTreeMap<String, PoolHealth> {
         }
     }
     out
+}
+
+/// The member drives (label uuids) of the node's pools that fail reads, with the error.
+fn failed_drives(state: &NodeState, observed: &Observed) -> Vec<(String, String)> {
+    state
+        .pools
+        .iter()
+        .flat_map(|p| {
+            let failing = observed.failing.get(&p.id).into_iter().flatten();
+            failing.filter_map(|(member, why)| Some((p.members.get(*member)?.clone(), why.clone())))
+        })
+        .collect()
 }
 
 /// Where each member drive of the node's pools is now, by label uuid.

@@ -55,6 +55,8 @@ pub struct Observed {
     pub raids: BTreeMap<String, crate::plan::raid::RaidStatus>,
     /// This node's devices whose table is `error`: legs fenced under a lost attachment.
     pub fenced: BTreeSet<String>,
+    /// The members of each live pool (by place) that fail a read, with the error, by pool id.
+    pub failing: BTreeMap<String, Vec<(usize, String)>>,
 }
 
 /// A leg export as nvmet shows it.

@@ -29,8 +29,10 @@ pub enum DriveChange {
     Measured { class: Class, benchmark: Benchmark },
     /// Its label is written: it is a member the pool is assembled from.
     Labelled,
-    /// The add cannot finish (the disk changed, went away, or is in use); the drive leaves
-    /// the pool it was given, which never used it.
+    /// While adding: the add cannot finish (the disk changed, went away, or is in use); the
+    /// drive leaves the pool it was given, which never used it. Online: the drive fails
+    /// I/O; it stays its pool's member (the pool is degraded) and the replicas on that pool
+    /// are built elsewhere.
     Failed { reason: String },
 }
 
@@ -121,6 +123,10 @@ impl ClusterState {
                     }
                 }
                 drive.pool.clear();
+                drive.state = DriveState::Failed;
+                drive.note = Some(reason.clone());
+            }
+            (DriveChange::Failed { reason }, DriveState::Online) => {
                 drive.state = DriveState::Failed;
                 drive.note = Some(reason.clone());
             }
@@ -365,5 +371,24 @@ mod tests {
             },
         });
         assert_eq!(s.pools[&p].health, damaged);
+    }
+
+    #[test]
+    fn a_member_that_fails_io_stays_in_its_pool_marked_failed() {
+        let mut s = state();
+        s.apply(&adding(1, "/dev/vdb", None));
+        s.apply(&change(1, measured(Class::High)));
+        s.apply(&change(1, DriveChange::Labelled));
+        let pool = s.drives[&uuid(1)].pool.clone();
+        let failed = DriveChange::Failed {
+            reason: "I/O errors: Input/output error".into(),
+        };
+        assert_eq!(s.apply(&change(1, failed.clone())).0, Response::Applied);
+        let d = &s.drives[&uuid(1)];
+        assert_eq!(d.state, DriveState::Failed);
+        assert_eq!(d.pool, pool);
+        assert_eq!(s.pools[&pool].drives, [uuid(1)]);
+        // Failed once is failed: a second record is refused, nothing changes.
+        assert_ne!(s.apply(&change(1, failed)).0, Response::Applied);
     }
 }

@@ -349,7 +349,7 @@ pub struct Drive {
     pub force: bool,
     #[serde(default)]
     pub benchmark: Option<Benchmark>,
-    /// Why the add failed, when it did.
+    /// Why the add failed, or the drive did, when it did.
     #[serde(default)]
     pub note: Option<String>,
 }
