@@ -166,11 +166,19 @@ impl Nvmet {
         }
         let taken: Vec<u32> = self.ports().iter().map(|p| p.id).collect();
         const MAX_PORT_ID: u32 = 65_535;
-        let id = (1..=MAX_PORT_ID)
-            .find(|i| !taken.contains(i))
-            .ok_or(NvmetError::NoPortId(MAX_PORT_ID))?;
-        let dir = self.port_dir(id);
-        mkdir(&dir)?;
+        // Making the directory is the claim: another process (a node of another cluster
+        // sharing this kernel) may take the same free id at the same moment, and whoever's
+        // mkdir loses tries the next one, so that no port's address is written twice.
+        let mut free = (1..=MAX_PORT_ID).filter(|i| !taken.contains(i));
+        let (id, dir) = loop {
+            let id = free.next().ok_or(NvmetError::NoPortId(MAX_PORT_ID))?;
+            let dir = self.port_dir(id);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => break (id, dir),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err("mkdir", &dir)(e)),
+            }
+        };
         let family = if addr.is_ipv4() { "ipv4" } else { "ipv6" };
         write(&dir.join("addr_trtype"), "tcp")?;
         write(&dir.join("addr_adrfam"), family)?;
