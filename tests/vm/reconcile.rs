@@ -193,6 +193,7 @@ fn every_step_of_create_snapshot_resize_and_delete_survives_a_crash() {
             drives: vec![],
             activated: false,
             chunk_sectors: 512,
+            ..Default::default()
         }],
         volumes: vec![],
         mount_root: None,
@@ -314,6 +315,7 @@ fn adding_a_drive_grows_the_pool_online_under_a_live_volume() {
             drives: vec![],
             activated: false,
             chunk_sectors: 512,
+            ..Default::default()
         }],
         volumes: vec![VolumeState {
             key: None,

@@ -198,8 +198,10 @@ fn bring_back(c: &mut Cluster, i: usize) {
 #[test]
 fn an_attach_node_cut_off_is_fenced_and_a_forced_attach_loses_no_acknowledged_write() {
     let disks = vm_disks(6);
-    // Node c's drive is a linear map over its disk, so that a test can make it fail.
-    let failing = FailingDrive::over(&disks[2], "fence-c-drive");
+    // Node c's drive is a linear map over three quarters of its disk, so that a test can
+    // make it fail; the last quarter is the disk that replaces it.
+    let failing = FailingDrive::over(&disks[2], "fence-c-drive", 0..3);
+    let spare = FailingDrive::over(&disks[2], "fence-c-spare", 3..4);
     let drives = [disks[0].clone(), disks[1].clone(), failing.path.clone()];
     let mut c = Cluster::start("fence", &drives, 0, 9700);
     mount_detach_delete(&c);
@@ -207,10 +209,10 @@ fn an_attach_node_cut_off_is_fenced_and_a_forced_attach_loses_no_acknowledged_wr
     replaced_past_the_timeout(&mut c);
     forced_takeover(&c, "f6", Cut::Control);
     forced_takeover(&c, "p5", Cut::Whole);
-    drive_failure(&c, &failing);
+    drive_failure(&c, &failing, &spare);
 }
 
-/// A drive that a test can fail: a `linear` map over a disk, swapped for `error`.
+/// A drive that a test can fail: a `linear` map over part of a disk, swapped for `error`.
 struct FailingDrive {
     name: String,
     path: PathBuf,
@@ -218,10 +220,13 @@ struct FailingDrive {
 }
 
 impl FailingDrive {
-    fn over(disk: &Path, name: &str) -> FailingDrive {
+    /// Maps the quarters `quarters` of `disk`.
+    fn over(disk: &Path, name: &str, quarters: std::ops::Range<u64>) -> FailingDrive {
         let disk = disk.display().to_string();
-        let sectors: u64 = run("blockdev", &["--getsz", &disk]).trim().parse().unwrap();
-        let table = format!("0 {sectors} linear {disk} 0");
+        let whole: u64 = run("blockdev", &["--getsz", &disk]).trim().parse().unwrap();
+        let quarter = whole / 4;
+        let sectors = quarter * (quarters.end - quarters.start);
+        let table = format!("0 {sectors} linear {disk} {}", quarter * quarters.start);
         run("dmsetup", &["create", name, "--table", &table]);
         FailingDrive {
             name: name.to_owned(),
@@ -241,9 +246,23 @@ impl FailingDrive {
 /// A drive under one replica fails (its map swapped for `error`) while fio writes: fio sees
 /// no error, the drive is recorded failed and its pool degraded, and the leg on it is built
 /// anew on the third node at once, with no replica timeout to wait out (10 minutes here).
-fn drive_failure(c: &Cluster, drive: &FailingDrive) {
+fn drive_failure(c: &Cluster, drive: &FailingDrive, spare: &FailingDrive) {
     let a = &c.nodes[0];
     let on = format!("{},{}", c.nodes[0].name, c.nodes[2].name);
+    // Bad input: the drive holding a repl 1 volume's only replica cannot be removed.
+    let c_name = c.nodes[2].name.as_str();
+    a.ok(&[
+        "volume", "create", "solo", "--size", "64M", "--fs", "raw", "--nodes", c_name,
+    ]);
+    let tables = c.tables();
+    let path = drive.path.display().to_string();
+    let e = c.nodes[2].refused(&["drive", "remove", &path]);
+    assert!(
+        e.contains("volume solo has its only replica") && e.contains("drive"),
+        "{e}"
+    );
+    assert_eq!(c.tables(), tables);
+    c.nodes[2].ok(&["volume", "delete", "solo"]);
     a.ok(&[
         "volume", "create", "df", "--size", "128M", "--fs", "raw", "--repl", "2", "--nodes", &on,
     ]);
@@ -283,6 +302,75 @@ fn drive_failure(c: &Cluster, drive: &FailingDrive) {
     );
     a.ok(&["volume", "detach", "df"]);
     a.ok(&["volume", "delete", "df"]);
+    drive_replace(c, &pool.members[0].uuid, spare);
+}
+
+/// `drive replace` of c's failed drive: refused onto a disk with a signature, then (forced)
+/// the pool is made anew on the new disk and takes a volume again.
+fn drive_replace(c: &Cluster, failed: &str, spare: &FailingDrive) {
+    let node = &c.nodes[2];
+    let new = spare.path.display().to_string();
+    run("mkswap", &[&new]);
+    let (tables, pools) = (c.tables(), node.ok(&["pool", "list"]));
+    let e = node.refused(&["drive", "replace", failed, &new]);
+    assert!(e.contains("new: ") && e.contains("--force"), "{e}");
+    assert_eq!((c.tables(), node.ok(&["pool", "list"])), (tables, pools));
+
+    node.ok(&["drive", "replace", failed, &new, "--force"]);
+    let pool = c.wait(
+        "c's pool made anew on the new disk",
+        Duration::from_secs(300),
+        || {
+            let pools: Vec<PoolView> = node.json(&["pool", "list"]);
+            pools
+                .into_iter()
+                .find(|p| p.node.to_string() == c.id(2))
+                .filter(|p| {
+                    p.health == PoolHealth::Online
+                        && p.members.len() == 1
+                        && p.members[0].uuid != failed
+                        && p.members[0].state == Some(DriveState::Online)
+                })
+        },
+    );
+    // Its data device maps the new disk.
+    let dev = run(
+        "dmsetup",
+        &[
+            "info",
+            "-c",
+            "--noheadings",
+            "-o",
+            "major,minor",
+            &spare.name,
+        ],
+    );
+    let dev = dev.trim();
+    let data = c
+        .tables()
+        .into_iter()
+        .find(|t| t.contains(&format!("pool-{}-data:", pool.id)))
+        .expect("the pool's data device");
+    assert!(
+        data.contains(&format!(" {dev} ")),
+        "{data} does not map {dev}"
+    );
+    // It holds a volume again: written and read back.
+    let name = c.nodes[2].name.as_str();
+    node.ok(&[
+        "volume", "create", "back", "--size", "64M", "--fs", "raw", "--nodes", name,
+    ]);
+    let v: VolumeView = node.json(&["volume", "attach", "back"]);
+    let dev = v.device.clone().expect("a device");
+    let data = pattern(23, MIB);
+    write_direct(&dev, 0, &data);
+    assert_eq!(sha256(&read_direct(&dev, 0, MIB)), sha256(&data));
+    node.ok(&["volume", "detach", "back"]);
+    node.ok(&["volume", "delete", "back"]);
+    eprintln!(
+        "drive replace: c's failed drive {failed} replaced by {} in pool {}",
+        pool.members[0].uuid, pool.id
+    );
 }
 
 #[test]
@@ -1035,10 +1123,9 @@ fn metrics(d: &Daemon) -> String {
 }
 
 /// A leg whose node stays gone past its volume's replica timeout (15 s here, the cluster's
-/// an hour) is replaced while fio
-/// writes: dropped, then built on the third node thin-aware (only what the volume maps is
-/// copied, about 200 MiB of a 384 MiB volume), joined, checked. The lost node, back, frees
-/// its old leg.
+/// an hour) is replaced while fio writes: dropped, then built on the third node thin-aware
+/// (only what the volume maps is copied, about 200 MiB of a 4 GiB volume), joined,
+/// checked. The lost node, back, frees its old leg.
 fn replaced_past_the_timeout(c: &mut Cluster) {
     let a = &c.nodes[0];
     // The cluster's timeout is long; the volume's own, short, wins.
@@ -1047,7 +1134,7 @@ fn replaced_past_the_timeout(c: &mut Cluster) {
     assert!(e.contains("replica_timeout_s must be 10 to"), "{e}");
     let on = format!("{},{}", c.nodes[0].name, c.nodes[2].name);
     a.ok(&[
-        "volume", "create", "rt", "--size", "384M", "--fs", "raw", "--repl", "2", "--nodes", &on,
+        "volume", "create", "rt", "--size", "4G", "--fs", "raw", "--repl", "2", "--nodes", &on,
     ]);
     legs_built(c, "rt");
     let e = a.refused(&["volume", "update", "rt", "--replica-timeout", "31d"]);
@@ -1066,7 +1153,8 @@ fn replaced_past_the_timeout(c: &mut Cluster) {
     let took = cut.elapsed();
     let runs = writer.finish(c);
     let b = built.last_build.clone().expect("the copy's record");
-    two_legs_whole(c, &built, 384 * MIB, &dev, (64 * MIB as u64, &data));
+    // Everything written lies in the first 512 MiB; the check compared the legs whole.
+    two_legs_whole(c, &built, 512 * MIB, &dev, (64 * MIB as u64, &data));
     let source = thin_mapped(&format!("pxd-{}-thin-{}", c.id(0), v.id));
     let new = thin_mapped(&format!("pxd-{}-thin-{}", c.id(1), v.id));
     eprintln!(

@@ -17,6 +17,8 @@
 //! | `GET /v1/kv/{ns}`, `PUT`/`GET`/`DELETE /v1/kv/{ns}/{key}` | small metadata |
 //! | `GET /v1/drives`, `POST /v1/drives` `{path, force}` | this node's disks; add one to a pool |
 //! | `POST /v1/drives/benchmark` `{path}` | re-measure a disk, read-only |
+//! | `POST /v1/drives/remove` `{drive}` | a drive leaves: its replicas built elsewhere first |
+//! | `POST /v1/drives/replace` `{old, new, force}` | the same, onto a new disk in its place |
 //! | `GET /v1/pools` | pools with class, drives, use and chunk |
 //! | `/v1/volumes...` | volumes and snapshots (see [`volumes`]) |
 //! | `GET /metrics` | Prometheus text (no token needed over TCP) |
@@ -30,6 +32,7 @@
 
 pub mod attach;
 pub mod client;
+pub mod drive_leave;
 pub mod ha;
 pub mod pools;
 pub mod snapshots;
@@ -297,6 +300,8 @@ fn routes(state: AppState) -> Router {
             axum::routing::delete(snapshots::delete),
         )
         .route("/v1/drives/benchmark", post(drive_benchmark))
+        .route("/v1/drives/remove", post(drive_leave::remove))
+        .route("/v1/drives/replace", post(drive_leave::replace))
         .route("/v1/kv/{ns}", get(kv_list))
         .route(
             "/v1/kv/{ns}/{key}",

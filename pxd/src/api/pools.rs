@@ -43,6 +43,9 @@ pub struct MemberView {
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Set while it leaves the pool (`drive remove`, `drive replace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaving: Option<crate::store::types::Leaving>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +89,7 @@ pub async fn list(State(s): State<AppState>) -> ApiResult<Vec<PoolView>> {
                         .map(|d| MemberView {
                             state: st.drives.get(d).map(|x| x.state),
                             note: st.drives.get(d).and_then(|x| x.note.clone()),
+                            leaving: st.drives.get(d).and_then(|x| x.leaving.clone()),
                             uuid: d.clone(),
                             path: last
                                 .members
@@ -123,7 +127,7 @@ pub const MIN_DRIVE_BYTES: u64 = 64 << 20;
 
 /// One drive add at a time on a node: the second of two adds of one disk then finds the
 /// first one recorded (or its label) and is refused with the reason.
-static ADDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(super) static ADDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How long an add may take: a benchmark of a few seconds and a few reconcile passes, with a
 /// wide margin for a slow host.
@@ -141,41 +145,11 @@ pub async fn add(
     let Some(cluster) = s.cluster.cluster_id() else {
         return Err(crate::cluster::ClusterError::NotInCluster.into());
     };
-    let me = s.cluster.id();
     let path = req.path.clone();
-    if !path.is_absolute() {
-        return Err(ApiError::BadRequest(format!(
-            "path: {} must be an absolute device path",
-            path.display()
-        )));
-    }
     let _one = ADDING.lock().await;
     let shown = path.display().to_string();
-    let members = s.cluster.state().read(member_index);
-    let force = req.force;
-    let info = tokio::task::spawn_blocking(move || {
-        let info = inspect(&path).map_err(drive_error)?;
-        let standing = label_standing(&info, &cluster, me, &members);
-        check_addable(&info, &standing, force).map_err(drive_error)?;
-        Ok::<_, ApiError>(info)
-    })
-    .await
-    .map_err(|e| ApiError::Node(e.to_string()))??;
-    if info.size_bytes < MIN_DRIVE_BYTES {
-        return Err(ApiError::BadRequest(format!(
-            "path: {shown} has {} bytes; a drive needs at least {MIN_DRIVE_BYTES} (64 MiB)",
-            info.size_bytes
-        )));
-    }
-    let id = DriveUuid::random().to_string();
-    let drive = Drive::adding(
-        id.clone(),
-        me,
-        shown.clone(),
-        info.hardware_id.clone(),
-        info.size_bytes,
-        force,
-    );
+    let drive = new_drive(&s, &cluster, &path, req.force).await?;
+    let id = drive.id.clone();
     match s
         .cluster
         .submit_and_apply(Op::Command(Command::BeginDriveAdd { drive }))
@@ -224,6 +198,48 @@ pub async fn add(
             .map(|b| b.to_result())
             .ok_or_else(|| ApiError::Node("the drive was recorded without its benchmark".into()))?,
     }))
+}
+
+/// The disk at `path` checked as a new drive of this node (reading it only: in use,
+/// signatures, labels, size), and its add record, not yet submitted.
+pub(super) async fn new_drive(
+    s: &AppState,
+    cluster: &str,
+    path: &std::path::Path,
+    force: bool,
+) -> Result<Drive, ApiError> {
+    let me = s.cluster.id();
+    if !path.is_absolute() {
+        return Err(ApiError::BadRequest(format!(
+            "path: {} must be an absolute device path",
+            path.display()
+        )));
+    }
+    let shown = path.display().to_string();
+    let members = s.cluster.state().read(member_index);
+    let (cluster, at) = (cluster.to_owned(), path.to_owned());
+    let info = tokio::task::spawn_blocking(move || {
+        let info = inspect(&at).map_err(drive_error)?;
+        let standing = label_standing(&info, &cluster, me, &members);
+        check_addable(&info, &standing, force).map_err(drive_error)?;
+        Ok::<_, ApiError>(info)
+    })
+    .await
+    .map_err(|e| ApiError::Node(e.to_string()))??;
+    if info.size_bytes < MIN_DRIVE_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "path: {shown} has {} bytes; a drive needs at least {MIN_DRIVE_BYTES} (64 MiB)",
+            info.size_bytes
+        )));
+    }
+    Ok(Drive::adding(
+        DriveUuid::random().to_string(),
+        me,
+        shown,
+        info.hardware_id.clone(),
+        info.size_bytes,
+        force,
+    ))
 }
 
 /// Every pool member of the store: drive uuid -> (pool, class).

@@ -550,6 +550,7 @@ pub async fn create(
         build: None,
         last_build: None,
         replacing: None,
+        last_split: None,
         replica_timeout_s: None,
         placement: Some(PlacementNote {
             explanation: placed.explanation.clone(),

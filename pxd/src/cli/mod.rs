@@ -88,6 +88,25 @@ pub enum DriveCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Take a drive out of its pool: the replicas on the pool are built elsewhere first,
+    /// then the pool (the drive is its only member) is taken down and the drive's label
+    /// erased. Returns once recorded; `pxd pool list` shows the progress.
+    Remove {
+        /// The drive: its uuid (`pxd pool list`), or its device path on this node.
+        drive: String,
+    },
+    /// Put a new disk in the place of a drive (failed or not): the replicas on its pool are
+    /// built elsewhere first, then the pool is made anew with the new disk in the old one's
+    /// place. Returns once recorded; `pxd pool list` shows the progress.
+    Replace {
+        /// The drive leaving: its uuid (`pxd pool list`), or its device path on this node.
+        old: String,
+        /// The new disk, on this node, e.g. /dev/sdc.
+        new: PathBuf,
+        /// Take a new disk that carries a signature (its data is lost).
+        #[arg(long)]
+        force: bool,
+    },
     /// Re-measure a disk of this node (read-only: it may hold data) and show its class.
     Benchmark {
         /// The disk, e.g. /dev/sdb.
@@ -243,6 +262,20 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Pool(PoolCommand::List) => storage::pool_list(cli.json, &c),
         Command::Drive(DriveCommand::Add { dev, force }) => {
             storage::drive_add(cli.json, &c, dev, *force)
+        }
+        Command::Drive(DriveCommand::Remove { drive }) => {
+            let req = crate::api::drive_leave::RemoveDriveRequest {
+                drive: drive.clone(),
+            };
+            storage::drive_leaving(cli.json, c.post("/v1/drives/remove", &req)?)
+        }
+        Command::Drive(DriveCommand::Replace { old, new, force }) => {
+            let req = crate::api::drive_leave::ReplaceDriveRequest {
+                old: old.clone(),
+                new: new.clone(),
+                force: *force,
+            };
+            storage::drive_leaving(cli.json, c.post("/v1/drives/replace", &req)?)
         }
         Command::Daemon(_) => Ok(()),
         Command::Cluster(cmd) => cluster(cli, &c, cmd),

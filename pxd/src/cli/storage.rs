@@ -708,6 +708,33 @@ pub fn drive_add(
     Ok(())
 }
 
+/// What `drive remove` or `drive replace` recorded.
+pub fn drive_leaving(json: bool, l: crate::api::drive_leave::DriveLeaving) -> Result<(), CliError> {
+    if json {
+        print_json(&l);
+        return Ok(());
+    }
+    let moving = if l.volumes.is_empty() {
+        "no replica is on it".to_string()
+    } else {
+        format!(
+            "the replicas of {} are built elsewhere first (each under its volume's attachment)",
+            l.volumes.join(", ")
+        )
+    };
+    match &l.replacement {
+        Some(by) => println!(
+            "drive {} leaves pool {}: {moving}; then drive {by} takes its place in the pool, made anew",
+            l.drive, l.pool
+        ),
+        None => println!(
+            "drive {} leaves pool {}: {moving}; then the pool is taken down and the drive's label erased",
+            l.drive, l.pool
+        ),
+    }
+    Ok(())
+}
+
 pub fn pool_list(json: bool, c: &BlockingClient) -> Result<(), CliError> {
     let pools: Vec<PoolView> = c.get("/v1/pools")?;
     if json {
@@ -729,9 +756,13 @@ pub fn pool_list(json: bool, c: &BlockingClient) -> Result<(), CliError> {
                 .iter()
                 .map(|m| {
                     let at = m.path.as_deref().unwrap_or("not found");
+                    let leaving = if m.leaving.is_some() { ", LEAVING" } else { "" };
                     match m.state {
-                        Some(DriveState::Failed) => format!("{} ({at}, FAILED)", m.uuid),
-                        _ => format!("{} ({at})", m.uuid),
+                        Some(DriveState::Failed) => format!("{} ({at}, FAILED{leaving})", m.uuid),
+                        Some(DriveState::Adding | DriveState::Labelling) => {
+                            format!("{} ({at}, being added)", m.uuid)
+                        }
+                        _ => format!("{} ({at}{leaving})", m.uuid),
                     }
                 })
                 .collect();

@@ -39,6 +39,19 @@ pub fn write(path: &Path, l: &Label) -> io::Result<()> {
     }
 }
 
+/// Zeroes both label copies of the drive at `path`, but only while they read back as `l`:
+/// a disk that moved or was relabelled since the scan is left alone (`Ok(false)`).
+pub fn erase(path: &Path, l: &Label) -> io::Result<bool> {
+    if read(path)? != Found::Labelled(l.clone()) {
+        return Ok(false);
+    }
+    let zeros = vec![0u8; BLOCK];
+    for at in label::COPIES {
+        block::write_direct(path, at, &zeros)?;
+    }
+    Ok(true)
+}
+
 /// A block device seen by the scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scanned {

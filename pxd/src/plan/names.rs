@@ -125,8 +125,9 @@ pub enum Role {
     Copy(u8),
 }
 
-/// Most legs a volume has (repl 3).
-pub const MAX_LEGS: u8 = 3;
+/// Split numbers a volume's legs take (repl 3, and one to spare: a leg just dropped keeps
+/// its number while its devices may still be up).
+pub const MAX_LEGS: u8 = 4;
 
 impl Kind {
     fn as_str(self) -> &'static str {
@@ -316,7 +317,7 @@ mod tests {
         assert_eq!(split.to_string(), "pxd-n1-leg-v7-d2");
         assert_eq!("pxd-n1-leg-v7-d2".parse::<DeviceName>().unwrap(), split);
         assert_eq!("pxd-n1-leg-v7".parse::<DeviceName>().unwrap().role, None);
-        assert!("pxd-n1-leg-v7-d3".parse::<DeviceName>().is_err());
+        assert!("pxd-n1-leg-v7-d4".parse::<DeviceName>().is_err());
         let next = DeviceName::new(&node, Kind::Leg, &vol, Some(Role::LegMetaNext(1)));
         assert_eq!(next.to_string(), "pxd-n1-leg-v7-n1");
         assert_eq!("pxd-n1-leg-v7-n1".parse::<DeviceName>().unwrap(), next);

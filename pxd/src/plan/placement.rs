@@ -209,10 +209,10 @@ fn candidates(view: &ClusterView<'_>, size: u64) -> (Vec<TopoCandidate>, Vec<Str
         let free = limit.saturating_sub(provisioned);
         let near_full = seen.and_then(|u| u.near_full.clone());
         let online = view.online.contains(&p.node);
-        let failed = st
-            .drives
-            .values()
-            .find(|d| d.pool == p.id && d.state == crate::store::types::DriveState::Failed);
+        let failed = st.drives.values().find(|d| {
+            d.pool == p.id
+                && (d.out_of_service() || d.state != crate::store::types::DriveState::Online)
+        });
         let healthy = !matches!(p.health, PoolHealth::Damaged(_)) && failed.is_none();
         let storage = node.role == Role::Storage;
         let at = format!("pool {} ({}) on {}", p.id, p.class, node.name);
@@ -223,7 +223,12 @@ fn candidates(view: &ClusterView<'_>, size: u64) -> (Vec<TopoCandidate>, Vec<Str
         } else if let PoolHealth::Damaged(r) = &p.health {
             passed_over.push(format!("{at}: damaged: {r}"));
         } else if let Some(d) = failed {
-            passed_over.push(format!("{at}: its drive {} failed", d.id));
+            let why = match (&d.leaving, d.state) {
+                (Some(_), _) => "is leaving it",
+                (None, crate::store::types::DriveState::Failed) => "failed",
+                _ => "is being added",
+            };
+            passed_over.push(format!("{at}: its drive {} {why}", d.id));
         } else if let Some(r) = &near_full {
             passed_over.push(format!("{at}: near full: {r}"));
         } else if free < size {

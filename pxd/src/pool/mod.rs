@@ -58,6 +58,9 @@ pub enum Metadata {
     /// The pool was activated before: its metadata must be there and pass `thin_check`,
     /// or the pool is refused and left as it is.
     MustExist,
+    /// A member of the pool was replaced while nothing was on it: what its old metadata
+    /// holds describes a layout that is gone, so it is zeroed and made fresh.
+    Fresh,
 }
 
 /// A pool that is up.
@@ -106,7 +109,11 @@ pub fn ensure_pool(
             };
             let head = block::read_direct(&meta, 0, superblock::HEAD_LEN)
                 .map_err(|e| io("read metadata superblock of", e))?;
-            if superblock::has_thin_superblock(&head) {
+            if metadata == Metadata::Fresh {
+                block::zero_direct(&meta, 0, superblock::HEAD_LEN)
+                    .map_err(|e| io("clear metadata of", e))?;
+                fresh = true;
+            } else if superblock::has_thin_superblock(&head) {
                 crate::kernel::thin_tools::thin_check(&meta).map_err(damaged)?;
             } else if metadata == Metadata::MayBeNew {
                 block::zero_direct(&meta, 0, superblock::HEAD_LEN)

@@ -3,9 +3,10 @@
 //! Both directions are pure.
 
 use crate::pool::label::LabelSpec;
+use crate::reconcile::desired::VolumeState;
 use crate::reconcile::desired::{AttachLeg, AttachedVolume, BuildingLeg, CheckPhase, LegState};
 use crate::reconcile::desired::{JoinPhase, JoiningDrive};
-use crate::reconcile::desired::{NodeState, OriginState, PoolState, SnapshotState, VolumeState};
+use crate::reconcile::desired::{NodeState, OriginState, PoolState, Retire, SnapshotState};
 use crate::store::pools::{DriveChange, PoolChange};
 use crate::store::state::{ClusterState, Command, SnapshotChange, VolumeChange};
 use crate::store::types::AttachState;
@@ -33,12 +34,26 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
                     })
                     .map(|(d, path)| (d.clone(), path))
                     .unzip();
+            let of_pool = || cluster.drives.values().filter(|d| d.pool == p.id);
+            let empty = !cluster
+                .volumes
+                .values()
+                .any(|v| v.replicas.iter().chain(&v.dropped).any(|r| r.pool == p.id));
             PoolState {
                 id: p.id.clone(),
                 members,
                 drives,
                 activated: p.activated,
                 chunk_sectors: p.chunk_sectors,
+                reformed: p.reformed,
+                dead: of_pool().any(|d| d.state == DriveState::Failed),
+                retire: of_pool()
+                    .find(|d| d.leaving.is_some())
+                    .filter(|_| empty)
+                    .map(|d| Retire {
+                        drive: d.id.clone(),
+                        done: false,
+                    }),
             }
         })
         .collect();
@@ -51,6 +66,12 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
         .drives
         .values()
         .filter(|d| d.node == node)
+        // A replacement waits until the drive it replaces has left.
+        .filter(|d| {
+            d.replaces
+                .as_ref()
+                .is_none_or(|r| !cluster.drives.contains_key(r))
+        })
         .filter_map(|d| {
             let phase = match d.state {
                 DriveState::Adding => JoinPhase::Measure,
@@ -392,6 +413,14 @@ pub fn records(before: &NodeState, after: &NodeState) -> Vec<Command> {
         });
     }
     for b in &before.pools {
+        let retired = |p: &PoolState| p.retire.clone().filter(|r| r.done).map(|r| r.drive);
+        let now = after.pools.iter().find(|a| a.id == b.id).and_then(retired);
+        if let (None, Some(drive)) = (retired(b), now) {
+            out.push(Command::UpdateDrive {
+                id: drive,
+                change: DriveChange::Retired,
+            });
+        }
         if !b.activated && after.pools.iter().any(|a| a.id == b.id && a.activated) {
             out.push(Command::UpdatePool {
                 id: b.id.clone(),
@@ -485,6 +514,7 @@ mod tests {
                 generation: 1,
                 activated: true,
                 health: PoolHealth::Online,
+                reformed: false,
             },
         );
         c
@@ -534,6 +564,7 @@ mod tests {
             build: None,
             last_build: None,
             replacing: None,
+            last_split: None,
             replica_timeout_s: None,
         }
     }
@@ -680,6 +711,44 @@ mod tests {
             records(&node_state(&c, NodeId(1), None), &after),
             [Command::RemoveVolume { id: "a".into() }]
         );
+    }
+
+    #[test]
+    fn a_leaving_drive_s_pool_is_retired_once_empty_and_its_replacement_waits_for_it() {
+        use crate::store::pools::DriveChange;
+        use crate::store::types::{DriveState, Leaving};
+        let mut c = cluster();
+        let pool = "p1".to_string();
+        let v = volume("a", "a");
+        c.volumes.insert(v.id.clone(), v);
+        let mut old = Drive::adding("d1".into(), NodeId(1), "/dev/vdb".into(), None, 1, false);
+        (old.pool, old.state) = (pool.clone(), DriveState::Failed);
+        old.leaving = Some(Leaving::Replace { by: "d2".into() });
+        let mut new = Drive::adding("d2".into(), NodeId(1), "/dev/vdc".into(), None, 1, false);
+        new.replaces = Some("d1".into());
+        c.drives.insert("d1".into(), old);
+        c.drives.insert("d2".into(), new);
+        let before = node_state(&c, NodeId(1), None);
+        let p = before.pools.iter().find(|p| p.id == pool).unwrap();
+        assert!(
+            p.dead && p.retire.is_none(),
+            "volume a is still on it: {p:?}"
+        );
+        assert!(before.joining.is_empty(), "the replacement waits");
+        c.volumes.clear();
+        let before = node_state(&c, NodeId(1), None);
+        let mut after = before.clone();
+        let p = after.pools.iter_mut().find(|p| p.id == pool).unwrap();
+        p.retire.as_mut().unwrap().done = true;
+        assert_eq!(
+            records(&before, &after),
+            [Command::UpdateDrive {
+                id: "d1".into(),
+                change: DriveChange::Retired
+            }]
+        );
+        c.drives.remove("d1");
+        assert_eq!(node_state(&c, NodeId(1), None).joining.len(), 1);
     }
 
     #[test]

@@ -179,7 +179,7 @@ pub enum JoinPhase {
     Failed(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PoolState {
     pub id: String,
     /// Label uuids of its drives in placement order (metadata on the first): what it is
@@ -193,6 +193,26 @@ pub struct PoolState {
     pub activated: bool,
     /// Allocation chunk, in 512-byte sectors.
     pub chunk_sectors: u64,
+    /// A member was replaced: its metadata is made fresh even over an old superblock.
+    #[serde(default)]
+    pub reformed: bool,
+    /// A member fails I/O: nothing is deleted from its metadata any more (the pool's
+    /// replacement or removal discards it whole); dropped legs on it are only torn down.
+    #[serde(default)]
+    pub dead: bool,
+    /// A member is leaving and no replica is left on the pool: its devices come down,
+    /// then the member's label is erased and the leave recorded.
+    #[serde(default)]
+    pub retire: Option<Retire>,
+}
+
+/// The member drive leaving a pool with nothing left on it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Retire {
+    pub drive: String,
+    /// Set once its devices are down and its label erased (or unreadable on a failed
+    /// drive): the leave is then recorded.
+    pub done: bool,
 }
 
 pub use crate::store::types::Phase;

@@ -88,9 +88,11 @@ impl Concern {
             Step::MeasureDrive { drive } | Step::LabelDrive { drive, .. } => {
                 Concern::Drive(drive.clone())
             }
-            Step::EnsurePool(spec) | Step::CreatePool(spec) | Step::GrowPool(spec) => {
-                Concern::Pool(spec.pool.to_string())
-            }
+            Step::EnsurePool(spec)
+            | Step::CreatePool(spec)
+            | Step::GrowPool(spec)
+            | Step::ReformPool(spec) => Concern::Pool(spec.pool.to_string()),
+            Step::RetireDrive { pool, .. } => Concern::Pool(pool.clone()),
             Step::CreateThinId { pool, thin_id } | Step::DeleteThinId { pool, thin_id } => {
                 by_thin_id(pool, *thin_id)
             }
@@ -259,6 +261,55 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
+    /// Erases the label of `drive`, leaving `pool`, wherever the drive is now; a drive that
+    /// cannot be read or written any more is left as it is when it failed. Then marks the
+    /// leave done in `state`, for the record.
+    fn retire_drive(
+        &self,
+        state: &mut NodeState,
+        pool: &str,
+        drive: &str,
+    ) -> Result<(), ExecError> {
+        let Some(p) = state.pools.iter_mut().find(|p| p.id == pool) else {
+            return Ok(());
+        };
+        let ours = |l: &pool::label::Label| {
+            l.cluster == state.cluster
+                && l.node.to_string() == state.node
+                && l.pool == pool
+                && l.drive.to_string() == drive
+        };
+        for found in crate::kernel::label::scan(&[]) {
+            let pool::label::Found::Labelled(l) = &found.found else {
+                continue;
+            };
+            if !ours(l) {
+                continue;
+            }
+            self.faults
+                .tick(&format_args!("erase the label of {}", found.path.display()));
+            match crate::kernel::label::erase(&found.path, l) {
+                Ok(_) => {}
+                Err(e) if p.dead => tracing::warn!(
+                    drive,
+                    path = %found.path.display(),
+                    error = %e,
+                    "the failed drive's label cannot be erased; it leaves as it is"
+                ),
+                Err(e) => {
+                    return Err(ExecError::Replication(format!(
+                        "erase the label of drive {drive} at {}: {e}",
+                        found.path.display()
+                    )))
+                }
+            }
+        }
+        if let Some(r) = p.retire.as_mut() {
+            r.done = true;
+        }
+        Ok(())
+    }
+
     /// Runs one step; true if it changed `state`.
     fn one(&mut self, step: &Step, state: &mut NodeState) -> Result<bool, ExecError> {
         let faulty = FaultyDm {
@@ -292,8 +343,16 @@ impl<'a> Executor<'a> {
                 let pool = pool::ensure_pool(dm, spec, Metadata::MustExist)?;
                 self.pools.insert(spec.pool.to_string(), pool);
             }
-            Step::CreatePool(spec) => {
-                let pool = pool::ensure_pool(dm, spec, Metadata::MayBeNew)?;
+            Step::RetireDrive { pool, drive } => {
+                self.retire_drive(state, pool, drive)?;
+                return Ok(true);
+            }
+            Step::CreatePool(spec) | Step::ReformPool(spec) => {
+                let metadata = match step {
+                    Step::ReformPool(_) => Metadata::Fresh,
+                    _ => Metadata::MayBeNew,
+                };
+                let pool = pool::ensure_pool(dm, spec, metadata)?;
                 self.pools.insert(spec.pool.to_string(), pool);
                 if let Some(p) = state.pools.iter_mut().find(|p| p.id == spec.pool.as_str()) {
                     p.activated = true;

@@ -175,6 +175,7 @@ mod tests {
                 drives: vec![],
                 activated: true,
                 chunk_sectors: 512,
+                ..Default::default()
             }],
             ..Default::default()
         }

@@ -89,7 +89,8 @@ pub(super) fn joining_steps(desired: &NodeState) -> Vec<Step> {
 
 /// Each pool's step (up, grown, or made fresh when never activated), with its devices added
 /// to `expected`. Returns the pools that will be up: a pool with a missing member is left
-/// as the kernel has it, nothing torn down and nothing built on a partial set of drives.
+/// as the kernel has it, nothing torn down and nothing built on a partial set of drives; so
+/// is a dead one (a member fails I/O).
 pub(super) fn pool_steps<'a>(
     desired: &'a NodeState,
     observed: &Observed,
@@ -100,8 +101,31 @@ pub(super) fn pool_steps<'a>(
     let mut pools_up = BTreeSet::new();
     for p in &desired.pools {
         let pool_id = Id::object(&p.id)?;
+        if let Some(retire) = &p.retire {
+            // Nothing is left on it: its devices come down, the top first, then the
+            // leaving member's label goes.
+            let live: Vec<_> = pool_devices(node, &pool_id)
+                .into_iter()
+                .rev()
+                .filter(|n| observed.devices.contains_key(&n.to_string()))
+                .collect();
+            if !live.is_empty() {
+                steps.extend(live.into_iter().map(Step::Deactivate));
+            } else if !retire.done {
+                steps.push(Step::RetireDrive {
+                    pool: p.id.clone(),
+                    drive: retire.drive.clone(),
+                });
+            }
+            continue;
+        }
         for name in pool_devices(node, &pool_id) {
             expected.insert(name.to_string());
+        }
+        if p.dead {
+            // A member fails I/O: the pool is neither brought up nor checked, and what the
+            // kernel has of it stays until the drive is replaced or removed.
+            continue;
         }
         let Ok(drives) = assemble(&desired.cluster, node, p, observed) else {
             continue;
@@ -117,6 +141,7 @@ pub(super) fn pool_steps<'a>(
         let planned_data = plan_pool(&spec).ok().map(|plan| plan.data.length());
         match (live_data, planned_data) {
             (Some(live), Some(planned)) if live < planned => steps.push(Step::GrowPool(spec)),
+            _ if !p.activated && p.reformed => steps.push(Step::ReformPool(spec)),
             _ if !p.activated => steps.push(Step::CreatePool(spec)),
             _ => steps.push(Step::EnsurePool(spec)),
         }

@@ -220,22 +220,21 @@ pub(super) fn deleting_steps(
             steps.push(Step::Deactivate(plan.name.clone()));
         }
     }
-    for s in &v.snapshots {
+    // A dead pool's metadata is never written again: its removal or replacement discards
+    // it whole, thin ids and all.
+    let dead = desired
+        .pools
+        .iter()
+        .any(|p| p.id == pool.as_str() && p.dead);
+    let mut ids: Vec<u64> = v.snapshots.iter().map(|s| s.thin_id).collect();
+    ids.extend(v.leg.as_ref().map(|leg| leg.meta_thin_id));
+    ids.push(v.thin_id);
+    for id in ids.into_iter().filter(|_| !dead) {
         steps.push(Step::DeleteThinId {
             pool: pool.clone(),
-            thin_id: thin_id(&v.id, s.thin_id)?,
+            thin_id: thin_id(&v.id, id)?,
         });
     }
-    if let Some(leg) = &v.leg {
-        steps.push(Step::DeleteThinId {
-            pool: pool.clone(),
-            thin_id: thin_id(&v.id, leg.meta_thin_id)?,
-        });
-    }
-    steps.push(Step::DeleteThinId {
-        pool,
-        thin_id: thin_id(&v.id, v.thin_id)?,
-    });
     steps.push(Step::Forget {
         volume: v.id.clone(),
         snapshot: None,

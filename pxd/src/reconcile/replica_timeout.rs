@@ -7,12 +7,13 @@
 //! stale, so a restart of the attach node only ever makes it wait longer, never less.
 //!
 //! A leg on a pool with a failed drive (one that fails reads) is dropped at once, stale or
-//! not: a failed drive does not come back by waiting.
+//! not: a failed drive does not come back by waiting. So is one on a pool whose drive is
+//! leaving it (`drive remove`, `drive replace`).
 
 use crate::cluster::{Cluster, Op};
 use crate::plan::placement;
 use crate::store::state::{ClusterState, Command, VolumeChange};
-use crate::store::types::{AttachState, DriveState, NodeId, ReplicaState, Volume};
+use crate::store::types::{AttachState, NodeId, ReplicaState, Volume};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -60,11 +61,11 @@ impl StaleClock {
     }
 }
 
-/// The pools with a member drive recorded failed.
+/// The pools with a member drive recorded failed, or leaving (`drive remove`/`replace`).
 fn failed_pools(st: &ClusterState) -> BTreeSet<String> {
     st.drives
         .values()
-        .filter(|d| d.state == DriveState::Failed && !d.pool.is_empty())
+        .filter(|d| d.out_of_service() && !d.pool.is_empty())
         .map(|d| d.pool.clone())
         .collect()
 }
@@ -172,7 +173,7 @@ pub fn place(
 mod tests {
     use super::*;
     use crate::store::attach::tests::volume;
-    use crate::store::types::Attachment;
+    use crate::store::types::{Attachment, DriveState};
 
     fn state_with(v: Volume) -> ClusterState {
         let mut st = ClusterState::default();
@@ -278,6 +279,17 @@ mod tests {
         st.volumes.get_mut("v1").unwrap().replicas[0].state =
             ReplicaState::Stale { missed_epoch: 2 };
         assert!(clock.due(&st, NodeId(1), t0).is_empty());
+        // A drive leaving its pool (`drive remove`) has the leg moved at once too.
+        st.volumes.get_mut("v1").unwrap().replicas[0].state = ReplicaState::Up;
+        let d = st.drives.get_mut("d1").unwrap();
+        (d.state, d.leaving) = (
+            DriveState::Online,
+            Some(crate::store::types::Leaving::Remove),
+        );
+        assert_eq!(
+            clock.due(&st, NodeId(1), t0),
+            [("v1".to_owned(), Next::Drop(NodeId(2)))]
+        );
     }
 
     #[test]

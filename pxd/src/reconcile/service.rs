@@ -779,6 +779,8 @@ fn step_name(s: &Step) -> String {
         Step::EnsurePool(p) => format!("pool {}", p.pool),
         Step::CreatePool(p) => format!("new pool {}", p.pool),
         Step::GrowPool(p) => format!("grow pool {}", p.pool),
+        Step::ReformPool(p) => format!("pool {} made anew", p.pool),
+        Step::RetireDrive { drive, pool } => format!("drive {drive} leaves pool {pool}"),
         Step::CreateThinId { thin_id, .. } => format!("create thin {thin_id}"),
         Step::Activate { volume, .. } => format!("activate {volume}"),
         Step::Grow { volume, .. } => format!("grow {volume}"),

@@ -98,6 +98,12 @@ pub enum Step {
     CreatePool(PoolSpec),
     /// Grow a live pool onto drives added to it.
     GrowPool(PoolSpec),
+    /// Bring up a pool whose member was replaced while nothing was on it: its metadata is
+    /// made fresh even where the first member holds an old superblock; then record it.
+    ReformPool(PoolSpec),
+    /// Erase the label of a drive leaving pool `pool` (its devices are down, nothing was on
+    /// it), so that the disk is free; then record the leave.
+    RetireDrive { pool: String, drive: String },
     /// Record thin id `thin_id` in the pool's metadata.
     CreateThinId { pool: Id, thin_id: ThinDevId },
     /// Activate a volume's stack, lowest first (`volume` names the key to use, if any).
@@ -288,7 +294,11 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
         }
         let pool = Id::object(&v.pool)?;
         let stack = volume_stack(&node, v, observed.bypass_workqueues)?;
-        if !pools_up.contains(v.pool.as_str()) {
+        // A leg dropped from a dead pool is taken down all the same: nothing it needs is
+        // written to the pool.
+        let dead = desired.pools.iter().any(|p| p.id == v.pool && p.dead);
+        let teardown = dead && v.phase == Phase::Deleting;
+        if !(pools_up.contains(v.pool.as_str()) || teardown) {
             // Its pool lacks a drive: whatever of its stack is up stays up, untouched.
             expected.extend(stack.iter().map(|p| p.name.to_string()));
             continue;
@@ -366,6 +376,7 @@ mod tests {
                 drives: vec!["/dev/vda".into()],
                 activated: true,
                 chunk_sectors: 512,
+                ..Default::default()
             }],
             volumes: vec![VolumeState {
                 id: "v1".into(),
@@ -436,6 +447,8 @@ mod tests {
                 Step::EnsurePool(p) => format!("pool {}", p.pool),
                 Step::CreatePool(p) => format!("new pool {}", p.pool),
                 Step::GrowPool(p) => format!("grow pool {}", p.pool),
+                Step::ReformPool(p) => format!("reform pool {}", p.pool),
+                Step::RetireDrive { drive, .. } => format!("retire {drive}"),
                 Step::CreateThinId { thin_id, .. } => format!("thin-id {thin_id}"),
                 Step::Activate { plans, .. } => format!("activate {}", plans.len()),
                 Step::Grow { .. } => "grow".into(),
@@ -608,6 +621,54 @@ mod tests {
         assert_eq!(
             kinds(&plan(&s, &o).unwrap()),
             ["resume pxd-a1-pool-p0", "resume pxd-a1-thin-v1", "pool p0"]
+        );
+    }
+
+    #[test]
+    fn a_leaving_drive_takes_its_empty_pool_down_top_first_then_its_label() {
+        let mut s = state();
+        s.volumes.clear();
+        s.pools[0].retire = Some(crate::reconcile::desired::Retire {
+            drive: uuid(1),
+            done: false,
+        });
+        assert_eq!(
+            kinds(&plan(&s, &observed(&pool_devs())).unwrap()),
+            [
+                "deactivate pxd-a1-pool-p0",
+                "deactivate pxd-a1-pool-p0-data",
+                "deactivate pxd-a1-pool-p0-meta"
+            ]
+        );
+        assert_eq!(
+            kinds(&plan(&s, &observed(&[])).unwrap()),
+            [format!("retire {}", uuid(1))]
+        );
+        s.pools[0].retire.as_mut().unwrap().done = true;
+        assert!(plan(&s, &observed(&[])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_pool_with_a_replaced_member_is_made_anew_and_a_dead_pool_is_never_written() {
+        let mut s = state();
+        s.volumes.clear();
+        (s.pools[0].activated, s.pools[0].reformed) = (false, true);
+        assert_eq!(
+            kinds(&plan(&s, &observed(&[])).unwrap()),
+            ["reform pool p0"]
+        );
+
+        // A dead pool is not brought up nor checked; a leg dropped from it is torn down and
+        // forgotten, its ids left; a live volume on it is left as the kernel has it.
+        let mut s = state();
+        s.pools[0].dead = true;
+        let mut devs = pool_devs();
+        devs.push(("pxd-a1-thin-v1", (64 << 20) / 512));
+        assert!(plan(&s, &observed(&devs)).unwrap().is_empty());
+        s.volumes[0].phase = Phase::Deleting;
+        assert_eq!(
+            kinds(&plan(&s, &observed(&devs)).unwrap()),
+            ["deactivate pxd-a1-thin-v1", "forget v1 None"]
         );
     }
 

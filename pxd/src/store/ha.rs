@@ -220,7 +220,11 @@ fn add_leg(v: &mut Volume, leg: NewLeg, snap_ids: [u32; 2], replacing: bool) -> 
         .chain(&v.dropped)
         .filter_map(|r| r.split)
         .collect();
-    let split = (0..crate::plan::names::MAX_LEGS)
+    let max = crate::plan::names::MAX_LEGS;
+    // Before any leg was added, the legs made with the volume took 0 to repl - 1.
+    let start = v.last_split.map_or(v.repl, |s| s.saturating_add(1));
+    let split = (0..max)
+        .map(|i| (start + i) % max)
         .find(|i| !used.contains(i))
         .ok_or_else(|| {
             format!(
@@ -228,6 +232,7 @@ fn add_leg(v: &mut Volume, leg: NewLeg, snap_ids: [u32; 2], replacing: bool) -> 
                 v.name
             )
         })?;
+    v.last_split = Some(split);
     v.replicas.push(Replica {
         node: leg.node,
         split: Some(split),
@@ -454,6 +459,32 @@ mod tests {
         v.replicas.truncate(2);
         v.repl = 2;
         v
+    }
+
+    #[test]
+    fn a_replacement_never_takes_the_split_number_of_the_leg_just_dropped() {
+        let mut v = attached_two();
+        let mut splits = Vec::new();
+        for (lost, new) in [(2, 3), (3, 2), (2, 3), (3, 2)] {
+            apply(
+                &mut v,
+                &VolumeChange::Lower {
+                    drop: NodeId(lost),
+                    replace: true,
+                },
+            )
+            .unwrap();
+            let slot = v.meta_slot ^ 1;
+            apply(&mut v, &reassembled_at(1, slot)).unwrap();
+            let dropped = v.dropped.pop().and_then(|r| r.split);
+            raise(&mut v, new_leg(new), [9, 10]).unwrap();
+            let split = v.replicas[1].split;
+            assert_ne!(split, dropped, "{v:?}");
+            splits.push(split);
+            v.build = None;
+            v.replicas[1].state = ReplicaState::Up;
+        }
+        assert_eq!(splits, [Some(2), Some(3), Some(1), Some(2)]);
     }
 
     #[test]

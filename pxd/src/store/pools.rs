@@ -5,7 +5,7 @@
 //! were activated and how their node last found them.
 
 use super::state::{encode, Change, ClusterState};
-use super::types::{Benchmark, Class, Drive, DriveState, Pool, PoolHealth};
+use super::types::{Benchmark, Class, Drive, DriveState, Leaving, Pool, PoolHealth};
 use crate::plan::pool::{plan_pool, Drive as PlanDrive, PoolSpec, DEFAULT_CHUNK};
 use devicemapper::{Device, Sectors};
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,10 @@ pub enum DriveChange {
     /// I/O; it stays its pool's member (the pool is degraded) and the replicas on that pool
     /// are built elsewhere.
     Failed { reason: String },
+    /// A leaving drive's pool devices are down and its label erased (where it could be):
+    /// it leaves the store; with a replacement, that drive takes its place in a pool whose
+    /// metadata is made fresh, otherwise the pool goes too.
+    Retired,
 }
 
 impl ClusterState {
@@ -91,6 +95,18 @@ impl ClusterState {
             .ok_or_else(|| format!("drive {id} does not exist"))?;
         let mut out = Vec::new();
         match (change, drive.state) {
+            // A replacement: its place in the pool was kept for it.
+            (DriveChange::Measured { class, benchmark }, DriveState::Adding)
+                if !drive.pool.is_empty() =>
+            {
+                let mut pool = self.pool_of(&drive)?;
+                drive.class = Some(*class);
+                drive.benchmark = Some(benchmark.clone());
+                drive.state = DriveState::Labelling;
+                pool.capacity = self.planned_capacity(&pool, &drive);
+                out.push(encode(format!("pool/{}", pool.id), &pool));
+                self.pools.insert(pool.id.clone(), pool);
+            }
             (DriveChange::Measured { class, benchmark }, DriveState::Adding) => {
                 let mut pool = self.pool_for(&drive, *class, benchmark);
                 pool.drives.push(drive.id.clone());
@@ -105,6 +121,14 @@ impl ClusterState {
                 self.pools.insert(pool.id.clone(), pool);
             }
             (DriveChange::Labelled, DriveState::Labelling) => drive.state = DriveState::Online,
+            // A replacement that cannot finish keeps the place it was given: the pool's
+            // layout counts it, and another `drive replace` takes it over.
+            (DriveChange::Failed { reason }, DriveState::Adding | DriveState::Labelling)
+                if drive.replaces.is_some() && !drive.pool.is_empty() =>
+            {
+                drive.state = DriveState::Failed;
+                drive.note = Some(reason.clone());
+            }
             (DriveChange::Failed { reason }, DriveState::Adding | DriveState::Labelling) => {
                 if let Some(pool) = self.pools.get(&drive.pool).cloned() {
                     // The drive is the pool's last member, never assembled (it was not
@@ -130,6 +154,11 @@ impl ClusterState {
                 drive.state = DriveState::Failed;
                 drive.note = Some(reason.clone());
             }
+            (DriveChange::Retired, DriveState::Online | DriveState::Failed)
+                if drive.leaving.is_some() =>
+            {
+                return self.retire_drive(&drive);
+            }
             (change, state) => {
                 return Err(format!(
                     "drive {id} is {state:?}; {change:?} does not apply to it"
@@ -138,6 +167,131 @@ impl ClusterState {
         }
         out.push(encode(format!("drive/{id}"), &drive));
         self.drives.insert(id.to_owned(), drive);
+        Ok(out)
+    }
+
+    fn pool_of(&self, drive: &Drive) -> Result<Pool, String> {
+        self.pools
+            .get(&drive.pool)
+            .cloned()
+            .ok_or_else(|| format!("drive {}: its pool {} does not exist", drive.id, drive.pool))
+    }
+
+    /// The replicas (and dropped legs still being freed) on pool `pool`, by volume name.
+    fn volumes_on(&self, pool: &str) -> Vec<&super::types::Volume> {
+        self.volumes
+            .values()
+            .filter(|v| v.replicas.iter().chain(&v.dropped).any(|r| r.pool == pool))
+            .collect()
+    }
+
+    /// Marks drive `id` leaving (`drive remove`, or `drive replace` onto `replacement`,
+    /// whose add is recorded with it). Refused, changing nothing, where the drive's leave
+    /// would lose data or cannot finish.
+    pub(super) fn leave_drive(
+        &mut self,
+        id: &str,
+        replacement: Option<&Drive>,
+    ) -> Result<Vec<Change>, String> {
+        let mut drive = self
+            .drives
+            .get(id)
+            .cloned()
+            .ok_or_else(|| format!("drive: no drive {id} is recorded"))?;
+        if !matches!(drive.state, DriveState::Online | DriveState::Failed) || drive.pool.is_empty()
+        {
+            return Err(format!(
+                "drive: {id} is {:?}, in no pool; only a pool member (online or failed) can \
+                 leave one",
+                drive.state
+            ));
+        }
+        if drive.leaving.is_some() {
+            return Err(format!("drive: {id} is leaving its pool already"));
+        }
+        let pool = self.pool_of(&drive)?;
+        if let Some(v) = self.volumes_on(&pool.id).into_iter().find(|v| v.repl == 1) {
+            return Err(format!(
+                "drive: volume {} has its only replica on pool {} (drive {id}); a repl 1 \
+                 volume cannot be moved, so delete it (or copy its data to a replicated \
+                 volume) first",
+                v.name, pool.id
+            ));
+        }
+        let mut out = Vec::new();
+        match replacement {
+            None if pool.drives.len() > 1 => {
+                return Err(format!(
+                    "drive: {id} is one of the {} members of pool {}, whose data runs across \
+                     all of them, so it cannot leave alone; replace it with `pxd drive \
+                     replace` instead",
+                    pool.drives.len(),
+                    pool.id
+                ))
+            }
+            None => drive.leaving = Some(Leaving::Remove),
+            Some(new) => {
+                if new.node != drive.node {
+                    return Err(format!(
+                        "drive: {id} is on node {}; its replacement must be on the same node",
+                        drive.node
+                    ));
+                }
+                let mut new = new.clone();
+                new.replaces = Some(id.to_owned());
+                out.extend(self.begin_drive_add(&new)?);
+                drive.leaving = Some(Leaving::Replace { by: new.id });
+            }
+        }
+        out.push(encode(format!("drive/{id}"), &drive));
+        self.drives.insert(id.to_owned(), drive);
+        Ok(out)
+    }
+
+    /// The leaving `drive`'s pool devices are down: it leaves the store, and its pool with
+    /// it, or its replacement takes its place in a pool to be made fresh.
+    fn retire_drive(&mut self, drive: &Drive) -> Result<Vec<Change>, String> {
+        let mut pool = self.pool_of(drive)?;
+        if let Some(v) = self.volumes_on(&pool.id).first() {
+            return Err(format!(
+                "drive {}: volume {} still has a replica on pool {}",
+                drive.id, v.name, pool.id
+            ));
+        }
+        let mut out = vec![super::state::removed(format!("drive/{}", drive.id))];
+        self.drives.remove(&drive.id);
+        match &drive.leaving {
+            Some(Leaving::Replace { by }) => {
+                let mut new =
+                    self.drives.get(by).cloned().ok_or_else(|| {
+                        format!("drive {}: its replacement {by} is gone", drive.id)
+                    })?;
+                let slot = pool
+                    .drives
+                    .iter()
+                    .position(|d| *d == drive.id)
+                    .ok_or_else(|| format!("drive {} is no member of {}", drive.id, pool.id))?;
+                pool.drives[slot] = new.id.clone();
+                if let Some(p) = pool.drive_paths.get_mut(slot) {
+                    p.clone_from(&new.path);
+                }
+                pool.generation += 1;
+                pool.activated = false;
+                pool.reformed = true;
+                pool.used = 0;
+                pool.health = PoolHealth::Online;
+                pool.capacity = self.planned_capacity(&pool, &new);
+                new.pool = pool.id.clone();
+                out.push(encode(format!("drive/{}", new.id), &new));
+                self.drives.insert(new.id.clone(), new);
+                out.push(encode(format!("pool/{}", pool.id), &pool));
+                self.pools.insert(pool.id.clone(), pool);
+            }
+            _ => {
+                out.push(super::state::removed(format!("pool/{}", pool.id)));
+                self.pools.remove(&pool.id);
+            }
+        }
         Ok(out)
     }
 
@@ -165,6 +319,7 @@ impl ClusterState {
             generation: 0,
             activated: false,
             health: PoolHealth::Online,
+            reformed: false,
         }
     }
 
@@ -203,7 +358,10 @@ impl ClusterState {
             .get_mut(id)
             .ok_or_else(|| format!("pool {id} does not exist"))?;
         match change {
-            PoolChange::Activated => pool.activated = true,
+            PoolChange::Activated => {
+                pool.activated = true;
+                pool.reformed = false;
+            }
             PoolChange::Health { health } => pool.health = health.clone(),
         }
         Ok(vec![encode(format!("pool/{id}"), &*pool)])
@@ -390,5 +548,139 @@ mod tests {
         assert_eq!(s.pools[&pool].drives, [uuid(1)]);
         // Failed once is failed: a second record is refused, nothing changes.
         assert_ne!(s.apply(&change(1, failed)).0, Response::Applied);
+    }
+
+    /// An online one-drive pool of drive `n`, its id.
+    fn online(s: &mut ClusterState, n: u8, path: &str) -> String {
+        s.apply(&adding(n, path, None));
+        s.apply(&change(n, measured(Class::High)));
+        s.apply(&change(n, DriveChange::Labelled));
+        let pool = s.drives[&uuid(n)].pool.clone();
+        s.apply(&Command::UpdatePool {
+            id: pool.clone(),
+            change: PoolChange::Activated,
+        });
+        pool
+    }
+
+    fn leave(n: u8, replacement: Option<Drive>) -> Command {
+        Command::LeaveDrive {
+            id: uuid(n),
+            replacement,
+        }
+    }
+
+    /// Volume `id` with `repl` replicas, one of them on `pool`.
+    fn volume_on(s: &mut ClusterState, id: &str, repl: u8, pool: &str) {
+        let mut v = crate::store::attach::tests::volume(repl);
+        v.id = id.into();
+        v.name = id.into();
+        v.replicas[0].pool = pool.into();
+        s.volumes.insert(v.id.clone(), v);
+    }
+
+    #[test]
+    fn a_drive_leaves_only_when_no_data_is_lost_and_the_pool_can_do_without_it() {
+        let mut s = state();
+        let pool = online(&mut s, 1, "/dev/vdb");
+        volume_on(&mut s, "solo", 1, &pool);
+        let before = s.clone();
+        let why = rejected(s.apply(&leave(1, None)).0);
+        assert!(
+            why.starts_with("drive: volume solo has its only replica"),
+            "{why}"
+        );
+        let new = Drive::adding(uuid(9), NodeId(1), "/dev/vdz".into(), None, 1 << 30, false);
+        let why = rejected(s.apply(&leave(1, Some(new.clone()))).0);
+        assert!(why.contains("only replica"), "{why}");
+        assert_eq!(s, before, "a refusal changes nothing");
+        s.volumes.clear();
+
+        // A member of a pool of two cannot leave alone; it can be replaced.
+        s.apply(&adding(2, "/dev/vdc", None));
+        s.apply(&change(2, measured(Class::High)));
+        s.apply(&change(2, DriveChange::Labelled));
+        let why = rejected(s.apply(&leave(2, None)).0);
+        assert!(why.contains("one of the 2 members"), "{why}");
+        assert_eq!(s.apply(&leave(2, Some(new))).0, Response::Applied);
+        assert!(rejected(s.apply(&leave(2, None)).0).contains("leaving its pool already"));
+        assert!(rejected(s.apply(&leave(7, None)).0).starts_with("drive: no drive"));
+    }
+
+    #[test]
+    fn a_removed_drive_leaves_with_its_pool_once_nothing_is_on_it() {
+        let mut s = state();
+        let pool = online(&mut s, 1, "/dev/vdb");
+        volume_on(&mut s, "v", 2, &pool);
+        assert_eq!(s.apply(&leave(1, None)).0, Response::Applied);
+        assert_eq!(s.drives[&uuid(1)].leaving, Some(Leaving::Remove));
+        // Its leg is still there: the drive cannot go yet.
+        let why = rejected(s.apply(&change(1, DriveChange::Retired)).0);
+        assert!(why.contains("volume v still has a replica"), "{why}");
+        s.volumes.clear();
+        assert_eq!(
+            s.apply(&change(1, DriveChange::Retired)).0,
+            Response::Applied
+        );
+        assert!(s.drives.is_empty() && s.pools.is_empty());
+    }
+
+    #[test]
+    fn a_replacement_takes_the_place_of_the_drive_it_replaces_in_a_pool_made_anew() {
+        let mut s = state();
+        let pool = online(&mut s, 1, "/dev/vdb");
+        let failed = DriveChange::Failed {
+            reason: "I/O errors".into(),
+        };
+        s.apply(&change(1, failed));
+        let new = Drive::adding(uuid(2), NodeId(1), "/dev/vdc".into(), None, 2 << 30, false);
+        assert_eq!(s.apply(&leave(1, Some(new))).0, Response::Applied);
+        let d = &s.drives[&uuid(2)];
+        assert_eq!(
+            (d.state, d.replaces.clone(), d.pool.as_str()),
+            (DriveState::Adding, Some(uuid(1)), "")
+        );
+        let old_capacity = s.pools[&pool].capacity;
+        assert_eq!(
+            s.apply(&change(1, DriveChange::Retired)).0,
+            Response::Applied
+        );
+        assert!(!s.drives.contains_key(&uuid(1)));
+        let p = &s.pools[&pool];
+        assert_eq!(p.drives, [uuid(2)]);
+        assert_eq!(p.drive_paths, ["/dev/vdc"]);
+        assert!(
+            p.reformed && !p.activated && p.capacity > old_capacity,
+            "{p:?}"
+        );
+        assert_eq!(s.drives[&uuid(2)].pool, pool);
+        // Measured, it keeps the place it was given.
+        s.apply(&change(2, measured(Class::Low)));
+        assert_eq!(s.drives[&uuid(2)].state, DriveState::Labelling);
+        assert_eq!(s.pools[&pool].drives, [uuid(2)]);
+        assert_eq!(s.pools.len(), 1);
+        s.apply(&change(2, DriveChange::Labelled));
+        s.apply(&Command::UpdatePool {
+            id: pool.clone(),
+            change: PoolChange::Activated,
+        });
+        assert!(s.pools[&pool].activated && !s.pools[&pool].reformed);
+    }
+
+    #[test]
+    fn a_replacement_that_fails_keeps_its_place_for_the_next() {
+        let mut s = state();
+        let pool = online(&mut s, 1, "/dev/vdb");
+        let new = Drive::adding(uuid(2), NodeId(1), "/dev/vdc".into(), None, 1 << 30, false);
+        s.apply(&leave(1, Some(new)));
+        s.apply(&change(1, DriveChange::Retired));
+        let failed = DriveChange::Failed {
+            reason: "the disk changed".into(),
+        };
+        assert_eq!(s.apply(&change(2, failed)).0, Response::Applied);
+        assert_eq!(s.pools[&pool].drives, [uuid(2)]);
+        assert_eq!(s.drives[&uuid(2)].state, DriveState::Failed);
+        let next = Drive::adding(uuid(3), NodeId(1), "/dev/vdd".into(), None, 1 << 30, false);
+        assert_eq!(s.apply(&leave(2, Some(next))).0, Response::Applied);
     }
 }

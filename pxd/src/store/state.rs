@@ -62,6 +62,13 @@ pub enum Command {
     RemoveDrive {
         id: String,
     },
+    /// `drive remove` (no replacement) or `drive replace`: the drive leaves its pool once
+    /// the replicas there are built elsewhere. Refused while a repl 1 volume lives on the
+    /// pool, or (for a remove) while the pool has other members.
+    LeaveDrive {
+        id: String,
+        replacement: Option<Drive>,
+    },
     PutVolume {
         volume: Volume,
     },
@@ -359,6 +366,9 @@ impl ClusterState {
                     .ok_or_else(|| format!("drive {id} does not exist"))?;
                 removed(format!("drive/{id}"))
             }
+            Command::LeaveDrive { id, replacement } => {
+                return self.leave_drive(id, replacement.as_ref())
+            }
             Command::PutVolume { volume } => {
                 if !(1..=3).contains(&volume.repl) {
                     return Err(format!(
@@ -555,6 +565,7 @@ pub(crate) mod tests {
                     generation: 0,
                     activated: false,
                     health: Default::default(),
+                    reformed: false,
                 },
             },
         ] {
@@ -603,6 +614,7 @@ pub(crate) mod tests {
             build: None,
             last_build: None,
             replacing: None,
+            last_split: None,
             replica_timeout_s: None,
         };
         assert!(matches!(

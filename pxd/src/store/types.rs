@@ -233,6 +233,10 @@ pub struct Pool {
     /// What the pool's node last found it to be.
     #[serde(default)]
     pub health: PoolHealth,
+    /// A member was replaced: the old metadata, whatever it holds, is made fresh when the
+    /// pool is next brought up (it held no replica when its devices came down).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reformed: bool,
 }
 
 impl Pool {
@@ -253,6 +257,7 @@ impl Pool {
             generation: 1,
             activated: true,
             health: PoolHealth::Online,
+            reformed: false,
         }
     }
 }
@@ -352,6 +357,24 @@ pub struct Drive {
     /// Why the add failed, or the drive did, when it did.
     #[serde(default)]
     pub note: Option<String>,
+    /// Set by `drive remove` or `drive replace`: the replicas on its pool are built
+    /// elsewhere, then the pool's devices come down and the drive leaves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaving: Option<Leaving>,
+    /// The drive whose place in its pool this one takes (`drive replace`): its add waits
+    /// until that drive has left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+}
+
+/// Why a drive leaves its pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "for", rename_all = "snake_case")]
+pub enum Leaving {
+    /// `drive remove`: the pool goes with it (it is the pool's only member).
+    Remove,
+    /// `drive replace`: drive `by` takes its place, and the pool is made anew.
+    Replace { by: String },
 }
 
 impl Drive {
@@ -376,7 +399,14 @@ impl Drive {
             force,
             benchmark: None,
             note: None,
+            leaving: None,
+            replaces: None,
         }
+    }
+
+    /// Whether its pool may hold no replica: the drive fails I/O or is leaving.
+    pub fn out_of_service(&self) -> bool {
+        self.state == DriveState::Failed || self.leaving.is_some()
     }
 }
 
@@ -619,6 +649,12 @@ pub struct Volume {
     /// is placed away from its fault domain and built, as a raise, once the drop is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replacing: Option<NodeId>,
+    /// The split number the last leg added was given: the next is taken after it, round
+    /// the [`MAX_LEGS`](crate::plan::names::MAX_LEGS), so that the number of a leg just
+    /// dropped (whose split devices its attach node may not have taken down yet) is never
+    /// the next one given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_split: Option<u8>,
     /// This volume's own replica timeout, in seconds, over the cluster's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_timeout_s: Option<u64>,
