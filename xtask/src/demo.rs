@@ -27,13 +27,14 @@ pub fn run() -> Result<i32> {
         .unwrap_or_else(|| root.join("target"));
     let demo = target.join("debug/examples/demo");
     println!(
-        "xtask demo: booting Debian's kernel in qemu with two 2 GiB disks for one node and three \
-         1 GiB disks for a cluster of three (about 15 s)\n"
+        "xtask demo: booting Debian's kernel in qemu with two 2 GiB disks for one node and four \
+         1 GiB disks for a cluster of three (one to replace a disk) (about 15 s)\n"
     );
     crate::vm::run(&crate::vm::VmArgs {
         disks: vec![
             "2G".into(),
             "2G".into(),
+            "1G".into(),
             "1G".into(),
             "1G".into(),
             "1G".into(),
@@ -54,6 +55,7 @@ pub fn run() -> Result<i32> {
             "/dev/vdc".into(),
             "/dev/vdd".into(),
             "/dev/vde".into(),
+            "/dev/vdf".into(),
         ],
     })
 }

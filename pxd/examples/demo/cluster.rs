@@ -2,8 +2,9 @@
 //! own disk (as on three hosts), form a cluster. A 2-way replicated volume is mirrored by
 //! dm-raid over NVMe/TCP legs on the node that holds neither leg; `kill -9` of any daemon
 //! under a writer stops nothing; a 3-way volume loses a replica under a writer and gains
-//! one again, copied thin-aware (`ha-update`); when the attach node is lost, a replica node takes the volume over with
-//! `attach --force` and the data is there.
+//! one again, copied thin-aware (`ha-update`); when the attach node is lost, a replica node
+//! takes the volume over with `attach --force` and the data is there; a node's disk is
+//! replaced under a writer, its leg built elsewhere first (`drive replace`).
 
 use super::{cmd, read_dev, sha256_file, step, write_file, Node, Writer};
 use anyhow::{ensure, Context, Result};
@@ -279,6 +280,53 @@ pub fn run(pxd: &Path, disks: &[PathBuf], first: u32) -> Result<()> {
     ensure!(read == written, "node-b reads {read}");
     println!("      node-b reads the file back: sha256 {read}");
     nodes[1].show(&["volume", "inspect", "shared"])?;
+
+    step(
+        first + 5,
+        "node-c comes back; node-a's disk is replaced by a new one while node-b writes: node-a's leg of the volume is built on node-c first, then node-a's pool is made anew on the new disk",
+    );
+    cmd("ip", &["-n", &ns(2), "link", "set", "eth0", "up"])?;
+    nodes[2].start()?;
+    wait("node-b to see node-c online again", || {
+        let list: Vec<serde_json::Value> = nodes[1].json(&["node", "list"]).ok()?;
+        let c = list.iter().find(|n| n["name"] == "node-c")?;
+        (c["liveness"] == "online").then_some(())
+    })?;
+    // trio has a leg on every node: there is nowhere to move node-a's.
+    nodes[0].run(&["volume", "detach", "trio"])?;
+    nodes[0].run(&["volume", "delete", "trio"])?;
+    println!("      trio deleted; shared keeps its legs on node-a and node-b, attached on node-b");
+    let writer = Writer::start(at.join("busy"));
+    let (old, new) = (
+        disks[0].display().to_string(),
+        disks[3].display().to_string(),
+    );
+    println!("      $ pxd drive replace {old} {new}   (on node-a)");
+    nodes[0].show(&["drive", "replace", &old, &new])?;
+    wait("node-a's pool made anew on the new disk", || {
+        let v: VolumeView = nodes[1].json(&["volume", "inspect", "shared"]).ok()?;
+        let moved = v
+            .replicas
+            .iter()
+            .all(|r| r.node_name != "node-a" && r.state == pxd::store::types::ReplicaState::Up);
+        let pools: Vec<pxd::api::pools::PoolView> = nodes[0].json(&["pool", "list"]).ok()?;
+        let a = pools.iter().find(|p| p.drives.contains(&new))?;
+        let online = a.health == pxd::store::types::PoolHealth::Online
+            && a.members
+                .iter()
+                .all(|m| m.state == Some(pxd::store::types::DriveState::Online));
+        (moved && v.build.is_none() && online).then_some(())
+    })?;
+    let writes = writer.stop()?;
+    let raid = format!("pxd-{}-raid-{}", ids[1], v.id);
+    let health = raid_health(&raid)?;
+    ensure!(health == "AA", "the raid after the replace: {health}");
+    println!("      {writes} writes meanwhile, no errors; raid on node-b: {health}");
+    nodes[1].show(&["volume", "rebuild-status", "shared"])?;
+    nodes[0].show(&["pool", "list"])?;
+    let read = sha256_file(&at.join("data"))?;
+    ensure!(read == written, "node-b reads {read}");
+    println!("      node-b reads the file back: sha256 {read}");
     for n in &mut nodes {
         n.kill();
     }

@@ -158,8 +158,8 @@ impl Drop for Node {
 fn main() -> Result<()> {
     let args: Vec<PathBuf> = std::env::args().skip(1).map(PathBuf::from).collect();
     ensure!(
-        args.len() == 6,
-        "usage: demo DISK DISK PXD_BINARY DISK DISK DISK"
+        args.len() == 7,
+        "usage: demo DISK DISK PXD_BINARY DISK DISK DISK SPARE_DISK"
     );
     let (fast_disk, slow_disk, pxd) = (&args[0], &args[1], args[2].clone());
     let _ = std::fs::remove_dir_all(DIR);
