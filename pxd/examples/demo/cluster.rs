@@ -283,7 +283,7 @@ pub fn run(pxd: &Path, disks: &[PathBuf], first: u32) -> Result<()> {
 
     step(
         first + 5,
-        "node-c comes back; node-a's disk is replaced by a new one while node-b writes: node-a's leg of the volume is built on node-c first, then node-a's pool is made anew on the new disk",
+        "node-c comes back, and its disk is replaced by a new one while node-b writes a volume with a leg there: that leg is built on node-a first, then node-c's pool is made anew on the new disk",
     );
     cmd("ip", &["-n", &ns(2), "link", "set", "eth0", "up"])?;
     nodes[2].start()?;
@@ -292,40 +292,66 @@ pub fn run(pxd: &Path, disks: &[PathBuf], first: u32) -> Result<()> {
         let c = list.iter().find(|n| n["name"] == "node-c")?;
         (c["liveness"] == "online").then_some(())
     })?;
-    // trio has a leg on every node: there is nowhere to move node-a's.
+    // trio has a leg on every node: there would be nowhere to move node-c's.
     nodes[0].run(&["volume", "detach", "trio"])?;
     nodes[0].run(&["volume", "delete", "trio"])?;
-    println!("      trio deleted; shared keeps its legs on node-a and node-b, attached on node-b");
-    let writer = Writer::start(at.join("busy"));
+    nodes[1].show(&[
+        "volume",
+        "create",
+        "moving",
+        "--size",
+        "128M",
+        "--repl",
+        "2",
+        "--nodes",
+        "node-b,node-c",
+    ])?;
+    let m: VolumeView = nodes[1].json(&["volume", "mount", "moving"])?;
+    let m_at = PathBuf::from(m.mountpoint.clone().context("mounted")?);
+    let m_written = write_file(&m_at.join("data"), 11, 16)?;
+    println!("      wrote 16 MiB to moving on node-b, sha256 {m_written}");
+    let writer = Writer::start(m_at.join("busy"));
     let (old, new) = (
-        disks[0].display().to_string(),
+        disks[2].display().to_string(),
         disks[3].display().to_string(),
     );
-    println!("      $ pxd drive replace {old} {new}   (on node-a)");
-    nodes[0].show(&["drive", "replace", &old, &new])?;
-    wait("node-a's pool made anew on the new disk", || {
-        let v: VolumeView = nodes[1].json(&["volume", "inspect", "shared"]).ok()?;
+    nodes[2].show(&["drive", "replace", &old, &new])?;
+    let made_anew = wait("node-c's pool made anew on the new disk", || {
+        let v: VolumeView = nodes[1].json(&["volume", "inspect", "moving"]).ok()?;
         let moved = v
             .replicas
             .iter()
-            .all(|r| r.node_name != "node-a" && r.state == pxd::store::types::ReplicaState::Up);
-        let pools: Vec<pxd::api::pools::PoolView> = nodes[0].json(&["pool", "list"]).ok()?;
-        let a = pools.iter().find(|p| p.drives.contains(&new))?;
-        let online = a.health == pxd::store::types::PoolHealth::Online
-            && a.members
+            .all(|r| r.node_name != "node-c" && r.state == pxd::store::types::ReplicaState::Up);
+        let pools: Vec<pxd::api::pools::PoolView> = nodes[2].json(&["pool", "list"]).ok()?;
+        let c = pools.iter().find(|p| p.drives.contains(&new))?;
+        let online = c.health == pxd::store::types::PoolHealth::Online
+            && c.members
                 .iter()
                 .all(|m| m.state == Some(pxd::store::types::DriveState::Online));
         (moved && v.build.is_none() && online).then_some(())
-    })?;
+    });
+    if made_anew.is_err() {
+        let _ = nodes[1].show(&["volume", "inspect", "moving"]);
+        let _ = nodes[2].show(&["pool", "list"]);
+        for n in &nodes {
+            let log = std::fs::read_to_string(n.dir.join("daemon.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            println!("--- the end of {}'s log ---", n.name);
+            lines[lines.len().saturating_sub(40)..]
+                .iter()
+                .for_each(|l| println!("{l}"));
+        }
+    }
+    made_anew?;
     let writes = writer.stop()?;
-    let raid = format!("pxd-{}-raid-{}", ids[1], v.id);
+    let raid = format!("pxd-{}-raid-{}", ids[1], m.id);
     let health = raid_health(&raid)?;
     ensure!(health == "AA", "the raid after the replace: {health}");
     println!("      {writes} writes meanwhile, no errors; raid on node-b: {health}");
-    nodes[1].show(&["volume", "rebuild-status", "shared"])?;
-    nodes[0].show(&["pool", "list"])?;
-    let read = sha256_file(&at.join("data"))?;
-    ensure!(read == written, "node-b reads {read}");
+    nodes[1].show(&["volume", "rebuild-status", "moving"])?;
+    nodes[2].show(&["pool", "list"])?;
+    let read = sha256_file(&m_at.join("data"))?;
+    ensure!(read == m_written, "node-b reads {read}");
     println!("      node-b reads the file back: sha256 {read}");
     for n in &mut nodes {
         n.kill();
