@@ -41,6 +41,14 @@ pub fn observe(dm: &dyn DeviceMapper, desired: &NodeState) -> Result<Observed, D
         if table.first().is_some_and(|l| l.2 == "error") {
             observed.fenced.insert(name.clone());
         }
+        let lower: Vec<devicemapper::Device> = table
+            .iter()
+            .flat_map(|l| l.3.split_whitespace())
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        if !lower.is_empty() {
+            observed.lower.insert(name.clone(), lower);
+        }
         if let Some(id) = table
             .first()
             .filter(|l| l.2 == "thin")

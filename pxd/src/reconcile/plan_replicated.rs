@@ -254,6 +254,8 @@ pub(super) fn zombies(node: &Id, desired: &NodeState, observed: &Observed) -> BT
 
 /// Fences this node's own leg under each zombie stack, first of all: `error` under its
 /// thins, so a write the old raid still issues fails there instead of completing on it.
+/// Only thins the zombie stack sits on: a leg made here since (a new replica placed on the
+/// old attach node) was never reachable from it, and fencing it would stop its build.
 pub(super) fn fence_steps(
     node: &Id,
     zombies: &BTreeSet<String>,
@@ -261,12 +263,28 @@ pub(super) fn fence_steps(
 ) -> Result<Vec<Step>, PlanError> {
     let mut out = Vec::new();
     for vid in zombies {
-        let (meta, data) = leg_thins(node, &Id::object(vid)?);
+        let vid_id = Id::object(vid)?;
+        let of_stack = |n: &DeviceName| {
+            n.node == *node
+                && n.id == vid_id
+                && (n.kind == Kind::Raid || (n.kind == Kind::Leg && n.role.is_some()))
+        };
+        let under: Vec<devicemapper::Device> = observed
+            .lower
+            .iter()
+            .filter(|(n, _)| n.parse::<DeviceName>().is_ok_and(|n| of_stack(&n)))
+            .flat_map(|(_, lower)| lower.iter().copied())
+            .collect();
+        let (meta, data) = leg_thins(node, &vid_id);
         let devices: Vec<DeviceName> = [meta, data]
             .into_iter()
             .filter(|d| {
                 let name = d.to_string();
-                observed.devices.contains_key(&name) && !observed.fenced.contains(&name)
+                let held = observed
+                    .devices
+                    .get(&name)
+                    .is_some_and(|(dev, _)| under.contains(dev));
+                held && !observed.fenced.contains(&name)
             })
             .collect();
         if !devices.is_empty() {

@@ -57,6 +57,8 @@ pub struct Observed {
     pub fenced: BTreeSet<String>,
     /// The members of each live pool (by place) that fail a read, with the error, by pool id.
     pub failing: BTreeMap<String, Vec<(usize, String)>>,
+    /// The devices each of this node's dm devices maps, from its table.
+    pub lower: BTreeMap<String, Vec<Device>>,
 }
 
 /// A leg export as nvmet shows it.
@@ -893,6 +895,45 @@ mod tests {
             ("pxd-a1-leg-v1", 8192 + (64 << 20) / 512),
         ]);
         observed(&devs)
+    }
+
+    #[test]
+    fn a_fenced_stack_fences_only_the_leg_thins_it_sits_on() {
+        // A raid of v1 up here that is attached nowhere here: a zombie.
+        let mut o = built_leg();
+        o.devices.insert(
+            "pxd-a1-raid-v1".into(),
+            (
+                Device {
+                    major: 253,
+                    minor: 40,
+                },
+                Sectors(8),
+            ),
+        );
+        let dev = |o: &Observed, n: &str| o.devices[n].0;
+        let fences = |o: &Observed| {
+            plan(&leg_state(2, 2), o)
+                .unwrap()
+                .into_iter()
+                .filter_map(|s| match s {
+                    Step::Fence { devices, .. } => Some(devices.len()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        // The leg here was made after the stack went (a new replica): it is left alone.
+        assert!(fences(&o).is_empty());
+        // The stack's raid and split sit on this node's leg thins: both are fenced.
+        let (data, meta) = (dev(&o, "pxd-a1-thin-v1"), dev(&o, "pxd-a1-thin-v1-meta"));
+        o.lower.insert("pxd-a1-raid-v1".into(), [data].into());
+        o.lower.insert("pxd-a1-leg-v1-m0".into(), [meta].into());
+        // The leg's own export device maps them too, and does not count.
+        o.lower.insert("pxd-a1-leg-v1".into(), [data, meta].into());
+        assert_eq!(fences(&o), [2]);
+        o.lower.remove("pxd-a1-raid-v1");
+        o.lower.remove("pxd-a1-leg-v1-m0");
+        assert!(fences(&o).is_empty());
     }
 
     #[test]
