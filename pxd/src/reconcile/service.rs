@@ -645,6 +645,11 @@ fn pool_health(state: &NodeState, pass: &Pass) -> BTreeMap<String, PoolHealth> {
             );
             continue;
         }
+        if p.dead {
+            // A failed member stays failed until it is replaced or removed: the health
+            // recorded when it failed stands, whatever a read finds through what is left.
+            continue;
+        }
         if let Err(missing) = assemble(&state.cluster, &node, p, &pass.observed) {
             let what = if missing.is_empty() {
                 "it has no members".to_string()
