@@ -195,7 +195,7 @@ fn mounted(at: &Path) -> bool {
 #[test]
 fn a_missing_drive_degrades_its_pool_and_tears_nothing_down() {
     use pxd::api::volumes::VolumeView;
-    use pxd::store::types::PoolHealth;
+    use pxd::store::types::{DriveState, PoolHealth};
     use pxd_tests::{pattern, run, sha256, wait_until};
     use std::time::Duration;
     let _one = serial();
@@ -310,18 +310,21 @@ fn a_missing_drive_degrades_its_pool_and_tears_nothing_down() {
         "{metrics}"
     );
 
-    // The drive comes back, but the pool took write errors meanwhile: the kernel flags it,
-    // and pxd reports it damaged, for an operator to check, rather than online.
+    // The drive comes back, but it was recorded failed (the pool took write errors): it
+    // stays failed and its pool degraded, never used again until `drive replace` or
+    // `drive remove`.
     run("dmsetup", &["load", "pxdtest-gone", "--table", &slow_table]);
     run("dmsetup", &["resume", "pxdtest-gone"]);
-    wait_until(Duration::from_secs(180), || {
+    for _ in 0..3 {
+        d.ok(&["volume", "list"]);
         let pools: Vec<PoolView> = d.json(&["pool", "list"]);
         let p = pools.iter().find(|p| p.id == slow.pool).unwrap();
-        match &p.health {
-            PoolHealth::Damaged(why) if why.contains(&slow.pool) => Ok(()),
-            other => Err(format!("the slow pool is {other:?}")),
-        }
-    });
+        assert_eq!(p.members[0].state, Some(DriveState::Failed), "{p:?}");
+        assert!(
+            matches!(&p.health, PoolHealth::Degraded(why) if why.contains(&slow.id)),
+            "{p:?}"
+        );
+    }
     assert!(mounted(&keep_at), "the other pool's mount was undone");
     d.kill();
     // Best effort from here: the failed pool's filesystem may refuse a clean unmount.
