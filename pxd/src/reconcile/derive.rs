@@ -35,10 +35,7 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
                     .map(|(d, path)| (d.clone(), path))
                     .unzip();
             let of_pool = || cluster.drives.values().filter(|d| d.pool == p.id);
-            let empty = !cluster
-                .volumes
-                .values()
-                .any(|v| v.replicas.iter().chain(&v.dropped).any(|r| r.pool == p.id));
+            let empty = cluster.volumes_on(&p.id).is_empty();
             PoolState {
                 id: p.id.clone(),
                 members,

@@ -50,6 +50,9 @@ pub enum ExecError {
     Reassemble(#[from] crate::kernel::stack::ReassembleError),
     #[error("{0}")]
     Replication(String),
+    /// A drive label could not be written.
+    #[error("{0}")]
+    Label(String),
 }
 
 /// What a step works on.
@@ -297,7 +300,7 @@ impl<'a> Executor<'a> {
                     "the failed drive's label cannot be erased; it leaves as it is"
                 ),
                 Err(e) => {
-                    return Err(ExecError::Replication(format!(
+                    return Err(ExecError::Label(format!(
                         "erase the label of drive {drive} at {}: {e}",
                         found.path.display()
                     )))

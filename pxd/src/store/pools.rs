@@ -177,8 +177,8 @@ impl ClusterState {
             .ok_or_else(|| format!("drive {}: its pool {} does not exist", drive.id, drive.pool))
     }
 
-    /// The replicas (and dropped legs still being freed) on pool `pool`, by volume name.
-    fn volumes_on(&self, pool: &str) -> Vec<&super::types::Volume> {
+    /// The volumes with a replica (or a dropped leg still being freed) on pool `pool`.
+    pub(crate) fn volumes_on(&self, pool: &str) -> Vec<&super::types::Volume> {
         self.volumes
             .values()
             .filter(|v| v.replicas.iter().chain(&v.dropped).any(|r| r.pool == pool))
