@@ -355,22 +355,69 @@ fn drive_replace(c: &Cluster, failed: &str, spare: &FailingDrive) {
         data.contains(&format!(" {dev} ")),
         "{data} does not map {dev}"
     );
-    // It holds a volume again: written and read back.
-    let name = c.nodes[2].name.as_str();
-    node.ok(&[
-        "volume", "create", "back", "--size", "64M", "--fs", "raw", "--nodes", name,
-    ]);
-    let v: VolumeView = node.json(&["volume", "attach", "back"]);
-    let dev = v.device.clone().expect("a device");
-    let data = pattern(23, MIB);
-    write_direct(&dev, 0, &data);
-    assert_eq!(sha256(&read_direct(&dev, 0, MIB)), sha256(&data));
-    node.ok(&["volume", "detach", "back"]);
-    node.ok(&["volume", "delete", "back"]);
     eprintln!(
         "drive replace: c's failed drive {failed} replaced by {} in pool {}",
         pool.members[0].uuid, pool.id
     );
+    drive_remove(c, &pool.members[0].uuid, &pool.id);
+}
+
+/// `drive remove` of c's healthy drive under a writer: the leg of a volume on it is moved
+/// to b make-before-break (the raid never runs on fewer than two live legs meanwhile: a
+/// drop first would leave it one), then the drive leaves with its pool.
+fn drive_remove(c: &Cluster, drive: &str, pool: &str) {
+    let a = &c.nodes[0];
+    let on = format!("{},{}", a.name, c.nodes[2].name);
+    a.ok(&[
+        "volume", "create", "back", "--size", "64M", "--fs", "raw", "--repl", "2", "--nodes", &on,
+    ]);
+    legs_built(c, "back");
+    let v: VolumeView = a.json(&["volume", "attach", "back"]);
+    let dev = v.device.clone().expect("a device");
+    let data = pattern(23, 8 * MIB);
+    write_direct(&dev, 32 * MIB as u64, &data);
+    let raid = format!("pxd-{}-raid-{}", c.id(0), v.id);
+    let writer = Writer::start(&dev, "back", "8M");
+    c.nodes[2].ok(&["drive", "remove", drive]);
+    let (mut fewest_live, mut most_legs) = (usize::MAX, 0);
+    let b = c.nodes[1].name.clone();
+    let moved = c.wait(
+        "back's leg moved to b, then c's drive gone with its pool",
+        Duration::from_secs(400),
+        || {
+            writer.check(c);
+            if let Some(s) = raid_status(&raid) {
+                let live = s
+                    .legs
+                    .iter()
+                    .filter(|l| matches!(l, LegHealth::InSync | LegHealth::Syncing));
+                fewest_live = fewest_live.min(live.count());
+                most_legs = most_legs.max(s.legs.len());
+            }
+            let v: VolumeView = a.json(&["volume", "inspect", "back"]);
+            let on_b = v.replicas.iter().any(|r| r.node_name == b);
+            let up = v.replicas.iter().all(|r| r.state == ReplicaState::Up);
+            let pools: Vec<PoolView> = c.nodes[2].json(&["pool", "list"]);
+            let gone = !pools.iter().any(|p| p.id == pool);
+            (on_b && up && v.replicas.len() == 2 && v.build.is_none() && gone).then_some(v)
+        },
+    );
+    let runs = writer.finish(c);
+    assert!(
+        fewest_live >= 2,
+        "the raid ran on {fewest_live} live leg(s) while the leg moved"
+    );
+    assert_eq!(moved.evacuating, None);
+    two_legs_whole(c, &moved, 64 * MIB, &dev, (32 * MIB as u64, &data));
+    let b = moved.last_build.clone().expect("the copy's record");
+    eprintln!(
+        "drive remove: back's leg moved from c to b under {runs} fio runs, 0 errors, never \
+         fewer than {fewest_live} live legs (up to {most_legs} legs): {} bytes copied \
+         of {} allocated, pause {:?} ms; c's pool {pool} gone",
+        b.copied_bytes, b.allocated_bytes, b.pause_ms
+    );
+    a.ok(&["volume", "detach", "back"]);
+    a.ok(&["volume", "delete", "back"]);
 }
 
 #[test]

@@ -316,7 +316,15 @@ pub fn run(pxd: &Path, disks: &[PathBuf], first: u32) -> Result<()> {
         disks[3].display().to_string(),
     );
     nodes[2].show(&["drive", "replace", &old, &new])?;
+    let raid = format!("pxd-{}-raid-{}", ids[1], m.id);
+    // Each raid health seen on node-b while the leg moves: it never runs on one leg.
+    let mut healths: Vec<String> = Vec::new();
     let made_anew = wait("node-c's pool made anew on the new disk", || {
+        if let Ok(h) = raid_health(&raid) {
+            if healths.last() != Some(&h) {
+                healths.push(h);
+            }
+        }
         let v: VolumeView = nodes[1].json(&["volume", "inspect", "moving"]).ok()?;
         let moved = v
             .replicas
@@ -344,7 +352,13 @@ pub fn run(pxd: &Path, disks: &[PathBuf], first: u32) -> Result<()> {
     }
     made_anew?;
     let writes = writer.stop()?;
-    let raid = format!("pxd-{}-raid-{}", ids[1], m.id);
+    println!("      the raid on node-b went {}", healths.join(" -> "));
+    ensure!(
+        healths
+            .iter()
+            .all(|h| h.chars().filter(|c| c.eq_ignore_ascii_case(&'a')).count() >= 2),
+        "the raid ran on fewer than two live legs while the leg moved"
+    );
     let health = raid_health(&raid)?;
     ensure!(health == "AA", "the raid after the replace: {health}");
     println!("      {writes} writes meanwhile, no errors; raid on node-b: {health}");

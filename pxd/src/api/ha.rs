@@ -116,6 +116,7 @@ async fn raise(s: AppState, v: Volume, node: Option<&str>) -> ApiResult<VolumeVi
         pool,
         at,
         replace: false,
+        evacuate: None,
     };
     submit(&s, &v, raise).await?;
     // The new leg's node builds it and the copy starts with the next passes.

@@ -117,6 +117,9 @@ pub struct VolumeView {
     /// The last new leg's copy, once over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_build: Option<crate::store::types::Build>,
+    /// The node whose leg is moved off a leaving drive: it stays until the new one is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evacuating: Option<NodeId>,
     /// Its own replica timeout in seconds, when it has one (else the cluster's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_timeout_s: Option<u64>,
@@ -259,6 +262,7 @@ pub(super) fn view(st: &ClusterState, v: &Volume) -> VolumeView {
         usage: None,
         build: v.build.clone(),
         last_build: v.last_build.clone(),
+        evacuating: v.evacuating,
         replica_timeout_s: v.replica_timeout_s,
     }
 }
@@ -550,6 +554,7 @@ pub async fn create(
         build: None,
         last_build: None,
         replacing: None,
+        evacuating: None,
         last_split: None,
         replica_timeout_s: None,
         placement: Some(PlacementNote {

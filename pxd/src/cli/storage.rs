@@ -338,6 +338,9 @@ fn print_volume(v: &VolumeView) {
     if let Some(t) = v.replica_timeout_s {
         println!("replica timeout: {t} s (its own)");
     }
+    if let Some(n) = v.evacuating {
+        println!("moving:     the replica on node {n} off its leaving drive; it stays until the new one is up");
+    }
     if let Some(b) = &v.build {
         println!("rebuild:    {}", build_line(b));
     } else if let Some(b) = &v.last_build {

@@ -561,6 +561,7 @@ mod tests {
             build: None,
             last_build: None,
             replacing: None,
+            evacuating: None,
             last_split: None,
             replica_timeout_s: None,
         }

@@ -7,13 +7,16 @@
 //! stale, so a restart of the attach node only ever makes it wait longer, never less.
 //!
 //! A leg on a pool with a failed drive (one that fails reads) is dropped at once, stale or
-//! not: a failed drive does not come back by waiting. So is one on a pool whose drive is
-//! leaving it (`drive remove`, `drive replace`).
+//! not: a failed drive does not come back by waiting. A leg on a pool whose drive is
+//! leaving it (`drive remove`, `drive replace`) is moved make-before-break: a new leg is
+//! built elsewhere while it stays a member, and it is dropped once the new one is up. Only
+//! when no other node can take one more leg is it dropped first, then replaced (an
+//! in-place `drive replace` on a cluster with no spare node).
 
 use crate::cluster::{Cluster, Op};
 use crate::plan::placement;
 use crate::store::state::{ClusterState, Command, VolumeChange};
-use crate::store::types::{AttachState, NodeId, ReplicaState, Volume};
+use crate::store::types::{AttachState, DriveState, NodeId, ReplicaState, Volume};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -25,6 +28,10 @@ pub enum Next {
     Drop(NodeId),
     /// Place and build the replacement of the leg dropped from this node.
     Replace(NodeId),
+    /// Build a new leg elsewhere for the one on this node's leaving drive, keeping it.
+    Evacuate(NodeId),
+    /// Drop the evacuated leg on this node: its successor is up.
+    DropEvacuated(NodeId),
 }
 
 /// Since when this node has seen each (volume, node) leg stale.
@@ -44,7 +51,7 @@ impl StaleClock {
         };
         // A leg back in sync (or gone) starts from nothing at its next loss.
         since.retain(|(id, node), _| st.volumes.get(id).is_some_and(|v| stale(v, *node)));
-        let failed = failed_pools(st);
+        let pools = PoolsOut::of(st);
         let mut out = Vec::new();
         for v in st.volumes.values().filter(|v| attached_on(v, me)) {
             for r in v.replicas.iter().filter(|r| stale(v, r.node)) {
@@ -53,7 +60,7 @@ impl StaleClock {
             let timeout = v
                 .replica_timeout_s
                 .map_or(st.options.replica_timeout(), Duration::from_secs);
-            if let Some(next) = next_for(v, &since, now, timeout, &failed) {
+            if let Some(next) = next_for(v, &since, now, timeout, &pools) {
                 out.push((v.id.clone(), next));
             }
         }
@@ -61,13 +68,28 @@ impl StaleClock {
     }
 }
 
-/// The pools with a member drive recorded failed, or leaving (`drive remove`/`replace`).
-fn failed_pools(st: &ClusterState) -> BTreeSet<String> {
-    st.drives
-        .values()
-        .filter(|d| d.out_of_service() && !d.pool.is_empty())
-        .map(|d| d.pool.clone())
-        .collect()
+/// The pools out of service: with a member drive recorded failed, or with one leaving
+/// (`drive remove`/`replace`) that still reads and so can be copied from.
+#[derive(Debug, Default)]
+struct PoolsOut {
+    failed: BTreeSet<String>,
+    leaving: BTreeSet<String>,
+}
+
+impl PoolsOut {
+    fn of(st: &ClusterState) -> Self {
+        let mut out = Self::default();
+        for d in st.drives.values().filter(|d| !d.pool.is_empty()) {
+            if d.state == DriveState::Failed {
+                out.failed.insert(d.pool.clone());
+            } else if d.leaving.is_some() {
+                out.leaving.insert(d.pool.clone());
+            }
+        }
+        // A pool with one member failed and another leaving cannot be read whole.
+        out.leaving.retain(|p| !out.failed.contains(p));
+        out
+    }
 }
 
 fn attached_on(v: &Volume, me: NodeId) -> bool {
@@ -78,13 +100,14 @@ fn attached_on(v: &Volume, me: NodeId) -> bool {
 }
 
 /// The step due for `v`: nothing while a change is under way; the replacement of a dropped
-/// leg; or the drop of a leg on a `failed` pool, or stale past `timeout`.
+/// leg, or the drop of an evacuated one; the drop of a leg on a `failed` pool, or stale
+/// past `timeout`; with every leg in sync, the move of one off a leaving drive.
 fn next_for(
     v: &Volume,
     since: &BTreeMap<(String, NodeId), Instant>,
     now: Instant,
     timeout: Duration,
-    failed: &BTreeSet<String>,
+    pools: &PoolsOut,
 ) -> Option<Next> {
     let busy = v.build.is_some() || v.replicas.iter().any(|r| r.state == ReplicaState::Leaving);
     if busy {
@@ -93,15 +116,24 @@ fn next_for(
     if let Some(lost) = v.replacing {
         return Some(Next::Replace(lost));
     }
-    // Only with every other leg in sync: a drop re-assembles the raid over them.
+    if let Some(from) = v.evacuating {
+        return Some(Next::DropEvacuated(from));
+    }
+    // Only with every other leg in sync: a drop re-assembles the raid over them. A leg out
+    // of sync on a leaving drive has nothing to be copied from: it goes at once too.
     let bad: Vec<(NodeId, bool)> = v
         .replicas
         .iter()
-        .map(|r| (r.node, failed.contains(&r.pool)))
-        .zip(&v.replicas)
-        .filter(|((_, on_failed), r)| *on_failed || r.state != ReplicaState::Up)
-        .map(|(bad, _)| bad)
+        .filter(|r| pools.failed.contains(&r.pool) || r.state != ReplicaState::Up)
+        .map(|r| {
+            let out = pools.failed.contains(&r.pool) || pools.leaving.contains(&r.pool);
+            (r.node, out)
+        })
         .collect();
+    if bad.is_empty() {
+        let on_leaving = v.replicas.iter().find(|r| pools.leaving.contains(&r.pool));
+        return on_leaving.map(|r| Next::Evacuate(r.node));
+    }
     let [(node, on_failed)] = bad[..] else {
         return None;
     };
@@ -136,17 +168,43 @@ pub async fn act(
                 match placed {
                     Ok((node, pool)) => {
                         tracing::info!(volume = %id, %node, %lost, "building a new leg to replace the one lost");
-                        VolumeChange::Raise {
-                            node,
-                            pool,
-                            at: crate::cluster::rpc::now_ms() / 1000,
-                            replace: true,
-                        }
+                        raise(node, pool, true, None)
                     }
                     Err(why) => {
                         tracing::warn!(volume = %id, %lost, error = %why, "no node can take the replacement leg yet");
                         continue;
                     }
+                }
+            }
+            Next::Evacuate(from) => {
+                let placed = cluster.state().read(|st| {
+                    let v = st.volumes.get(&id).ok_or("gone")?;
+                    let (node, pool) = view(st, v, from)?;
+                    // One node holds one leg of a volume: its other pool is no way out.
+                    if v.replicas.iter().any(|r| r.node == node) {
+                        return Err(format!("only node {node}, which holds a leg already"));
+                    }
+                    Ok((node, pool))
+                });
+                match placed {
+                    Ok((node, pool)) => {
+                        tracing::info!(volume = %id, %node, %from, "its drive is leaving: building a new leg before the old one goes");
+                        raise(node, pool, false, Some(from))
+                    }
+                    Err(why) => {
+                        tracing::warn!(volume = %id, %from, error = %why, "its drive is leaving and no other node can take one more leg: dropping the leg first, to build it anew");
+                        VolumeChange::Lower {
+                            drop: from,
+                            replace: true,
+                        }
+                    }
+                }
+            }
+            Next::DropEvacuated(from) => {
+                tracing::info!(volume = %id, %from, "the new leg is up: dropping the one on the leaving drive");
+                VolumeChange::Lower {
+                    drop: from,
+                    replace: false,
                 }
             }
         };
@@ -157,6 +215,16 @@ pub async fn act(
         if let Err(e) = cluster.submit_and_apply(Op::Command(cmd)).await {
             tracing::warn!(volume = %id, error = %e, "could not record a replica replacement step");
         }
+    }
+}
+
+fn raise(node: NodeId, pool: String, replace: bool, evacuate: Option<NodeId>) -> VolumeChange {
+    VolumeChange::Raise {
+        node,
+        pool,
+        at: crate::cluster::rpc::now_ms() / 1000,
+        replace,
+        evacuate,
     }
 }
 
@@ -279,8 +347,11 @@ mod tests {
         st.volumes.get_mut("v1").unwrap().replicas[0].state =
             ReplicaState::Stale { missed_epoch: 2 };
         assert!(clock.due(&st, NodeId(1), t0).is_empty());
-        // A drive leaving its pool (`drive remove`) has the leg moved at once too.
-        st.volumes.get_mut("v1").unwrap().replicas[0].state = ReplicaState::Up;
+        // A drive leaving its pool (`drive remove`): its leg in sync is moved
+        // make-before-break, a new leg built first.
+        for r in &mut st.volumes.get_mut("v1").unwrap().replicas {
+            r.state = ReplicaState::Up;
+        }
         let d = st.drives.get_mut("d1").unwrap();
         (d.state, d.leaving) = (
             DriveState::Online,
@@ -288,7 +359,39 @@ mod tests {
         );
         assert_eq!(
             clock.due(&st, NodeId(1), t0),
+            [("v1".to_owned(), Next::Evacuate(NodeId(2)))]
+        );
+        // Out of sync, it has nothing to copy from: dropped at once.
+        st.volumes.get_mut("v1").unwrap().replicas[1].state =
+            ReplicaState::Stale { missed_epoch: 2 };
+        assert_eq!(
+            clock.due(&st, NodeId(1), t0),
             [("v1".to_owned(), Next::Drop(NodeId(2)))]
+        );
+        // While the new leg builds nothing is due; once it is up, the old one is dropped.
+        let v = st.volumes.get_mut("v1").unwrap();
+        v.replicas[1].state = ReplicaState::Up;
+        v.evacuating = Some(NodeId(2));
+        v.build = Some(crate::store::types::Build {
+            source: NodeId(1),
+            target: NodeId(3),
+            epoch: 2,
+            snap_ids: [8, 9],
+            phase: crate::store::types::BuildPhase::Copying,
+            rounds: 0,
+            allocated_bytes: 0,
+            copied_bytes: 0,
+            left_bytes: 0,
+            rate: 0,
+            started: 0,
+            pause_ms: None,
+            error: None,
+        });
+        assert!(clock.due(&st, NodeId(1), t0).is_empty());
+        st.volumes.get_mut("v1").unwrap().build = None;
+        assert_eq!(
+            clock.due(&st, NodeId(1), t0),
+            [("v1".to_owned(), Next::DropEvacuated(NodeId(2)))]
         );
     }
 

@@ -64,7 +64,8 @@ pub(super) fn apply(v: &mut Volume, change: &VolumeChange) -> Result<bool, Strin
 }
 
 /// Refuses a change while the raid is attached nowhere, or another change is under way.
-/// A replacement's own raise (`replacing`) goes ahead of the refusal of a change under way.
+/// A replacement's own raise (`replacing`) goes ahead of the refusal of a change under way,
+/// and so does the drop that ends an evacuation (`evacuating`).
 fn ready_for_change(v: &Volume, what: &str) -> Result<(), String> {
     let attached = v
         .attachment
@@ -78,7 +79,7 @@ fn ready_for_change(v: &Volume, what: &str) -> Result<(), String> {
         ));
     }
     let leaving = v.replicas.iter().any(|r| r.state == ReplicaState::Leaving);
-    if v.build.is_some() || leaving || v.replacing.is_some() {
+    if v.build.is_some() || leaving || v.replacing.is_some() || v.evacuating.is_some() {
         return Err(format!(
             "volume {}: a replica count change is under way; wait for it to finish",
             v.name
@@ -95,7 +96,8 @@ fn pin_splits(v: &mut Volume) {
 }
 
 /// Drops the leg on `drop`. With `replace` (a stale leg past the replica timeout) the
-/// replica count stays: a new leg takes its place once it is gone.
+/// replica count stays: a new leg takes its place once it is gone. The drop of an
+/// evacuated leg, once its successor is up, keeps the count too.
 fn lower(v: &mut Volume, drop: NodeId, replace: bool) -> Result<(), String> {
     if v.repl <= 1 {
         return Err(format!(
@@ -103,7 +105,17 @@ fn lower(v: &mut Volume, drop: NodeId, replace: bool) -> Result<(), String> {
             v.name
         ));
     }
-    ready_for_change(v, "lowering its replica count")?;
+    let evacuated = v.evacuating == Some(drop) && v.build.is_none();
+    if evacuated {
+        v.evacuating = None;
+        let refused = ready_for_change(v, "dropping the evacuated leg");
+        if refused.is_err() {
+            v.evacuating = Some(drop);
+        }
+        refused?;
+    } else {
+        ready_for_change(v, "lowering its replica count")?;
+    }
     if !v.replicas.iter().any(|r| r.node == drop) {
         return Err(format!(
             "node: volume {} has no replica on node {drop}",
@@ -129,7 +141,7 @@ fn lower(v: &mut Volume, drop: NodeId, replace: bool) -> Result<(), String> {
     }
     if replace {
         v.replacing = Some(drop);
-    } else {
+    } else if !evacuated {
         v.repl -= 1;
     }
     Ok(())
@@ -154,21 +166,49 @@ pub(super) fn build_source(v: &Volume) -> Option<&Replica> {
         .or_else(|| up().next())
 }
 
+/// Why a leg is added: the count stays for a replacement (the legs are one short of it)
+/// and for an evacuation (one leg more until the leg on `from` is dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Why {
+    Raise,
+    Replace,
+    Evacuate { from: NodeId },
+}
+
 /// One replica more: the new leg is recorded `building` with the copy it needs, and counts
 /// once a check has found it equal to the others. `snap_ids` are free thin ids on the
-/// source's pool.
-pub(super) fn raise(v: &mut Volume, leg: NewLeg, snap_ids: [u32; 2]) -> Result<(), String> {
-    // The replacement of a dropped leg: the count stays, the legs are one short of it.
+/// source's pool. An evacuation's raise gives `evacuate`.
+pub(super) fn raise(
+    v: &mut Volume,
+    leg: NewLeg,
+    snap_ids: [u32; 2],
+    evacuate: Option<NodeId>,
+) -> Result<(), String> {
     let replacing = v.replacing.take();
-    let result = add_leg(v, leg, snap_ids, replacing.is_some());
-    if result.is_err() {
-        v.replacing = replacing;
+    let why = match (replacing, evacuate) {
+        (Some(_), _) => Why::Replace,
+        (None, Some(from)) => Why::Evacuate { from },
+        (None, None) => Why::Raise,
+    };
+    let result = add_leg(v, leg, snap_ids, why);
+    match result {
+        Err(_) => v.replacing = replacing,
+        Ok(()) => v.evacuating = evacuate,
     }
     result
 }
 
-fn add_leg(v: &mut Volume, leg: NewLeg, snap_ids: [u32; 2], replacing: bool) -> Result<(), String> {
+fn add_leg(v: &mut Volume, leg: NewLeg, snap_ids: [u32; 2], why: Why) -> Result<(), String> {
     ready_for_change(v, "adding a leg")?;
+    if let Why::Evacuate { from } = why {
+        if !v.replicas.iter().any(|r| r.node == from) {
+            return Err(format!(
+                "node: volume {} has no replica on node {from} to move",
+                v.name
+            ));
+        }
+    }
+    let replacing = why == Why::Replace;
     if replacing {
         if v.replicas.len() >= usize::from(v.repl) {
             return Err(format!(
@@ -176,13 +216,13 @@ fn add_leg(v: &mut Volume, leg: NewLeg, snap_ids: [u32; 2], replacing: bool) -> 
                 v.name, v.repl
             ));
         }
-    } else if v.repl >= 3 {
+    } else if v.repl >= 3 && why == Why::Raise {
         return Err(format!(
             "repl: volume {} has {} replicas (limit: 1 to 3)",
             v.name, v.repl
         ));
     }
-    if v.repl < 2 && !replacing {
+    if v.repl < 2 && why != Why::Replace {
         return Err(format!(
             "repl: volume {} has 1 replica and no raid to add a leg to; raising a repl 1 \
              volume is not supported yet (limit: 2 or 3)",
@@ -243,7 +283,7 @@ fn add_leg(v: &mut Volume, leg: NewLeg, snap_ids: [u32; 2], replacing: bool) -> 
         serving_epoch: 0,
         left_behind: false,
     });
-    if !replacing {
+    if why == Why::Raise {
         v.repl += 1;
     }
     let epoch = v.attachment.as_ref().map_or(0, |a| a.epoch);
@@ -324,8 +364,11 @@ pub(super) fn follow_attachment(v: &mut Volume) {
         .partition(|r| r.node == target && r.state == ReplicaState::Building);
     v.replicas = kept;
     v.dropped.extend::<Vec<Replica>>(gone);
-    // The count asked for stays: the next attach builds the missing leg again.
-    v.replacing = Some(target);
+    // An evacuation starts again under the next attach, from the leg it was moving;
+    // otherwise the count asked for stays and the next attach builds the missing leg again.
+    if v.evacuating.take().is_none() {
+        v.replacing = Some(target);
+    }
 }
 
 /// A check finished on a raid with a joined new leg: with every leg equal the leg is up and
@@ -477,7 +520,7 @@ mod tests {
             let slot = v.meta_slot ^ 1;
             apply(&mut v, &reassembled_at(1, slot)).unwrap();
             let dropped = v.dropped.pop().and_then(|r| r.split);
-            raise(&mut v, new_leg(new), [9, 10]).unwrap();
+            raise(&mut v, new_leg(new), [9, 10], None).unwrap();
             let split = v.replicas[1].split;
             assert_ne!(split, dropped, "{v:?}");
             splits.push(split);
@@ -490,7 +533,7 @@ mod tests {
     #[test]
     fn a_raised_leg_is_copied_joined_checked_then_up() {
         let mut v = attached_two();
-        raise(&mut v, new_leg(3), [9, 10]).unwrap();
+        raise(&mut v, new_leg(3), [9, 10], None).unwrap();
         assert_eq!(v.repl, 3);
         let new = &v.replicas[2];
         assert_eq!(
@@ -509,7 +552,7 @@ mod tests {
             (b.source, b.target, b.epoch, b.phase),
             (NodeId(1), NodeId(3), 1, BuildPhase::Copying)
         );
-        let e = raise(&mut v, new_leg(4), [11, 12]).unwrap_err();
+        let e = raise(&mut v, new_leg(4), [11, 12], None).unwrap_err();
         assert!(e.contains("under way"), "{e}");
         let e = lower(&mut v.clone(), NodeId(2), false).unwrap_err();
         assert!(e.contains("under way"), "{e}");
@@ -562,24 +605,68 @@ mod tests {
 
     #[test]
     fn a_raise_is_refused_at_three_detached_onto_a_holder_or_with_a_leg_behind() {
-        let e = raise(&mut attached(), new_leg(4), [9, 10]).unwrap_err();
+        let e = raise(&mut attached(), new_leg(4), [9, 10], None).unwrap_err();
         assert!(e.contains("repl") && e.contains("1 to 3"), "{e}");
         let mut detached = attached_two();
         detached.attachment = None;
-        let e = raise(&mut detached, new_leg(3), [9, 10]).unwrap_err();
+        let e = raise(&mut detached, new_leg(3), [9, 10], None).unwrap_err();
         assert!(e.contains("not attached"), "{e}");
-        let e = raise(&mut attached_two(), new_leg(2), [9, 10]).unwrap_err();
+        let e = raise(&mut attached_two(), new_leg(2), [9, 10], None).unwrap_err();
         assert!(e.contains("has a replica on node"), "{e}");
         let mut behind = attached_two();
         behind.replicas[1].state = ReplicaState::Stale { missed_epoch: 1 };
-        let e = raise(&mut behind, new_leg(3), [9, 10]).unwrap_err();
+        let e = raise(&mut behind, new_leg(3), [9, 10], None).unwrap_err();
         assert!(e.contains("not in sync"), "{e}");
+    }
+
+    #[test]
+    fn an_evacuated_leg_stays_until_its_successor_is_up_and_the_count_never_moves() {
+        let mut v = attached_two();
+        let e = raise(&mut v.clone(), new_leg(3), [9, 10], Some(NodeId(4))).unwrap_err();
+        assert!(
+            e.contains("no replica on node") && e.contains("to move"),
+            "{e}"
+        );
+        raise(&mut v, new_leg(3), [9, 10], Some(NodeId(2))).unwrap();
+        assert_eq!((v.repl, v.replicas.len()), (2, 3));
+        assert_eq!(v.evacuating, Some(NodeId(2)));
+        assert_eq!(v.replicas[2].state, ReplicaState::Building);
+        // No other change meanwhile, nor the drop before the new leg is up.
+        let e = lower(&mut v.clone(), NodeId(2), false).unwrap_err();
+        assert!(e.contains("under way"), "{e}");
+        v.build.as_mut().unwrap().phase = BuildPhase::Joined;
+        checked(&mut v, 0);
+        apply(&mut v, &VolumeChange::BuildCleaned).unwrap();
+        let e = lower(&mut v.clone(), NodeId(3), false).unwrap_err();
+        assert!(e.contains("under way"), "{e}");
+        let e = raise(&mut v.clone(), new_leg(4), [9, 10], None).unwrap_err();
+        assert!(e.contains("under way"), "{e}");
+        // The evacuated leg leaves as a lowered one does, and the count stays 2.
+        lower_by(&mut v, 2).unwrap();
+        assert_eq!((v.repl, v.evacuating), (2, None));
+        assert_eq!(v.replicas[1].state, ReplicaState::Leaving);
+        apply(&mut v, &reassembled_at(1, 1)).unwrap();
+        let nodes: Vec<NodeId> = v.replicas.iter().map(|r| r.node).collect();
+        assert_eq!(nodes, [NodeId(1), NodeId(3)]);
+        assert_eq!(v.dropped[0].node, NodeId(2));
+    }
+
+    #[test]
+    fn an_evacuation_whose_raid_goes_starts_again_under_the_next_attach() {
+        let mut v = attached();
+        raise(&mut v, new_leg(4), [9, 10], Some(NodeId(3))).unwrap();
+        assert_eq!((v.repl, v.replicas.len()), (3, 4));
+        v.attachment = None;
+        follow_attachment(&mut v);
+        assert_eq!((v.repl, v.replicas.len()), (3, 3));
+        assert_eq!((v.evacuating, v.replacing), (None, None));
+        assert_eq!(v.dropped[0].node, NodeId(4));
     }
 
     #[test]
     fn a_build_whose_raid_goes_stops_and_its_leg_is_freed() {
         let mut v = attached_two();
-        raise(&mut v, new_leg(3), [9, 10]).unwrap();
+        raise(&mut v, new_leg(3), [9, 10], None).unwrap();
         v.attachment = None;
         follow_attachment(&mut v);
         let b = v.build.clone().unwrap();
@@ -604,14 +691,14 @@ mod tests {
         .unwrap();
         assert_eq!(v.repl, 2);
         assert!(v.replicas[1].left_behind);
-        let e = raise(&mut v, new_leg(3), [9, 10]).unwrap_err();
+        let e = raise(&mut v, new_leg(3), [9, 10], None).unwrap_err();
         assert!(e.contains("under way"), "{e}");
         apply(&mut v, &reassembled_at(1, 1)).unwrap();
         assert_eq!((v.replicas.len(), v.replacing), (1, Some(NodeId(2))));
         // An operator's change waits for the replacement.
         let e = lower(&mut v.clone(), NodeId(1), false).unwrap_err();
         assert!(e.contains("under way"), "{e}");
-        raise(&mut v, new_leg(3), [9, 10]).unwrap();
+        raise(&mut v, new_leg(3), [9, 10], None).unwrap();
         assert_eq!((v.repl, v.replicas.len(), v.replacing), (2, 2, None));
         assert_eq!(v.replicas[1].state, ReplicaState::Building);
         assert_eq!(v.build.as_ref().map(|b| b.source), Some(NodeId(1)));

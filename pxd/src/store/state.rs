@@ -218,6 +218,10 @@ pub enum VolumeChange {
         /// The replacement of a leg dropped past the replica timeout: the count stays.
         #[serde(default)]
         replace: bool,
+        /// The move of the leg on this node off a drive leaving its pool: the new leg is
+        /// built first, then that one dropped; the count stays.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        evacuate: Option<NodeId>,
     },
     /// The build's source finished a copy round; `ready` once what is left is small enough
     /// to copy while the raid is suspended.
@@ -614,6 +618,7 @@ pub(crate) mod tests {
             build: None,
             last_build: None,
             replacing: None,
+            evacuating: None,
             last_split: None,
             replica_timeout_s: None,
         };

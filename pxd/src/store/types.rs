@@ -649,6 +649,11 @@ pub struct Volume {
     /// is placed away from its fault domain and built, as a raise, once the drop is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replacing: Option<NodeId>,
+    /// The node whose leg sits on a drive leaving its pool (`drive remove`/`replace`) and is
+    /// moved make-before-break: a new leg is built elsewhere first, with one leg more than
+    /// the count meanwhile, and only once it is up does this one leave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evacuating: Option<NodeId>,
     /// The split number the last leg added was given: the next is taken after it, round
     /// the [`MAX_LEGS`](crate::plan::names::MAX_LEGS), so that the number of a leg just
     /// dropped (whose split devices its attach node may not have taken down yet) is never

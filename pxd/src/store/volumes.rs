@@ -137,6 +137,7 @@ impl ClusterState {
                 pool,
                 at,
                 replace,
+                evacuate,
             } if live => {
                 if *replace != v.replacing.is_some() {
                     return Err(format!(
@@ -163,7 +164,7 @@ impl ClusterState {
                     at: *at,
                 };
                 let snap = self.next_thin_id(source.0, &source.1);
-                super::ha::raise(&mut v, leg, [snap, snap + 1])?;
+                super::ha::raise(&mut v, leg, [snap, snap + 1], *evacuate)?;
             }
             VolumeChange::Reassembled { .. }
             | VolumeChange::BuildRound { .. }
