@@ -10,9 +10,15 @@
 //! bio-based drivers such as dm, so they do not measure what a volume's user asked for.
 //!
 //! The counters are bumped at submission, synchronously in the submitting task, so they are
-//! up to date as soon as the submitting syscall returns. A latency histogram will need the
-//! matching completion (`block_bio_complete`) and a map from bio to start time; it will live in
-//! its own maps and program next to this one.
+//! up to date as soon as the submitting syscall returns. Each counted bio's start is kept by
+//! its address until `block_bio_complete` fires for it, which the block layer does once for
+//! every bio whose submission it traced; the time between goes into a log2 histogram.
+//!
+//! # Which cgroup
+//!
+//! A bio is counted by device and by the cgroup its `blkcg_gq` charges it to: the cgroup
+//! whose `io.max` (or v1 `blkio.throttle.*`) throttles it. That is the submitting task's,
+//! except for writeback, which is charged to the cgroup that dirtied the pages.
 //!
 //! # Why `tp_btf` and load-time offsets
 //!
@@ -21,11 +27,17 @@
 //! the loader, which reads them from the running kernel's BTF (see [`BioLayout`]).
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_probe_read_kernel, macros::btf_tracepoint, macros::map,
-    maps::PerCpuHashMap, programs::BtfTracePointContext,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::btf_tracepoint,
+    macros::map,
+    maps::{LruHashMap, PerCpuHashMap},
+    programs::BtfTracePointContext,
 };
 use pxd_ebpf_common::{
-    BioLayout, DevT, IoStats, IO_STATS_MAX_DEVICES, REQ_OP_MASK, REQ_OP_READ, REQ_OP_WRITE,
+    latency_bucket, BioLayout, BioStart, CgroupKey, DevT, IoStats, LatencyHist, LatencyKey,
+    BIO_START_MAX, IO_BY_CGROUP_MAX, IO_STATS_MAX_DEVICES, MINOR_BITS, REQ_OP_MASK, REQ_OP_READ,
+    REQ_OP_WRITE,
 };
 
 /// Counters per device. Per-CPU, so that the hot path takes no lock and no atomic; the loader
@@ -34,6 +46,20 @@ use pxd_ebpf_common::{
 static IO_STATS: PerCpuHashMap<DevT, IoStats> =
     PerCpuHashMap::with_max_entries(IO_STATS_MAX_DEVICES, 0);
 
+/// Counters per device and cgroup.
+#[map]
+static IO_BY_CGROUP: PerCpuHashMap<CgroupKey, IoStats> =
+    PerCpuHashMap::with_max_entries(IO_BY_CGROUP_MAX, 0);
+
+/// In-flight bios by address: shared by all CPUs, since a bio may complete on another.
+#[map]
+static BIO_START: LruHashMap<u64, BioStart> = LruHashMap::with_max_entries(BIO_START_MAX, 0);
+
+/// Completion latencies per device and direction.
+#[map]
+static LATENCY: PerCpuHashMap<LatencyKey, LatencyHist> =
+    PerCpuHashMap::with_max_entries(2 * IO_STATS_MAX_DEVICES, 0);
+
 /// Field offsets, written by the loader before the program is verified (`.rodata`, frozen).
 #[no_mangle]
 static PXD_BIO_LAYOUT: BioLayout = BioLayout {
@@ -41,6 +67,12 @@ static PXD_BIO_LAYOUT: BioLayout = BioLayout {
     bio_opf: 0,
     bio_size: 0,
     bdev_dev: 0,
+    bio_blkg: 0,
+    blkg_blkcg: 0,
+    blkcg_cgroup: 0,
+    cgroup_kn: 0,
+    kn_id: 0,
+    timed_major: 0,
 };
 
 #[btf_tracepoint(function = "block_bio_queue")]
@@ -48,6 +80,12 @@ pub fn block_bio_queue(ctx: BtfTracePointContext) -> i32 {
     // A failed read of kernel memory only loses this one bio; nothing useful can be reported
     // from here, so the result is always 0 (tracing programs' return value is ignored).
     let _ = count_bio(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "block_bio_complete")]
+pub fn block_bio_complete(ctx: BtfTracePointContext) -> i32 {
+    let _ = time_bio(&ctx);
     0
 }
 
@@ -84,21 +122,48 @@ fn count_bio(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let bdev: *const u8 = read_at(bio, layout.bio_bdev)?;
     let dev: DevT = read_at(bdev, layout.bdev_dev)?;
 
-    let stats = match IO_STATS.get_ptr_mut(dev) {
+    let bytes = u64::from(size);
+    count(&IO_STATS, dev, is_write, bytes)?;
+    let key = CgroupKey {
+        cgroup: cgroup_of(bio, &layout).unwrap_or(0),
+        dev,
+        reserved: 0,
+    };
+    count(&IO_BY_CGROUP, key, is_write, bytes)?;
+    if layout.timed_major != 0 && dev >> MINOR_BITS != layout.timed_major {
+        return Ok(());
+    }
+    let start = BioStart {
+        // SAFETY: a helper with no arguments and no preconditions.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        dev,
+        write: u32::from(is_write),
+    };
+    BIO_START.insert(bio as u64, start, 0)
+}
+
+/// Adds one bio of `bytes` to `key`'s counters in `map`.
+#[inline(always)]
+fn count<K>(
+    map: &PerCpuHashMap<K, IoStats>,
+    key: K,
+    is_write: bool,
+    bytes: u64,
+) -> Result<(), i32> {
+    let stats = match map.get_ptr_mut(&key) {
         Some(stats) => stats,
         None => {
-            // First IO on this device since load. Another CPU may insert concurrently; then our
+            // The key's first IO since load. Another CPU may insert concurrently; then our
             // insert fails with EEXIST and the lookup below finds that entry, whose slot for
             // this CPU is zero either way.
-            let _ = IO_STATS.insert(dev, IoStats::default(), u64::from(BPF_NOEXIST));
-            IO_STATS.get_ptr_mut(dev).ok_or(0)?
+            let _ = map.insert(&key, IoStats::default(), u64::from(BPF_NOEXIST));
+            map.get_ptr_mut(&key).ok_or(0)?
         }
     };
     // SAFETY: the pointer is this CPU's slot of a live map entry. Tracing programs run with
     // migration disabled, and the kernel skips a nested run of the same program on one CPU
     // (e.g. from an interrupt), so nothing else writes this slot while we hold it.
     let stats = unsafe { &mut *stats };
-    let bytes = u64::from(size);
     if is_write {
         stats.writes = stats.writes.wrapping_add(1);
         stats.written_bytes = stats.written_bytes.wrapping_add(bytes);
@@ -106,5 +171,54 @@ fn count_bio(ctx: &BtfTracePointContext) -> Result<(), i32> {
         stats.reads = stats.reads.wrapping_add(1);
         stats.read_bytes = stats.read_bytes.wrapping_add(bytes);
     }
+    Ok(())
+}
+
+/// The id of the cgroup `bio` is charged to: bio -> blkcg_gq -> blkcg -> cgroup -> kernfs
+/// node -> id.
+#[inline(always)]
+fn cgroup_of(bio: *const u8, layout: &BioLayout) -> Result<u64, i32> {
+    if layout.bio_blkg == 0 {
+        return Ok(0);
+    }
+    let blkg: *const u8 = read_at(bio, layout.bio_blkg)?;
+    let blkcg: *const u8 = read_at(blkg, layout.blkg_blkcg)?;
+    let cgroup: *const u8 = read_at(blkcg, layout.blkcg_cgroup)?;
+    let kn: *const u8 = read_at(cgroup, layout.cgroup_kn)?;
+    read_at(kn, layout.kn_id)
+}
+
+#[inline(always)]
+fn time_bio(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    // SAFETY: a helper with no arguments and no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // TP_PROTO(struct request_queue *q, struct bio *bio); the loader checks it in the BTF.
+    let bio: *const u8 = ctx.arg(1);
+    let key = bio as u64;
+    // SAFETY: the value is copied out at once; a concurrent remove of the same bio cannot
+    // happen, since a bio completes once.
+    let start = match unsafe { BIO_START.get(&key) } {
+        Some(start) => *start,
+        None => return Ok(()),
+    };
+    BIO_START.remove(&key)?;
+    let lat = LatencyKey {
+        dev: start.dev,
+        write: start.write,
+    };
+    let hist = match LATENCY.get_ptr_mut(&lat) {
+        Some(hist) => hist,
+        None => {
+            let _ = LATENCY.insert(&lat, LatencyHist::default(), u64::from(BPF_NOEXIST));
+            LATENCY.get_ptr_mut(&lat).ok_or(0)?
+        }
+    };
+    // SAFETY: this CPU's slot of a live entry, as in `count`.
+    let hist = unsafe { &mut *hist };
+    let ns = now.wrapping_sub(start.start_ns);
+    if let Some(b) = hist.buckets.get_mut(latency_bucket(ns)) {
+        *b = b.wrapping_add(1);
+    }
+    hist.sum_ns = hist.sum_ns.wrapping_add(ns);
     Ok(())
 }

@@ -1,4 +1,7 @@
-//! Host tier: the bio probe counts exactly the O_DIRECT IO issued to a loop device.
+//! Host tier: the bio probe counts exactly the O_DIRECT IO issued to a loop device, and
+//! charges it to the cgroup that issued it. (Completion latencies are taken on bio-based
+//! devices, which every volume's top dm device is; a loop device completes its bios through
+//! requests, so the VM tier tests them.)
 //!
 //! Needs root (loop devices, bpf) and a kernel with BTF. Run with
 //! `cargo test -p pxd-tests --test host_io_probe`.
@@ -16,7 +19,7 @@ use std::{
 };
 
 use pxd::{
-    io::{block_device_dev, DevT, IoCounts, IoProbe},
+    io::{block_device_dev, cgroups::Hierarchy, DevT, IoCounts, IoProbe},
     kernel::loop_device::LoopDevice,
 };
 use pxd_tests::block_stat;
@@ -194,4 +197,117 @@ fn counts_exactly_the_direct_reads_and_writes_per_device() {
     drop(probe);
     idle.detach().expect("detaching the idle loop device");
     busy.detach().expect("detaching the busy loop device");
+}
+
+/// fio's reads and writes in one run, from its JSON output.
+fn fio_ios(json: &str) -> (u64, u64) {
+    let v: serde_json::Value = serde_json::from_str(json)
+        .unwrap_or_else(|err| panic!("fio printed no JSON ({err}): {json}"));
+    let job = &v["jobs"][0];
+    let ios = |dir: &str| job[dir]["total_ios"].as_u64().expect("total_ios");
+    (ios("read"), ios("write"))
+}
+
+/// A cgroup of the host's I/O hierarchy made for the test, removed on drop.
+struct TestCgroup(PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Acceptance: in three fio runs of different mixes, run in a cgroup of their own, the probe's
+/// counts equal both fio's issued IOs and the deltas of the kernel's `/sys/block` stat,
+/// exactly, reads and writes apart; and every IO is charged to fio's cgroup.
+#[test]
+fn three_fio_runs_match_the_probe_and_the_kernel_stat_exactly() {
+    require_root();
+    let backing = Backing::create("fio");
+    let device = LoopDevice::attach(&backing.0).expect("attaching the loop device");
+    let dev = block_device_dev(device.path()).expect("dev_t of the loop device");
+    let hierarchy = Hierarchy::detect().expect("a cgroup hierarchy with io or blkio");
+    let cgroup = TestCgroup(
+        hierarchy
+            .mount()
+            .join(format!("pxd-probe-test-{}", std::process::id())),
+    );
+    std::fs::create_dir(&cgroup.0).expect("creating the test cgroup");
+    let cgroup_id = pxd::io::cgroups::id_of(&cgroup.0).expect("the cgroup's id");
+    assert_eq!(
+        hierarchy.path_of(cgroup_id).as_deref(),
+        Some(cgroup.0.as_path())
+    );
+    let probe = IoProbe::load().expect("loading the io probe");
+
+    let runs = [
+        ("randrw", "4k", "--rwmixread=30", "2400k"),
+        ("randread", "8k", "--rwmixread=100", "2000k"),
+        ("randwrite", "16k", "--rwmixread=0", "4800k"),
+    ];
+    for (i, (rw, bs, mix, io_size)) in runs.into_iter().enumerate() {
+        let before = counts(&probe, dev);
+        let stat_before = block_stat(device.path());
+        let in_cgroup = |probe: &IoProbe| {
+            probe
+                .cgroup_counts()
+                .expect("per-cgroup counts")
+                .into_iter()
+                .find(|(d, cg, _)| *d == dev && *cg == cgroup_id)
+                .map(|(_, _, c)| c)
+                .unwrap_or_default()
+        };
+        let cg_before = in_cgroup(&probe);
+        // The shell joins the cgroup, then becomes fio, so that all fio's I/O is charged there.
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec fio --name=run{i} --filename={} --rw={rw} --bs={bs} \
+             {mix} --direct=1 --ioengine=psync --iodepth=1 --size=32M --io_size={io_size} \
+             --randrepeat=0 --output-format=json",
+            cgroup.0.display(),
+            device.path().display()
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("running fio");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "fio: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (reads, writes) = fio_ios(&text);
+        assert!(reads + writes > 0, "fio did no I/O: {text}");
+        let bytes = bs.trim_end_matches('k').parse::<u64>().expect("bs") * 1024;
+        let expected = IoCounts {
+            reads,
+            writes,
+            read_bytes: reads * bytes,
+            written_bytes: writes * bytes,
+        };
+        let probe_delta = wait_for(&probe, dev, &before, &expected);
+        let stat_after = block_stat(device.path());
+        let stat_delta = (
+            stat_after.reads - stat_before.reads,
+            stat_after.writes - stat_before.writes,
+        );
+        let charged = in_cgroup(&probe).since(&cg_before);
+        println!(
+            "run {i} ({rw} {bs}): fio {reads} reads {writes} writes; probe {probe_delta:?}; \
+             /sys/block {stat_delta:?}; charged to {} {charged:?}",
+            hierarchy.relative(&cgroup.0)
+        );
+        assert_eq!(probe_delta, expected, "run {i}: the probe against fio");
+        assert_eq!(
+            stat_delta,
+            (reads, writes),
+            "run {i}: /sys/block against fio"
+        );
+        assert_eq!(
+            charged, expected,
+            "run {i}: the I/O charged to fio's cgroup"
+        );
+    }
+    drop(probe);
+    device.detach().expect("detaching the loop device");
 }

@@ -19,12 +19,43 @@ pub const BIO_QUEUE_PROGRAM: &str = "block_bio_queue";
 /// Name of the tracepoint the probe attaches to.
 pub const BIO_QUEUE_TRACEPOINT: &str = "block_bio_queue";
 
+/// Name of the per-CPU hash map the probe counts into by device and cgroup, keyed by
+/// [`CgroupKey`], valued [`IoStats`]: which cgroups do I/O to a device, for the limit
+/// controller.
+pub const IO_BY_CGROUP_MAP: &str = "IO_BY_CGROUP";
+
+/// Name of the hash map from an in-flight bio's address to its [`BioStart`].
+pub const BIO_START_MAP: &str = "BIO_START";
+
+/// Name of the per-CPU hash map of completion latencies, keyed by [`LatencyKey`], valued
+/// [`LatencyHist`].
+pub const LATENCY_MAP: &str = "LATENCY";
+
+/// Name of the completion program (a `tp_btf` program on `block_bio_complete`).
+pub const BIO_COMPLETE_PROGRAM: &str = "block_bio_complete";
+
+/// Name of the tracepoint the completion program attaches to. The block layer traces the
+/// completion of every bio whose submission it traced (`BIO_TRACE_COMPLETION`), dm's
+/// included, so each counted bio is timed once.
+pub const BIO_COMPLETE_TRACEPOINT: &str = "block_bio_complete";
+
 /// Name of the read-only global holding the [`BioLayout`] the loader resolved.
 pub const BIO_LAYOUT_GLOBAL: &str = "PXD_BIO_LAYOUT";
 
 /// How many devices the counters map holds. Each entry costs `size_of::<IoStats>()` bytes per
 /// possible CPU and is preallocated, so this bounds memory at 32 KiB per CPU.
 pub const IO_STATS_MAX_DEVICES: u32 = 1024;
+
+/// How many (device, cgroup) pairs the per-cgroup counters hold: 32 bytes each per CPU.
+pub const IO_BY_CGROUP_MAX: u32 = 4096;
+
+/// How many bios may be in flight at once and still be timed. The map is LRU: past this the
+/// oldest start is forgotten (that one bio goes untimed) rather than a new one refused.
+pub const BIO_START_MAX: u32 = 16384;
+
+/// Latency buckets: bucket `b` counts completions that took `[2^b, 2^(b+1))` ns (bucket 0
+/// also takes 0 and 1 ns); the last takes everything from `2^39` ns (about 9 minutes) up.
+pub const LATENCY_BUCKETS: usize = 40;
 
 /// A block device number in the kernel's *internal* encoding: `major << 20 | minor`
 /// (`MKDEV` in `include/linux/kdev_t.h`, 12 bits of major and 20 of minor).
@@ -54,6 +85,76 @@ pub struct IoStats {
     pub written_bytes: u64,
 }
 
+/// Who did I/O to a device: the device and the cgroup the block layer charges the bio to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CgroupKey {
+    /// The kernfs id of the bio's blkcg cgroup, which is the inode number of its directory in
+    /// the cgroup filesystem (cgroup v2's or the v1 blkio hierarchy's), and under v2 the
+    /// nearest cgroup with the io controller on, where `io.max` can be written. 0 when the
+    /// kernel has no blk-cgroup, or the bio has none.
+    pub cgroup: u64,
+    pub dev: DevT,
+    /// Always 0; makes the padding explicit, so the key's bytes are all defined.
+    pub reserved: u32,
+}
+
+/// When an in-flight bio was submitted, on which device, and which way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BioStart {
+    /// `bpf_ktime_get_ns()` at submission.
+    pub start_ns: u64,
+    pub dev: DevT,
+    /// 1 for a write, 0 for a read.
+    pub write: u32,
+}
+
+/// One device's reads or writes, for the latency histograms.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LatencyKey {
+    pub dev: DevT,
+    /// 1 for writes, 0 for reads.
+    pub write: u32,
+}
+
+/// A log2 histogram of completion latencies, and their sum.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatencyHist {
+    pub buckets: [u64; LATENCY_BUCKETS],
+    pub sum_ns: u64,
+}
+
+impl Default for LatencyHist {
+    fn default() -> Self {
+        Self {
+            buckets: [0; LATENCY_BUCKETS],
+            sum_ns: 0,
+        }
+    }
+}
+
+/// The bucket of a latency of `ns` nanoseconds: `floor(log2(ns))`, capped at the last. A
+/// branch-free binary search, since the bpf target has no count-leading-zeros instruction.
+#[inline(always)]
+pub fn latency_bucket(ns: u64) -> usize {
+    let mut x = ns;
+    let mut b = 0usize;
+    for shift in [32u32, 16, 8, 4, 2, 1] {
+        if x >> shift != 0 {
+            x >>= shift;
+            b += shift as usize;
+        }
+    }
+    if b >= LATENCY_BUCKETS {
+        LATENCY_BUCKETS - 1
+    } else {
+        b
+    }
+}
+
 /// Byte offsets of the kernel fields the probe reads, resolved by the loader from the running
 /// kernel's BTF (`/sys/kernel/btf/vmlinux`).
 ///
@@ -74,6 +175,22 @@ pub struct BioLayout {
     pub bio_size: u32,
     /// `offsetof(struct block_device, bd_dev)`: the device number, a [`DevT`].
     pub bdev_dev: u32,
+    /// `offsetof(struct bio, bi_blkg)`: the `struct blkcg_gq *` the bio is charged to; 0 on
+    /// a kernel without blk-cgroup, and then every bio's cgroup is 0.
+    pub bio_blkg: u32,
+    /// `offsetof(struct blkcg_gq, blkcg)`: its `struct blkcg *`.
+    pub blkg_blkcg: u32,
+    /// `offsetof(struct blkcg, css) + offsetof(struct cgroup_subsys_state, cgroup)`: the
+    /// blkcg's `struct cgroup *`.
+    pub blkcg_cgroup: u32,
+    /// `offsetof(struct cgroup, kn)`: the cgroup's `struct kernfs_node *`.
+    pub cgroup_kn: u32,
+    /// `offsetof(struct kernfs_node, id)`: the cgroup's id, a `u64`.
+    pub kn_id: u32,
+    /// Only bios on devices of this major number are timed: device-mapper's, whose bios
+    /// complete through `block_bio_complete` (a request-based device's never do, and their
+    /// starts would only crowd the in-flight map). 0 times every device.
+    pub timed_major: u32,
 }
 
 /// `REQ_OP_MASK`: the operation is the low 8 bits of `bi_opf` (`REQ_OP_BITS` in
@@ -93,6 +210,22 @@ unsafe impl aya::Pod for IoStats {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for BioLayout {}
 
+// SAFETY: #[repr(C)] integers only, padding made an explicit field (a u64, then two u32s).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CgroupKey {}
+
+// SAFETY: as above: a u64, then two u32s.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for BioStart {}
+
+// SAFETY: as above: two u32s.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for LatencyKey {}
+
+// SAFETY: as above: u64s only.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for LatencyHist {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,12 +237,29 @@ mod tests {
     fn map_types_have_no_padding_and_fit_the_memory_budget() {
         assert_eq!(size_of::<IoStats>(), 4 * size_of::<u64>());
         assert_eq!(align_of::<IoStats>(), 8);
-        assert_eq!(size_of::<BioLayout>(), 4 * size_of::<u32>());
+        assert_eq!(size_of::<BioLayout>(), 10 * size_of::<u32>());
+        assert_eq!(size_of::<CgroupKey>(), 16);
+        assert_eq!(size_of::<BioStart>(), 16);
+        assert_eq!(size_of::<LatencyKey>(), 8);
+        assert_eq!(size_of::<LatencyHist>(), (LATENCY_BUCKETS + 1) * 8);
         // The documented bound: 32 KiB of counters per CPU.
         assert_eq!(
             IO_STATS_MAX_DEVICES as usize * size_of::<IoStats>(),
             32 * 1024
         );
+    }
+
+    #[test]
+    fn latency_buckets_are_floor_log2_capped() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1), 0);
+        assert_eq!(latency_bucket(2), 1);
+        assert_eq!(latency_bucket(3), 1);
+        assert_eq!(latency_bucket(1023), 9);
+        assert_eq!(latency_bucket(1024), 10);
+        assert_eq!(latency_bucket((1 << 39) - 1), 38);
+        assert_eq!(latency_bucket(1 << 39), LATENCY_BUCKETS - 1);
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
     }
 
     #[test]

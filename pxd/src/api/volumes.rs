@@ -15,9 +15,7 @@ use super::{ApiError, ApiResult, AppState, JsonBody};
 use crate::cluster::Op;
 use crate::crypt::{new_salt, VolumeKey};
 use crate::kernel::dm::node_path;
-use crate::plan::names::Id;
 use crate::plan::placement::{self, Candidate};
-use crate::reconcile::steps::volume_stack;
 use crate::store::state::{ClusterState, VolumeChange};
 use crate::store::types::{IopsLimit, NodeId, Phase, PlacementNote, Replica, ReplicaState, Volume};
 use crate::store::Command;
@@ -193,17 +191,9 @@ pub(super) fn find(st: &ClusterState, key: &str) -> Result<Volume, ApiError> {
 
 pub(super) fn view(st: &ClusterState, v: &Volume) -> VolumeView {
     let replica = v.replicas.first();
-    let stack = if v.repl > 1 {
-        attached_stack(v)
-    } else {
-        replica
-            .and_then(|r| {
-                let node = Id::node(&r.node.to_string()).ok()?;
-                let vs = crate::reconcile::derive::volume_state(st, v, r.node)?;
-                volume_stack(&node, &vs, true).ok()
-            })
-            .unwrap_or_default()
-    };
+    let stack = crate::reconcile::derive::io_stack(st, v)
+        .map(|(_, stack)| stack)
+        .unwrap_or_default();
     let names: Vec<String> = stack.iter().map(|p| p.name.to_string()).collect();
     let mut snapshots: Vec<SnapshotView> = st
         .snapshots
@@ -265,34 +255,6 @@ pub(super) fn view(st: &ClusterState, v: &Volume) -> VolumeView {
         evacuating: v.evacuating,
         replica_timeout_s: v.replica_timeout_s,
     }
-}
-
-/// A replicated volume's stack on its attach node, once attached there: raid, then crypt.
-fn attached_stack(v: &Volume) -> Vec<crate::plan::table::DevicePlan> {
-    let Some(a) = v
-        .attachment
-        .as_ref()
-        .filter(|a| a.state == crate::store::types::AttachState::Attached)
-    else {
-        return Vec::new();
-    };
-    let (Ok(node), Ok(vid)) = (Id::node(&a.node.to_string()), Id::object(&v.id)) else {
-        return Vec::new();
-    };
-    let size = devicemapper::Sectors(v.size / 512);
-    let raid = crate::plan::replica::plan_raid(&node, &vid, Vec::new(), size, false);
-    let mut plans = Vec::new();
-    if v.wrapped_key.is_some() {
-        plans.push(crate::plan::crypt::plan_crypt(
-            &node,
-            &vid,
-            size,
-            raid.name.clone(),
-            true,
-        ));
-    }
-    plans.insert(0, raid);
-    plans
 }
 
 /// Pools of this node with what placement needs to know.

@@ -46,6 +46,10 @@ pub struct DaemonArgs {
     /// Missed heartbeats in a row before a node counts as offline.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub missed_beats: u32,
+    /// Leave the eBPF I/O probes out: volume I/O counts come from /sys/block, with no
+    /// latency histograms and no per-cgroup counts.
+    #[arg(long)]
+    pub no_ebpf: bool,
     #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]
@@ -223,7 +227,8 @@ pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
 }
 
 async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
-    let metrics = Arc::new(Metrics::new()?);
+    let volume_io = crate::io::volumes::VolumeIo::start(args.no_ebpf);
+    let metrics = Arc::new(Metrics::new(volume_io)?);
     let api_addr = SocketAddr::new(args.addr, args.api_port);
     let config = ClusterConfig {
         data_dir: args.data_dir.clone(),

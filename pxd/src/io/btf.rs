@@ -283,6 +283,71 @@ impl<'a> Btf<'a> {
         }
     }
 
+    /// Checks that a member is an 8-byte integer (after typedefs), and returns its offset.
+    fn expect_u64(&self, strukt: &str, member: &str, m: Member) -> Result<u32, BtfError> {
+        let (_, record) = self.resolve(m.type_id)?;
+        if record.kind() == KIND_INT && record.size_or_type == 8 {
+            Ok(m.offset_bytes)
+        } else {
+            Err(BtfError::UnexpectedType {
+                strukt: strukt.to_owned(),
+                member: member.to_owned(),
+                found: self.describe(record),
+                expected: "an 8-byte integer",
+            })
+        }
+    }
+
+    /// The offset of pointer member `member` of struct `strukt`.
+    fn ptr_member(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+        let id = self.struct_id(strukt)?;
+        self.expect_ptr(strukt, member, self.member(strukt, id, member)?)
+    }
+
+    /// Checks that argument `index` of tracepoint `tracepoint` (after the tracepoint's own
+    /// context pointer) is a pointer to `struct strukt`: the probe reads it there.
+    pub(crate) fn check_tracepoint_arg(
+        &self,
+        tracepoint: &str,
+        index: usize,
+        strukt: &str,
+    ) -> Result<(), BtfError> {
+        let typedef = format!("btf_trace_{tracepoint}");
+        let wrong = |found: String| BtfError::UnexpectedType {
+            strukt: typedef.clone(),
+            member: format!("argument {index}"),
+            found,
+            expected: "a pointer to the struct the probe reads",
+        };
+        let id = self
+            .records
+            .iter()
+            .position(|r| r.kind() == KIND_TYPEDEF && self.name(r.name_off) == typedef.as_bytes())
+            .map(|i| i as u32 + 1)
+            .ok_or_else(|| BtfError::NoStruct(typedef.clone()))?;
+        // typedef -> pointer -> function prototype (void *ctx, args...).
+        let (_, ptr) = self.resolve(self.record(id)?.size_or_type)?;
+        let (_, proto) = self.resolve(ptr.size_or_type)?;
+        if ptr.kind() != KIND_PTR || proto.kind() != KIND_FUNC_PROTO {
+            return Err(wrong(self.describe(proto)));
+        }
+        let param = index + 1;
+        if param >= proto.vlen() {
+            return Err(wrong(format!("a prototype of {} parameters", proto.vlen())));
+        }
+        let type_id = u32_at(self.types, proto.extra + 8 * param + 4)
+            .ok_or_else(|| malformed("truncated function prototype"))?;
+        let (_, arg) = self.resolve(type_id)?;
+        let (_, target) = self.resolve(arg.size_or_type)?;
+        let is_struct =
+            target.kind() == KIND_STRUCT && self.name(target.name_off) == strukt.as_bytes();
+        if arg.kind() == KIND_PTR && is_struct {
+            Ok(())
+        } else {
+            Err(wrong(self.describe(arg)))
+        }
+    }
+
     /// Checks that a member is a pointer, and returns its offset.
     fn expect_ptr(&self, strukt: &str, member: &str, m: Member) -> Result<u32, BtfError> {
         let (_, record) = self.resolve(m.type_id)?;
@@ -316,12 +381,33 @@ impl<'a> Btf<'a> {
             "bd_dev",
             self.member("block_device", bdev, "bd_dev")?,
         )?;
-        Ok(BioLayout {
+        let mut layout = BioLayout {
             bio_bdev,
             bio_opf,
             bio_size: iter.offset_bytes + size,
             bdev_dev,
-        })
+            ..BioLayout::default()
+        };
+        // Without blk-cgroup the bio has no `bi_blkg`, and every bio's cgroup reads as 0.
+        if self.find_member(bio, "bi_blkg", 0)?.is_some() {
+            self.cgroup_chain(&mut layout)?;
+        }
+        Ok(layout)
+    }
+
+    /// The offsets from a bio to the id of the cgroup it is charged to.
+    fn cgroup_chain(&self, layout: &mut BioLayout) -> Result<(), BtfError> {
+        layout.bio_blkg = self.ptr_member("bio", "bi_blkg")?;
+        layout.blkg_blkcg = self.ptr_member("blkcg_gq", "blkcg")?;
+        let blkcg = self.struct_id("blkcg")?;
+        let css = self.member("blkcg", blkcg, "css")?;
+        layout.blkcg_cgroup =
+            css.offset_bytes + self.ptr_member("cgroup_subsys_state", "cgroup")?;
+        layout.cgroup_kn = self.ptr_member("cgroup", "kn")?;
+        let kn = self.struct_id("kernfs_node")?;
+        layout.kn_id =
+            self.expect_u64("kernfs_node", "id", self.member("kernfs_node", kn, "id")?)?;
+        Ok(())
     }
 }
 
@@ -406,6 +492,7 @@ mod tests {
                 bio_opf: 16,
                 bio_size: 24 + 8,
                 bdev_dev: 4,
+                ..BioLayout::default()
             }
         );
     }
@@ -445,5 +532,15 @@ mod tests {
         // bi_next comes first in struct bio, so nothing we read sits at offset 0.
         assert!(layout.bio_bdev > 0 && layout.bio_opf > 0 && layout.bdev_dev > 0);
         assert!(layout.bio_size > layout.bio_opf);
+        // A kernel with blk-cgroup (as Debian's): the chain to the cgroup id is there.
+        assert!(layout.bio_blkg > 0 && layout.cgroup_kn > 0 && layout.kn_id > 0);
+        let btf = Btf::parse(&data).expect("parse");
+        btf.check_tracepoint_arg("block_bio_complete", 1, "bio")
+            .expect("block_bio_complete(q, bio)");
+        btf.check_tracepoint_arg("block_bio_queue", 0, "bio")
+            .expect("block_bio_queue(bio)");
+        assert!(btf
+            .check_tracepoint_arg("block_bio_complete", 0, "bio")
+            .is_err());
     }
 }

@@ -13,6 +13,8 @@ pub struct MetricsError {
 
 pub struct Metrics {
     registry: Registry,
+    /// Each volume's I/O on this node (`pxd_volume_reads_total`, latencies, `pxd_ebpf_up`).
+    pub volume_io: std::sync::Arc<crate::io::volumes::VolumeIo>,
     pub cluster_nodes: IntGauge,
     pub cluster_nodes_online: IntGauge,
     pub cluster_quorum: IntGauge,
@@ -77,10 +79,30 @@ where
     Ok(metric)
 }
 
+/// Hands the shared per-volume I/O collector to the registry.
+struct SharedVolumeIo(std::sync::Arc<crate::io::volumes::VolumeIo>);
+
+impl prometheus::core::Collector for SharedVolumeIo {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
+    }
+}
+
 impl Metrics {
-    pub fn new() -> Result<Metrics, MetricsError> {
+    pub fn new(volume_io: crate::io::volumes::VolumeIo) -> Result<Metrics, MetricsError> {
         let r = Registry::new();
+        let volume_io = std::sync::Arc::new(volume_io);
+        r.register(Box::new(SharedVolumeIo(volume_io.clone())))
+            .map_err(|source| MetricsError {
+                op: "register",
+                name: "pxd_volume_reads_total",
+                source,
+            })?;
         Ok(Metrics {
+            volume_io,
             cluster_nodes: gauge(&r, "pxd_cluster_nodes", "Members of the cluster")?,
             cluster_nodes_online: gauge(
                 &r,
@@ -230,7 +252,7 @@ mod tests {
 
     #[test]
     fn gauges_render_with_their_labels() {
-        let m = Metrics::new().unwrap();
+        let m = Metrics::new(crate::io::volumes::VolumeIo::start(true)).unwrap();
         m.node_online
             .with_label_values(&["00000000000000aa", "n1"])
             .set(1);

@@ -475,6 +475,48 @@ pub fn records(before: &NodeState, after: &NodeState) -> Vec<Command> {
     out
 }
 
+/// The device stack a volume's application I/O goes through, and the node it is on: a
+/// replicated volume's raid (and crypt) on its attach node, once attached; a single-replica
+/// volume's thin (and crypt) on its replica's node, whenever it is live. Its last device is
+/// the one applications use, and the one its I/O is counted on.
+pub fn io_stack(
+    st: &ClusterState,
+    v: &Volume,
+) -> Option<(NodeId, Vec<crate::plan::table::DevicePlan>)> {
+    if v.repl > 1 {
+        return attached_stack(v);
+    }
+    let r = v.replicas.first()?;
+    let node = crate::plan::names::Id::node(&r.node.to_string()).ok()?;
+    let vs = volume_state(st, v, r.node)?;
+    let stack = super::steps::volume_stack(&node, &vs, true).ok()?;
+    Some((r.node, stack))
+}
+
+/// A replicated volume's stack on its attach node, once attached there: raid, then crypt.
+fn attached_stack(v: &Volume) -> Option<(NodeId, Vec<crate::plan::table::DevicePlan>)> {
+    let a = v
+        .attachment
+        .as_ref()
+        .filter(|a| a.state == AttachState::Attached)?;
+    let node = crate::plan::names::Id::node(&a.node.to_string()).ok()?;
+    let vid = crate::plan::names::Id::object(&v.id).ok()?;
+    let size = devicemapper::Sectors(v.size / 512);
+    let raid = crate::plan::replica::plan_raid(&node, &vid, Vec::new(), size, false);
+    let mut plans = Vec::new();
+    if v.wrapped_key.is_some() {
+        plans.push(crate::plan::crypt::plan_crypt(
+            &node,
+            &vid,
+            size,
+            raid.name.clone(),
+            true,
+        ));
+    }
+    plans.insert(0, raid);
+    Some((a.node, plans))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

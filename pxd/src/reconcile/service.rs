@@ -417,6 +417,20 @@ impl Reconciler {
         let m = self.cluster.metrics();
         let me = self.cluster.id();
         self.cluster.state().read(|st| {
+            let tops = st
+                .volumes
+                .values()
+                .filter_map(|v| {
+                    let (node, stack) = super::derive::io_stack(st, v)?;
+                    let top = stack.last().filter(|_| node == me)?;
+                    Some(crate::io::volumes::VolumeDevice {
+                        id: v.id.clone(),
+                        name: v.name.clone(),
+                        path: crate::kernel::dm::node_path(&top.name.dm_name()),
+                    })
+                })
+                .collect();
+            m.volume_io.set_devices(me.to_string(), tops);
             for p in st.pools.values().filter(|p| p.node == me) {
                 let labels = [p.id.as_str(), &p.class.to_string()];
                 let health = found.health.get(&p.id).unwrap_or(&p.health);
