@@ -783,3 +783,153 @@ fn a_near_full_pool_refuses_new_allocations_and_says_so() {
     });
     d.ok(&["volume", "create", "more", "--size", "8M", "--fs", "raw"]);
 }
+
+/// The value of the sample of `family` labelled `volume="{volume}"` in a `/metrics` text.
+fn metric(text: &str, family: &str, volume: &str) -> f64 {
+    let label = format!("volume=\"{volume}\"");
+    text.lines()
+        .find(|l| l.starts_with(&format!("{family}{{")) && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {family} for volume {volume} in\n{text}"))
+}
+
+fn metrics_text(d: &Daemon) -> String {
+    let client =
+        pxd::api::client::BlockingClient::new(pxd::api::client::Target::Unix(d.socket())).unwrap();
+    let (_, body) = client
+        .raw(pxd::api::client::Method::GET, "/metrics")
+        .unwrap();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Runs one fio job on `dev` and returns its (reads, writes), checking it had no error.
+fn fio_job(dev: &Path, name: &str, args: &[&str]) -> (u64, u64) {
+    let out = Command::new("fio")
+        .args([
+            &format!("--name={name}"),
+            &format!("--filename={}", dev.display()),
+            "--direct=1",
+            "--ioengine=psync",
+            "--size=32M",
+            "--randrepeat=0",
+            "--output-format=json",
+        ])
+        .args(args)
+        .output()
+        .expect("run fio");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "fio {name}: {text}");
+    let json: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
+    let job = &json["jobs"][0];
+    assert_eq!(job["error"], 0, "fio {name} had errors");
+    let ios = |dir: &str| job[dir]["total_ios"].as_u64().unwrap();
+    (ios("read"), ios("write"))
+}
+
+/// Whether `got` is within 1% of `want`.
+fn within_1pct(got: f64, want: f64) -> bool {
+    (got - want).abs() <= want * 0.01
+}
+
+/// Acceptance (per-volume I/O): two volumes in one pool, one of them encrypted, run
+/// different fio jobs through the real daemon. Each volume's counts in `/metrics` and in
+/// `volume stats --json` match its own fio job, and its latency histograms count every I/O.
+#[test]
+fn each_volume_s_io_is_counted_as_its_own_fio_job_saw_it() {
+    use pxd::api::stats::VolumeStats;
+    let _one = serial();
+    let d = pooled_node("iostat", 9150, 4);
+    let plain: VolumeView = d.json(&["volume", "create", "plain", "--size", "64M", "--fs", "raw"]);
+    let sec: VolumeView = d.json(&[
+        "volume", "create", "sec", "--size", "64M", "--fs", "raw", "--secure",
+    ]);
+    // The reconciler's next pass tells the accounting which device is whose.
+    let stats = || -> Vec<VolumeStats> {
+        let client =
+            pxd::api::client::BlockingClient::new(pxd::api::client::Target::Unix(d.socket()))
+                .unwrap();
+        client.get("/v1/stats").unwrap()
+    };
+    wait_until(Duration::from_secs(120), || match stats().len() {
+        2 => Ok(()),
+        n => Err(format!("{n} volumes counted")),
+    });
+    let before = stats();
+    let metrics_before = metrics_text(&d);
+    assert!(metrics_before.contains("pxd_ebpf_up 1"), "{metrics_before}");
+
+    let jobs = [
+        (&plain, "--rw=randrw", "--bs=4k", "--io_size=6M"),
+        (&sec, "--rw=randwrite", "--bs=16k", "--io_size=8M"),
+    ];
+    let mut ran = Vec::new();
+    for (v, rw, bs, size) in jobs {
+        let dev = v.device.clone().unwrap();
+        ran.push(fio_job(&dev, &v.name, &[rw, bs, size]));
+    }
+    let after = stats();
+    let metrics_after = metrics_text(&d);
+    let cli: Vec<serde_json::Value> = d.json(&["volume", "stats", "--json"]);
+    for ((v, ..), (reads, writes)) in jobs.iter().zip(ran) {
+        let of = |list: &[VolumeStats]| list.iter().find(|s| s.id == v.id).cloned().unwrap();
+        let (b, a) = (of(&before), of(&after));
+        let d = a.counts.since(&b.counts);
+        let timed = |l: &Option<pxd::api::stats::LatencyView>| {
+            l.as_ref().map_or(0, |l| l.buckets.iter().sum::<u64>())
+        };
+        let timed_reads = timed(&a.read_latency) - timed(&b.read_latency);
+        let timed_writes = timed(&a.write_latency) - timed(&b.write_latency);
+        let m = |family: &str| {
+            metric(&metrics_after, family, &v.name) - metric(&metrics_before, family, &v.name)
+        };
+        let c = cli.iter().find(|r| r["id"] == v.id.as_str()).unwrap();
+        let cli_total = |k: &str| c["total"][k].as_u64().unwrap() as f64;
+        let (cli_reads, cli_writes) = (
+            cli_total("reads") - b.counts.reads as f64,
+            cli_total("writes") - b.counts.writes as f64,
+        );
+        eprintln!(
+            "volume {}: fio {reads} reads {writes} writes; stats {} / {}, timed {timed_reads} / \
+             {timed_writes}; metrics {} / {}, histogram counts {} / {}; volume stats --json \
+             {cli_reads} / {cli_writes}",
+            v.name,
+            d.reads,
+            d.writes,
+            m("pxd_volume_reads_total"),
+            m("pxd_volume_writes_total"),
+            m("pxd_volume_read_latency_seconds_count"),
+            m("pxd_volume_write_latency_seconds_count"),
+        );
+        for (what, got, want) in [
+            ("reads", d.reads as f64, reads as f64),
+            ("writes", d.writes as f64, writes as f64),
+            ("metric reads", m("pxd_volume_reads_total"), reads as f64),
+            ("metric writes", m("pxd_volume_writes_total"), writes as f64),
+            ("volume stats reads", cli_reads, reads as f64),
+            ("volume stats writes", cli_writes, writes as f64),
+        ] {
+            assert!(
+                within_1pct(got, want),
+                "{}: {what} {got}, fio {want}",
+                v.name
+            );
+        }
+        // Every I/O counted is timed at its completion, once.
+        assert_eq!(
+            (timed_reads, timed_writes),
+            (d.reads, d.writes),
+            "{}",
+            v.name
+        );
+        assert_eq!(
+            (
+                m("pxd_volume_read_latency_seconds_count"),
+                m("pxd_volume_write_latency_seconds_count")
+            ),
+            (m("pxd_volume_reads_total"), m("pxd_volume_writes_total")),
+            "{}",
+            v.name
+        );
+    }
+}

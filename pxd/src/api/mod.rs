@@ -21,6 +21,7 @@
 //! | `POST /v1/drives/replace` `{old, new, force}` | the same, onto a new disk in its place |
 //! | `GET /v1/pools` | pools with class, drives, use and chunk |
 //! | `/v1/volumes...` | volumes and snapshots (see [`volumes`]) |
+//! | `GET /v1/stats`, `GET /v1/volumes/{vol}/stats` | volume I/O counted on this node (see [`stats`]) |
 //! | `GET /metrics` | Prometheus text (no token needed over TCP) |
 //!
 //! Errors are `{"error": message, "code": code}`; `code` is one of `no_quorum` (503: a
@@ -36,6 +37,7 @@ pub mod drive_leave;
 pub mod ha;
 pub mod pools;
 pub mod snapshots;
+pub mod stats;
 pub mod topology;
 pub mod volumes;
 
@@ -280,6 +282,8 @@ fn routes(state: AppState) -> Router {
                 .delete(volumes::delete),
         )
         .route("/v1/volumes/{vol}/mount", post(volumes::mount))
+        .route("/v1/volumes/{vol}/stats", get(stats::one))
+        .route("/v1/stats", get(stats::all))
         .route("/v1/volumes/{vol}/unmount", post(volumes::unmount))
         .route("/v1/volumes/{vol}/attach", post(attach::attach))
         .route("/v1/volumes/{vol}/detach", post(attach::detach))

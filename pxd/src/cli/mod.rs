@@ -3,6 +3,7 @@
 
 pub mod output;
 pub mod secret;
+pub mod stats;
 pub mod storage;
 pub mod topology;
 

@@ -98,6 +98,14 @@ pub enum VolumeCommand {
     },
     /// How far a new replica's copy is: round, bytes copied and left, rate, cut-over pause.
     RebuildStatus { volume: String },
+    /// Live I/O of the volumes whose device is on this node (or of VOL): reads and writes a
+    /// second, MiB a second, p50/p99 latency, the limit, and the cgroups doing the I/O.
+    Stats {
+        volume: Option<String>,
+        /// Print a new line every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Delete a volume and free its space (refused while mounted).
     Delete { volume: String },
     /// Mount a volume (by default under the daemon's mount root).
@@ -527,6 +535,9 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
         },
         VolumeCommand::HaUpdate { volume, repl, node } => {
             show(ha_update(c, volume, *repl, node.clone())?)
+        }
+        VolumeCommand::Stats { volume, watch } => {
+            super::stats::volume_stats(c, volume.as_deref(), *watch, json)?
         }
         VolumeCommand::RebuildStatus { volume } => {
             let v: VolumeView = c.get(&format!("/v1/volumes/{}", seg("volume", volume)?))?;

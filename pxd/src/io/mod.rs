@@ -88,7 +88,7 @@ pub enum IoError {
 ///
 /// Only reads and writes that carry data count; flushes, discards and write-zeroes do not. A
 /// bio split by the block layer counts once, as submitted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IoCounts {
     pub reads: u64,
     pub writes: u64,

@@ -43,6 +43,8 @@ pub struct VolumeSample {
 /// The node's per-volume I/O accounting, and its Prometheus collector.
 pub struct VolumeIo {
     source: Source,
+    /// The cgroup hierarchy that throttles block I/O here, detected at start.
+    hierarchy: Option<super::cgroups::Hierarchy>,
     /// This node's id, and each volume's top device here.
     devices: RwLock<(String, Vec<(VolumeDevice, DevT)>)>,
     descs: Vec<Desc>,
@@ -132,9 +134,15 @@ impl VolumeIo {
             .unwrap_or_default();
         Self {
             source,
+            hierarchy: super::cgroups::Hierarchy::detect(),
             devices: RwLock::new((String::new(), Vec::new())),
             descs,
         }
+    }
+
+    /// The cgroup hierarchy that throttles block I/O on this host, if one is mounted.
+    pub fn hierarchy(&self) -> Option<&super::cgroups::Hierarchy> {
+        self.hierarchy.as_ref()
     }
 
     /// Whether the probes are loaded.
