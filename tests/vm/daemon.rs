@@ -88,6 +88,21 @@ fn pooled_node(name: &str, port: u16, disk: usize) -> Daemon {
     d
 }
 
+/// A one-node cluster whose pool is a loop device of `mib` MiB (every virtio disk is some
+/// other test's); the loop device must outlive the daemon's use of it.
+fn loop_node(name: &str, port: u16, mib: u64) -> (Daemon, pxd::kernel::loop_device::LoopDevice) {
+    let backing = PathBuf::from(format!("/tmp/pxd-{name}.img"));
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(mib << 20)
+        .unwrap();
+    let disk = pxd::kernel::loop_device::LoopDevice::attach(&backing).unwrap();
+    let mut d = Daemon::new(name, port, &EMULATOR_CLASSES);
+    d.start_cluster();
+    d.ok(&["drive", "add", disk.path().to_str().unwrap()]);
+    (d, disk)
+}
+
 /// Writes `len` bytes of pattern `seed` to a file and fsyncs it; returns the checksum.
 fn write_file(path: &Path, seed: u64, len: usize) -> String {
     use std::io::Write;
@@ -839,7 +854,7 @@ fn within_1pct(got: f64, want: f64) -> bool {
 fn each_volume_s_io_is_counted_as_its_own_fio_job_saw_it() {
     use pxd::api::stats::VolumeStats;
     let _one = serial();
-    let d = pooled_node("iostat", 9150, 4);
+    let (d, _disk) = loop_node("iostat", 9150, 512);
     let plain: VolumeView = d.json(&["volume", "create", "plain", "--size", "64M", "--fs", "raw"]);
     let sec: VolumeView = d.json(&[
         "volume", "create", "sec", "--size", "64M", "--fs", "raw", "--secure",
@@ -931,5 +946,191 @@ fn each_volume_s_io_is_counted_as_its_own_fio_job_saw_it() {
             "{}",
             v.name
         );
+    }
+}
+
+/// A cgroup v2 child of the root made for a test, removed on drop.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(name: &str) -> TestCgroup {
+        let dir = PathBuf::from("/sys/fs/cgroup").join(name);
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).expect("test cgroup");
+        TestCgroup(dir)
+    }
+
+    /// This cgroup's `io.max` line for device `dev` (`major:minor`), if any.
+    fn io_max(&self, dev: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.0.join("io.max")).ok()?;
+        text.lines()
+            .find(|l| l.starts_with(&format!("{dev} ")))
+            .map(str::to_owned)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// fio for `secs` seconds in cgroup `cg` on `dev` (4 KiB, direct, random unless `args` say
+/// otherwise), started in the background.
+fn fio_in(cg: &TestCgroup, dev: &Path, name: &str, secs: u32, args: &str) -> Child {
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec fio --name={name} --filename={} --bs=4k --direct=1 \
+         --ioengine=psync --iodepth=1 --size=128M --time_based --runtime={secs} \
+         --randrepeat=0 --output-format=json {args}",
+        cg.0.display(),
+        dev.display()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start fio")
+}
+
+/// fio's (read IOPS, write IOPS, read B/s, write B/s), with no error.
+fn fio_rates(child: Child) -> (f64, f64, f64, f64) {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fio: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
+    let job = &v["jobs"][0];
+    assert_eq!(job["error"], 0, "fio had errors");
+    let f = |dir: &str, k: &str| job[dir][k].as_f64().unwrap();
+    (
+        f("read", "iops"),
+        f("write", "iops"),
+        f("read", "bw_bytes"),
+        f("write", "bw_bytes"),
+    )
+}
+
+fn within_5pct(got: f64, want: f64) -> bool {
+    (got - want).abs() <= want * 0.05
+}
+
+/// Acceptance (limits): a volume's IOPS and bandwidth limits hold for one writer, follow a
+/// live change, go away when removed; and a write limit holds for two writers in two cgroups
+/// (cgroup v2) together, going whole to the one left when the other stops.
+#[test]
+fn iops_and_bandwidth_limits_hold_for_the_volume_whoever_writes() {
+    let _one = serial();
+    let one = TestCgroup::new("pxdtest-one");
+    let (a, b) = (TestCgroup::new("pxdtest-a"), TestCgroup::new("pxdtest-b"));
+    let (d, _disk) = loop_node("limits", 9160, 768);
+    let status = d.ok(&["cluster", "status"]);
+    assert!(
+        status.contains("limits through cgroup v2 (io.max)"),
+        "{status}"
+    );
+    let v: VolumeView = d.json(&["volume", "create", "lim", "--size", "256M", "--fs", "raw"]);
+    let dev = v.device.clone().unwrap();
+    let rdev = std::fs::metadata(&dev).unwrap();
+    let name = {
+        use std::os::unix::fs::MetadataExt as _;
+        format!("{}:{}", libc::major(rdev.rdev()), libc::minor(rdev.rdev()))
+    };
+    let (_, full, _, _) = fio_rates(fio_in(&one, &dev, "full", 10, "--rw=randwrite"));
+    // The limit shows in each cgroup's io.max within a tick or two of being set.
+    let limit_shows = |cg: &TestCgroup, want: &str| {
+        wait_until(Duration::from_secs(60), || match cg.io_max(&name) {
+            Some(l) if l.contains(want) => Ok(()),
+            other => Err(format!("{}: {other:?}", cg.0.display())),
+        })
+    };
+    d.ok(&["volume", "update", "lim", "--max_iops", "200,100"]);
+    limit_shows(&one, "riops=200 wiops=100");
+    let (r, _, _, _) = fio_rates(fio_in(&one, &dev, "r200", 10, "--rw=randread"));
+    let (_, w, _, _) = fio_rates(fio_in(&one, &dev, "w100", 10, "--rw=randwrite"));
+    eprintln!("limits: unlimited {full:.0} write IOPS; at 200,100: {r:.1} reads, {w:.1} writes");
+    assert!(within_5pct(r, 200.0) && within_5pct(w, 100.0), "{r} {w}");
+
+    d.ok(&["volume", "update", "lim", "--max_iops", "400"]);
+    limit_shows(&one, "riops=400 wiops=400");
+    let (_, w, _, _) = fio_rates(fio_in(&one, &dev, "w400", 10, "--rw=randwrite"));
+    eprintln!("limits: raised live to 400: {w:.1} writes");
+    assert!(within_5pct(w, 400.0), "{w}");
+
+    d.ok(&["volume", "update", "lim", "--max_iops", "none"]);
+    wait_until(Duration::from_secs(60), || match one.io_max(&name) {
+        Some(l) if !l.split_whitespace().skip(1).all(|kv| kv.ends_with("=max")) => Err(l),
+        _ => Ok(()),
+    });
+    let (_, w, _, _) = fio_rates(fio_in(&one, &dev, "free", 10, "--rw=randwrite"));
+    eprintln!("limits: removed: {w:.0} writes (unlimited before: {full:.0})");
+    assert!(w > 400.0 * 1.2, "full speed did not return: {w}");
+
+    d.ok(&["volume", "update", "lim", "--max_bandwidth", "4M"]);
+    limit_shows(&one, &format!("wbps={}", 4 << 20));
+    let (_, _, _, bw) = fio_rates(fio_in(&one, &dev, "bw", 10, "--rw=randwrite --bs=64k"));
+    eprintln!(
+        "limits: 4 MiB/s: {:.2} MiB/s written",
+        bw / f64::from(1 << 20)
+    );
+    assert!(within_5pct(bw, f64::from(4 << 20)), "{bw}");
+    d.ok(&[
+        "volume",
+        "update",
+        "lim",
+        "--max_bandwidth",
+        "none",
+        "--max_iops",
+        "max,200",
+    ]);
+
+    // Two writers in two cgroups: the volume's 200 is shared, not given to each.
+    limit_shows(&a, "wiops=200");
+    limit_shows(&b, "wiops=200");
+    let (wa, wb) = (
+        fio_in(&a, &dev, "a", 10, "--rw=randwrite"),
+        fio_in(&b, &dev, "b", 10, "--rw=randwrite"),
+    );
+    let ((_, ia, _, _), (_, ib, _, _)) = (fio_rates(wa), fio_rates(wb));
+    eprintln!(
+        "limits: two writers: {ia:.1} + {ib:.1} = {:.1} (limit 200)",
+        ia + ib
+    );
+    assert!(within_5pct(ia + ib, 200.0), "{ia} + {ib}");
+    // b stops after 4 s; 3 s later a has the whole limit.
+    let wa = fio_in(&a, &dev, "a2", 12, "--rw=randwrite");
+    let wb = fio_in(&b, &dev, "b2", 4, "--rw=randwrite");
+    fio_rates(wb);
+    std::thread::sleep(Duration::from_secs(3));
+    let a_id = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&a.0).unwrap().ino()
+    };
+    let client =
+        pxd::api::client::BlockingClient::new(pxd::api::client::Target::Unix(d.socket())).unwrap();
+    let a_writes = || -> u64 {
+        let s: pxd::api::stats::VolumeStats = client.get("/v1/volumes/lim/stats").unwrap();
+        s.cgroups
+            .iter()
+            .find(|c| c.cgroup == a_id)
+            .map_or(0, |c| c.counts.writes)
+    };
+    let (from, at) = (a_writes(), std::time::Instant::now());
+    std::thread::sleep(Duration::from_secs(4));
+    let alone = (a_writes() - from) as f64 / at.elapsed().as_secs_f64();
+    fio_rates(wa);
+    eprintln!("limits: a alone from 3 s after b stopped: {alone:.1} writes/s");
+    assert!(within_5pct(alone, 200.0), "{alone}");
+
+    // Removing the limit lifts every throttle pxd wrote.
+    d.ok(&["volume", "update", "lim", "--max_iops", "none"]);
+    for cg in [&one, &a, &b] {
+        wait_until(Duration::from_secs(60), || match cg.io_max(&name) {
+            Some(l) if !l.split_whitespace().skip(1).all(|kv| kv.ends_with("=max")) => Err(l),
+            _ => Ok(()),
+        });
     }
 }

@@ -22,6 +22,7 @@
 //! | `GET /v1/pools` | pools with class, drives, use and chunk |
 //! | `/v1/volumes...` | volumes and snapshots (see [`volumes`]) |
 //! | `GET /v1/stats`, `GET /v1/volumes/{vol}/stats` | volume I/O counted on this node (see [`stats`]) |
+//! | `PUT /v1/volumes/{vol}/limits` | a live volume's IOPS and bandwidth limits (see [`limits`]) |
 //! | `GET /metrics` | Prometheus text (no token needed over TCP) |
 //!
 //! Errors are `{"error": message, "code": code}`; `code` is one of `no_quorum` (503: a
@@ -35,6 +36,7 @@ pub mod attach;
 pub mod client;
 pub mod drive_leave;
 pub mod ha;
+pub mod limits;
 pub mod pools;
 pub mod snapshots;
 pub mod stats;
@@ -283,6 +285,7 @@ fn routes(state: AppState) -> Router {
         )
         .route("/v1/volumes/{vol}/mount", post(volumes::mount))
         .route("/v1/volumes/{vol}/stats", get(stats::one))
+        .route("/v1/volumes/{vol}/limits", put(limits::set))
         .route("/v1/stats", get(stats::all))
         .route("/v1/volumes/{vol}/unmount", post(volumes::unmount))
         .route("/v1/volumes/{vol}/attach", post(attach::attach))

@@ -17,7 +17,9 @@ use crate::crypt::{new_salt, VolumeKey};
 use crate::kernel::dm::node_path;
 use crate::plan::placement::{self, Candidate};
 use crate::store::state::{ClusterState, VolumeChange};
-use crate::store::types::{IopsLimit, NodeId, Phase, PlacementNote, Replica, ReplicaState, Volume};
+use crate::store::types::{
+    BandwidthLimit, IopsLimit, NodeId, Phase, PlacementNote, Replica, ReplicaState, Volume,
+};
 use crate::store::Command;
 use crate::volume::spec::{parse_size, Class, Fs, VolumeSpec};
 use axum::extract::{Path, State};
@@ -29,7 +31,8 @@ use std::path::PathBuf;
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
-    /// The volume options: name, size, fs, repl, io_priority, max_iops, secure, label.
+    /// The volume options: name, size, fs, repl, io_priority, max_iops, max_bandwidth,
+    /// secure, label.
     pub options: BTreeMap<String, String>,
     /// A passphrase to derive the data key from, instead of a random key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,7 +76,10 @@ pub struct VolumeView {
     pub encrypted: bool,
     pub read_only: bool,
     pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_iops: Option<IopsLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth: Option<BandwidthLimit>,
     pub node: Option<NodeId>,
     pub pool: Option<String>,
     pub thin_id: Option<u32>,
@@ -220,6 +226,7 @@ pub(super) fn view(st: &ClusterState, v: &Volume) -> VolumeView {
         read_only: v.read_only,
         labels: v.labels.clone(),
         max_iops: v.max_iops,
+        max_bandwidth: v.max_bandwidth,
         node: replica.map(|r| r.node),
         pool: replica.map(|r| r.pool.clone()),
         thin_id: replica.map(|r| r.thin_id),
@@ -474,10 +481,8 @@ pub async fn create(
         fs: spec.fs,
         repl: spec.repl,
         io_priority: spec.io_priority.unwrap_or(class),
-        max_iops: (spec.max_iops.read > 0 || spec.max_iops.write > 0).then_some(IopsLimit {
-            read: u64::from(spec.max_iops.read),
-            write: u64::from(spec.max_iops.write),
-        }),
+        max_iops: spec.max_iops,
+        max_bandwidth: spec.max_bandwidth,
         encrypted,
         key_ref: encrypted.then(|| "cluster".to_owned()),
         labels: spec.labels.clone(),

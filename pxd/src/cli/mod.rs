@@ -494,6 +494,20 @@ fn cluster(cli: &Cli, c: &BlockingClient, cmd: &ClusterCommand) -> Result<(), Cl
                 );
                 println!("members:  {}", s.members.len());
                 println!("key:      {}", opt(&s.cluster_key_fingerprint));
+                if let Some(io) = &s.io {
+                    let cgroups = io
+                        .cgroups
+                        .as_ref()
+                        .map_or("none: limits cannot be held here".to_owned(), |h| {
+                            format!("{} at {}", h.name(), h.mount().display())
+                        });
+                    let probes = if io.ebpf {
+                        "eBPF"
+                    } else {
+                        "/sys/block (no eBPF)"
+                    };
+                    println!("io:       counted by {probes}; limits through cgroup {cgroups}");
+                }
             }
             let rows: Vec<Vec<String>> = s
                 .members

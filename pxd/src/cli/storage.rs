@@ -39,9 +39,13 @@ pub enum VolumeCommand {
         /// Replicas (1 to 3).
         #[arg(long)]
         repl: Option<String>,
-        /// IOPS limits `R,W`; refused until pxd enforces them.
+        /// IOPS limits `R,W` (or one value for both; `max` for none one way), held for the
+        /// volume as a whole, whoever does the I/O.
         #[arg(long = "max_iops")]
         max_iops: Option<String>,
+        /// Bandwidth limits `R,W` in bytes a second (`4M`), held the same way.
+        #[arg(long = "max_bandwidth")]
+        max_bandwidth: Option<String>,
         /// Label KEY=VALUE (repeatable).
         #[arg(long = "label")]
         labels: Vec<String>,
@@ -82,6 +86,12 @@ pub enum VolumeCommand {
         /// (90s, 10m, 1h), 10 seconds to 30 days; `cluster` takes the cluster's again.
         #[arg(long, value_parser = parse_replica_timeout)]
         replica_timeout: Option<ReplicaTimeout>,
+        /// New IOPS limits `R,W` (one value for both, `max` for none one way), or `none`.
+        #[arg(long = "max_iops")]
+        max_iops: Option<String>,
+        /// New bandwidth limits `R,W` in bytes a second, or `none`.
+        #[arg(long = "max_bandwidth")]
+        max_bandwidth: Option<String>,
     },
     /// Change the replica count of a live volume by one. Lowering drops a replica (the one
     /// on --node, or one not in sync, or one not on the attach node) and frees its space.
@@ -363,6 +373,23 @@ fn print_volume(v: &VolumeView) {
         let l: Vec<String> = v.labels.iter().map(|(k, x)| format!("{k}={x}")).collect();
         println!("labels:     {}", l.join(","));
     }
+    let side = |n: u64, f: &dyn Fn(u64) -> String| if n == 0 { "max".to_owned() } else { f(n) };
+    if let Some(l) = v.max_iops {
+        let n = |x: u64| x.to_string();
+        println!(
+            "max_iops:   {} read, {} write",
+            side(l.read, &n),
+            side(l.write, &n)
+        );
+    }
+    if let Some(l) = v.max_bandwidth {
+        let b = |x: u64| format!("{}/s", bytes(x));
+        println!(
+            "max_bw:     {} read, {} write",
+            side(l.read, &b),
+            side(l.write, &b)
+        );
+    }
     for s in &v.snapshots {
         println!("snapshot:   {} ({})", s.name, s.id);
     }
@@ -458,6 +485,7 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
             io_priority,
             repl,
             max_iops,
+            max_bandwidth,
             labels,
             secure,
             secret_key,
@@ -474,6 +502,7 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
                     ("io_priority", io_priority),
                     ("repl", repl),
                     ("max_iops", max_iops),
+                    ("max_bandwidth", max_bandwidth),
                     ("nodes", nodes),
                     ("zones", zones),
                     ("racks", racks),
@@ -509,7 +538,26 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
             size,
             repl,
             replica_timeout,
+            max_iops,
+            max_bandwidth,
         } => match (size, repl, replica_timeout) {
+            (None, None, None) if max_iops.is_some() || max_bandwidth.is_some() => {
+                let req = crate::api::limits::LimitsRequest {
+                    max_iops: max_iops.clone(),
+                    max_bandwidth: max_bandwidth.clone(),
+                };
+                show(c.put(
+                    &format!("/v1/volumes/{}/limits", seg("volume", volume)?),
+                    &req,
+                )?);
+            }
+            _ if max_iops.is_some() || max_bandwidth.is_some() => {
+                return Err(CliError::Usage(
+                    "volume update: give the limits alone, or one of --size, --repl or \
+                     --replica-timeout"
+                        .into(),
+                ))
+            }
             (None, None, Some(t)) => {
                 let req = crate::api::ha::ReplicaTimeoutRequest {
                     replica_timeout_s: match t {
@@ -529,7 +577,9 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
             (None, Some(repl), None) => show(ha_update(c, volume, *repl, None)?),
             _ => {
                 return Err(CliError::Usage(
-                    "volume update: give one of --size, --repl or --replica-timeout".into(),
+                    "volume update: give one of --size, --repl, --replica-timeout, or the \
+                     limits (--max_iops, --max_bandwidth)"
+                        .into(),
                 ))
             }
         },
@@ -821,6 +871,7 @@ mod tests {
                 ("io_priority", &Some("high".into())),
                 ("repl", &None),
                 ("max_iops", &None),
+                ("max_bandwidth", &None),
                 ("racks", &Some("r1,r2".into())),
             ],
             &["b=2".into()],

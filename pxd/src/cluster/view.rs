@@ -24,6 +24,19 @@ pub struct Status {
     /// Tells cluster keys apart (equal on every member) without revealing the key.
     #[serde(default)]
     pub cluster_key_fingerprint: Option<String>,
+    /// How this node counts and limits volume I/O.
+    #[serde(default)]
+    pub io: Option<IoStatus>,
+}
+
+/// How a node counts and limits volume I/O.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IoStatus {
+    /// Whether the eBPF probes are loaded (else counts come from /sys/block).
+    pub ebpf: bool,
+    /// The cgroup hierarchy limits are written into, found at start; none: limits cannot
+    /// be held on this node.
+    pub cgroups: Option<crate::io::cgroups::Hierarchy>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,7 +112,12 @@ impl Cluster {
             .filter(|x| x.voter && x.liveness == Liveness::Online)
             .count();
         let needed = voters.len() / 2 + 1;
+        let io = &self.metrics().volume_io;
         Status {
+            io: Some(IoStatus {
+                ebpf: io.ebpf_up(),
+                cgroups: io.hierarchy().cloned(),
+            }),
             cluster_key_fingerprint: self.cluster_key().map(|k| k.fingerprint()),
             cluster_id,
             cluster_name,

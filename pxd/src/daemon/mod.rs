@@ -282,6 +282,7 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
         reconciler.clone(),
         Duration::from_millis(st.leg_timeout_ms),
     ));
+    tokio::spawn(crate::reconcile::io_limits::run(cluster.clone()));
     let topology = Arc::new(NodeTopology::new(
         cluster.clone(),
         args.topology.topology_file.clone(),

@@ -7,6 +7,7 @@
 
 mod btf;
 pub mod cgroups;
+pub mod limits;
 pub mod volumes;
 
 use std::{

@@ -145,6 +145,20 @@ impl VolumeIo {
         self.hierarchy.as_ref()
     }
 
+    /// Each volume's id and its top device here, as the reconciler last told.
+    pub fn devices(&self) -> Vec<(String, DevT)> {
+        let d = self.devices.read().unwrap_or_else(|p| p.into_inner());
+        d.1.iter().map(|(v, dev)| (v.id.clone(), *dev)).collect()
+    }
+
+    /// The probes' per-cgroup counters (device, cgroup id, counts); `None` without them.
+    pub fn cgroup_counts(&self) -> Option<Vec<(DevT, u64, IoCounts)>> {
+        match &self.source {
+            Source::Probe(p) => p.cgroup_counts().ok(),
+            Source::Sysfs => None,
+        }
+    }
+
     /// Whether the probes are loaded.
     pub fn ebpf_up(&self) -> bool {
         matches!(self.source, Source::Probe(_))

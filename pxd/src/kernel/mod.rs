@@ -17,4 +17,5 @@ pub mod nvme_host;
 pub mod nvmet;
 pub mod stack;
 pub mod thin_tools;
+pub mod throttle;
 pub mod tools;

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub volume_rebuild_copied_bytes: IntGaugeVec,
     pub volume_rebuild_left_bytes: IntGaugeVec,
     pub volume_rebuild_rate_bytes: IntGaugeVec,
+    pub volume_iops_limit: IntGaugeVec,
+    pub volume_bandwidth_limit: IntGaugeVec,
 }
 
 fn gauge(registry: &Registry, name: &'static str, help: &str) -> Result<IntGauge, MetricsError> {
@@ -232,6 +234,18 @@ impl Metrics {
                 "pxd_volume_resync_bytes",
                 "Bytes of a replicated volume's raid left to resync (0 when in sync)",
                 &["volume", "volume_id", "node"],
+            )?,
+            volume_iops_limit: gauge_vec(
+                &r,
+                "pxd_volume_iops_limit",
+                "The volume's IOPS limit one way (read or write), held on the node its device is on",
+                &["volume", "volume_id", "node", "direction"],
+            )?,
+            volume_bandwidth_limit: gauge_vec(
+                &r,
+                "pxd_volume_bandwidth_limit_bytes",
+                "The volume's bandwidth limit one way (read or write), bytes a second",
+                &["volume", "volume_id", "node", "direction"],
             )?,
             registry: r,
         })

@@ -568,6 +568,7 @@ mod tests {
             repl: 1,
             io_priority: Class::High,
             max_iops: None,
+            max_bandwidth: None,
             encrypted: false,
             key_ref: None,
             labels: Default::default(),

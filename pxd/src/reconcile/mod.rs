@@ -6,6 +6,7 @@ pub mod derive;
 pub mod desired;
 pub mod execute;
 pub mod faults;
+pub mod io_limits;
 pub mod joining;
 pub mod lease;
 pub mod leg_watch;

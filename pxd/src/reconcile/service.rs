@@ -416,6 +416,8 @@ impl Reconciler {
         let (pools, volumes) = (&found.pools, &found.volumes);
         let m = self.cluster.metrics();
         let me = self.cluster.id();
+        m.volume_iops_limit.reset();
+        m.volume_bandwidth_limit.reset();
         self.cluster.state().read(|st| {
             let tops = st
                 .volumes
@@ -423,6 +425,19 @@ impl Reconciler {
                 .filter_map(|v| {
                     let (node, stack) = super::derive::io_stack(st, v)?;
                     let top = stack.last().filter(|_| node == me)?;
+                    let iops = v.max_iops.unwrap_or_default();
+                    let bw = v.max_bandwidth.unwrap_or_default();
+                    for (g, dir, x) in [
+                        (&m.volume_iops_limit, "read", iops.read),
+                        (&m.volume_iops_limit, "write", iops.write),
+                        (&m.volume_bandwidth_limit, "read", bw.read),
+                        (&m.volume_bandwidth_limit, "write", bw.write),
+                    ] {
+                        if x > 0 {
+                            g.with_label_values(&[&v.name, &v.id, &me.to_string(), dir])
+                                .set(i64::try_from(x).unwrap_or(i64::MAX));
+                        }
+                    }
                     Some(crate::io::volumes::VolumeDevice {
                         id: v.id.clone(),
                         name: v.name.clone(),

@@ -239,6 +239,12 @@ pub enum VolumeChange {
     BuildCleaned,
     /// This volume's own replica timeout in seconds; `None`: the cluster's.
     ReplicaTimeout { seconds: Option<u64> },
+    /// Its I/O limits from now on (`volume update --max_iops/--max_bandwidth`); `None` is
+    /// none. The node its device is on applies them within a second.
+    Limits {
+        max_iops: Option<super::types::IopsLimit>,
+        max_bandwidth: Option<super::types::BandwidthLimit>,
+    },
 }
 
 /// A change to one snapshot.
@@ -592,6 +598,7 @@ pub(crate) mod tests {
             repl: 4,
             io_priority: Class::High,
             max_iops: None,
+            max_bandwidth: None,
             encrypted: false,
             key_ref: None,
             labels: Default::default(),

@@ -565,11 +565,7 @@ pub enum AttachState {
     Detaching,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IopsLimit {
-    pub read: u64,
-    pub write: u64,
-}
+pub use crate::volume::limits::{BandwidthLimit, IopsLimit};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
@@ -580,7 +576,11 @@ pub struct Volume {
     /// 1 to 3.
     pub repl: u8,
     pub io_priority: Class,
+    /// IOPS limits held for the volume as a whole, on the node its device is on.
     pub max_iops: Option<IopsLimit>,
+    /// Bandwidth limits, bytes a second, held the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth: Option<BandwidthLimit>,
     pub encrypted: bool,
     /// Which wrapped key unlocks it, when encrypted.
     pub key_ref: Option<String>,

@@ -172,6 +172,13 @@ impl ClusterState {
             | VolumeChange::BuildCleaned => {
                 super::ha::apply(&mut v, change)?;
             }
+            VolumeChange::Limits {
+                max_iops,
+                max_bandwidth,
+            } if live => {
+                v.max_iops = *max_iops;
+                v.max_bandwidth = *max_bandwidth;
+            }
             VolumeChange::Mount { node, path } if live => {
                 self.known_node(*node)?;
                 v.mount_path = path.clone();

@@ -1,6 +1,7 @@
 //! Volumes on one node: what a user asks for ([`spec`]) and the layers above the thin device
 //! (dm-crypt, the filesystem) that serve it.
 
+pub mod limits;
 pub mod spec;
 
 use crate::crypt::VolumeKey;

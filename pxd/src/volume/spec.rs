@@ -2,6 +2,7 @@
 //! CLI flags, the inline spec (`size=10G,fs=xfs,name=db`), REST and the Docker plugin's `Opts`.
 //! Every refusal names the field, what was given, and the limit.
 
+pub use super::limits::{BandwidthLimit, IopsLimit};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
@@ -225,38 +226,6 @@ fn check_label(k: &str, v: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Read and write IOPS limits; 0 means unlimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct IopsLimit {
-    pub read: u32,
-    pub write: u32,
-}
-
-impl FromStr for IopsLimit {
-    type Err = SpecError;
-    /// `R,W` as pxctl takes it, or one number for both.
-    fn from_str(s: &str) -> Result<Self, SpecError> {
-        let bad = || {
-            refuse(
-                "max_iops",
-                s,
-                "must be R,W or N with whole numbers up to 4294967295",
-            )
-        };
-        let n = |x: &str| x.trim().parse::<u32>().map_err(|_| bad());
-        match s.split_once(',') {
-            Some((r, w)) => Ok(IopsLimit {
-                read: n(r)?,
-                write: n(w)?,
-            }),
-            None => {
-                let v = n(s)?;
-                Ok(IopsLimit { read: v, write: v })
-            }
-        }
-    }
-}
-
 /// A checked request for a new volume.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VolumeSpec {
@@ -266,7 +235,12 @@ pub struct VolumeSpec {
     pub repl: u8,
     /// The pool class wanted; `None` takes the best class this node has.
     pub io_priority: Option<Class>,
-    pub max_iops: IopsLimit,
+    /// IOPS limits (`max_iops`), held for the volume as a whole.
+    #[serde(default)]
+    pub max_iops: Option<IopsLimit>,
+    /// Bandwidth limits (`max_bandwidth`), bytes a second.
+    #[serde(default)]
+    pub max_bandwidth: Option<BandwidthLimit>,
     pub secure: bool,
     pub labels: BTreeMap<String, String>,
     /// Where replicas may go (pxctl's `--nodes`, `--zones`, `--racks`); empty is anywhere.
@@ -329,14 +303,14 @@ impl VolumeSpec {
     ) -> Result<VolumeSpec, SpecError> {
         let mut name = None;
         let mut size = None;
-        let mut max_iops = None;
         let mut spec = VolumeSpec {
             name: String::new(),
             size: 0,
             fs: Fs::default(),
             repl: 1,
             io_priority: None,
-            max_iops: IopsLimit::default(),
+            max_iops: None,
+            max_bandwidth: None,
             secure: false,
             labels: BTreeMap::new(),
             placement: Constraints::default(),
@@ -358,10 +332,8 @@ impl VolumeSpec {
                         .ok_or_else(|| refuse("repl", v, format!("must be 1 to {MAX_REPL}")))?
                 }
                 "io_priority" | "priority_io" => spec.io_priority = Some(v.parse()?),
-                "max_iops" => {
-                    spec.max_iops = v.parse()?;
-                    max_iops = Some(v);
-                }
+                "max_iops" => spec.max_iops = Some(v.parse()?),
+                "max_bandwidth" => spec.max_bandwidth = Some(v.parse()?),
                 "secure" => spec.secure = parse_bool("secure", v)?,
                 "nodes" => spec.placement.nodes = parse_set("nodes", v)?,
                 "zones" => spec.placement.zones = parse_set("zones", v)?,
@@ -387,7 +359,7 @@ impl VolumeSpec {
                     return Err(refuse(
                         "option",
                         other,
-                        "is not a volume option: use name, size, fs, repl, io_priority, max_iops, secure, label, nodes, zones, racks, best_effort",
+                        "is not a volume option: use name, size, fs, repl, io_priority, max_iops, max_bandwidth, secure, label, nodes, zones, racks, best_effort",
                     ))
                 }
             }
@@ -408,14 +380,6 @@ impl VolumeSpec {
                     human(min),
                     spec.fs
                 ),
-            ));
-        }
-        // Stored but not yet applied to the data path: taking it would promise a limit.
-        if let Some(v) = max_iops.filter(|_| spec.max_iops != IopsLimit::default()) {
-            return Err(refuse(
-                "max_iops",
-                v,
-                "is not accepted: per-volume IOPS limits are not enforced yet; pxd refuses the option until they are",
             ));
         }
         Ok(spec)
@@ -512,20 +476,34 @@ mod tests {
         let s = VolumeSpec::parse_inline(
             "name=web.1,size=1G,repl=3,io_priority=HIGH,max_iops=100,200,secure=true,label=app=web;tier=gold",
         );
-        // max_iops contains a comma, which the inline form splits on: it is refused, not misread.
+        // max_iops contains a comma, which the inline form splits on: it is refused, not
+        // misread. `;` separates its sides there.
         assert!(s.is_err());
+        let s =
+            VolumeSpec::parse_inline("name=a,size=1G,max_iops=100;200,max_bandwidth=4M").unwrap();
+        assert_eq!(
+            s.max_iops,
+            Some(IopsLimit {
+                read: 100,
+                write: 200
+            })
+        );
+        assert_eq!(
+            s.max_bandwidth.map(|b| (b.read, b.write)),
+            Some((4 << 20, 4 << 20))
+        );
         let s = VolumeSpec::from_options([
             ("name", "web.1"),
             ("size", "1G"),
             ("repl", "3"),
             ("io_priority", "HIGH"),
-            ("max_iops", "0"),
+            ("max_iops", "300"),
             ("secure", "true"),
             ("label", "app=web;tier=gold"),
         ])
         .unwrap();
         assert_eq!(s.io_priority, Some(Class::High));
-        assert_eq!(s.max_iops, IopsLimit::default());
+        assert_eq!(s.max_iops.map(|l| (l.read, l.write)), Some((300, 300)));
         assert!(s.secure);
         assert_eq!(s.labels["tier"], "gold");
         // Whitespace after a comma separates; the values themselves are as sent.
@@ -534,22 +512,18 @@ mod tests {
     }
 
     #[test]
-    fn max_iops_parses_but_is_refused_until_enforced() {
-        assert_eq!(
-            "100,200".parse::<IopsLimit>().unwrap(),
-            IopsLimit {
-                read: 100,
-                write: 200
-            }
-        );
-        let e = VolumeSpec::from_options([("name", "a"), ("size", "1G"), ("max_iops", "100,200")])
-            .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "max_iops: \"100,200\" is not accepted: per-volume IOPS limits are not enforced yet; pxd refuses the option until they are"
-        );
-        let e = VolumeSpec::parse_inline("name=a,size=1G,max_iops=5").unwrap_err();
-        assert_eq!(e.field, "max_iops");
+    fn bad_limits_name_their_field() {
+        for (k, v) in [
+            ("max_iops", "0"),
+            ("max_iops", "-1"),
+            ("max_iops", "abc"),
+            ("max_iops", "1,2,3"),
+            ("max_bandwidth", "100K"),
+            ("max_bandwidth", "lots"),
+        ] {
+            let e = VolumeSpec::from_options([("name", "a"), ("size", "1G"), (k, v)]).unwrap_err();
+            assert_eq!(e.field, k, "{k}={v}: {e}");
+        }
     }
 
     #[test]

@@ -1,0 +1,464 @@
+//! Holds each volume's IOPS and bandwidth limits for the volume as a whole, whoever does the
+//! I/O (DESIGN §7). The kernel throttles per cgroup, so a limit written into one cgroup does
+//! not hold a volume that several containers share. Each tick this controller reads, from
+//! the probes, which cgroups did I/O to each limited device and how much, and splits the
+//! volume's budget among them: an idle cgroup loses its share, a sole writer gets it all, and
+//! a cgroup using less than its share leaves the rest to the others. Cgroups it has not seen
+//! yet are bounded by guards: the whole budget on every cgroup whose throttle bounds the
+//! others (v2: the root's children, since v2 throttles are hierarchical; v1: every cgroup,
+//! since v1's are flat). What a new writer takes before its first split is paid back from
+//! the next seconds' budget, so the volume's rate over time stays at its limit.
+
+use super::cgroups::Hierarchy;
+use super::{DevT, IoCounts};
+use crate::kernel::throttle::{self, Knobs};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+/// How often the controller runs. A new writer runs on the guard's whole budget until the
+/// next tick, and an overshoot inside one tick is averaged with whatever idle time the tick
+/// held, so the tick bounds how far a volume's rate can pass its limit: five a second.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Ticks between walks of the hierarchy for the guards (a cgroup made meanwhile waits).
+const GUARD_REFRESH: u32 = 5;
+
+/// How far one tick's rate may pass the budget before it counts as an overshoot.
+const NOISE: f64 = 0.1;
+
+/// The least share of a bandwidth budget: a smaller one would hold a large bio for seconds.
+const MIN_BPS_SHARE: f64 = 64.0 * 1024.0;
+
+/// A limited device and its budget (read IOPS, write IOPS, read B/s, write B/s; 0 is none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub dev: DevT,
+    pub knobs: Knobs,
+}
+
+/// The per-knob amount in a count: reads, writes, bytes read, bytes written.
+fn amounts(c: &IoCounts) -> [u64; 4] {
+    [c.reads, c.writes, c.read_bytes, c.written_bytes]
+}
+
+/// Shares of `budget` for cgroups with `demands` (none: no cap known), each at most what it
+/// asks, the rest shared equally: max-min fairness. What no one asks for is spread on top,
+/// so that a cgroup may grow.
+pub fn water_fill(budget: f64, demands: &[(u64, Option<f64>)]) -> BTreeMap<u64, f64> {
+    let mut order: Vec<(u64, f64)> = demands
+        .iter()
+        .map(|(c, d)| (*c, d.unwrap_or(f64::INFINITY)))
+        .collect();
+    order.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut left = budget;
+    let mut out = BTreeMap::new();
+    for (i, (c, d)) in order.iter().enumerate() {
+        let fair = left / (order.len() - i) as f64;
+        let give = d.min(fair);
+        out.insert(*c, give);
+        left -= give;
+    }
+    if left > 0.0 && !out.is_empty() {
+        let extra = left / out.len() as f64;
+        for share in out.values_mut() {
+            *share += extra;
+        }
+    }
+    out
+}
+
+/// What the controller keeps for one limited device between ticks.
+#[derive(Debug, Default)]
+struct DeviceState {
+    /// Each cgroup's counts at the last tick.
+    last: BTreeMap<u64, IoCounts>,
+    /// Each knob's overshoot, in I/Os or bytes, still to be paid back.
+    debt: [f64; 4],
+    /// Each cgroup's last share per knob.
+    shares: BTreeMap<u64, [f64; 4]>,
+    /// Each cgroup's rate, smoothed over the last ticks: what its demand is judged by.
+    smooth: BTreeMap<u64, [f64; 4]>,
+    /// Per knob, what the throttles are written at over the shares (0 read as 1): the
+    /// kernel releases throttled I/O on timer ticks, so a writer with one I/O in flight
+    /// gets a little less than its throttle; while every writer is held at its share, the
+    /// gain closes the gap between what they get and the budget.
+    gain: [f64; 4],
+    /// Past the first tick: the counts in `last` are the baseline, and a cgroup not in it
+    /// did all its I/O since.
+    started: bool,
+}
+
+/// The limit controller of one node.
+pub struct Controller {
+    hierarchy: Hierarchy,
+    devices: BTreeMap<DevT, DeviceState>,
+    /// The throttles written, by cgroup directory and device.
+    written: BTreeMap<(PathBuf, DevT), Knobs>,
+    /// Devices whose leftover throttles (from before a restart) were looked for.
+    swept: BTreeSet<DevT>,
+    /// The io controller is on where throttles are written (v2).
+    delegated: bool,
+    paths: BTreeMap<u64, PathBuf>,
+    guards: Vec<PathBuf>,
+    ticks: u32,
+}
+
+impl Controller {
+    pub fn new(hierarchy: Hierarchy) -> Self {
+        Self {
+            hierarchy,
+            devices: BTreeMap::new(),
+            written: BTreeMap::new(),
+            swept: BTreeSet::new(),
+            delegated: false,
+            paths: BTreeMap::new(),
+            guards: Vec::new(),
+            ticks: 0,
+        }
+    }
+
+    pub fn hierarchy(&self) -> &Hierarchy {
+        &self.hierarchy
+    }
+
+    /// One tick, `dt` seconds after the last: `limits` are the devices with a limit now,
+    /// `known` every volume device on this node (limited or not), `counts` the probes'
+    /// per-cgroup counters. Returns what could not be written.
+    pub fn tick(
+        &mut self,
+        limits: &[Limit],
+        known: &[DevT],
+        counts: &[(DevT, u64, IoCounts)],
+        dt: f64,
+    ) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut wanted: BTreeMap<(PathBuf, DevT), Knobs> = BTreeMap::new();
+        let limited: BTreeSet<DevT> = limits.iter().map(|l| l.dev).collect();
+        if !limits.is_empty() && !self.delegated {
+            match throttle::delegate_io(&self.hierarchy) {
+                Ok(turned_on) => {
+                    self.delegated = true;
+                    if turned_on {
+                        tracing::info!("turned the io controller on for the root cgroup's children, to hold volume I/O limits");
+                    }
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        // Throttles left from before a restart, on devices this node serves now.
+        for dev in known.iter().chain(&limited) {
+            if self.swept.insert(*dev) {
+                for dir in throttle::holding(&self.hierarchy, *dev) {
+                    self.written.insert((dir, *dev), [u64::MAX; 4]);
+                }
+            }
+        }
+        self.devices.retain(|d, _| limited.contains(d));
+        if self.ticks.is_multiple_of(GUARD_REFRESH) {
+            self.guards = throttle::guards(&self.hierarchy);
+        }
+        self.ticks = self.ticks.wrapping_add(1);
+        let guards = self.guards.clone();
+        for limit in limits {
+            let state = self.devices.entry(limit.dev).or_default();
+            let now: BTreeMap<u64, IoCounts> = counts
+                .iter()
+                .filter(|(d, _, _)| *d == limit.dev)
+                .map(|(_, cg, c)| (*cg, *c))
+                .collect();
+            let first = !state.started;
+            state.started = true;
+            let usage: BTreeMap<u64, [f64; 4]> = now
+                .iter()
+                .map(|(cg, c)| {
+                    let before = match state.last.get(cg) {
+                        Some(b) => *b,
+                        None if first => *c,
+                        None => IoCounts::default(),
+                    };
+                    let d = amounts(&c.since(&before));
+                    (*cg, d.map(|x| x as f64 / dt.max(1e-3)))
+                })
+                .collect();
+            state.last = now;
+            let plan = plan_device(limit.knobs, &usage, state, dt);
+            for (cg, knobs) in plan.shares {
+                if let Some(dir) = self.path_of(cg) {
+                    if throttle::can_throttle(&self.hierarchy, &dir) {
+                        wanted.insert((dir, limit.dev), knobs);
+                    }
+                }
+            }
+            for g in &guards {
+                wanted.entry((g.clone(), limit.dev)).or_insert(plan.guard);
+            }
+        }
+        // Lift what was written and is not wanted any more; write what changed.
+        let stale: Vec<(PathBuf, DevT)> = self
+            .written
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in stale {
+            match throttle::set(&self.hierarchy, &key.0, key.1, [0; 4]) {
+                Ok(()) => {
+                    self.written.remove(&key);
+                }
+                // A cgroup removed meanwhile holds nothing any more.
+                Err(_) if !key.0.exists() => {
+                    self.written.remove(&key);
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        for (key, knobs) in wanted {
+            if self.written.get(&key).is_some_and(|w| close(w, &knobs)) {
+                continue;
+            }
+            match throttle::set(&self.hierarchy, &key.0, key.1, knobs) {
+                Ok(()) => {
+                    self.written.insert(key, knobs);
+                }
+                Err(_) if !key.0.exists() => {}
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        errors
+    }
+
+    /// The directory of cgroup `id`, cached; 0 (no cgroup) has none.
+    fn path_of(&mut self, id: u64) -> Option<PathBuf> {
+        if id == 0 {
+            return None;
+        }
+        if let Some(p) = self.paths.get(&id).filter(|p| p.exists()) {
+            return Some(p.clone());
+        }
+        let p = self.hierarchy.path_of(id)?;
+        self.paths.insert(id, p.clone());
+        Some(p)
+    }
+}
+
+/// Whether written throttles `a` are close enough to `b` not to be written again: a rewrite
+/// restarts the kernel's throttling slice, so small moves are not worth it.
+fn close(a: &Knobs, b: &Knobs) -> bool {
+    a.iter().zip(b).all(|(x, y)| {
+        (*x == 0) == (*y == 0) && x.abs_diff(*y) as f64 <= (*y as f64 * 0.03).max(1.0)
+    })
+}
+
+/// One device's throttles for this tick.
+#[derive(Debug, Clone, PartialEq)]
+struct DevicePlan {
+    /// Each cgroup doing I/O: its share of each limited knob (0: that knob is unlimited).
+    shares: BTreeMap<u64, Knobs>,
+    /// What bounds a cgroup not seen yet: the budget left this second.
+    guard: Knobs,
+}
+
+/// Moves knob `k`'s gain: toward what brings the writers' total to `effective` while one
+/// of them is held at its last share, else back toward 1. Returns the gain to write with.
+fn adjust_gain(
+    gain: &mut f64,
+    effective: f64,
+    split: &BTreeMap<u64, f64>,
+    last: &BTreeMap<u64, [f64; 4]>,
+    smooth: &BTreeMap<u64, [f64; 4]>,
+    k: usize,
+) -> f64 {
+    if *gain == 0.0 {
+        *gain = 1.0;
+    }
+    // One writer held at its share is enough: the others are using what they want.
+    let held = split.keys().any(|cg| {
+        let share = last.get(cg).map_or(0.0, |s| s[k]);
+        let used = smooth.get(cg).map_or(0.0, |s| s[k]);
+        share > 0.0 && used >= 0.85 * share
+    });
+    let total: f64 = split
+        .keys()
+        .filter_map(|cg| smooth.get(cg))
+        .map(|s| s[k])
+        .sum();
+    if held && total > 0.0 {
+        // Half a step toward the correction, at most 5% a tick.
+        let step = (effective / total).sqrt().clamp(0.95, 1.05);
+        *gain = (*gain * step).clamp(0.8, 2.0);
+    } else {
+        *gain = 1.0 + (*gain - 1.0) * 0.9;
+    }
+    *gain
+}
+
+/// Splits each limited knob of `budget` among the cgroups in `usage` (per second).
+fn plan_device(
+    budget: Knobs,
+    usage: &BTreeMap<u64, [f64; 4]>,
+    state: &mut DeviceState,
+    dt: f64,
+) -> DevicePlan {
+    let mut shares: BTreeMap<u64, Knobs> = BTreeMap::new();
+    let mut guard = [0u64; 4];
+    let mut new_shares: BTreeMap<u64, [f64; 4]> = BTreeMap::new();
+    let smooth: BTreeMap<u64, [f64; 4]> = usage
+        .iter()
+        .map(|(cg, u)| {
+            let s = match state.smooth.get(cg) {
+                Some(prev) => std::array::from_fn(|k| 0.5 * prev[k] + 0.5 * u[k]),
+                None => *u,
+            };
+            (*cg, s)
+        })
+        .collect();
+    state.smooth = smooth.clone();
+    for k in 0..4 {
+        let b = budget[k] as f64;
+        if b == 0.0 {
+            state.debt[k] = 0.0;
+            continue;
+        }
+        let floor = if k < 2 { 1.0 } else { MIN_BPS_SHARE };
+        let total: f64 = usage.values().map(|u| u[k]).sum();
+        // A tick is short, and the kernel releases throttled I/O in slices: a tick a little
+        // over or under the budget is noise. Only a real overshoot (a writer on a guard
+        // before its first split) is owed; any tick under the budget pays it back.
+        if total > b * (1.0 + NOISE) {
+            state.debt[k] += (total - b) * dt;
+        } else {
+            state.debt[k] = (state.debt[k] - (b - total).max(0.0) * dt).max(0.0);
+        }
+        // Pay an overshoot back within a second, never starving the volume.
+        let effective = (b - state.debt[k]).clamp((b * 0.1).max(floor), b);
+        let active: Vec<(u64, Option<f64>)> = usage
+            .iter()
+            .filter(|(_, u)| u[k] > 0.0)
+            .map(|(cg, _)| {
+                let had = state.shares.get(cg).map(|s| s[k]).filter(|s| *s > 0.0);
+                let used = smooth.get(cg).map_or(0.0, |s| s[k]);
+                // Using 90% of its share or more (or new): it may want more than it gets.
+                let demand = match had {
+                    Some(s) if used < 0.9 * s => Some(used * 1.25 + b * 0.02),
+                    _ => None,
+                };
+                (*cg, demand)
+            })
+            .collect();
+        let split = water_fill(effective, &active);
+        let gain = adjust_gain(
+            &mut state.gain[k],
+            effective,
+            &split,
+            &state.shares,
+            &smooth,
+            k,
+        );
+        guard[k] = (effective * gain).round() as u64;
+        for (cg, share) in split {
+            let share = share.max(floor);
+            new_shares.entry(cg).or_default()[k] = share;
+            shares.entry(cg).or_insert([0; 4])[k] = (share * gain).round() as u64;
+        }
+    }
+    // A cgroup with a share on some knob is bounded on the others by the guard.
+    for s in shares.values_mut() {
+        for k in 0..4 {
+            if s[k] == 0 {
+                s[k] = guard[k];
+            }
+        }
+    }
+    state.shares = new_shares;
+    DevicePlan { shares, guard }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn water_filling_gives_the_unasked_to_the_hungry() {
+        let s = water_fill(200.0, &[(1, None), (2, None)]);
+        assert_eq!((s[&1], s[&2]), (100.0, 100.0));
+        // One asks for 20: the other gets the rest, and what is left over is spread.
+        let s = water_fill(200.0, &[(1, Some(20.0)), (2, None)]);
+        assert_eq!((s[&1], s[&2]), (20.0, 180.0));
+        let s = water_fill(200.0, &[(1, Some(20.0)), (2, Some(30.0))]);
+        assert_eq!((s[&1], s[&2]), (95.0, 105.0));
+        assert!(water_fill(200.0, &[]).is_empty());
+    }
+
+    fn usage(pairs: &[(u64, f64)]) -> BTreeMap<u64, [f64; 4]> {
+        pairs
+            .iter()
+            .map(|(c, w)| (*c, [0.0, *w, 0.0, 0.0]))
+            .collect()
+    }
+
+    /// Runs `ticks` ticks of 200 ms with writers that would each do `wants` a second and
+    /// get 92% of their throttle (the kernel's timer granularity); returns what each got a
+    /// second in the last tick, and the plan.
+    fn simulate(
+        st: &mut DeviceState,
+        wants: &[(u64, f64)],
+        ticks: usize,
+        written: &mut BTreeMap<u64, u64>,
+    ) -> (BTreeMap<u64, f64>, DevicePlan) {
+        let budget = [0, 200, 0, 0];
+        let mut plan = None;
+        let mut got = BTreeMap::new();
+        for _ in 0..ticks {
+            got = wants
+                .iter()
+                .map(|(cg, w)| {
+                    // A cgroup never split yet sits under a guard of the whole budget.
+                    let throttle = written.get(cg).copied().unwrap_or(200) as f64;
+                    (*cg, w.min(throttle * 0.92))
+                })
+                .collect();
+            let usage = got.iter().map(|(c, g)| (*c, [0.0, *g, 0.0, 0.0])).collect();
+            let p = plan_device(budget, &usage, st, 0.2);
+            written.clear();
+            written.extend(p.shares.iter().map(|(c, k)| (*c, k[1])));
+            plan = Some(p);
+        }
+        (got, plan.unwrap())
+    }
+
+    #[test]
+    fn two_writers_split_a_write_budget_and_a_sole_one_takes_it_all() {
+        let mut st = DeviceState::default();
+        let mut written = BTreeMap::new();
+        // Both new on the guard: the overshoot is owed, and paid back by the next ticks.
+        let (_, p) = simulate(&mut st, &[(1, 1000.0), (2, 1000.0)], 1, &mut written);
+        assert!(st.debt[1] > 0.0 && p.guard[1] < 200, "{:?} {p:?}", st.debt);
+        // Reads are not limited: their knob stays open.
+        assert_eq!(p.shares[&1][0], 0);
+        // Held at their shares, they split the budget evenly and get all of it between them.
+        let (got, _) = simulate(&mut st, &[(1, 1000.0), (2, 1000.0)], 40, &mut written);
+        let total: f64 = got.values().sum();
+        assert!((total - 200.0).abs() < 200.0 * 0.03, "{got:?}");
+        assert!((got[&1] - got[&2]).abs() < 5.0, "{got:?}");
+        // One stops: the other gets the whole budget.
+        let (got, p) = simulate(&mut st, &[(1, 1000.0)], 10, &mut written);
+        assert!((got[&1] - 200.0).abs() < 200.0 * 0.03, "{got:?}");
+        assert!(!p.shares.contains_key(&2));
+    }
+
+    #[test]
+    fn a_light_writer_leaves_its_unused_share_to_a_heavy_one() {
+        let mut st = DeviceState::default();
+        let mut written = BTreeMap::new();
+        let (got, _) = simulate(&mut st, &[(1, 20.0), (2, 1000.0)], 40, &mut written);
+        assert_eq!(got[&1], 20.0, "{got:?}");
+        assert!(got[&2] > 170.0 && got[&2] < 186.0, "{got:?}");
+    }
+
+    #[test]
+    fn rewrites_wait_for_a_real_change() {
+        assert!(close(&[0, 100, 0, 0], &[0, 102, 0, 0]));
+        assert!(!close(&[0, 100, 0, 0], &[0, 110, 0, 0]));
+        assert!(!close(&[0, 100, 0, 0], &[5, 100, 0, 0]));
+    }
+}
