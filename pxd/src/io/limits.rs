@@ -389,13 +389,6 @@ mod tests {
         assert!(water_fill(200.0, &[]).is_empty());
     }
 
-    fn usage(pairs: &[(u64, f64)]) -> BTreeMap<u64, [f64; 4]> {
-        pairs
-            .iter()
-            .map(|(c, w)| (*c, [0.0, *w, 0.0, 0.0]))
-            .collect()
-    }
-
     /// Runs `ticks` ticks of 200 ms with writers that would each do `wants` a second and
     /// get 92% of their throttle (the kernel's timer granularity); returns what each got a
     /// second in the last tick, and the plan.
