@@ -154,10 +154,15 @@ impl Controller {
             }
         }
         self.devices.retain(|d, _| limited.contains(d));
-        if self.ticks.is_multiple_of(GUARD_REFRESH) {
-            self.guards = throttle::guards(&self.hierarchy);
+        if limits.is_empty() {
+            // Walk the hierarchy again as soon as a limit comes.
+            self.ticks = 0;
+        } else {
+            if self.ticks.is_multiple_of(GUARD_REFRESH) {
+                self.guards = throttle::guards(&self.hierarchy);
+            }
+            self.ticks = self.ticks.wrapping_add(1);
         }
-        self.ticks = self.ticks.wrapping_add(1);
         let guards = self.guards.clone();
         for limit in limits {
             let state = self.devices.entry(limit.dev).or_default();
