@@ -8,7 +8,7 @@ use std::process::Command;
 
 /// Debian packages: the VM (qemu, busybox, kmod), the C libraries pxd links (bindgen needs
 /// clang), the tools tests use inside the guest (fio, mkfs, thin_check, cryptsetup, ip), and
-/// the peers benchmarks compare with (nbd-server).
+/// the peers benchmarks compare with (nbd-server), and Prometheus for the dashboards' tests.
 pub const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -28,6 +28,8 @@ pub const PACKAGES: &[&str] = &[
     // The peer `cargo xtask bench` mirrors over: an NBD leg, served and attached by hand.
     "nbd-server",
     "nbd-client",
+    // Prometheus and promtool: the dashboards' and alert rules' tests run the real ones.
+    "prometheus",
 ];
 
 pub fn run() -> Result<()> {

@@ -92,6 +92,17 @@ const EBPF_UP: (&str, &str) = (
     "1 if the eBPF I/O probes are loaded; 0 when counts come from /sys/block (no latencies)",
 );
 
+/// Every family this collector exports.
+pub const FAMILIES: [&str; 7] = [
+    COUNTERS[0].0,
+    COUNTERS[1].0,
+    COUNTERS[2].0,
+    COUNTERS[3].0,
+    LATENCIES[0].0,
+    LATENCIES[1].0,
+    EBPF_UP.0,
+];
+
 /// The exported latency buckets: upper bounds `2^(b+1)` ns for these `b`, from about 1 µs to
 /// about 69 s; `+Inf` takes the rest.
 const EXPORTED_BUCKETS: std::ops::RangeInclusive<usize> = 9..=35;

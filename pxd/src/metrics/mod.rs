@@ -13,6 +13,8 @@ pub struct MetricsError {
 
 pub struct Metrics {
     registry: Registry,
+    /// The name of every family this node exports (samples or not).
+    families: Vec<String>,
     /// Each volume's I/O on this node (`pxd_volume_reads_total`, latencies, `pxd_ebpf_up`).
     pub volume_io: std::sync::Arc<crate::io::volumes::VolumeIo>,
     pub cluster_nodes: IntGauge,
@@ -43,7 +45,7 @@ pub struct Metrics {
     pub volume_bandwidth_limit: IntGaugeVec,
 }
 
-fn gauge(registry: &Registry, name: &'static str, help: &str) -> Result<IntGauge, MetricsError> {
+fn gauge(registry: &Reg, name: &'static str, help: &str) -> Result<IntGauge, MetricsError> {
     let g = IntGauge::new(name, help).map_err(|source| MetricsError {
         op: "define",
         name,
@@ -53,7 +55,7 @@ fn gauge(registry: &Registry, name: &'static str, help: &str) -> Result<IntGauge
 }
 
 fn gauge_vec(
-    registry: &Registry,
+    registry: &Reg,
     name: &'static str,
     help: &str,
     labels: &[&str],
@@ -66,12 +68,20 @@ fn gauge_vec(
     register(registry, name, g)
 }
 
+/// A registry that keeps the names of the families registered, for [`Metrics::families`].
+#[derive(Default)]
+struct Reg {
+    registry: Registry,
+    names: std::cell::RefCell<Vec<String>>,
+}
+
 /// Registers a metric and hands it back for updating.
-fn register<M>(registry: &Registry, name: &'static str, metric: M) -> Result<M, MetricsError>
+fn register<M>(reg: &Reg, name: &'static str, metric: M) -> Result<M, MetricsError>
 where
     M: prometheus::core::Collector + Clone + 'static,
 {
-    registry
+    reg.names.borrow_mut().push(name.to_owned());
+    reg.registry
         .register(Box::new(metric.clone()))
         .map_err(|source| MetricsError {
             op: "register",
@@ -95,9 +105,13 @@ impl prometheus::core::Collector for SharedVolumeIo {
 
 impl Metrics {
     pub fn new(volume_io: crate::io::volumes::VolumeIo) -> Result<Metrics, MetricsError> {
-        let r = Registry::new();
+        let r = Reg::default();
         let volume_io = std::sync::Arc::new(volume_io);
-        r.register(Box::new(SharedVolumeIo(volume_io.clone())))
+        r.names
+            .borrow_mut()
+            .extend(crate::io::volumes::FAMILIES.iter().map(|n| (*n).to_owned()));
+        r.registry
+            .register(Box::new(SharedVolumeIo(volume_io.clone())))
             .map_err(|source| MetricsError {
                 op: "register",
                 name: "pxd_volume_reads_total",
@@ -247,8 +261,15 @@ impl Metrics {
                 "The volume's bandwidth limit one way (read or write), bytes a second",
                 &["volume", "volume_id", "node", "direction"],
             )?,
-            registry: r,
+            families: r.names.take(),
+            registry: r.registry,
         })
+    }
+
+    /// Every metric family this node can export, whether it has samples now or not: what a
+    /// dashboard may name.
+    pub fn families(&self) -> &[String] {
+        &self.families
     }
 
     /// The text exposition format.
