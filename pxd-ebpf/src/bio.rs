@@ -142,6 +142,18 @@ fn count_bio(ctx: &BtfTracePointContext) -> Result<(), i32> {
     BIO_START.insert(bio as u64, start, 0)
 }
 
+/// This CPU's value of `key` in `map`, made zero on the key's first use since load. Another
+/// CPU may insert it concurrently; then our insert fails with EEXIST and the lookup finds
+/// that entry, whose slot for this CPU is zero either way.
+#[inline(always)]
+fn slot<K, V: Default>(map: &PerCpuHashMap<K, V>, key: &K) -> Result<*mut V, i32> {
+    if let Some(v) = map.get_ptr_mut(key) {
+        return Ok(v);
+    }
+    let _ = map.insert(key, V::default(), u64::from(BPF_NOEXIST));
+    map.get_ptr_mut(key).ok_or(0)
+}
+
 /// Adds one bio of `bytes` to `key`'s counters in `map`.
 #[inline(always)]
 fn count<K>(
@@ -150,16 +162,7 @@ fn count<K>(
     is_write: bool,
     bytes: u64,
 ) -> Result<(), i32> {
-    let stats = match map.get_ptr_mut(&key) {
-        Some(stats) => stats,
-        None => {
-            // The key's first IO since load. Another CPU may insert concurrently; then our
-            // insert fails with EEXIST and the lookup below finds that entry, whose slot for
-            // this CPU is zero either way.
-            let _ = map.insert(&key, IoStats::default(), u64::from(BPF_NOEXIST));
-            map.get_ptr_mut(&key).ok_or(0)?
-        }
-    };
+    let stats = slot(map, &key)?;
     // SAFETY: the pointer is this CPU's slot of a live map entry. Tracing programs run with
     // migration disabled, and the kernel skips a nested run of the same program on one CPU
     // (e.g. from an interrupt), so nothing else writes this slot while we hold it.
@@ -206,13 +209,7 @@ fn time_bio(ctx: &BtfTracePointContext) -> Result<(), i32> {
         dev: start.dev,
         write: start.write,
     };
-    let hist = match LATENCY.get_ptr_mut(&lat) {
-        Some(hist) => hist,
-        None => {
-            let _ = LATENCY.insert(&lat, LatencyHist::default(), u64::from(BPF_NOEXIST));
-            LATENCY.get_ptr_mut(&lat).ok_or(0)?
-        }
-    };
+    let hist = slot(&LATENCY, &lat)?;
     // SAFETY: this CPU's slot of a live entry, as in `count`.
     let hist = unsafe { &mut *hist };
     let ns = now.wrapping_sub(start.start_ns);

@@ -268,34 +268,38 @@ impl<'a> Btf<'a> {
         }
     }
 
-    /// Checks that a member is a 4-byte integer (after typedefs), the width the probe reads.
-    fn expect_u32(&self, strukt: &str, member: &str, m: Member) -> Result<u32, BtfError> {
+    /// Checks that a member is an integer of `bytes` bytes (after typedefs), the width the
+    /// probe reads, and returns its offset.
+    fn expect_int(
+        &self,
+        strukt: &str,
+        member: &str,
+        m: Member,
+        bytes: u32,
+    ) -> Result<u32, BtfError> {
         let (_, record) = self.resolve(m.type_id)?;
-        if record.kind() == KIND_INT && record.size_or_type == 4 {
+        if record.kind() == KIND_INT && record.size_or_type == bytes {
             Ok(m.offset_bytes)
         } else {
             Err(BtfError::UnexpectedType {
                 strukt: strukt.to_owned(),
                 member: member.to_owned(),
                 found: self.describe(record),
-                expected: "a 4-byte integer",
+                expected: if bytes == 4 {
+                    "a 4-byte integer"
+                } else {
+                    "an 8-byte integer"
+                },
             })
         }
     }
 
-    /// Checks that a member is an 8-byte integer (after typedefs), and returns its offset.
+    fn expect_u32(&self, strukt: &str, member: &str, m: Member) -> Result<u32, BtfError> {
+        self.expect_int(strukt, member, m, 4)
+    }
+
     fn expect_u64(&self, strukt: &str, member: &str, m: Member) -> Result<u32, BtfError> {
-        let (_, record) = self.resolve(m.type_id)?;
-        if record.kind() == KIND_INT && record.size_or_type == 8 {
-            Ok(m.offset_bytes)
-        } else {
-            Err(BtfError::UnexpectedType {
-                strukt: strukt.to_owned(),
-                member: member.to_owned(),
-                found: self.describe(record),
-                expected: "an 8-byte integer",
-            })
-        }
+        self.expect_int(strukt, member, m, 8)
     }
 
     /// The offset of pointer member `member` of struct `strukt`.

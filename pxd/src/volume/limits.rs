@@ -2,7 +2,7 @@
 //! Each side is a number, or `max` for none that way; one value limits both. The limit holds
 //! for the volume as a whole, whoever does the I/O (see `crate::io::limits`).
 
-use super::spec::{parse_size, SpecError};
+use super::spec::{parse_size, refuse, SpecError};
 use serde::{Deserialize, Serialize};
 
 /// Most IOPS a limit may name: beyond what any device does, so a typo is caught.
@@ -24,14 +24,6 @@ pub struct IopsLimit {
 pub struct BandwidthLimit {
     pub read: u64,
     pub write: u64,
-}
-
-fn refuse(field: &'static str, value: &str, reason: impl Into<String>) -> SpecError {
-    SpecError {
-        field,
-        value: value.chars().take(80).collect(),
-        reason: reason.into(),
-    }
 }
 
 /// Splits `R,W` (or one value for both) and parses each side with `one`; `max` is none.

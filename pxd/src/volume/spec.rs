@@ -32,7 +32,7 @@ pub struct SpecError {
     pub reason: String,
 }
 
-fn refuse(field: &'static str, value: &str, reason: impl Into<String>) -> SpecError {
+pub(crate) fn refuse(field: &'static str, value: &str, reason: impl Into<String>) -> SpecError {
     SpecError {
         field,
         value: value.chars().take(80).collect(),
