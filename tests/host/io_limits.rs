@@ -9,34 +9,19 @@ use pxd::io::cgroups::{id_of, Hierarchy};
 use pxd::io::limits::{Controller, Limit, TICK};
 use pxd::io::{block_device_dev, DevT, IoProbe};
 use pxd::kernel::loop_device::LoopDevice;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use pxd_tests::cgroup::{fio_in, TestCgroup};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LIMIT: u64 = 200;
 
-/// A cgroup made for the test, removed on drop.
-struct TestCgroup(PathBuf);
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// fio writing 4 KiB blocks at random for `secs` seconds in cgroup `cg`.
 fn writer(cg: &Path, dev: &Path, name: &str, secs: u32) -> Child {
-    let script = format!(
-        "echo $$ > {}/cgroup.procs && exec fio --name={name} --filename={} --rw=randwrite \
-         --bs=4k --direct=1 --ioengine=psync --iodepth=1 --size=128M --time_based \
-         --runtime={secs} --randrepeat=0 --output-format=json",
-        cg.display(),
-        dev.display()
-    );
-    Command::new("sh")
-        .args(["-c", &script])
+    let args = format!("--rw=randwrite --bs=4k --size=128M --time_based --runtime={secs}");
+    fio_in(cg, dev, name, &args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -84,11 +69,10 @@ fn a_write_iops_limit_holds_for_two_writers_in_two_cgroups_and_goes_to_the_one_l
     let dev = block_device_dev(device.path()).expect("dev_t");
     let hierarchy = Hierarchy::detect().expect("a cgroup hierarchy with io or blkio");
     let cgroup = |tag: &str| {
-        let dir = hierarchy
-            .mount()
-            .join(format!("pxd-limits-{}-{tag}", std::process::id()));
-        std::fs::create_dir(&dir).expect("test cgroup");
-        TestCgroup(dir)
+        TestCgroup::new(
+            hierarchy.mount(),
+            &format!("pxd-limits-{}-{tag}", std::process::id()),
+        )
     };
     let (a, b) = (cgroup("a"), cgroup("b"));
     let (a_id, b_id) = (id_of(&a.0).expect("id"), id_of(&b.0).expect("id"));

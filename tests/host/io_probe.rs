@@ -23,6 +23,7 @@ use pxd::{
     kernel::loop_device::LoopDevice,
 };
 use pxd_tests::block_stat;
+use pxd_tests::cgroup::{fio_in, TestCgroup};
 
 const BLOCK: usize = 4096;
 const WRITES: u64 = 257;
@@ -208,15 +209,6 @@ fn fio_ios(json: &str) -> (u64, u64) {
     (ios("read"), ios("write"))
 }
 
-/// A cgroup of the host's I/O hierarchy made for the test, removed on drop.
-struct TestCgroup(PathBuf);
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// Acceptance: in three fio runs of different mixes, run in a cgroup of their own, the probe's
 /// counts equal both fio's issued IOs and the deltas of the kernel's `/sys/block` stat,
 /// exactly, reads and writes apart; and every IO is charged to fio's cgroup.
@@ -227,12 +219,10 @@ fn three_fio_runs_match_the_probe_and_the_kernel_stat_exactly() {
     let device = LoopDevice::attach(&backing.0).expect("attaching the loop device");
     let dev = block_device_dev(device.path()).expect("dev_t of the loop device");
     let hierarchy = Hierarchy::detect().expect("a cgroup hierarchy with io or blkio");
-    let cgroup = TestCgroup(
-        hierarchy
-            .mount()
-            .join(format!("pxd-probe-test-{}", std::process::id())),
+    let cgroup = TestCgroup::new(
+        hierarchy.mount(),
+        &format!("pxd-probe-test-{}", std::process::id()),
     );
-    std::fs::create_dir(&cgroup.0).expect("creating the test cgroup");
     let cgroup_id = pxd::io::cgroups::id_of(&cgroup.0).expect("the cgroup's id");
     assert_eq!(
         hierarchy.path_of(cgroup_id).as_deref(),
@@ -258,16 +248,8 @@ fn three_fio_runs_match_the_probe_and_the_kernel_stat_exactly() {
                 .unwrap_or_default()
         };
         let cg_before = in_cgroup(&probe);
-        // The shell joins the cgroup, then becomes fio, so that all fio's I/O is charged there.
-        let script = format!(
-            "echo $$ > {}/cgroup.procs && exec fio --name=run{i} --filename={} --rw={rw} --bs={bs} \
-             {mix} --direct=1 --ioengine=psync --iodepth=1 --size=32M --io_size={io_size} \
-             --randrepeat=0 --output-format=json",
-            cgroup.0.display(),
-            device.path().display()
-        );
-        let out = std::process::Command::new("sh")
-            .args(["-c", &script])
+        let args = format!("--rw={rw} --bs={bs} {mix} --size=32M --io_size={io_size}");
+        let out = fio_in(&cgroup.0, device.path(), &format!("run{i}"), &args)
             .output()
             .expect("running fio");
         let text = String::from_utf8_lossy(&out.stdout);

@@ -2,6 +2,7 @@
 //! data, running external tools with their output in the failure message.
 
 pub mod boots;
+pub mod cgroup;
 pub mod daemon;
 pub mod netns;
 pub mod trio;

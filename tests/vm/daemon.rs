@@ -12,6 +12,7 @@ use pxd::kernel::dm::{DeviceMapper, KernelDm};
 use pxd::plan::names::{pool_devices, Id};
 use pxd::pool::drive::DriveView;
 use pxd::volume::spec::Class;
+use pxd_tests::cgroup::TestCgroup;
 use pxd_tests::daemon::Daemon;
 use pxd_tests::{
     pattern, read_direct, run, sectors, sha256, vm_disks, wait_until, write_direct,
@@ -949,44 +950,16 @@ fn each_volume_s_io_is_counted_as_its_own_fio_job_saw_it() {
     }
 }
 
-/// A cgroup v2 child of the root made for a test, removed on drop.
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn new(name: &str) -> TestCgroup {
-        let dir = PathBuf::from("/sys/fs/cgroup").join(name);
-        let _ = std::fs::remove_dir(&dir);
-        std::fs::create_dir(&dir).expect("test cgroup");
-        TestCgroup(dir)
-    }
-
-    /// This cgroup's `io.max` line for device `dev` (`major:minor`), if any.
-    fn io_max(&self, dev: &str) -> Option<String> {
-        let text = std::fs::read_to_string(self.0.join("io.max")).ok()?;
-        text.lines()
-            .find(|l| l.starts_with(&format!("{dev} ")))
-            .map(str::to_owned)
-    }
+/// A cgroup v2 child of the root made for a test.
+fn test_cgroup(name: &str) -> TestCgroup {
+    TestCgroup::new(Path::new("/sys/fs/cgroup"), name)
 }
 
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// fio for `secs` seconds in cgroup `cg` on `dev` (4 KiB, direct, random unless `args` say
+/// fio for `secs` seconds in cgroup `cg` on `dev` (4 KiB, random unless `args` say
 /// otherwise), started in the background.
 fn fio_in(cg: &TestCgroup, dev: &Path, name: &str, secs: u32, args: &str) -> Child {
-    let script = format!(
-        "echo $$ > {}/cgroup.procs && exec fio --name={name} --filename={} --bs=4k --direct=1 \
-         --ioengine=psync --iodepth=1 --size=128M --time_based --runtime={secs} \
-         --randrepeat=0 --output-format=json {args}",
-        cg.0.display(),
-        dev.display()
-    );
-    Command::new("sh")
-        .args(["-c", &script])
+    let args = format!("--bs=4k --size=128M --time_based --runtime={secs} {args}");
+    pxd_tests::cgroup::fio_in(&cg.0, dev, name, &args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1024,8 +997,8 @@ fn within_5pct(got: f64, want: f64) -> bool {
 #[test]
 fn iops_and_bandwidth_limits_hold_for_the_volume_whoever_writes() {
     let _one = serial();
-    let one = TestCgroup::new("pxdtest-one");
-    let (a, b) = (TestCgroup::new("pxdtest-a"), TestCgroup::new("pxdtest-b"));
+    let one = test_cgroup("pxdtest-one");
+    let (a, b) = (test_cgroup("pxdtest-a"), test_cgroup("pxdtest-b"));
     let (d, _disk) = loop_node("limits", 9160, 768);
     let status = d.ok(&["cluster", "status"]);
     assert!(
