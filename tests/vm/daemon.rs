@@ -992,8 +992,9 @@ fn within_5pct(got: f64, want: f64) -> bool {
 }
 
 /// Acceptance (limits): a volume's IOPS and bandwidth limits hold for one writer, follow a
-/// live change, go away when removed, and guard every cgroup; removing one lifts every
-/// throttle pxd wrote.
+/// live change, go away when removed, and hold for two writers in two cgroup v2 cgroups
+/// together (the one left gets the whole budget); removing one lifts every throttle pxd
+/// wrote.
 #[test]
 fn iops_and_bandwidth_limits_hold_for_the_volume_whoever_writes() {
     let _one = serial();
@@ -1075,10 +1076,28 @@ fn iops_and_bandwidth_limits_hold_for_the_volume_whoever_writes() {
         "max,200",
     ]);
 
-    // Two writers in two v2 cgroups sharing the budget is not held yet here (the host tier
-    // holds it on v1): under v2 one writer ran past its io.max (see the issue notes).
+    // Two writers in two v2 cgroups share the write budget: together the limit, not twice
+    // it (every cgroup is guarded at the whole budget before it is seen).
     limit_shows(&a, "wiops=200");
     limit_shows(&b, "wiops=200");
+    let (wa, wb) = (
+        fio_in(&a, &dev, "a", 10, "--rw=randwrite"),
+        fio_in(&b, &dev, "b", 10, "--rw=randwrite"),
+    );
+    let ((_, ia, _, _), (_, ib, _, _)) = (fio_rates(wa), fio_rates(wb));
+    eprintln!(
+        "limits: two writers in two cgroups at 200: a {ia:.1} + b {ib:.1} = {:.1}",
+        ia + ib
+    );
+    assert!(within_5pct(ia + ib, 200.0), "a {ia} + b {ib}");
+    // b stops after 4 s; 3 s later a has the whole budget: its next 4 s run at the limit.
+    let wa = fio_in(&a, &dev, "a-with-b", 7, "--rw=randwrite");
+    let wb = fio_in(&b, &dev, "b-short", 4, "--rw=randwrite");
+    fio_rates(wb);
+    fio_rates(wa);
+    let (_, alone, _, _) = fio_rates(fio_in(&a, &dev, "a-alone", 4, "--rw=randwrite"));
+    eprintln!("limits: a alone from 3 s after b stopped: {alone:.1}");
+    assert!(within_5pct(alone, 200.0), "a alone: {alone}");
 
     // Removing the limit lifts every throttle pxd wrote.
     d.ok(&["volume", "update", "lim", "--max_iops", "none"]);

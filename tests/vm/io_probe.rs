@@ -99,3 +99,26 @@ fn probe_counts_exactly_the_io_issued_to_a_thin_volume() {
     stack::teardown(&dm, &[&vol.name]).unwrap();
     pool::deactivate_pool(&dm, &pool).unwrap();
 }
+
+/// Acceptance (limits, cgroup v2): two writers in two v2 cgroups share a thin volume's write
+/// IOPS limit, and the one left gets all of it (the host tier runs the same on v1).
+#[test]
+fn a_write_limit_is_shared_by_two_writers_in_two_v2_cgroups() {
+    let disks = &vm_disks(4)[2..4];
+    let dm = KernelDm::open().unwrap();
+    let spec = pool_spec("lim", disks, DEFAULT_CHUNK);
+    let pool = pool::ensure_pool(&dm, &spec, pool::Metadata::MayBeNew).unwrap();
+    let vol = pool::ensure_thin(
+        &dm,
+        &pool,
+        &Id::object("v2").unwrap(),
+        ThinDevId::new_u64(1).unwrap(),
+        Sectors(256 * 2048),
+    )
+    .unwrap();
+    let hierarchy = pxd::io::cgroups::Hierarchy::detect().expect("a cgroup hierarchy");
+    assert_eq!(hierarchy.name(), "v2 (io.max)");
+    pxd_tests::limits::two_writers_share_a_write_limit(&vol.path(), "vmlim");
+    stack::teardown(&dm, &[&vol.name]).unwrap();
+    pool::deactivate_pool(&dm, &pool).unwrap();
+}

@@ -23,8 +23,8 @@ pub const TICK: std::time::Duration = std::time::Duration::from_millis(200);
 /// Ticks between walks of the hierarchy for the guards (a cgroup made meanwhile waits).
 const GUARD_REFRESH: u32 = 5;
 
-/// How far one tick's rate may pass the budget before it counts as an overshoot.
-const NOISE: f64 = 0.1;
+/// Ticks (a second) a cgroup that stopped its I/O keeps a share before it loses it.
+const IDLE_TICKS: u32 = 5;
 
 /// The least share of a bandwidth budget: a smaller one would hold a large bio for seconds.
 const MIN_BPS_SHARE: f64 = 64.0 * 1024.0;
@@ -83,6 +83,10 @@ struct DeviceState {
     /// gets a little less than its throttle; while every writer is held at its share, the
     /// gain closes the gap between what they get and the budget.
     gain: [f64; 4],
+    /// Per cgroup and knob, the ticks in a row it did no I/O: a cgroup keeps a (shrinking)
+    /// share for [`IDLE_TICKS`], so that a pause between two I/Os does not send it back to
+    /// the guard.
+    quiet: BTreeMap<u64, [u32; 4]>,
     /// Past the first tick: the counts in `last` are the baseline, and a cgroup not in it
     /// did all its I/O since.
     started: bool,
@@ -318,6 +322,17 @@ fn plan_device(
         })
         .collect();
     state.smooth = smooth.clone();
+    state.quiet = usage
+        .iter()
+        .map(|(cg, u)| {
+            let before = state.quiet.get(cg).copied().unwrap_or_default();
+            let q = std::array::from_fn(|k| match u[k] > 0.0 {
+                true => 0,
+                false => before[k].saturating_add(1),
+            });
+            (*cg, q)
+        })
+        .collect();
     for k in 0..4 {
         let b = budget[k] as f64;
         if b == 0.0 {
@@ -325,20 +340,29 @@ fn plan_device(
             continue;
         }
         let floor = if k < 2 { 1.0 } else { MIN_BPS_SHARE };
+        let had_share = |cg: &u64| state.shares.get(cg).is_some_and(|s| s[k] > 0.0);
         let total: f64 = usage.values().map(|u| u[k]).sum();
-        // A tick is short, and the kernel releases throttled I/O in slices: a tick a little
-        // over or under the budget is noise. Only a real overshoot (a writer on a guard
-        // before its first split) is owed; any tick under the budget pays it back.
-        if total > b * (1.0 + NOISE) {
-            state.debt[k] += (total - b) * dt;
+        // What cgroups with no share did, on the guard: the only real overshoot. Those
+        // held at a share are bounded by the kernel; a short tick that shows them a little
+        // over is the kernel's slices, not I/O to pay back. Any tick under the budget pays.
+        let unsplit: f64 = usage
+            .iter()
+            .filter(|(cg, _)| !had_share(cg))
+            .map(|(_, u)| u[k])
+            .sum();
+        if total > b {
+            state.debt[k] += unsplit.min(total - b) * dt;
         } else {
-            state.debt[k] = (state.debt[k] - (b - total).max(0.0) * dt).max(0.0);
+            state.debt[k] = (state.debt[k] - (b - total) * dt).max(0.0);
         }
         // Pay an overshoot back within a second, never starving the volume.
         let effective = (b - state.debt[k]).clamp((b * 0.1).max(floor), b);
         let active: Vec<(u64, Option<f64>)> = usage
             .iter()
-            .filter(|(_, u)| u[k] > 0.0)
+            .filter(|(cg, u)| {
+                let quiet = state.quiet.get(*cg).map_or(0, |q| q[k]);
+                u[k] > 0.0 || (had_share(cg) && quiet < IDLE_TICKS)
+            })
             .map(|(cg, _)| {
                 let had = state.shares.get(cg).map(|s| s[k]).filter(|s| *s > 0.0);
                 let used = smooth.get(cg).map_or(0.0, |s| s[k]);
@@ -442,6 +466,28 @@ mod tests {
         let (got, p) = simulate(&mut st, &[(1, 1000.0)], 10, &mut written);
         assert!((got[&1] - 200.0).abs() < 200.0 * 0.03, "{got:?}");
         assert!(!p.shares.contains_key(&2));
+    }
+
+    #[test]
+    fn the_kernel_s_slack_is_no_debt_and_a_short_pause_keeps_a_share() {
+        let mut st = DeviceState::default();
+        let mut written = BTreeMap::new();
+        simulate(&mut st, &[(1, 1000.0), (2, 1000.0)], 40, &mut written);
+        assert_eq!(st.debt[1], 0.0);
+        // A short tick in which the kernel let both split writers a little past their shares.
+        let usage = [(1, [0.0, 120.0, 0.0, 0.0]), (2, [0.0, 115.0, 0.0, 0.0])].into();
+        plan_device([0, 200, 0, 0], &usage, &mut st, 0.2);
+        assert_eq!(st.debt[1], 0.0);
+        // 2 pauses for a tick: it keeps a share rather than going back to the guard.
+        let usage = [(1, [0.0, 100.0, 0.0, 0.0]), (2, [0.0; 4])].into();
+        let p = plan_device([0, 200, 0, 0], &usage, &mut st, 0.2);
+        assert!(p.shares[&2][1] > 0 && p.shares[&2][1] < 100, "{p:?}");
+        // Quiet for a second, it loses it.
+        let mut p = p;
+        for _ in 0..IDLE_TICKS {
+            p = plan_device([0, 200, 0, 0], &usage, &mut st, 0.2);
+        }
+        assert!(!p.shares.contains_key(&2), "{p:?}");
     }
 
     #[test]
