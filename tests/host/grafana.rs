@@ -8,12 +8,7 @@
 use pxd::io::volumes::VolumeIo;
 use pxd::metrics::Metrics;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn grafana() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../grafana")
-}
 
 /// Every `pxd_...` name in a PromQL expression.
 fn metric_names(expr: &str) -> Vec<String> {
@@ -57,7 +52,7 @@ fn promtool(args: &[&str]) {
 
 #[test]
 fn dashboards_and_alerts_name_only_exported_metrics_and_pass_promtool() {
-    let dir = grafana();
+    let dir = pxd_tests::grafana::dir();
     promtool(&["check", "rules", dir.join("alerts.yml").to_str().unwrap()]);
     promtool(&[
         "check",
@@ -80,25 +75,8 @@ fn dashboards_and_alerts_name_only_exported_metrics_and_pass_promtool() {
         }
         checked += 1;
     };
-    for file in ["pxd-cluster.json", "pxd-node-pool.json", "pxd-volume.json"] {
-        let text = std::fs::read_to_string(dir.join("dashboards").join(file)).expect(file);
-        let d: serde_json::Value = serde_json::from_str(&text).expect(file);
-        assert_eq!(d["templating"]["list"][0]["type"], "datasource", "{file}");
-        for var in d["templating"]["list"].as_array().unwrap().iter().skip(1) {
-            check(
-                &format!("{file} variable {}", var["name"]),
-                var["definition"].as_str().unwrap(),
-            );
-        }
-        for p in d["panels"].as_array().expect("panels") {
-            for t in p["targets"].as_array().expect("targets") {
-                let title = p["title"].as_str().unwrap_or_default();
-                check(
-                    &format!("{file} panel {title:?}"),
-                    t["expr"].as_str().expect("expr"),
-                );
-            }
-        }
+    for e in pxd_tests::grafana::expressions() {
+        check(&e.place, &e.text);
     }
     let rules = std::fs::read_to_string(dir.join("alerts.yml")).expect("alerts.yml");
     for line in rules

@@ -1,5 +1,5 @@
-//! Prometheus metrics of the cluster area (`pxd_cluster_*`, `pxd_node_*`, `pxd_raft_*`),
-//! rendered for `/metrics`. Names follow DESIGN §7.
+//! Prometheus metrics of the node (`pxd_cluster_*`, `pxd_node_*`, `pxd_raft_*`, `pxd_pool_*`,
+//! `pxd_drive_*`, `pxd_volume_*`), rendered for `/metrics`. Names and labels follow DESIGN §7.
 
 use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
@@ -31,6 +31,8 @@ pub struct Metrics {
     pub pool_metadata_total_blocks: IntGaugeVec,
     pub pool_near_full: IntGaugeVec,
     pub pool_state: IntGaugeVec,
+    pub drive_size_bytes: IntGaugeVec,
+    pub drive_state: IntGaugeVec,
     pub volume_capacity_bytes: IntGaugeVec,
     pub volume_usage_bytes: IntGaugeVec,
     pub volume_replicas: IntGaugeVec,
@@ -157,37 +159,49 @@ impl Metrics {
                 &r,
                 "pxd_pool_data_used_bytes",
                 "Data bytes the pool has allocated to thin devices",
-                &["pool", "class"],
+                &["node", "pool", "class"],
             )?,
             pool_data_total_bytes: gauge_vec(
                 &r,
                 "pxd_pool_data_total_bytes",
                 "Data bytes of the pool",
-                &["pool", "class"],
+                &["node", "pool", "class"],
             )?,
             pool_metadata_used_blocks: gauge_vec(
                 &r,
                 "pxd_pool_metadata_used_blocks",
                 "4 KiB metadata blocks the pool uses",
-                &["pool", "class"],
+                &["node", "pool", "class"],
             )?,
             pool_metadata_total_blocks: gauge_vec(
                 &r,
                 "pxd_pool_metadata_total_blocks",
                 "4 KiB metadata blocks of the pool",
-                &["pool", "class"],
+                &["node", "pool", "class"],
             )?,
             pool_near_full: gauge_vec(
                 &r,
                 "pxd_pool_near_full",
                 "1 while the pool is past a near-full threshold and refuses new allocations",
-                &["pool", "class"],
+                &["node", "pool", "class"],
             )?,
             pool_state: gauge_vec(
                 &r,
                 "pxd_pool_state",
                 "1 for the pool's state as its node last found it (online, degraded or damaged), 0 for the others",
-                &["pool", "class", "state"],
+                &["node", "pool", "class", "state"],
+            )?,
+            drive_size_bytes: gauge_vec(
+                &r,
+                "pxd_drive_size_bytes",
+                "Bytes of a drive of this node, as it was when added",
+                &["node", "drive", "pool", "class"],
+            )?,
+            drive_state: gauge_vec(
+                &r,
+                "pxd_drive_state",
+                "1 for the drive's state (online, missing from its pool, failed, or being added), 0 for the others",
+                &["node", "drive", "pool", "state"],
             )?,
             volume_capacity_bytes: gauge_vec(
                 &r,

@@ -123,6 +123,39 @@ pub struct LastPass {
     pub error: Option<String>,
 }
 
+/// Sets the drive gauges of node `node` from the store, with `members` (the member drives the
+/// last pass found, by label uuid) telling a drive that is there from one that is missing.
+fn export_drives(
+    m: &crate::metrics::Metrics,
+    st: &crate::store::state::ClusterState,
+    node: &str,
+    members: &BTreeMap<String, PathBuf>,
+) {
+    use crate::store::types::DriveState;
+    m.drive_size_bytes.reset();
+    m.drive_state.reset();
+    for d in st.drives.values().filter(|d| d.node.to_string() == node) {
+        let class = d.class.map(|c| c.to_string()).unwrap_or_default();
+        m.drive_size_bytes
+            .with_label_values(&[node, &d.id, &d.pool, &class])
+            .set(i64::try_from(d.size).unwrap_or(i64::MAX));
+        let now = match d.state {
+            DriveState::Failed => "failed",
+            DriveState::Adding | DriveState::Labelling => "adding",
+            DriveState::Online if !d.pool.is_empty() && !members.contains_key(&d.id) => "missing",
+            DriveState::Online => "online",
+        };
+        for state in DRIVE_STATES {
+            m.drive_state
+                .with_label_values(&[node, &d.id, &d.pool, state])
+                .set(i64::from(state == now));
+        }
+    }
+}
+
+/// The states `pxd_drive_state` has a series for.
+const DRIVE_STATES: [&str; 4] = ["online", "missing", "failed", "adding"];
+
 /// How long the last round of a new leg's copy may hold the raid suspended before the
 /// re-assembly gives up and resumes the raid as it was.
 const COPY_LAST_LIMIT: Duration = Duration::from_secs(60);
@@ -446,12 +479,13 @@ impl Reconciler {
                 })
                 .collect();
             m.volume_io.set_devices(me.to_string(), tops);
+            let node = me.to_string();
             for p in st.pools.values().filter(|p| p.node == me) {
-                let labels = [p.id.as_str(), &p.class.to_string()];
+                let labels = [node.as_str(), p.id.as_str(), &p.class.to_string()];
                 let health = found.health.get(&p.id).unwrap_or(&p.health);
                 for state in ["online", "degraded", "damaged"] {
                     m.pool_state
-                        .with_label_values(&[labels[0], labels[1], state])
+                        .with_label_values(&[labels[0], labels[1], labels[2], state])
                         .set(i64::from(health.name() == state));
                 }
                 if let Some(u) = pools.get(&p.id) {
@@ -468,6 +502,7 @@ impl Reconciler {
                     );
                 }
             }
+            export_drives(m, st, &node, &found.members);
             m.volume_capacity_bytes.reset();
             m.volume_usage_bytes.reset();
             for g in [
