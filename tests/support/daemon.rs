@@ -64,6 +64,23 @@ impl Daemon {
         self.dir.join("pxd.sock")
     }
 
+    /// Its Docker plugin socket: its own, unless its arguments name one.
+    pub fn plugin_socket(&self) -> PathBuf {
+        self.args
+            .iter()
+            .position(|a| a == "--plugin-socket")
+            .and_then(|i| self.args.get(i + 1))
+            .map_or_else(|| self.dir.join("plugin.sock"), PathBuf::from)
+    }
+
+    /// `--plugin-socket` for a daemon whose arguments name none.
+    fn own_plugin_socket(&self) -> Vec<std::ffi::OsString> {
+        if self.args.iter().any(|a| a == "--plugin-socket") {
+            return Vec::new();
+        }
+        vec!["--plugin-socket".into(), self.plugin_socket().into()]
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
@@ -102,6 +119,7 @@ impl Daemon {
             .arg(self.socket())
             .args(["daemon", "--data-dir"])
             .arg(self.data_dir())
+            .args(self.own_plugin_socket())
             .args(["--addr", addr, "--name", &self.name])
             .arg("--topology-file")
             .arg(self.topology_file())

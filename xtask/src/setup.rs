@@ -8,7 +8,8 @@ use std::process::Command;
 
 /// Debian packages: the VM (qemu, busybox, kmod), the C libraries pxd links (bindgen needs
 /// clang), the tools tests use inside the guest (fio, mkfs, thin_check, cryptsetup, ip), and
-/// the peers benchmarks compare with (nbd-server), and Prometheus for the dashboards' tests.
+/// the peers benchmarks compare with (nbd-server), Prometheus for the dashboards' tests and
+/// Docker for the volume plugin's.
 pub const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -30,6 +31,8 @@ pub const PACKAGES: &[&str] = &[
     "nbd-client",
     // Prometheus and promtool: the dashboards' and alert rules' tests run the real ones.
     "prometheus",
+    // Docker Engine, started inside the guest by the volume plugin's test.
+    "docker.io",
 ];
 
 pub fn run() -> Result<()> {

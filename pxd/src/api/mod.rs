@@ -37,6 +37,7 @@ pub mod client;
 pub mod drive_leave;
 pub mod ha;
 pub mod limits;
+pub mod plugin;
 pub mod pools;
 pub mod snapshots;
 pub mod stats;
@@ -321,6 +322,18 @@ fn routes(state: AppState) -> Router {
 
 /// Serves the API on a unix socket with mode 0660, replacing a stale socket file.
 pub async fn serve_unix(state: AppState, path: &FsPath) -> Result<(), ServeError> {
+    let listener = bind_unix(path)?;
+    let app = routes(state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the unix socket API stopped");
+        }
+    });
+    Ok(())
+}
+
+/// A unix socket listening at `path` with mode 0660, replacing a stale socket file.
+pub(crate) fn bind_unix(path: &FsPath) -> Result<tokio::net::UnixListener, ServeError> {
     let err = |op, source| ServeError::Socket {
         op,
         path: path.to_owned(),
@@ -337,13 +350,7 @@ pub async fn serve_unix(state: AppState, path: &FsPath) -> Result<(), ServeError
     let listener = tokio::net::UnixListener::bind(path).map_err(|e| err("bind", e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| err("set mode 0660 on", e))?;
-    let app = routes(state);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the unix socket API stopped");
-        }
-    });
-    Ok(())
+    Ok(listener)
 }
 
 /// Serves the API on TCP; every route but `/metrics` needs the cluster's bearer token.

@@ -50,6 +50,10 @@ pub struct DaemonArgs {
     /// latency histograms and no per-cgroup counts.
     #[arg(long)]
     pub no_ebpf: bool,
+    /// The Docker volume plugin's socket: Docker finds a plugin named `pxd` there, and
+    /// Mesos's dvdcli through Docker's rules. Created at start, before the first request.
+    #[arg(long, default_value = "/run/docker/plugins/pxd.sock")]
+    pub plugin_socket: PathBuf,
     #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]
@@ -150,6 +154,8 @@ pub enum DaemonError {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Api(#[from] api::ServeError),
+    #[error("the Docker plugin's mount record: {0}")]
+    PluginRefs(#[from] api::plugin::refs::RefsError),
     #[error(transparent)]
     Key(#[from] crate::crypt::CryptError),
     #[error("wait for signals: {0}")]
@@ -301,6 +307,8 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
         },
     };
     api::serve_unix(state.clone(), &socket).await?;
+    let plugin = api::plugin::PluginState::new(state.clone(), &args.data_dir)?;
+    api::plugin::serve(plugin, &args.plugin_socket).await?;
     api::serve_tcp(state, api_addr).await?;
     tracing::info!(
         node = %cluster.id(),
@@ -318,6 +326,7 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopping; devices and their I/O stay as they are");
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&args.plugin_socket);
     Ok(())
 }
 

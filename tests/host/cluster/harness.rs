@@ -58,6 +58,8 @@ impl Daemon {
             .arg(self.socket())
             .args(["daemon", "--data-dir"])
             .arg(self.dir.join("data"))
+            .arg("--plugin-socket")
+            .arg(self.dir.join("plugin.sock"))
             .args(["--addr", &Net::addr(self.index)])
             .args(["--name", &format!("node{}", self.index)])
             .args(["--role", self.role])
