@@ -57,7 +57,7 @@ fn network() -> Result<()> {
     Ok(())
 }
 
-fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+pub fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         if let Some(v) = f() {

@@ -2,11 +2,13 @@
 //! every step through the real `pxd daemon` and CLI on real device-mapper. Two disks are
 //! benchmarked into classes (one slowed with dm-delay), volumes are created, mounted,
 //! snapshotted, cloned, grown under writes, encrypted, restored and deleted, and the daemon is
-//! killed mid-write to show that I/O does not stop. Then three nodes, each in its own network
+//! killed mid-write to show that I/O does not stop. An IOPS limit holds for two writers in
+//! two cgroups together, as `pxd volume stats` shows. Then three nodes, each in its own network
 //! namespace with its own disk, form a cluster and carry a replicated volume (see
 //! [`cluster`]). Usage: `demo DISK DISK PXD_BINARY DISK DISK DISK`.
 
 mod cluster;
+mod limits;
 
 use anyhow::{bail, ensure, Context, Result};
 use pxd::api::pools::{DriveAdded, PoolView};
@@ -86,6 +88,8 @@ impl Node {
             .args(["daemon", "--addr", &self.addr, "--name", &self.name])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
+            .arg("--plugin-socket")
+            .arg(self.dir.join("plugin.sock"))
             .arg("--topology-file")
             .arg(self.dir.join("topology.yaml"))
             .args(&self.args)
@@ -327,6 +331,12 @@ fn main() -> Result<()> {
 
     step(
         11,
+        "cap vault at 200 write IOPS live: two writers in two cgroups share the limit",
+    );
+    limits::run(&node, "vault", &top)?;
+
+    step(
+        12,
         "delete volumes: their thin devices go and the pool's use drops",
     );
     let used_before = node.pool_used(&fast.pool)?;
@@ -342,7 +352,7 @@ fn main() -> Result<()> {
     );
 
     step(
-        12,
+        13,
         "what Prometheus scrapes from /metrics (pool and volume gauges)",
     );
     let client =
@@ -358,7 +368,7 @@ fn main() -> Result<()> {
         .for_each(|l| println!("        {l}"));
     node.kill();
 
-    cluster::run(&pxd, &args[3..], 13)?;
+    cluster::run(&pxd, &args[3..], 14)?;
     println!("\npxd demo: done (devices stay up when the daemons stop; that is the point)");
     Ok(())
 }

@@ -294,7 +294,7 @@ fn adjust_gain(
     if held && total > 0.0 {
         // Half a step toward the correction, at most 5% a tick.
         let step = (effective / total).sqrt().clamp(0.95, 1.05);
-        *gain = (*gain * step).clamp(0.8, 2.0);
+        *gain = (*gain * step).clamp(0.5, 2.0);
     } else {
         *gain = 1.0 + (*gain - 1.0) * 0.9;
     }
