@@ -1,6 +1,9 @@
 //! Runs inside the VM for `cargo xtask bench`: fixed fio jobs on the raw disk and on the stacks
 //! pxd builds over a disk of the same kind, each figure reported as a ratio to the raw disk in
-//! the same run. Usage: `bench_stacks RAW_DISK POOL_DISK OUT.json`. Reports; never asserts.
+//! the same run, then the cost of the eBPF probes and how close the limit controller holds
+//! a limit. Usage: `bench_stacks RAW_DISK POOL_DISK OUT.json`. Reports; never asserts.
+
+mod limits;
 
 use anyhow::{bail, Context, Result};
 use devicemapper::{Sectors, ThinDevId};
@@ -56,7 +59,25 @@ const JOBS: [Job; 4] = [
 ];
 
 fn fio(dev: &Path, job: &Job) -> Result<Value> {
-    let out = Command::new("fio")
+    fio_in(None, dev, job)
+}
+
+/// [`fio`], run from inside cgroup `cgroup` when one is given (so that its throttles apply).
+fn fio_in(cgroup: Option<&Path>, dev: &Path, job: &Job) -> Result<Value> {
+    let mut c = match cgroup {
+        Some(cg) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!(
+                    "echo $$ > {}/cgroup.procs && exec fio \"$@\"",
+                    cg.display()
+                ))
+                .arg("fio");
+            c
+        }
+        None => Command::new("fio"),
+    };
+    let out = c
         .args([
             "--name=bench",
             "--direct=1",
@@ -93,6 +114,35 @@ fn fio(dev: &Path, job: &Job) -> Result<Value> {
         "clat_mean_us": r["clat_ns"]["mean"].as_f64().unwrap_or(0.0) / 1000.0,
         "errors": v["jobs"][0]["error"].as_i64().unwrap_or(-1),
     }))
+}
+
+/// The 4k jobs on the overwritten thin device again with pxd's eBPF probes loaded, each as
+/// a ratio to the same job without them (from `before`).
+fn probe_cost(dev: &Path, before: &[Value]) -> Result<Value> {
+    let probe = match pxd::io::IoProbe::load() {
+        Ok(p) => p,
+        Err(e) => {
+            println!("  probes: could not load ({e}); their cost is not measured");
+            return Ok(json!(null));
+        }
+    };
+    let mut out = Vec::new();
+    for job in &JOBS[..2] {
+        let off = before
+            .iter()
+            .find(|r| r["target"] == "thin, overwrite" && r["job"] == job.name)
+            .and_then(|r| r["iops"].as_f64())
+            .unwrap_or(0.0);
+        let on = fio(dev, job)?["iops"].as_f64().unwrap_or(0.0);
+        let ratio = if off > 0.0 { on / off } else { 0.0 };
+        println!(
+            "  {:<26} {:<18} {on:>10.0} IOPS   {ratio:>5.2}x without probes ({off:.0})",
+            "thin, probes on", job.name
+        );
+        out.push(json!({ "job": job.name, "iops_off": off, "iops_on": on, "ratio": ratio }));
+    }
+    drop(probe);
+    Ok(json!(out))
 }
 
 fn prewrite(dev: &Path) -> Result<()> {
@@ -210,7 +260,16 @@ fn main() -> Result<()> {
             results.push(r);
         }
     }
-    let report = json!({ "kernel": release.trim(), "region": REGION, "runtime_s": RUNTIME_S, "results": results });
+    let probes = probe_cost(&overwrite, &results)?;
+    let limits = limits::accuracy(&overwrite)?;
+    let report = json!({
+        "kernel": release.trim(),
+        "region": REGION,
+        "runtime_s": RUNTIME_S,
+        "results": results,
+        "probes": probes,
+        "limits": limits,
+    });
     std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
     println!("bench: wrote {}", out.display());
 
