@@ -217,10 +217,12 @@ fn pools_follow_their_labels_across_renumbering_and_damaged_metadata_is_left_alo
     assert_eq!(high3.health, PoolHealth::Online);
     let metrics = std::fs::read_to_string(work.join("metrics3.txt")).unwrap();
     assert!(
-        metrics.contains(&format!(
-            "pxd_pool_state{{class=\"low\",pool=\"{}\",state=\"damaged\"}} 1",
-            low.id
-        )),
+        pxd_tests::metric_has(
+            &metrics,
+            "pxd_pool_state",
+            &[("class", "low"), ("pool", &low.id), ("state", "damaged")],
+            "1"
+        ),
         "{metrics}"
     );
     let log = std::fs::read_to_string(work.join("daemon.log")).unwrap();

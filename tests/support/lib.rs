@@ -45,6 +45,23 @@ pub fn vm_disks(n: usize) -> Vec<PathBuf> {
     disks
 }
 
+/// Whether Prometheus text `metrics` has a sample of `name` carrying every label in `labels`
+/// (others may be there too) with value `value`.
+pub fn metric_has(metrics: &str, name: &str, labels: &[(&str, &str)], value: &str) -> bool {
+    metrics.lines().any(|l| {
+        let Some(rest) = l.strip_prefix(name).and_then(|r| r.strip_prefix('{')) else {
+            return false;
+        };
+        let Some((set, v)) = rest.rsplit_once("} ") else {
+            return false;
+        };
+        v == value
+            && labels
+                .iter()
+                .all(|(k, want)| set.split(',').any(|kv| kv == format!("{k}=\"{want}\"")))
+    })
+}
+
 /// Deterministic pseudo-random bytes (xorshift64*), so a failing run can be reproduced.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
@@ -317,6 +334,20 @@ pub fn label_member(state: &mut pxd::reconcile::desired::NodeState, pool: usize,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_samples_match_by_name_labels_and_value() {
+        let text = "pxd_pool_state{class=\"low\",node=\"ab\",pool=\"p1\",state=\"damaged\"} 1\n";
+        assert!(metric_has(
+            text,
+            "pxd_pool_state",
+            &[("pool", "p1"), ("state", "damaged")],
+            "1"
+        ));
+        assert!(!metric_has(text, "pxd_pool_state", &[("pool", "p1")], "0"));
+        assert!(!metric_has(text, "pxd_pool_state", &[("pool", "p2")], "1"));
+        assert!(!metric_has(text, "pxd_pool", &[("pool", "p1")], "1"));
+    }
 
     #[test]
     fn pattern_is_deterministic_and_seed_dependent() {

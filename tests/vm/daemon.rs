@@ -776,10 +776,12 @@ fn a_near_full_pool_refuses_new_allocations_and_says_so() {
     let metrics = String::from_utf8_lossy(&body).into_owned();
     let pool = &pools[0].id;
     assert!(
-        metrics.contains(&format!(
-            "pxd_pool_near_full{{class=\"{}\",pool=\"{pool}\"}} 1",
-            pools[0].class
-        )),
+        pxd_tests::metric_has(
+            &metrics,
+            "pxd_pool_near_full",
+            &[("class", &pools[0].class.to_string()), ("pool", pool)],
+            "1"
+        ),
         "{metrics}"
     );
     assert!(

@@ -303,10 +303,16 @@ fn a_missing_drive_degrades_its_pool_and_tears_nothing_down() {
         .unwrap();
     let metrics = String::from_utf8_lossy(&body);
     assert!(
-        metrics.contains(&format!(
-            "pxd_pool_state{{class=\"low\",pool=\"{}\",state=\"degraded\"}} 1",
-            slow.pool
-        )),
+        pxd_tests::metric_has(
+            &metrics,
+            "pxd_pool_state",
+            &[
+                ("class", "low"),
+                ("pool", &slow.pool),
+                ("state", "degraded")
+            ],
+            "1"
+        ),
         "{metrics}"
     );
 
