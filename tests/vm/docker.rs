@@ -210,29 +210,25 @@ fn docker_and_dvdcli_use_pxd_volumes_through_the_plugin() {
     assert_eq!(v2.size, 1 << 30);
 
     // One container writes, another reads it back.
-    let wrote = docker.run(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        "v1:/data",
-        "pxd-busybox",
+    let with_v1 = |cmd: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            "v1:/data",
+            "pxd-busybox",
+        ];
+        args.extend_from_slice(cmd);
+        docker.run(&args)
+    };
+    let wrote = with_v1(&[
         "sh",
         "-c",
         "head -c 1048576 /bin/busybox > /data/f && sync && sha256sum /data/f",
     ]);
-    let read = docker.run(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        "v1:/data",
-        "pxd-busybox",
-        "sha256sum",
-        "/data/f",
-    ]);
+    let read = with_v1(&["sha256sum", "/data/f"]);
     assert_eq!(read, wrote);
     eprintln!("docker: a container wrote {wrote}, another read it back");
     let at = format!("{}/v1", d.data_dir().join("mounts").display());

@@ -471,7 +471,7 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
     let raid = format!("pxd-{}-raid-{}", c.id(spare), v.id);
     let dev = PathBuf::from(format!("/dev/mapper/{raid}"));
     assert_eq!(v.device.as_deref(), Some(dev.as_path()));
-    fio_verify(&dev, "r2", "48M");
+    fio_verify(&dev, "r2", "16M");
     let status = raid_status(&raid).unwrap();
     assert!(status.is_clean(), "{status:?}");
     let sums = leg_sums(&v, &c.ids, 64 * MIB);
@@ -685,7 +685,7 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
 
     // The attach node lost whole: `attach --force` on a replica node; everything written
     // before the loss reads back, and the old epoch's exports are gone (fenced).
-    fio(&dev, "before-loss", "32M", &["--do_verify=0"]);
+    fio(&dev, "before-loss", "8M", &["--do_verify=0"]);
     let old_epoch = c.nodes[0]
         .json::<VolumeView>(&["volume", "inspect", "r2"])
         .attachment
@@ -699,7 +699,7 @@ fn replicated_volumes_mirror_across_nodes_survive_daemon_crashes_and_refuse_bad_
         (c.nodes[replica].name.as_str(), old_epoch + 1)
     );
     let moved = v.device.clone().expect("a device");
-    fio(&moved, "before-loss", "32M", &["--verify_only"]);
+    fio(&moved, "before-loss", "8M", &["--verify_only"]);
     let old = format!("{}:e{old_epoch}", r2.id);
     assert!(
         !c.linked_exports().iter().any(|e| e.ends_with(&old)),
