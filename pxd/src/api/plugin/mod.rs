@@ -59,7 +59,16 @@ impl PluginState {
     /// The plugin over `api`, with the references saved in `data_dir`.
     pub fn new(api: AppState, data_dir: &std::path::Path) -> Result<PluginState, refs::RefsError> {
         let file = RefsFile::new(data_dir);
-        let refs = file.load()?;
+        let refs = match file.load() {
+            Ok(r) => r,
+            // Never a reason not to serve storage: with no counts, an Unmount leaves a
+            // volume mounted rather than unmounting it under a running container.
+            Err(e @ refs::RefsError::Decode { .. }) => {
+                tracing::warn!(error = %e, "the Docker plugin's mount counts are unreadable; starting from none");
+                Refs::default()
+            }
+            Err(e) => return Err(e),
+        };
         Ok(PluginState {
             api,
             refs: Arc::new(Mutex::new((refs, file))),
