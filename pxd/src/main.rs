@@ -21,6 +21,12 @@ fn main() {
                 .init();
             pxd::daemon::run(args.clone(), cli.socket.clone()).map_err(Into::into)
         }
+        Command::Completions { shell } => {
+            // Needs no daemon: the script is made from the CLI's own definition.
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "pxd", &mut std::io::stdout());
+            Ok(())
+        }
         _ => pxd::cli::run(&cli).map_err(Into::into),
     };
     if let Err(e) = result {

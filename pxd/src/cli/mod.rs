@@ -69,6 +69,8 @@ pub enum Command {
     /// Fault domains: where each node sits (region, zone, rack, hypervisor, host).
     #[command(subcommand)]
     Topology(topology::TopologyCommand),
+    /// Print a completion script for a shell: `source <(pxd completions bash)`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand, Debug)]
@@ -278,7 +280,7 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
             };
             storage::drive_leaving(cli.json, c.post("/v1/drives/replace", &req)?)
         }
-        Command::Daemon(_) => Ok(()),
+        Command::Daemon(_) | Command::Completions { .. } => Ok(()),
         Command::Cluster(cmd) => cluster(cli, &c, cmd),
         Command::Drive(DriveCommand::List) => {
             let drives: Vec<crate::pool::drive::DriveView> = c.get("/v1/drives")?;
