@@ -322,6 +322,17 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "could not tell systemd that pxd is ready");
     }
+    // Under WatchdogSec=, a keep-alive from the runtime twice per period: a daemon whose
+    // runtime hangs is restarted, which never touches a device.
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(period / 2);
+            loop {
+                every.tick().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
     wait_for_stop().await?;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopping; devices and their I/O stay as they are");

@@ -148,11 +148,17 @@ fn the_daemon_notifies_systemd_stops_cleanly_and_restarts_as_itself() {
         .expect("a read timeout");
     let socket_env = path.to_string_lossy().into_owned();
     let mut c = TestCluster::start_with(&["storage"], |_| {
-        vec![("NOTIFY_SOCKET".to_owned(), socket_env.clone())]
+        vec![
+            ("NOTIFY_SOCKET".to_owned(), socket_env.clone()),
+            ("WATCHDOG_USEC".to_owned(), "2000000".to_owned()),
+        ]
     });
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).expect("a READY notification");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    // Then keep-alives, twice per watchdog period.
+    let n = notify.recv(&mut buf).expect("a WATCHDOG keep-alive");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1"));
     let node = &c.nodes[0];
     let _: pxd::api::InitResponse = node
         .client()
@@ -166,8 +172,12 @@ fn the_daemon_notifies_systemd_stops_cleanly_and_restarts_as_itself() {
 
     let status = c.nodes[0].terminate();
     assert!(status.success(), "pxd exited with {status}");
-    let n = notify.recv(&mut buf).expect("a STOPPING notification");
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    // Keep-alives may come first.
+    let stopping = (0..20).any(|_| {
+        let n = notify.recv(&mut buf).expect("a STOPPING notification");
+        String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1")
+    });
+    assert!(stopping, "no STOPPING=1");
 
     // A restart keeps the identity, the cluster and what was applied, and leads again.
     c.nodes[0].start();
