@@ -388,15 +388,21 @@ impl VolumeSpec {
     /// Parses the inline spec `size=10G,repl=2,name=db`. Whitespace after a comma is part of
     /// the separator; anywhere else it stays in the key or value, which is then refused.
     pub fn parse_inline(s: &str) -> Result<VolumeSpec, SpecError> {
-        let mut pairs = Vec::new();
-        for item in s.split(',').map(str::trim_start).filter(|i| !i.is_empty()) {
-            let (k, v) = item
-                .split_once('=')
-                .ok_or_else(|| refuse("spec", item, "must be key=value"))?;
-            pairs.push((k, v));
-        }
-        VolumeSpec::from_options(pairs)
+        VolumeSpec::from_options(inline_pairs(s)?)
     }
+}
+
+/// The `key=value` pairs of an inline spec, unchecked: what [`VolumeSpec::parse_inline`]
+/// builds a spec from, and what the Docker plugin takes a volume's name out of.
+pub fn inline_pairs(s: &str) -> Result<Vec<(&str, &str)>, SpecError> {
+    s.split(',')
+        .map(str::trim_start)
+        .filter(|i| !i.is_empty())
+        .map(|item| {
+            item.split_once('=')
+                .ok_or_else(|| refuse("spec", item, "must be key=value"))
+        })
+        .collect()
 }
 
 /// Refuses a size that would push a pool past its allowed overcommit: the sum of provisioned

@@ -159,16 +159,13 @@ fn inline_pairs(name: &str) -> Result<Option<Vec<(String, String)>>, String> {
     if !name.contains('=') {
         return Ok(None);
     }
-    name.split(',')
-        .map(str::trim_start)
-        .filter(|i| !i.is_empty())
-        .map(|item| {
-            item.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .ok_or_else(|| format!("Name: {item:?} in the inline spec must be key=value"))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+    let pairs = crate::volume::spec::inline_pairs(name).map_err(|e| format!("Name: {e}"))?;
+    Ok(Some(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    ))
 }
 
 /// The pxd volume a request's `Name` means: the name itself, or the inline spec's `name=`.
