@@ -3,6 +3,7 @@
 
 // The data plane on one node: planning, the kernel interface, pools, volumes, reconciling.
 pub mod crypt;
+pub mod durable;
 pub mod io;
 pub mod kernel;
 pub mod plan;

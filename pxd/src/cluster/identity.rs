@@ -5,8 +5,7 @@
 use super::transport::{KeyPair, TransportError};
 use crate::store::NodeId;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 const NODE_FILE: &str = "node.json";
@@ -130,21 +129,11 @@ fn write_new<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), Iden
         path: path.to_owned(),
         source,
     };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
     let bytes = serde_json::to_vec_pretty(value).map_err(|source| IdentityError::Decode {
         path: path.to_owned(),
         source,
     })?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| io("create", e))?;
-    f.write_all(&bytes).map_err(|e| io("write", e))?;
-    f.sync_all().map_err(|e| io("sync", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("rename into place", e))
+    crate::durable::replace(path, &bytes, mode).map_err(|(op, e)| io(op, e))
 }
 
 #[cfg(test)]

@@ -179,18 +179,7 @@ impl ClusterKey {
             path: path.to_owned(),
             detail: e.to_string(),
         };
-        let tmp = path.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        f.write_all(self.key.as_slice())
-            .and_then(|()| f.sync_all())
-            .map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)
+        crate::durable::replace(path, self.key.as_slice(), 0o600).map_err(|(_, e)| err(e))
     }
 
     /// The raw key, to send to a joining member over CURVE; never to log or show.

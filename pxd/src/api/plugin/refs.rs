@@ -6,7 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The references to one volume.
@@ -121,19 +120,14 @@ impl RefsFile {
         }
     }
 
-    /// Saves `refs` whole: written to a temporary file, synced, renamed over the old one.
+    /// Saves `refs` whole, durably (see [`crate::durable::replace`]).
     pub fn save(&self, refs: &Refs) -> Result<(), RefsError> {
-        let tmp = self.0.with_extension("json.tmp");
-        let io = |op, source| RefsError::Io {
-            op,
-            path: tmp.clone(),
-            source,
-        };
         let bytes = serde_json::to_vec_pretty(refs).unwrap_or_default();
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating", e))?;
-        f.write_all(&bytes).map_err(|e| io("writing", e))?;
-        f.sync_all().map_err(|e| io("syncing", e))?;
-        std::fs::rename(&tmp, &self.0).map_err(|e| io("renaming", e))
+        crate::durable::replace(&self.0, &bytes, 0o644).map_err(|(op, source)| RefsError::Io {
+            op,
+            path: self.0.clone(),
+            source,
+        })
     }
 }
 
