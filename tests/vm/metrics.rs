@@ -7,6 +7,7 @@
 use pxd::api::pools::PoolView;
 use pxd::api::volumes::VolumeView;
 use pxd::kernel::loop_device::LoopDevice;
+use pxd::plan::placement::Provision;
 use pxd_tests::trio::{legs_built, Cluster};
 use pxd_tests::{pattern, write_direct};
 use std::path::{Path, PathBuf};
@@ -295,6 +296,28 @@ fn prometheus_gets_data_for_every_dashboard_panel_and_the_near_full_alert_fires(
     // The other pools are not near full.
     let others = prom.query("ALERTS{alertname=\"PxdPoolNearFull\",alertstate=\"firing\"}");
     assert_eq!(others.len(), 1, "{others:?}");
+
+    // provision-status: every pool, what was promised out of it and what it holds.
+    let rows: Vec<Provision> = a.json(&["cluster", "provision-status"]);
+    let brief: Vec<_> = rows
+        .iter()
+        .map(|r| (&r.node_name, r.online, r.near_full.is_some()))
+        .collect();
+    eprintln!("provision-status: {rows:?}");
+    assert_eq!(rows.len(), 3, "{brief:?}");
+    assert_eq!(
+        rows.iter().map(|r| r.provisioned).sum::<u64>(),
+        2 * (64 * MIB) + 256 * MIB
+    );
+    assert_eq!(rows.iter().map(|r| r.volumes).sum::<usize>(), 3);
+    for r in &rows {
+        assert!(r.online && r.limit > 0 && r.used.is_some(), "{r:?}");
+        let on_a = r.pool == pool.id;
+        assert_eq!(r.near_full.is_some(), on_a, "{r:?}");
+        assert!(!on_a || r.used.unwrap_or_default() >= fill, "{r:?}");
+    }
+    let table = a.ok(&["cluster", "provision-status"]);
+    assert!(c.nodes.iter().all(|n| table.contains(&n.name)), "{table}");
     drop(prom);
     drop(c);
     for l in loops {

@@ -20,6 +20,7 @@
 //! | `POST /v1/drives/remove` `{drive}` | a drive leaves: its replicas built elsewhere first |
 //! | `POST /v1/drives/replace` `{old, new, force}` | the same, onto a new disk in its place |
 //! | `GET /v1/pools` | pools with class, drives, use and chunk |
+//! | `GET /v1/provision` | every pool's capacity, use, provisioned size and zone/rack |
 //! | `/v1/volumes...` | volumes and snapshots (see [`volumes`]) |
 //! | `GET /v1/stats`, `GET /v1/volumes/{vol}/stats` | volume I/O counted on this node (see [`stats`]) |
 //! | `PUT /v1/volumes/{vol}/limits` | a live volume's IOPS and bandwidth limits (see [`limits`]) |
@@ -277,6 +278,7 @@ fn routes(state: AppState) -> Router {
         .route("/v1/topology/refresh", post(topology::refresh))
         .route("/v1/drives", get(drives).post(pools::add))
         .route("/v1/pools", get(pools::list))
+        .route("/v1/provision", get(pools::provision))
         .route("/v1/volumes", get(volumes::list).post(volumes::create))
         .route(
             "/v1/volumes/{vol}",

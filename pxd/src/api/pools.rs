@@ -1,9 +1,11 @@
 //! Drive and pool routes: `POST /v1/drives` `{path, force}` benchmarks a drive, sorts it into
 //! a class and adds it to this node's pool of that class (made on first use, grown online
-//! after); `GET /v1/pools` lists the pools with their use.
+//! after); `GET /v1/pools` lists the pools with their use; `GET /v1/provision` sets each
+//! pool's capacity against what was provisioned out of it.
 
 use super::{ApiError, ApiResult, AppState, JsonBody};
 use crate::cluster::Op;
+use crate::plan::placement::{provision_status, ClusterView, Provision};
 use crate::pool::benchmark::BenchResult;
 use crate::pool::drive::{check_addable, inspect, label_standing, DriveError};
 use crate::pool::label::DriveUuid;
@@ -68,6 +70,20 @@ pub struct PoolView {
     pub usage: Option<PoolUse>,
     pub near_full: Option<String>,
     pub volumes: usize,
+}
+
+/// `GET /v1/provision`: every pool of the cluster with what it holds, what was promised out
+/// of it and where it sits (`pxd cluster provision-status`).
+pub async fn provision(State(s): State<AppState>) -> ApiResult<Vec<Provision>> {
+    let (online, seen) = s.reconciler.liveness_and_pools();
+    Ok(Json(s.cluster.state().read(|st| {
+        provision_status(&ClusterView {
+            state: st,
+            online: &online,
+            seen: &seen,
+            overcommit: s.config.overcommit,
+        })
+    })))
 }
 
 pub async fn list(State(s): State<AppState>) -> ApiResult<Vec<PoolView>> {

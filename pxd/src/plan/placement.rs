@@ -187,6 +187,76 @@ pub fn place_replacement(
     }
 }
 
+/// The sum of the sizes of the volumes with a replica on pool `pool`: what thin provisioning
+/// promised out of it.
+pub fn provisioned_on(st: &ClusterState, pool: &str) -> u64 {
+    st.volumes
+        .values()
+        .filter(|v| v.replicas.iter().any(|r| r.pool == pool))
+        .map(|v| v.size)
+        .sum()
+}
+
+/// One pool's capacity against what was promised out of it (`pxd cluster provision-status`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Provision {
+    pub pool: String,
+    pub node: NodeId,
+    pub node_name: String,
+    pub online: bool,
+    pub class: Class,
+    pub zone: Option<String>,
+    pub rack: Option<String>,
+    /// Usable data bytes, as the pool's node last reported them (else the drives' sizes).
+    pub capacity: u64,
+    /// Data bytes written, as its node last reported them; none if it never did.
+    pub used: Option<u64>,
+    /// The sum of the sizes of the volumes with a replica on it.
+    pub provisioned: u64,
+    /// What it may have provisioned: its capacity times the overcommit.
+    pub limit: u64,
+    pub volumes: usize,
+    /// Why it takes no new allocations, if it is near full.
+    pub near_full: Option<String>,
+}
+
+/// Every pool of the cluster with its capacity, use, provisioned size and where it sits, by
+/// node name then class.
+pub fn provision_status(view: &ClusterView<'_>) -> Vec<Provision> {
+    let st = view.state;
+    let mut out: Vec<Provision> = st
+        .pools
+        .values()
+        .map(|p| {
+            let seen = view.seen.get(&p.id);
+            let node = st.nodes.get(&p.node);
+            let labels = node.map(|n| n.topology.labels()).unwrap_or_default();
+            let capacity = seen.map_or(p.capacity, |u| u.data_total);
+            Provision {
+                pool: p.id.clone(),
+                node: p.node,
+                node_name: node.map_or_else(|| p.node.to_string(), |n| n.name.clone()),
+                online: view.online.contains(&p.node),
+                class: p.class,
+                zone: labels.get(topology::Domain::Zone).map(str::to_owned),
+                rack: labels.get(topology::Domain::Rack).map(str::to_owned),
+                capacity,
+                used: seen.map(|u| u.data_used),
+                provisioned: provisioned_on(st, &p.id),
+                limit: (capacity as f64 * view.overcommit) as u64,
+                volumes: st
+                    .volumes
+                    .values()
+                    .filter(|v| v.replicas.iter().any(|r| r.pool == p.id))
+                    .count(),
+                near_full: seen.and_then(|u| u.near_full.clone()),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.node_name, a.class).cmp(&(&b.node_name, b.class)));
+    out
+}
+
 /// Every pool as the `topology` crate sees it, and why each one that cannot take `size`
 /// more bytes is passed over. Free space is what the overcommit limit leaves.
 fn candidates(view: &ClusterView<'_>, size: u64) -> (Vec<TopoCandidate>, Vec<String>) {
@@ -199,12 +269,7 @@ fn candidates(view: &ClusterView<'_>, size: u64) -> (Vec<TopoCandidate>, Vec<Str
         };
         let seen = view.seen.get(&p.id);
         let capacity = seen.map_or(p.capacity, |u| u.data_total);
-        let provisioned: u64 = st
-            .volumes
-            .values()
-            .filter(|v| v.replicas.iter().any(|r| r.pool == p.id))
-            .map(|v| v.size)
-            .sum();
+        let provisioned = provisioned_on(st, &p.id);
         let limit = (capacity as f64 * view.overcommit) as u64;
         let free = limit.saturating_sub(provisioned);
         let near_full = seen.and_then(|u| u.near_full.clone());
@@ -495,5 +560,60 @@ mod tests {
         );
         p.near_full = Some("its data is 95% used".into());
         assert!(admit(&p, 1, 4.0).unwrap_err().contains("near full"));
+    }
+
+    #[test]
+    fn provision_status_adds_up_each_pool_s_volumes_against_its_limit() {
+        let mut st = cluster(&[("r1", Class::High), ("r2", Class::Low)]);
+        let v: crate::store::types::Volume = serde_json::from_value(serde_json::json!({
+            "id": "v1", "name": "db", "size": 3 * G, "fs": "raw", "repl": 2,
+            "io_priority": "high", "max_iops": null, "encrypted": false, "key_ref": null,
+            "labels": {}, "replicas": [
+                {"node": "0000000000000001", "pool": "p1", "thin_id": 1, "state": "clean"},
+                {"node": "0000000000000002", "pool": "p2", "thin_id": 1, "state": "clean"}],
+            "attachment": null, "snapshot_schedule": null, "phase": "live", "formatted": false,
+            "created": 0
+        }))
+        .unwrap();
+        st.volumes.insert(v.id.clone(), v);
+        let seen = BTreeMap::from([(
+            "p2".to_owned(),
+            PoolBeat {
+                data_used: 5 << 20,
+                data_total: 2 * G,
+                near_full: None,
+            },
+        )]);
+        let online = BTreeSet::from([NodeId(1)]);
+        let view = ClusterView {
+            state: &st,
+            online: &online,
+            seen: &seen,
+            overcommit: 4.0,
+        };
+        let rows = provision_status(&view);
+        let brief: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.node_name.as_str(),
+                    r.online,
+                    r.rack.as_deref(),
+                    r.capacity,
+                    r.used,
+                )
+            })
+            .collect();
+        assert_eq!(
+            brief,
+            [
+                ("n1", true, Some("r1"), G, None),
+                ("n2", false, Some("r2"), 2 * G, Some(5 << 20))
+            ]
+        );
+        assert!(rows
+            .iter()
+            .all(|r| r.provisioned == 3 * G && r.volumes == 1));
+        assert_eq!((rows[0].limit, rows[1].limit), (4 * G, 8 * G));
     }
 }
