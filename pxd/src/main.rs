@@ -2,7 +2,7 @@
 //! (DESIGN §8).
 
 use clap::Parser;
-use pxd::cli::{Cli, Command};
+use pxd::cli::{exit, Cli, Command};
 
 fn main() {
     // Die quietly when stdout is a closed pipe (`pxd node list | head`), as other tools do.
@@ -11,7 +11,7 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    let result: anyhow::Result<()> = match &cli.command {
+    let code = match &cli.command {
         Command::Daemon(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -19,18 +19,28 @@ fn main() {
                         .unwrap_or_else(|_| "info,openraft=warn".into()),
                 )
                 .init();
-            pxd::daemon::run(args.clone(), cli.socket.clone()).map_err(Into::into)
+            match pxd::daemon::run(args.clone(), cli.socket.clone()) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("pxd: error: {:#}", anyhow::Error::from(e));
+                    exit::FAILED
+                }
+            }
         }
         Command::Completions { shell } => {
             // Needs no daemon: the script is made from the CLI's own definition.
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "pxd", &mut std::io::stdout());
-            Ok(())
+            exit::OK
         }
-        _ => pxd::cli::run(&cli).map_err(Into::into),
+        _ => match pxd::cli::run(&cli) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                let code = e.exit_code();
+                eprintln!("pxd: error: {:#}", anyhow::Error::from(e));
+                code
+            }
+        },
     };
-    if let Err(e) = result {
-        eprintln!("pxd: error: {e:#}");
-        std::process::exit(1);
-    }
+    std::process::exit(code);
 }

@@ -1306,6 +1306,9 @@ fn ha_update(c: &Cluster) {
         },
     );
     writer.finish(c);
+    // Nothing is being built now: `rebuild-status --json` says so.
+    let now: serde_json::Value = a.json(&["volume", "rebuild-status", "h2"]);
+    assert!(now.is_null(), "{now}");
     let b = built.last_build.clone().expect("the copy's record");
     let status = raid_status(&raid).expect("the raid");
     assert_eq!(status.legs, [LegHealth::InSync; 3], "{status:?}");

@@ -25,7 +25,13 @@ pub const DEFAULT_SOCKET: &str = "/run/pxd/pxd.sock";
 
 /// pxd: a storage node for containers whose data path is the kernel's device-mapper.
 #[derive(Parser, Debug)]
-#[command(name = "pxd", version, about)]
+#[command(
+    name = "pxd",
+    version,
+    about,
+    after_help = "Exit codes: 0 done, 1 failed, 2 bad usage or value, 3 not found, \
+                  4 refused in the current state, 5 daemon or quorum unavailable (retry)."
+)]
 pub struct Cli {
     /// The daemon's API socket.
     #[arg(long, global = true, env = "PXD_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -131,6 +137,9 @@ pub enum ClusterCommand {
     Status,
     /// The members and their liveness.
     Members,
+    /// Every pool of the cluster: node, class, zone and rack, capacity, used, and what was
+    /// provisioned out of it against its overcommit limit.
+    ProvisionStatus,
     /// Print a join token naming this node.
     Token {
         /// How long it is valid: seconds, or with a unit (30m, 24h, 7d); at most 30 days.
@@ -208,6 +217,45 @@ pub enum CliError {
     NoToken,
     #[error("{0}")]
     Usage(String),
+}
+
+/// The CLI's exit codes, by what went wrong (the README lists them).
+pub mod exit {
+    /// Done.
+    pub const OK: i32 = 0;
+    /// Anything not below: the daemon failed to do it.
+    pub const FAILED: i32 = 1;
+    /// The command line, or a value in it, is wrong (also clap's own code).
+    pub const USAGE: i32 = 2;
+    /// What it names does not exist.
+    pub const NOT_FOUND: i32 = 3;
+    /// Refused in the current state (a volume in use, a member already there).
+    pub const CONFLICT: i32 = 4;
+    /// The daemon or a quorum could not be reached, or it took too long: try again.
+    pub const UNAVAILABLE: i32 = 5;
+}
+
+impl CliError {
+    /// The exit code for this error ([`exit`]).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::NoToken | CliError::Usage(_) => exit::USAGE,
+            CliError::Client(ClientError::Api { code, .. }) => match code.as_str() {
+                "bad_request" | "rejected" | "bad_token" => exit::USAGE,
+                "not_found" | "unknown_node" => exit::NOT_FOUND,
+                "conflict" | "last_member" | "already_member" | "not_in_cluster"
+                | "join_refused" => exit::CONFLICT,
+                "no_quorum" | "timeout" | "unreachable" => exit::UNAVAILABLE,
+                _ => exit::FAILED,
+            },
+            CliError::Client(
+                ClientError::Connect { .. }
+                | ClientError::Http { .. }
+                | ClientError::Timeout { .. },
+            ) => exit::UNAVAILABLE,
+            CliError::Client(ClientError::Runtime(_)) => exit::FAILED,
+        }
+    }
 }
 
 fn client(cli: &Cli) -> Result<BlockingClient, CliError> {
@@ -472,6 +520,14 @@ fn cluster(cli: &Cli, c: &BlockingClient, cmd: &ClusterCommand) -> Result<(), Cl
                 println!("replica timeout: {} s", o.replica_timeout().as_secs());
             }
         }
+        ClusterCommand::ProvisionStatus => {
+            let rows: Vec<crate::plan::placement::Provision> = c.get("/v1/provision")?;
+            if cli.json {
+                print_json(&rows);
+            } else {
+                print!("{}", provision_table(&rows));
+            }
+        }
         ClusterCommand::Status | ClusterCommand::Members => {
             let s: Status = c.get("/v1/cluster/status")?;
             if cli.json {
@@ -705,4 +761,55 @@ mod ttl_tests {
         let e = parse_interval("1w").unwrap_err();
         assert!(e.starts_with("interval \"1w\""), "{e}");
     }
+}
+
+/// `pxd cluster provision-status` for people: one row a pool, the percentages of its
+/// capacity used and provisioned.
+fn provision_table(rows: &[crate::plan::placement::Provision]) -> String {
+    let pct = |part: u64, whole: u64| match whole {
+        0 => "-".to_owned(),
+        w => format!("{:.0}%", part as f64 * 100.0 / w as f64),
+    };
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let used = r.used.map_or_else(|| "-".to_owned(), bytes);
+            vec![
+                r.node_name.clone(),
+                if r.online { "online" } else { "offline" }.to_owned(),
+                r.class.to_string(),
+                r.zone.clone().unwrap_or_else(|| "-".into()),
+                r.rack.clone().unwrap_or_else(|| "-".into()),
+                bytes(r.capacity),
+                format!(
+                    "{used} ({})",
+                    r.used.map_or("-".into(), |u| pct(u, r.capacity))
+                ),
+                format!(
+                    "{} ({})",
+                    bytes(r.provisioned),
+                    pct(r.provisioned, r.capacity)
+                ),
+                bytes(r.limit),
+                r.volumes.to_string(),
+                r.near_full.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NODE",
+            "STATE",
+            "CLASS",
+            "ZONE",
+            "RACK",
+            "CAPACITY",
+            "USED",
+            "PROVISIONED",
+            "LIMIT",
+            "VOLUMES",
+            "NOTE",
+        ],
+        &body,
+    )
 }
