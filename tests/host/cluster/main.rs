@@ -156,6 +156,9 @@ fn the_daemon_notifies_systemd_stops_cleanly_and_restarts_as_itself() {
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).expect("a READY notification");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    // READY comes once the API answers and the plugin's socket is there.
+    let _ = c.nodes[0].status();
+    assert!(c.nodes[0].dir.join("plugin.sock").exists());
     // Then keep-alives, twice per watchdog period.
     let n = notify.recv(&mut buf).expect("a WATCHDOG keep-alive");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1"));
