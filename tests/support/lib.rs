@@ -4,6 +4,7 @@
 pub mod boots;
 pub mod cgroup;
 pub mod daemon;
+pub mod docker;
 pub mod grafana;
 pub mod limits;
 pub mod netns;

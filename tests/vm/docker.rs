@@ -13,12 +13,12 @@ use pxd::api::volumes::VolumeView;
 use pxd::kernel::dm::{DeviceMapper, KernelDm};
 use pxd::kernel::loop_device::LoopDevice;
 use pxd_tests::daemon::Daemon;
+use pxd_tests::docker::{Docker, BUSYBOX};
 use pxd_tests::EMULATOR_CLASSES;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where Docker looks for a plugin called `pxd`: the daemon's default plugin socket.
 const PLUGIN_SOCKET: &str = "/run/docker/plugins/pxd.sock";
@@ -80,104 +80,6 @@ fn devices_match_the_store(d: &Daemon) {
     assert_eq!(have, want, "the node's volume devices against its store");
 }
 
-/// dockerd inside the guest, killed on drop.
-struct Docker(Child);
-
-impl Docker {
-    fn start() -> Docker {
-        let _ = std::fs::remove_dir_all(DOCKER_DIR);
-        std::fs::create_dir_all(DOCKER_DIR).unwrap();
-        let log = std::fs::File::create(format!("{DOCKER_DIR}/dockerd.log")).unwrap();
-        let child = Command::new("dockerd")
-            .args([
-                "--iptables=false",
-                "--bridge=none",
-                "--storage-driver=vfs",
-                &format!("--data-root={DOCKER_DIR}/root"),
-                &format!("--exec-root={DOCKER_DIR}/exec"),
-                &format!("--pidfile={DOCKER_DIR}/dockerd.pid"),
-                &format!("--host=unix://{DOCKER_DIR}/docker.sock"),
-            ])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("dockerd (Debian's docker.io; `cargo xtask setup` installs it)");
-        let d = Docker(child);
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while d.try_run(&["version"]).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "dockerd did not answer:\n{}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        d
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(format!("{DOCKER_DIR}/dockerd.log")).unwrap_or_default()
-    }
-
-    fn try_run(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("/usr/bin/docker")
-            .arg(format!("--host=unix://{DOCKER_DIR}/docker.sock"))
-            .args(args)
-            .output()
-            .expect("docker");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        self.try_run(args)
-            .unwrap_or_else(|e| panic!("docker {args:?}: {e}\n--- dockerd ---\n{}", self.log()))
-    }
-
-    /// An image `pxd-busybox` imported from a busybox tree.
-    fn import_busybox(&self) {
-        let tree = Path::new(DOCKER_DIR).join("busybox");
-        std::fs::create_dir_all(tree.join("bin")).unwrap();
-        std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
-        for applet in ["sh", "cat", "echo", "sleep", "sha256sum", "head", "sync"] {
-            std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
-        }
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(&tree)
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = Command::new("/usr/bin/docker")
-            .arg(format!("--host=unix://{DOCKER_DIR}/docker.sock"))
-            .args(["import", "-", "pxd-busybox"])
-            .stdin(tar.stdout.take().unwrap())
-            .output()
-            .unwrap();
-        assert!(tar.wait().unwrap().success(), "tar of the busybox tree");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Docker {
-    fn drop(&mut self) {
-        let _ = Command::new("/usr/bin/docker")
-            .arg(format!("--host=unix://{DOCKER_DIR}/docker.sock"))
-            .args(["rm", "-f", "holder"])
-            .output();
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn docker_and_dvdcli_use_pxd_volumes_through_the_plugin() {
     let (mut d, _disk) = node("dock", 9590);
@@ -187,7 +89,7 @@ fn docker_and_dvdcli_use_pxd_volumes_through_the_plugin() {
     dvdcli_conversation(&mut d, false);
     dvdcli_conversation(&mut d, true);
 
-    let docker = Docker::start();
+    let docker = Docker::start(Path::new(DOCKER_DIR));
     docker.import_busybox();
     docker.run(&[
         "volume",
@@ -218,7 +120,7 @@ fn docker_and_dvdcli_use_pxd_volumes_through_the_plugin() {
             "none",
             "-v",
             "v1:/data",
-            "pxd-busybox",
+            BUSYBOX,
         ];
         args.extend_from_slice(cmd);
         docker.run(&args)
@@ -244,7 +146,7 @@ fn docker_and_dvdcli_use_pxd_volumes_through_the_plugin() {
         "none",
         "-v",
         "v1:/data",
-        "pxd-busybox",
+        BUSYBOX,
         "sleep",
         "600",
     ]);

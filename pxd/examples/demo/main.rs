@@ -8,6 +8,7 @@
 //! [`cluster`]). Usage: `demo DISK DISK PXD_BINARY DISK DISK DISK`.
 
 mod cluster;
+mod docker;
 mod limits;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -47,6 +48,8 @@ struct Node {
     /// The network namespace it runs in (its own host, as far as it knows), if any.
     netns: Option<String>,
     args: Vec<String>,
+    /// Where it serves Docker's volume plugin protocol.
+    plugin_socket: PathBuf,
     daemon: Option<Child>,
 }
 
@@ -54,11 +57,12 @@ impl Node {
     fn new(pxd: PathBuf, dir: PathBuf, name: &str, addr: &str, args: &[&str]) -> Node {
         Node {
             pxd,
-            dir,
+            dir: dir.clone(),
             name: name.to_owned(),
             addr: addr.to_owned(),
             netns: None,
             args: args.iter().map(|a| a.to_string()).collect(),
+            plugin_socket: dir.join("plugin.sock"),
             daemon: None,
         }
     }
@@ -89,7 +93,7 @@ impl Node {
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .arg("--plugin-socket")
-            .arg(self.dir.join("plugin.sock"))
+            .arg(&self.plugin_socket)
             .arg("--topology-file")
             .arg(self.dir.join("topology.yaml"))
             .args(&self.args)
@@ -180,6 +184,8 @@ fn main() -> Result<()> {
         "127.0.0.1",
         &THRESHOLDS,
     );
+    // Where Docker looks for a plugin named pxd.
+    node.plugin_socket = PathBuf::from(docker::PLUGIN_SOCKET);
 
     step(
         1,
@@ -331,12 +337,18 @@ fn main() -> Result<()> {
 
     step(
         11,
+        "Docker: a pxd volume through the plugin; one container writes, another reads it back",
+    );
+    docker::run(&node)?;
+
+    step(
+        12,
         "cap vault at 200 write IOPS live: two writers in two cgroups share the limit",
     );
     limits::run(&node, "vault", &top)?;
 
     step(
-        12,
+        13,
         "delete volumes: their thin devices go and the pool's use drops",
     );
     let used_before = node.pool_used(&fast.pool)?;
@@ -352,7 +364,7 @@ fn main() -> Result<()> {
     );
 
     step(
-        13,
+        14,
         "what Prometheus scrapes from /metrics (pool and volume gauges)",
     );
     let client =
@@ -368,7 +380,7 @@ fn main() -> Result<()> {
         .for_each(|l| println!("        {l}"));
     node.kill();
 
-    cluster::run(&pxd, &args[3..], 14)?;
+    cluster::run(&pxd, &args[3..], 15)?;
     println!("\npxd demo: done (devices stay up when the daemons stop; that is the point)");
     Ok(())
 }
