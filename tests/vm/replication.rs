@@ -1306,8 +1306,8 @@ fn ha_update(c: &Cluster) {
         },
     );
     writer.finish(c);
-    // Nothing is being built now: `rebuild-status --json` says so.
-    let now: serde_json::Value = a.json(&["volume", "rebuild-status", "h2"]);
+    // `rebuild-status --watch` returns once no copy or resync runs, and --json says none.
+    let now: serde_json::Value = a.json(&["volume", "rebuild-status", "h2", "--watch"]);
     assert!(now.is_null(), "{now}");
     let b = built.last_build.clone().expect("the copy's record");
     let status = raid_status(&raid).expect("the raid");

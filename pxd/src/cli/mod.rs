@@ -2,6 +2,7 @@
 //! daemon's REST API, over the unix socket by default or over TCP with `--api` and a token.
 
 pub mod output;
+pub mod progress;
 pub mod secret;
 pub mod stats;
 pub mod storage;
@@ -326,7 +327,10 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
                 new: new.clone(),
                 force: *force,
             };
-            storage::drive_leaving(cli.json, c.post("/v1/drives/replace", &req)?)
+            let left = progress::while_running(cli.json, "recording the replacement", || {
+                c.post("/v1/drives/replace", &req)
+            })?;
+            storage::drive_leaving(cli.json, left)
         }
         Command::Daemon(_) | Command::Completions { .. } => Ok(()),
         Command::Cluster(cmd) => cluster(cli, &c, cmd),
@@ -358,7 +362,10 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
         }
         Command::Drive(DriveCommand::Benchmark { dev }) => {
             let req = crate::api::BenchmarkRequest { path: dev.clone() };
-            let b: crate::pool::drive::DriveBenchmark = c.post("/v1/drives/benchmark", &req)?;
+            let b: crate::pool::drive::DriveBenchmark =
+                progress::while_running(cli.json, "benchmarking (reads only)", || {
+                    c.post("/v1/drives/benchmark", &req)
+                })?;
             if cli.json {
                 print_json(&b);
                 return Ok(());

@@ -106,8 +106,14 @@ pub enum VolumeCommand {
         #[arg(long)]
         node: Option<String>,
     },
-    /// How far a new replica's copy is: round, bytes copied and left, rate, cut-over pause.
-    RebuildStatus { volume: String },
+    /// How far a new replica's copy is: round, bytes copied and left, rate, cut-over pause;
+    /// on the attach node, the raid's resync too.
+    RebuildStatus {
+        volume: String,
+        /// Wait until the copy and any resync are over (with a progress bar on a terminal).
+        #[arg(long)]
+        watch: bool,
+    },
     /// Live I/O of the volumes whose device is on this node (or of VOL): reads and writes a
     /// second, MiB a second, p50/p99 latency, the limit, and the cgroups doing the I/O.
     Stats {
@@ -396,6 +402,44 @@ fn print_volume(v: &VolumeView) {
 }
 
 /// A new leg's copy in one line: where, how far, how fast.
+/// What is still running on volume `v`: its new leg's copy, else its raid's resync (as
+/// done, total, and a line saying what).
+fn running(v: &VolumeView) -> Option<(u64, u64, String)> {
+    if let Some(b) = &v.build {
+        return Some((
+            b.copied_bytes,
+            b.allocated_bytes.max(b.copied_bytes),
+            build_line(b),
+        ));
+    }
+    v.raid
+        .as_ref()
+        .filter(|r| r.action != "idle" && r.synced_bytes < r.total_bytes)
+        .map(|r| (r.synced_bytes, r.total_bytes, format!("raid {}", r.action)))
+}
+
+/// Polls volume `v` at `path` every second until nothing [`running`] is left, with a bar
+/// when watched; returns the volume as it is then.
+fn watch_rebuild(
+    json: bool,
+    c: &BlockingClient,
+    path: &str,
+    mut v: VolumeView,
+) -> Result<VolumeView, CliError> {
+    let bar = super::progress::watched(json).then(super::progress::Bar::default);
+    while let Some((done, total, what)) = running(&v) {
+        if let Some(bar) = &bar {
+            bar.show(done, total, format!("{}: {what}", v.name));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        v = c.get(path)?;
+    }
+    if let Some(bar) = &bar {
+        bar.clear();
+    }
+    Ok(v)
+}
+
 fn build_line(b: &crate::store::types::Build) -> String {
     use crate::volume::spec::human;
     let phase = format!("{:?}", b.phase).to_lowercase();
@@ -520,7 +564,11 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
                 options,
                 secret_key,
             };
-            show(c.post("/v1/volumes", &req)?);
+            show(super::progress::while_running(
+                json,
+                "creating the volume",
+                || c.post("/v1/volumes", &req),
+            )?);
         }
         VolumeCommand::List => {
             let vols: Vec<VolumeView> = c.get("/v1/volumes")?;
@@ -589,8 +637,12 @@ pub fn volume(json: bool, c: &BlockingClient, cmd: &VolumeCommand) -> Result<(),
         VolumeCommand::Stats { volume, watch } => {
             super::stats::volume_stats(c, volume.as_deref(), *watch, json)?
         }
-        VolumeCommand::RebuildStatus { volume } => {
-            let v: VolumeView = c.get(&format!("/v1/volumes/{}", seg("volume", volume)?))?;
+        VolumeCommand::RebuildStatus { volume, watch } => {
+            let path = format!("/v1/volumes/{}", seg("volume", volume)?);
+            let mut v: VolumeView = c.get(&path)?;
+            if *watch {
+                v = watch_rebuild(json, c, &path, v)?;
+            }
             if json {
                 print_json(&v.build);
             } else {
@@ -752,7 +804,8 @@ pub fn drive_add(
         path: path.to_owned(),
         force,
     };
-    let a: DriveAdded = c.post("/v1/drives", &req)?;
+    let what = format!("benchmarking and adding {}", path.display());
+    let a: DriveAdded = super::progress::while_running(json, &what, || c.post("/v1/drives", &req))?;
     if json {
         print_json(&a);
     } else {
