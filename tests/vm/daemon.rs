@@ -1091,7 +1091,11 @@ fn iops_and_bandwidth_limits_hold_for_the_volume_whoever_writes() {
         "limits: two writers in two cgroups at 200: a {ia:.1} + b {ib:.1} = {:.1}",
         ia + ib
     );
-    assert!(within_5pct(ia + ib, 200.0), "a {ia} + b {ib}");
+    assert!(
+        within_5pct(ia + ib, 200.0),
+        "a {ia} + b {ib}\n{}",
+        d.log_tail()
+    );
     // b stops after 4 s; 3 s later a has the whole budget: its next 4 s run at the limit.
     let wa = fio_in(&a, &dev, "a-with-b", 7, "--rw=randwrite");
     let wb = fio_in(&b, &dev, "b-short", 4, "--rw=randwrite");
