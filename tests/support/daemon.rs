@@ -127,7 +127,11 @@ impl Daemon {
             .args(["--data-port", &(self.port + 1).to_string()])
             .args(self.drive_bench())
             .args(&self.args)
-            .env("RUST_LOG", "info,openraft=warn")
+            // The log filter a test run is given (e.g. `pxd::io::limits=debug`), else info.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log)

@@ -246,17 +246,6 @@ impl Controller {
             state.last = now;
             let plan = plan_device(limit.knobs, &usage, &paying, state, dt);
             tracing::debug!(dev = %super::dev_name(limit.dev), ?usage, ?paying, debt = ?state.debt, shares = ?plan.shares, "limit tick");
-            eprintln!(
-                "DBG t{} usage {:?} paying {:?} debt {:?} gain {:?}",
-                self.clock,
-                usage
-                    .iter()
-                    .map(|(c, u)| (*c, u[1].round()))
-                    .collect::<Vec<_>>(),
-                paying,
-                state.debt[1],
-                state.gain[1]
-            );
             for (cg, knobs) in plan.shares {
                 if let Some(dir) = self.path_of(cg) {
                     if throttle::can_throttle(&self.hierarchy, &dir) {
@@ -302,13 +291,6 @@ impl Controller {
             {
                 continue;
             }
-            eprintln!(
-                "DBG t{} write {:?} {:?} (was {:?})",
-                self.clock,
-                key.0.file_name(),
-                knobs,
-                self.written.get(&key)
-            );
             tracing::debug!(cgroup = %key.0.display(), dev = %super::dev_name(key.1), ?knobs, was = ?self.written.get(&key), "throttle written");
             match throttle::set(&self.hierarchy, &key.0, key.1, knobs) {
                 Ok(()) => {
@@ -365,8 +347,12 @@ struct Written {
     used: [f64; 4],
 }
 
-/// Ticks (two seconds) a throttle stands before a small change is written over it.
+/// Ticks (two seconds) a throttle stands before a small cut is written over it.
 const SETTLE_TICKS: u64 = 10;
+
+/// Ticks a throttle stands before a small raise is written over it: a raise cannot let a
+/// burst through (the new allowance covers what the old one owed), so it waits less.
+const RAISE_SETTLE_TICKS: u64 = 2;
 
 /// Ticks (ten seconds) at most that a rewrite waits for a cgroup to pay a debt back.
 const PAYBACK_TICKS: u64 = 50;
@@ -413,7 +399,7 @@ impl Written {
     /// kept two writers at 795 IOPS under a 200 limit. So a knob turned on or off is
     /// written at once; a move of a quarter or more (a writer came or went) once any debt
     /// is paid; a smaller move (an IOPS step, or more than 5% of a bandwidth) only after
-    /// the throttle stood for [`SETTLE_TICKS`] too.
+    /// the throttle stood for [`SETTLE_TICKS`] too ([`RAISE_SETTLE_TICKS`] for a raise).
     fn rewrite_due(&self, want: &Knobs, now: u64) -> bool {
         let switched = self
             .knobs
@@ -430,7 +416,13 @@ impl Written {
         let stepped = self.knobs[..2] != want[..2];
         let age = now.saturating_sub(self.at);
         let settled = !self.paying_back() || age >= PAYBACK_TICKS;
-        let small = (stepped || moved(0.05)) && age >= SETTLE_TICKS;
+        let raising = self.knobs.iter().zip(want).all(|(x, y)| y >= x);
+        let settle = if raising {
+            RAISE_SETTLE_TICKS
+        } else {
+            SETTLE_TICKS
+        };
+        let small = (stepped || moved(0.05)) && age >= settle;
         switched || (settled && (moved(0.25) || small))
     }
 }
@@ -747,9 +739,11 @@ mod tests {
         // A writer came or went, or a knob turned on: at once.
         assert!(w.rewrite_due(&[0, 50, 0, 0], 11));
         assert!(w.rewrite_due(&[5, 100, 0, 0], 11));
-        // A small move waits for the throttle to stand two seconds; noise never goes.
+        // A small cut waits for the throttle to stand two seconds, a small raise less.
+        assert!(!w.rewrite_due(&[0, 90, 0, 0], 11));
+        assert!(w.rewrite_due(&[0, 90, 0, 0], 10 + SETTLE_TICKS));
         assert!(!w.rewrite_due(&[0, 110, 0, 0], 11));
-        assert!(w.rewrite_due(&[0, 110, 0, 0], 10 + SETTLE_TICKS));
+        assert!(w.rewrite_due(&[0, 110, 0, 0], 10 + RAISE_SETTLE_TICKS));
         let bw = Written::new([0, 0, 0, 1 << 20], 10);
         assert!(bw.rewrite_due(&[0, 0, 0, 1_110_000], 10 + SETTLE_TICKS));
         assert!(!bw.rewrite_due(&[0, 0, 0, 1_070_000], 100));
