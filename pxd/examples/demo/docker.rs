@@ -45,7 +45,7 @@ pub fn run(node: &Node) -> Result<()> {
             cmd,
         ];
         println!(
-            "      $ docker run --rm -v web:/data {} sh -c '{cmd}'",
+            "      $ docker run --rm -v web:/data {} sh -c \"{cmd}\"",
             engine::BUSYBOX
         );
         docker.run(&args)
