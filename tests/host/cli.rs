@@ -146,8 +146,16 @@ fn every_read_command_prints_json_that_parses() {
         READ_HERE.len() + READ_IN_VM.len() + NOT_READS.len()
     );
 
+    use pxd::cli::exit;
+    let code = |d: &pxd_tests::daemon::Daemon, args: &[&str]| d.cli(args).status.code();
     let mut d = pxd_tests::daemon::Daemon::new("host-json", 9720, &[]);
-    d.start_cluster();
+    d.start();
+    // Not in a cluster yet: a write is refused at once, not after a Raft timeout.
+    assert_eq!(
+        code(&d, &["kv", "delete", "docs", "k"]),
+        Some(exit::CONFLICT)
+    );
+    d.ok(&["cluster", "init", "--name", "json"]);
     d.ok(&["kv", "put", "docs", "k", "v"]);
     for args in READ_HERE {
         let mut all = vec!["--json"];
@@ -158,8 +166,6 @@ fn every_read_command_prints_json_that_parses() {
     }
 
     // The documented exit codes, by what went wrong.
-    use pxd::cli::exit;
-    let code = |d: &pxd_tests::daemon::Daemon, args: &[&str]| d.cli(args).status.code();
     assert_eq!(code(&d, &["cluster", "status"]), Some(exit::OK));
     assert_eq!(code(&d, &["volume", "frobnicate"]), Some(exit::USAGE));
     assert_eq!(

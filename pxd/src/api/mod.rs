@@ -520,16 +520,13 @@ pub struct BenchmarkRequest {
 async fn drive_benchmark(
     JsonBody(req): JsonBody<BenchmarkRequest>,
 ) -> ApiResult<crate::pool::drive::DriveBenchmark> {
-    use crate::pool::drive::{benchmark_local, DriveError};
     let path = req.path;
-    tokio::task::spawn_blocking(move || benchmark_local(&path))
+    tokio::task::spawn_blocking(move || crate::pool::drive::benchmark_local(&path))
         .await
         .map_err(|e| ApiError::Node(format!("benchmark: {e}")))?
         .map(Json)
-        .map_err(|e| match e {
-            DriveError::NotADisk { .. } => ApiError::BadRequest(e.to_string()),
-            other => ApiError::Node(other.to_string()),
-        })
+        // The disk named cannot be measured (too small, unreadable): the request's problem.
+        .map_err(pools::drive_error)
 }
 
 fn check_kv(ns: &str, key: Option<&str>) -> Result<(), ApiError> {
@@ -594,6 +591,9 @@ async fn kv_delete(
     Path((ns, key)): Path<(String, String)>,
 ) -> ApiResult<Applied> {
     check_kv(&ns, Some(&key))?;
+    if s.cluster.cluster_id().is_none() {
+        return Err(ClusterError::NotInCluster.into());
+    }
     s.cluster
         .submit(Op::Command(Command::KvDelete { ns, key }))
         .await?;

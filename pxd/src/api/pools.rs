@@ -130,7 +130,9 @@ pub async fn list(State(s): State<AppState>) -> ApiResult<Vec<PoolView>> {
     })))
 }
 
-fn drive_error(e: DriveError) -> ApiError {
+/// A drive the request names that cannot be taken or measured: 409 if it is a member of a
+/// pool already, else 400 naming the path.
+pub(super) fn drive_error(e: DriveError) -> ApiError {
     match e {
         DriveError::Inspect { .. } => ApiError::BadRequest(format!("path: {e}")),
         DriveError::Member { .. } => ApiError::Conflict(e.to_string()),
