@@ -117,9 +117,7 @@ fn on_pool_of(st: &ClusterState, id: &str) -> (String, Vec<String>) {
         .map(|d| d.pool.clone())
         .unwrap_or_default();
     let volumes = st
-        .volumes
-        .values()
-        .filter(|v| v.replicas.iter().any(|r| r.pool == pool))
+        .volumes_placed_on(&pool)
         .map(|v| v.name.clone())
         .collect();
     (pool, volumes)

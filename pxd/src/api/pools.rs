@@ -119,11 +119,7 @@ pub async fn list(State(s): State<AppState>) -> ApiResult<Vec<PoolView>> {
                     capacity: usage.map_or(p.capacity, |u| u.data_total),
                     near_full: usage.and_then(|u| u.near_full(&s.reconciler.full)),
                     usage,
-                    volumes: st
-                        .volumes
-                        .values()
-                        .filter(|v| v.replicas.iter().any(|r| r.pool == p.id))
-                        .count(),
+                    volumes: st.volumes_placed_on(&p.id).count(),
                 }
             })
             .collect()

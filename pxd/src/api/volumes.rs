@@ -277,12 +277,7 @@ pub(super) fn candidates(s: &AppState, st: &ClusterState) -> Vec<Candidate> {
                 id: p.id.clone(),
                 class: p.class,
                 capacity: used.map_or(p.capacity, |u| u.data_total),
-                provisioned: st
-                    .volumes
-                    .values()
-                    .filter(|v| v.replicas.iter().any(|r| r.pool == p.id))
-                    .map(|v| v.size)
-                    .sum(),
+                provisioned: placement::provisioned_on(st, &p.id),
                 near_full: used.and_then(|u| u.near_full(&s.reconciler.full)),
             }
         })

@@ -427,6 +427,25 @@ impl Written {
     }
 }
 
+/// Per cgroup of `cgroups` and knob, how many ticks in a row `holds` has been true, counting
+/// on from `before`.
+fn streaks<'a>(
+    before: &BTreeMap<u64, [u32; 4]>,
+    cgroups: impl Iterator<Item = &'a u64>,
+    holds: impl Fn(u64, usize) -> bool,
+) -> BTreeMap<u64, [u32; 4]> {
+    cgroups
+        .map(|cg| {
+            let was = before.get(cg).copied().unwrap_or_default();
+            let now = std::array::from_fn(|k| match holds(*cg, k) {
+                true => was[k].saturating_add(1),
+                false => 0,
+            });
+            (*cg, now)
+        })
+        .collect()
+}
+
 /// One device's throttles for this tick.
 #[derive(Debug, Clone, PartialEq)]
 struct DevicePlan {
@@ -493,32 +512,14 @@ fn plan_device(
         })
         .collect();
     state.smooth = smooth.clone();
-    state.quiet = usage
-        .iter()
-        .map(|(cg, u)| {
-            let before = state.quiet.get(cg).copied().unwrap_or_default();
-            let q = std::array::from_fn(|k| match u[k] > 0.0 || paying.contains(cg) {
-                true => 0,
-                false => before[k].saturating_add(1),
-            });
-            (*cg, q)
-        })
-        .collect();
-    state.light = usage
-        .keys()
-        .map(|cg| {
-            let before = state.light.get(cg).copied().unwrap_or_default();
-            let l = std::array::from_fn(|k| {
-                let share = state.shares.get(cg).map_or(0.0, |s| s[k]);
-                let used = smooth.get(cg).map_or(0.0, |s| s[k]);
-                match share > 0.0 && used < 0.9 * share && !paying.contains(cg) {
-                    true => before[k].saturating_add(1),
-                    false => 0,
-                }
-            });
-            (*cg, l)
-        })
-        .collect();
+    state.quiet = streaks(&state.quiet, usage.keys(), |cg, k| {
+        usage[&cg][k] == 0.0 && !paying.contains(&cg)
+    });
+    state.light = streaks(&state.light, usage.keys(), |cg, k| {
+        let share = state.shares.get(&cg).map_or(0.0, |s| s[k]);
+        let used = smooth.get(&cg).map_or(0.0, |s| s[k]);
+        share > 0.0 && used < 0.9 * share && !paying.contains(&cg)
+    });
     for k in 0..4 {
         let b = budget[k] as f64;
         if b == 0.0 {

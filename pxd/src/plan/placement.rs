@@ -190,11 +190,7 @@ pub fn place_replacement(
 /// The sum of the sizes of the volumes with a replica on pool `pool`: what thin provisioning
 /// promised out of it.
 pub fn provisioned_on(st: &ClusterState, pool: &str) -> u64 {
-    st.volumes
-        .values()
-        .filter(|v| v.replicas.iter().any(|r| r.pool == pool))
-        .map(|v| v.size)
-        .sum()
+    st.volumes_placed_on(pool).map(|v| v.size).sum()
 }
 
 /// One pool's capacity against what was promised out of it (`pxd cluster provision-status`).
@@ -244,11 +240,7 @@ pub fn provision_status(view: &ClusterView<'_>) -> Vec<Provision> {
                 used: seen.map(|u| u.data_used),
                 provisioned: provisioned_on(st, &p.id),
                 limit: (capacity as f64 * view.overcommit) as u64,
-                volumes: st
-                    .volumes
-                    .values()
-                    .filter(|v| v.replicas.iter().any(|r| r.pool == p.id))
-                    .count(),
+                volumes: st.volumes_placed_on(&p.id).count(),
                 near_full: seen.and_then(|u| u.near_full.clone()),
             }
         })

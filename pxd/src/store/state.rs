@@ -311,6 +311,14 @@ pub fn check_kv_name(what: &str, name: &str) -> Result<(), String> {
 }
 
 impl ClusterState {
+    /// The volumes with a replica on pool `pool` (not counting dropped legs still being
+    /// freed, which `volumes_on` does).
+    pub fn volumes_placed_on<'a>(&'a self, pool: &'a str) -> impl Iterator<Item = &'a Volume> + 'a {
+        self.volumes
+            .values()
+            .filter(move |v| v.replicas.iter().any(|r| r.pool == pool))
+    }
+
     /// Applies one command. The same state and command give the same result everywhere.
     pub fn apply(&mut self, cmd: &Command) -> (Response, Vec<Change>) {
         match self.try_apply(cmd) {
