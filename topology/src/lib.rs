@@ -16,6 +16,7 @@ use std::str::FromStr;
 /// less fate: two VMs on one ESXi host fail together, two racks in one zone mostly do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Domain {
     Region,
     Zone,
@@ -85,6 +86,7 @@ impl FromStr for Domain {
 
 /// The fault-domain labels of one node. A missing level is unknown, not shared.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Labels(BTreeMap<Domain, String>);
 
 impl Labels {

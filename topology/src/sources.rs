@@ -11,6 +11,7 @@ use std::fmt;
 /// A source of labels, lowest precedence first (the derived order is the precedence).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Source {
     BareMetal,
     Cloud,

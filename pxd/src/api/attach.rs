@@ -10,12 +10,12 @@
 //! | `POST /v1/volumes/{vol}/check` | check the raid: answered once recorded; `check` in the volume shows the result |
 
 use super::volumes::{find, inspect, VolumeView};
-use super::{ApiError, ApiResult, AppState, JsonBody};
+use super::{ApiError, ApiResult, AppState, JsonBody, Path};
 use crate::cluster::Op;
 use crate::store::state::VolumeChange;
 use crate::store::types::{AttachState, NodeId, Volume};
 use crate::store::Command;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 /// Past it the call fails, saying what is still pending; the nodes keep at it.
 pub const ATTACH_WAIT: Duration = Duration::from_secs(100);
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachRequest {
     /// A member's name or id; this node when absent.
@@ -35,7 +35,7 @@ pub struct AttachRequest {
     pub force: bool,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DetachRequest {
     /// Forget the attachment at once, for an attach node that is gone.
@@ -152,6 +152,16 @@ pub(super) async fn wait_detached(s: &AppState, id: &str) -> Result<(), ApiError
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/volumes/{vol}/attach",
+    operation_id = "volume_attach",
+    tag = "volumes",
+    summary = "Attach on this node",
+    params(("vol" = String, Path, description = "The volume's name or id")),
+    request_body = AttachRequest,
+    responses((status = 200, description = "The volume as it is now", body = VolumeView))
+)]
 pub async fn attach(
     State(s): State<AppState>,
     Path(key): Path<String>,
@@ -188,6 +198,16 @@ pub async fn attach(
     inspect(State(s), Path(v.id)).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/volumes/{vol}/detach",
+    operation_id = "volume_detach",
+    tag = "volumes",
+    summary = "Detach",
+    params(("vol" = String, Path, description = "The volume's name or id")),
+    request_body = DetachRequest,
+    responses((status = 200, description = "The volume as it is now", body = VolumeView))
+)]
 pub async fn detach(
     State(s): State<AppState>,
     Path(key): Path<String>,
@@ -202,6 +222,15 @@ pub async fn detach(
 /// Asks the attach node to check the volume's raid (md reads every leg and counts the
 /// sectors that differ). Answers at once with the check recorded; the volume's `check`
 /// shows the mismatch count when it is done.
+#[utoipa::path(
+    post,
+    path = "/v1/volumes/{vol}/check",
+    operation_id = "volume_check",
+    tag = "volumes",
+    summary = "Compare a replicated volume's legs",
+    params(("vol" = String, Path, description = "The volume's name or id")),
+    responses((status = 200, description = "The volume as it is now", body = VolumeView))
+)]
 pub async fn check(State(s): State<AppState>, Path(key): Path<String>) -> ApiResult<VolumeView> {
     let v = s.cluster.state().read(|st| find(st, &key))?;
     submit(
@@ -216,7 +245,7 @@ pub async fn check(State(s): State<AppState>, Path(key): Path<String>) -> ApiRes
 }
 
 /// A replicated volume's attachment as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttachmentView {
     pub node: NodeId,
     pub node_name: String,

@@ -104,8 +104,10 @@ impl Client {
             return Err(ClientError::Api {
                 status,
                 code: v["code"].as_str().unwrap_or("").to_owned(),
-                message: v["error"]
+                // `error` is where a node before the `{code, message, field}` body put it.
+                message: v["message"]
                     .as_str()
+                    .or_else(|| v["error"].as_str())
                     .map(str::to_owned)
                     .unwrap_or_else(|| format!("{status}: {}", String::from_utf8_lossy(&bytes))),
             });

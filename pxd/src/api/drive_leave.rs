@@ -15,19 +15,20 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveDriveRequest {
     /// The drive's uuid (as `pxd pool list` shows it), or its device path on this node.
     pub drive: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplaceDriveRequest {
     /// The drive leaving: its uuid, or its device path on this node.
     pub old: String,
     /// The disk taking its place, on this node.
+    #[schema(value_type = String)]
     pub new: PathBuf,
     /// Take a new disk that carries a signature (its data is lost).
     #[serde(default)]
@@ -35,7 +36,7 @@ pub struct ReplaceDriveRequest {
 }
 
 /// What was recorded.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DriveLeaving {
     pub drive: String,
     pub pool: String,
@@ -46,6 +47,15 @@ pub struct DriveLeaving {
     pub replacement: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/drives/remove",
+    operation_id = "drive_remove",
+    tag = "drives",
+    summary = "A drive leaves: its replicas are built elsewhere first",
+    request_body = RemoveDriveRequest,
+    responses((status = 200, description = "The drive, leaving", body = DriveLeaving))
+)]
 pub async fn remove(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<RemoveDriveRequest>,
@@ -54,6 +64,15 @@ pub async fn remove(
     leave(&s, id, None).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/drives/replace",
+    operation_id = "drive_replace",
+    tag = "drives",
+    summary = "A drive leaves for a new disk in its place",
+    request_body = ReplaceDriveRequest,
+    responses((status = 200, description = "The drive, leaving", body = DriveLeaving))
+)]
 pub async fn replace(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<ReplaceDriveRequest>,

@@ -12,14 +12,14 @@
 
 use super::attach::{submit, wait_for};
 use super::volumes::{bad, find, inspect, VolumeView};
-use super::{ApiResult, AppState, JsonBody};
+use super::{ApiResult, AppState, JsonBody, Path};
 use crate::plan::placement;
 use crate::store::state::VolumeChange;
 use crate::store::types::{NodeId, ReplicaState, Volume};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HaRequest {
     /// The replica count wanted: one less than now.
@@ -30,6 +30,16 @@ pub struct HaRequest {
     pub node: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/volumes/{vol}/ha",
+    operation_id = "volume_ha_update",
+    tag = "volumes",
+    summary = "Change the number of replicas",
+    params(("vol" = String, Path, description = "The volume's name or id")),
+    request_body = HaRequest,
+    responses((status = 200, description = "The volume as it is now", body = VolumeView))
+)]
 pub async fn update(
     State(s): State<AppState>,
     Path(key): Path<String>,
@@ -126,7 +136,7 @@ async fn raise(s: AppState, v: Volume, node: Option<&str>) -> ApiResult<VolumeVi
     inspect(State(s), Path(v.id)).await
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicaTimeoutRequest {
     /// Seconds a leg of this volume may stay stale before it is replaced (10 to 30 days);
@@ -136,6 +146,16 @@ pub struct ReplicaTimeoutRequest {
 }
 
 /// `PUT /v1/volumes/{vol}/replica-timeout`: this volume's own replica timeout.
+#[utoipa::path(
+    put,
+    path = "/v1/volumes/{vol}/replica-timeout",
+    operation_id = "volume_set_replica_timeout",
+    tag = "volumes",
+    summary = "Set the volume's own replica timeout",
+    params(("vol" = String, Path, description = "The volume's name or id")),
+    request_body = ReplicaTimeoutRequest,
+    responses((status = 200, description = "The volume as it is now", body = VolumeView))
+)]
 pub async fn set_replica_timeout(
     State(s): State<AppState>,
     Path(key): Path<String>,

@@ -9,13 +9,13 @@
 
 use super::attach::submit;
 use super::volumes::{bad, find, inspect, VolumeView};
-use super::{ApiResult, AppState, JsonBody};
+use super::{ApiResult, AppState, JsonBody, Path};
 use crate::store::state::VolumeChange;
 use crate::volume::limits::{parse_change, BandwidthLimit, IopsLimit};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsRequest {
     /// `R,W` IOPS, one value for both, `max` for none one way, or `none` to remove it.
@@ -27,6 +27,16 @@ pub struct LimitsRequest {
 }
 
 /// `PUT /v1/volumes/{vol}/limits`.
+#[utoipa::path(
+    put,
+    path = "/v1/volumes/{vol}/limits",
+    operation_id = "volume_set_limits",
+    tag = "volumes",
+    summary = "Change a live volume's IOPS and bandwidth limits",
+    params(("vol" = String, Path, description = "The volume's name or id")),
+    request_body = LimitsRequest,
+    responses((status = 200, description = "The volume as it is now", body = VolumeView))
+)]
 pub async fn set(
     State(s): State<AppState>,
     Path(key): Path<String>,

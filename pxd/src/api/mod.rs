@@ -26,18 +26,24 @@
 //! | `PUT /v1/volumes/{vol}/limits` | a live volume's IOPS and bandwidth limits (see [`limits`]) |
 //! | `GET /metrics` | Prometheus text (no token needed over TCP) |
 //!
-//! Errors are `{"error": message, "code": code}`; `code` is one of `no_quorum` (503: a
-//! majority of the voters does not answer; never on a one-node cluster), `timeout` (504: a
-//! change took too long for another reason, such as a busy node, and may still be applied),
-//! `unknown_node`, `last_member`, `already_member`, `not_in_cluster`, `bad_token`,
-//! `join_refused`, `unreachable`, `rejected`, `bad_request`, `not_found`, `unauthorized`,
-//! `internal`.
+//! | `GET /openapi.json` | this API's OpenAPI 3.1 document (no token needed over TCP) |
+//!
+//! Errors are `{code, message, field}` ([`error::ErrorBody`]); `code` is one of `no_quorum`
+//! (503: a majority of the voters does not answer; never on a one-node cluster), `timeout`
+//! (504: a change took too long for another reason, such as a busy node, and may still be
+//! applied), `unknown_node`, `last_member`, `already_member`, `not_in_cluster`, `bad_token`,
+//! `join_refused`, `unreachable`, `rejected`, `bad_request`, `not_found`, `conflict`,
+//! `unauthorized`, `method_not_allowed`, `node`, `internal`; `field` names the request field at
+//! fault when there is one.
 
 pub mod attach;
 pub mod client;
 pub mod drive_leave;
+pub mod error;
+pub mod extract;
 pub mod ha;
 pub mod limits;
+pub mod openapi;
 pub mod plugin;
 pub mod pools;
 pub mod snapshots;
@@ -49,38 +55,24 @@ use crate::cluster::{Cluster, ClusterError, Op};
 use crate::store::state::{check_kv_name, MAX_KV_VALUE};
 use crate::store::types::ClusterOptions;
 use crate::store::Command;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use axum::{Json, Router};
+pub use error::{ApiError, ErrorBody};
+pub use extract::{JsonBody, Path, Query};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Largest request body, in bytes: a KV value at its limit plus room for the JSON around it.
 pub const MAX_BODY: usize = MAX_KV_VALUE * 2 + 4096;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error(transparent)]
-    Cluster(#[from] ClusterError),
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("a valid bearer token is required (Authorization: Bearer TOKEN)")]
-    Unauthorized,
-    #[error("{0}")]
-    Node(String),
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -97,72 +89,7 @@ pub enum ServeError {
     },
 }
 
-impl ApiError {
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
-        match self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Node(_) => (StatusCode::INTERNAL_SERVER_ERROR, "node"),
-            ApiError::Cluster(e) => match e {
-                ClusterError::NoQuorum(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
-                // Not a quorum problem: the change may still be applied, so not a plain 503.
-                ClusterError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-                ClusterError::UnknownNode(_) => (StatusCode::NOT_FOUND, "unknown_node"),
-                ClusterError::LastMember(_) => (StatusCode::CONFLICT, "last_member"),
-                ClusterError::AlreadyMember(_) => (StatusCode::CONFLICT, "already_member"),
-                ClusterError::NotInCluster => (StatusCode::CONFLICT, "not_in_cluster"),
-                ClusterError::Token(_) => (StatusCode::BAD_REQUEST, "bad_token"),
-                ClusterError::JoinRefused(_) => (StatusCode::FORBIDDEN, "join_refused"),
-                ClusterError::MemberUnreachable { .. } => (StatusCode::BAD_GATEWAY, "unreachable"),
-                ClusterError::Invalid { .. } | ClusterError::Rejected(_) => {
-                    (StatusCode::BAD_REQUEST, "rejected")
-                }
-                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            },
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        (
-            status,
-            Json(json!({ "error": self.to_string(), "code": code })),
-        )
-            .into_response()
-    }
-}
-
 type ApiResult<T> = Result<Json<T>, ApiError>;
-
-/// A JSON request body. axum's own `Json` answers a body it cannot read with a plain-text
-/// 415/422; this answers 400 `bad_request` with serde's words, led by the path of the unknown,
-/// missing or mistyped field, like every other refusal.
-pub struct JsonBody<T>(pub T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(e) => Err(ApiError::BadRequest(format!("body: {}", body_error(&e)))),
-        }
-    }
-}
-
-fn body_error(e: &JsonRejection) -> String {
-    use std::error::Error;
-    let serde = match e {
-        JsonRejection::JsonDataError(d) => d.source(),
-        JsonRejection::JsonSyntaxError(d) => d.source(),
-        _ => None,
-    };
-    serde.map_or_else(|| e.body_text(), ToString::to_string)
-}
 
 /// Storage limits the daemon was configured with.
 #[derive(Debug, Clone, Copy)]
@@ -186,46 +113,46 @@ pub struct AppState {
     pub topology: Arc<crate::cluster::topology::NodeTopology>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InitRequest {
     pub name: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InitResponse {
     pub cluster_id: String,
     pub token: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     /// A join token is a credential: hidden from `Debug`.
     pub token: crate::store::types::Secret,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JoinResponse {
     pub cluster_id: String,
     pub leader: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveRequest {
     /// Node id or name.
     pub node: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KvValue {
     pub value: String,
 }
 
 /// The answer to a write: it was committed and applied.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Applied {
     pub result: String,
 }
@@ -239,7 +166,7 @@ impl Applied {
 }
 
 /// `PUT /v1/cluster/options`: every cluster-wide setting, replacing what is there.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptionsRequest {
     /// Seconds between scheduled raid checks of each attached replicated volume (60 to
@@ -252,74 +179,91 @@ pub struct OptionsRequest {
     pub replica_timeout_s: Option<u64>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RemoveResponse {
     pub removed: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     pub token: String,
 }
 
+/// The routes with their OpenAPI operations, and the document they make.
+fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi;
+    let (router, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(status))
+        .routes(routes!(init))
+        .routes(routes!(join))
+        .routes(routes!(token))
+        .routes(routes!(api_token))
+        .routes(routes!(remove))
+        .routes(routes!(options, set_options))
+        .routes(routes!(nodes))
+        .routes(routes!(topology::show))
+        .routes(routes!(topology::tag))
+        .routes(routes!(topology::refresh))
+        .routes(routes!(drives, pools::add))
+        .routes(routes!(drive_benchmark))
+        .routes(routes!(drive_leave::remove))
+        .routes(routes!(drive_leave::replace))
+        .routes(routes!(pools::list))
+        .routes(routes!(pools::provision))
+        .routes(routes!(volumes::list, volumes::create))
+        .routes(routes!(volumes::inspect, volumes::resize, volumes::delete))
+        .routes(routes!(volumes::mount))
+        .routes(routes!(volumes::unmount))
+        .routes(routes!(attach::attach))
+        .routes(routes!(attach::detach))
+        .routes(routes!(attach::check))
+        .routes(routes!(ha::update))
+        .routes(routes!(ha::set_replica_timeout))
+        .routes(routes!(limits::set))
+        .routes(routes!(stats::one))
+        .routes(routes!(stats::all))
+        .routes(routes!(snapshots::clone))
+        .routes(routes!(snapshots::restore))
+        .routes(routes!(snapshots::list, snapshots::create))
+        .routes(routes!(snapshots::delete))
+        .routes(routes!(kv_list))
+        .routes(routes!(kv_put, kv_get, kv_delete))
+        .routes(routes!(metrics))
+        .split_for_parts();
+    (router, openapi::document(doc))
+}
+
 /// The routes, without authentication (the unix socket's mode guards it).
 fn routes(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/cluster/status", get(status))
-        .route("/v1/cluster/init", post(init))
-        .route("/v1/cluster/join", post(join))
-        .route("/v1/cluster/token", get(token))
-        .route("/v1/cluster/api-token", get(api_token))
-        .route("/v1/cluster/remove", post(remove))
-        .route("/v1/cluster/options", get(options).put(set_options))
-        .route("/v1/nodes", get(nodes))
-        .route("/v1/topology", get(topology::show))
-        .route("/v1/topology/tag", post(topology::tag))
-        .route("/v1/topology/refresh", post(topology::refresh))
-        .route("/v1/drives", get(drives).post(pools::add))
-        .route("/v1/pools", get(pools::list))
-        .route("/v1/provision", get(pools::provision))
-        .route("/v1/volumes", get(volumes::list).post(volumes::create))
+    let (router, doc) = documented();
+    let doc: Arc<str> = doc
+        .to_pretty_json()
+        .expect("an OpenAPI document always serializes")
+        .into();
+    router
         .route(
-            "/v1/volumes/{vol}",
-            get(volumes::inspect)
-                .put(volumes::resize)
-                .delete(volumes::delete),
+            openapi::DOCUMENT,
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    doc.to_string(),
+                )
+            }),
         )
-        .route("/v1/volumes/{vol}/mount", post(volumes::mount))
-        .route("/v1/volumes/{vol}/stats", get(stats::one))
-        .route("/v1/volumes/{vol}/limits", put(limits::set))
-        .route("/v1/stats", get(stats::all))
-        .route("/v1/volumes/{vol}/unmount", post(volumes::unmount))
-        .route("/v1/volumes/{vol}/attach", post(attach::attach))
-        .route("/v1/volumes/{vol}/detach", post(attach::detach))
-        .route("/v1/volumes/{vol}/check", post(attach::check))
-        .route("/v1/volumes/{vol}/ha", post(ha::update))
-        .route(
-            "/v1/volumes/{vol}/replica-timeout",
-            put(ha::set_replica_timeout),
-        )
-        .route("/v1/volumes/{vol}/clone", post(snapshots::clone))
-        .route("/v1/volumes/{vol}/restore", post(snapshots::restore))
-        .route(
-            "/v1/volumes/{vol}/snapshots",
-            get(snapshots::list).post(snapshots::create),
-        )
-        .route(
-            "/v1/volumes/{vol}/snapshots/{snap}",
-            axum::routing::delete(snapshots::delete),
-        )
-        .route("/v1/drives/benchmark", post(drive_benchmark))
-        .route("/v1/drives/remove", post(drive_leave::remove))
-        .route("/v1/drives/replace", post(drive_leave::replace))
-        .route("/v1/kv/{ns}", get(kv_list))
-        .route(
-            "/v1/kv/{ns}/{key}",
-            put(kv_put).get(kv_get).delete(kv_delete),
-        )
-        .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// A path no route has: a 404 in the error body, not an empty one.
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route {method} {}", uri.path()))
+}
+
+/// A route asked with a method it does not have.
+async fn no_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} does not take {method}", uri.path()))
 }
 
 /// Serves the API on a unix socket with mode 0660, replacing a stale socket file.
@@ -355,7 +299,8 @@ pub(crate) fn bind_unix(path: &FsPath) -> Result<tokio::net::UnixListener, Serve
     Ok(listener)
 }
 
-/// Serves the API on TCP; every route but `/metrics` needs the cluster's bearer token.
+/// Serves the API on TCP; every route but `/metrics` and the OpenAPI document needs the
+/// cluster's bearer token.
 pub async fn serve_tcp(state: AppState, addr: std::net::SocketAddr) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -374,7 +319,7 @@ async fn require_token(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if req.uri().path() == "/metrics" {
+    if matches!(req.uri().path(), "/metrics" | openapi::DOCUMENT) {
         return Ok(next.run(req).await);
     }
     let given = req
@@ -394,10 +339,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/status",
+    operation_id = "cluster_status",
+    tag = "cluster",
+    summary = "The cluster as this node sees it: id, leader, term, members, quorum",
+    responses((status = 200, description = "The status", body = crate::cluster::view::Status))
+)]
 async fn status(State(s): State<AppState>) -> ApiResult<crate::cluster::view::Status> {
     Ok(Json(s.cluster.status()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/init",
+    operation_id = "cluster_init",
+    tag = "cluster",
+    summary = "Start a one-node cluster; answers a join token",
+    request_body = InitRequest,
+    responses((status = 200, description = "The new cluster and a join token", body = InitResponse))
+)]
 async fn init(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<InitRequest>,
@@ -407,6 +369,15 @@ async fn init(
     Ok(Json(InitResponse { cluster_id, token }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/join",
+    operation_id = "cluster_join",
+    tag = "cluster",
+    summary = "Join the cluster a token names",
+    request_body = JoinRequest,
+    responses((status = 200, description = "Joined", body = JoinResponse))
+)]
 async fn join(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<JoinRequest>,
@@ -419,16 +390,23 @@ async fn join(
 }
 
 /// `?ttl=SECS`: how long the join token is valid (default 24 h, at most 30 days).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TokenQuery {
     pub ttl: Option<u64>,
 }
 
-async fn token(
-    State(s): State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<TokenQuery>,
-) -> ApiResult<TokenResponse> {
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/token",
+    operation_id = "cluster_token",
+    tag = "cluster",
+    summary = "A join token",
+    params(TokenQuery),
+    responses((status = 200, description = "The token", body = TokenResponse))
+)]
+async fn token(State(s): State<AppState>, Query(q): Query<TokenQuery>) -> ApiResult<TokenResponse> {
     use crate::cluster::token::{DEFAULT_TTL_SECS, MAX_TTL_SECS};
     let ttl = q.ttl.unwrap_or(DEFAULT_TTL_SECS);
     if !(1..=MAX_TTL_SECS).contains(&ttl) {
@@ -443,11 +421,28 @@ async fn token(
 
 /// The TCP API's bearer token. Over TCP only a caller that has it already gets it; the unix
 /// socket's mode keeps it to root and the socket's group.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/api-token",
+    operation_id = "cluster_api_token",
+    tag = "cluster",
+    summary = "The TCP API bearer token",
+    responses((status = 200, description = "The token", body = TokenResponse))
+)]
 async fn api_token(State(s): State<AppState>) -> ApiResult<TokenResponse> {
     let token = s.cluster.api_token().ok_or(ClusterError::NotInCluster)?;
     Ok(Json(TokenResponse { token }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/remove",
+    operation_id = "cluster_remove",
+    tag = "cluster",
+    summary = "Remove a member by id or name",
+    request_body = RemoveRequest,
+    responses((status = 200, description = "Removed", body = RemoveResponse))
+)]
 async fn remove(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<RemoveRequest>,
@@ -462,11 +457,28 @@ async fn remove(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/options",
+    operation_id = "cluster_options",
+    tag = "cluster",
+    summary = "Cluster-wide settings",
+    responses((status = 200, description = "The settings", body = ClusterOptions))
+)]
 async fn options(State(s): State<AppState>) -> ApiResult<ClusterOptions> {
     Ok(Json(s.cluster.state().read(|st| st.options.clone())))
 }
 
 /// Checked here too, so that bad input is a 400 naming the field even without a quorum.
+#[utoipa::path(
+    put,
+    path = "/v1/cluster/options",
+    operation_id = "cluster_set_options",
+    tag = "cluster",
+    summary = "Replace the cluster-wide settings",
+    request_body = OptionsRequest,
+    responses((status = 200, description = "The settings", body = ClusterOptions))
+)]
 async fn set_options(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<OptionsRequest>,
@@ -489,6 +501,14 @@ async fn set_options(
     Ok(Json(options))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/nodes",
+    operation_id = "node_list",
+    tag = "nodes",
+    summary = "Every node with role, liveness, stats and fault-domain labels",
+    responses((status = 200, description = "The nodes", body = Vec<crate::cluster::view::NodeView>))
+)]
 async fn nodes(State(s): State<AppState>) -> ApiResult<Vec<crate::cluster::view::NodeView>> {
     Ok(Json(s.cluster.nodes()))
 }
@@ -496,6 +516,14 @@ async fn nodes(State(s): State<AppState>) -> ApiResult<Vec<crate::cluster::view:
 /// This node's whole disks and every labelled block device, probed off the async runtime
 /// (sysfs, libblkid, labels, exclusive opens), each judged by its label against the store:
 /// a member of which pool, unclaimed, foreign or damaged.
+#[utoipa::path(
+    get,
+    path = "/v1/drives",
+    operation_id = "drive_list",
+    tag = "drives",
+    summary = "This node's disks, each judged by its label",
+    responses((status = 200, description = "The disks", body = Vec<crate::pool::drive::DriveView>))
+)]
 async fn drives(State(s): State<AppState>) -> ApiResult<Vec<crate::pool::drive::DriveView>> {
     let owner = crate::pool::drive::Owner {
         cluster: s.cluster.cluster_id().unwrap_or_default(),
@@ -510,13 +538,23 @@ async fn drives(State(s): State<AppState>) -> ApiResult<Vec<crate::pool::drive::
 }
 
 /// Which drive to benchmark.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BenchmarkRequest {
+    #[schema(value_type = String)]
     pub path: PathBuf,
 }
 
 /// Re-measures one of this node's disks (read-only; a few seconds), off the async runtime.
+#[utoipa::path(
+    post,
+    path = "/v1/drives/benchmark",
+    operation_id = "drive_benchmark",
+    tag = "drives",
+    summary = "Re-measure a disk, read-only",
+    request_body = BenchmarkRequest,
+    responses((status = 200, description = "The measurement", body = crate::pool::drive::DriveBenchmark))
+)]
 async fn drive_benchmark(
     JsonBody(req): JsonBody<BenchmarkRequest>,
 ) -> ApiResult<crate::pool::drive::DriveBenchmark> {
@@ -537,6 +575,19 @@ fn check_kv(ns: &str, key: Option<&str>) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/kv/{ns}/{key}",
+    operation_id = "kv_put",
+    tag = "kv",
+    summary = "Set a key",
+    params(
+        ("ns" = String, Path, description = "The namespace: 1 to 64 of a-z A-Z 0-9 . _ -"),
+        ("key" = String, Path, description = "The key: 1 to 64 of a-z A-Z 0-9 . _ -")
+    ),
+    request_body = KvValue,
+    responses((status = 200, description = "Committed and applied", body = Applied))
+)]
 async fn kv_put(
     State(s): State<AppState>,
     Path((ns, key)): Path<(String, String)>,
@@ -545,7 +596,7 @@ async fn kv_put(
     check_kv(&ns, Some(&key))?;
     if v.value.len() > MAX_KV_VALUE {
         return Err(ApiError::BadRequest(format!(
-            "value is {} bytes, the limit is {MAX_KV_VALUE}",
+            "value: {} bytes, the limit is {MAX_KV_VALUE}",
             v.value.len()
         )));
     }
@@ -562,6 +613,18 @@ async fn kv_put(
     Ok(Applied::new())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/kv/{ns}/{key}",
+    operation_id = "kv_get",
+    tag = "kv",
+    summary = "Read a key",
+    params(
+        ("ns" = String, Path, description = "The namespace: 1 to 64 of a-z A-Z 0-9 . _ -"),
+        ("key" = String, Path, description = "The key: 1 to 64 of a-z A-Z 0-9 . _ -")
+    ),
+    responses((status = 200, description = "The value", body = KvValue))
+)]
 async fn kv_get(
     State(s): State<AppState>,
     Path((ns, key)): Path<(String, String)>,
@@ -574,6 +637,15 @@ async fn kv_get(
         .ok_or_else(|| ApiError::NotFound(format!("key {ns}/{key} does not exist")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/kv/{ns}",
+    operation_id = "kv_list",
+    tag = "kv",
+    summary = "Every key of a namespace",
+    params(("ns" = String, Path, description = "The namespace: 1 to 64 of a-z A-Z 0-9 . _ -")),
+    responses((status = 200, description = "The keys and their values", body = BTreeMap<String, String>))
+)]
 async fn kv_list(
     State(s): State<AppState>,
     Path(ns): Path<String>,
@@ -586,6 +658,18 @@ async fn kv_list(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/kv/{ns}/{key}",
+    operation_id = "kv_delete",
+    tag = "kv",
+    summary = "Delete a key",
+    params(
+        ("ns" = String, Path, description = "The namespace: 1 to 64 of a-z A-Z 0-9 . _ -"),
+        ("key" = String, Path, description = "The key: 1 to 64 of a-z A-Z 0-9 . _ -")
+    ),
+    responses((status = 200, description = "Committed and applied", body = Applied))
+)]
 async fn kv_delete(
     State(s): State<AppState>,
     Path((ns, key)): Path<(String, String)>,
@@ -600,6 +684,15 @@ async fn kv_delete(
     Ok(Applied::new())
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "metrics",
+    summary = "Prometheus text; no token needed over TCP",
+    security(()),
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"))
+)]
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -610,6 +703,8 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::extract::FromRequest;
+    use axum::http::StatusCode;
     use serde::de::DeserializeOwned;
 
     /// What a handler taking `T` answers to `body`: taken, or the status and message.

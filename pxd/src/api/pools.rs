@@ -18,16 +18,18 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddDriveRequest {
+    #[schema(value_type = String)]
     pub path: PathBuf,
     #[serde(default)]
     pub force: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DriveAdded {
+    #[schema(value_type = String)]
     pub path: PathBuf,
     pub id: String,
     pub class: Class,
@@ -35,7 +37,7 @@ pub struct DriveAdded {
     pub benchmark: BenchResult,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberView {
     pub uuid: String,
     pub path: Option<String>,
@@ -50,7 +52,7 @@ pub struct MemberView {
     pub leaving: Option<crate::store::types::Leaving>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolView {
     pub id: String,
     pub node: NodeId,
@@ -74,6 +76,14 @@ pub struct PoolView {
 
 /// `GET /v1/provision`: every pool of the cluster with what it holds, what was promised out
 /// of it and where it sits (`pxd cluster provision-status`).
+#[utoipa::path(
+    get,
+    path = "/v1/provision",
+    operation_id = "provision_status",
+    tag = "pools",
+    summary = "Every pool's capacity, use, provisioned size and zone/rack",
+    responses((status = 200, description = "Every pool", body = Vec<Provision>))
+)]
 pub async fn provision(State(s): State<AppState>) -> ApiResult<Vec<Provision>> {
     let (online, seen) = s.reconciler.liveness_and_pools();
     Ok(Json(s.cluster.state().read(|st| {
@@ -86,6 +96,14 @@ pub async fn provision(State(s): State<AppState>) -> ApiResult<Vec<Provision>> {
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/pools",
+    operation_id = "pool_list",
+    tag = "pools",
+    summary = "Pools with class, drives, use and chunk",
+    responses((status = 200, description = "The pools", body = Vec<PoolView>))
+)]
 pub async fn list(State(s): State<AppState>) -> ApiResult<Vec<PoolView>> {
     let last = s.reconciler.last();
     let me = s.cluster.id();
@@ -152,6 +170,15 @@ const ADD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 /// node's reconciler finishes it: measures the drive into a class (which gives it the next
 /// member slot of the node's pool of that class), wipes its head, writes its label and grows
 /// the pool onto it. A crash at any point is finished by the next pass.
+#[utoipa::path(
+    post,
+    path = "/v1/drives",
+    operation_id = "drive_add",
+    tag = "drives",
+    summary = "Add a disk to a pool",
+    request_body = AddDriveRequest,
+    responses((status = 200, description = "The add, recorded", body = DriveAdded))
+)]
 pub async fn add(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<AddDriveRequest>,

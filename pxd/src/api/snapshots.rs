@@ -6,24 +6,24 @@ use super::volumes::{
     bad, candidates, find, inspect, new_id, not_replicated, now, open_count, record,
     this_node_volume, update, view, Deleted, SnapshotView, VolumeView,
 };
-use super::{ApiError, ApiResult, AppState, JsonBody};
+use super::{ApiError, ApiResult, AppState, JsonBody, Path};
 use crate::plan::placement;
 use crate::store::state::{ClusterState, SnapshotChange, VolumeChange};
 use crate::store::types::{Origin, Phase, Replica, Snapshot, Volume};
 use crate::store::Command;
 use crate::volume::spec::check_name;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotRequest {
     pub name: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloneRequest {
     pub name: String,
@@ -34,12 +34,21 @@ pub struct CloneRequest {
     pub read_only: bool,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreRequest {
     pub snapshot: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/volumes/{vol}/snapshots",
+    operation_id = "snapshot_list",
+    tag = "snapshots",
+    summary = "A volume's snapshots",
+    params(("vol" = String, Path, description = "The volume's name or id")),
+    responses((status = 200, description = "The snapshots", body = Vec<SnapshotView>))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Path(key): Path<String>,
@@ -51,6 +60,16 @@ pub async fn list(
     Ok(Json(v.snapshots))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/volumes/{vol}/snapshots",
+    operation_id = "snapshot_create",
+    tag = "snapshots",
+    summary = "Take a snapshot",
+    params(("vol" = String, Path, description = "The volume's name or id")),
+    request_body = SnapshotRequest,
+    responses((status = 200, description = "The snapshot", body = SnapshotView))
+)]
 pub async fn create(
     State(s): State<AppState>,
     Path(key): Path<String>,
@@ -112,6 +131,18 @@ fn find_snapshot(st: &ClusterState, v: &Volume, key: &str) -> Result<Snapshot, A
         })
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/volumes/{vol}/snapshots/{snap}",
+    operation_id = "snapshot_delete",
+    tag = "snapshots",
+    summary = "Delete a snapshot",
+    params(
+        ("vol" = String, Path, description = "The volume's name or id"),
+        ("snap" = String, Path, description = "The snapshot's name or id")
+    ),
+    responses((status = 200, description = "Deleted", body = Deleted))
+)]
 pub async fn delete(
     State(s): State<AppState>,
     Path((key, snap)): Path<(String, String)>,
@@ -149,6 +180,16 @@ pub async fn delete(
     Ok(Json(Deleted { deleted: sn.name }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/volumes/{vol}/clone",
+    operation_id = "volume_clone",
+    tag = "snapshots",
+    summary = "A new volume from a snapshot or the live volume",
+    params(("vol" = String, Path, description = "The volume's name or id")),
+    request_body = CloneRequest,
+    responses((status = 200, description = "The volume as it is now", body = VolumeView))
+)]
 pub async fn clone(
     State(s): State<AppState>,
     Path(key): Path<String>,
@@ -242,6 +283,16 @@ pub async fn clone(
     inspect(State(s), Path(id)).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/volumes/{vol}/restore",
+    operation_id = "volume_restore",
+    tag = "snapshots",
+    summary = "Roll a volume back to a snapshot",
+    params(("vol" = String, Path, description = "The volume's name or id")),
+    request_body = RestoreRequest,
+    responses((status = 200, description = "The volume as it is now", body = VolumeView))
+)]
 pub async fn restore(
     State(s): State<AppState>,
     Path(key): Path<String>,

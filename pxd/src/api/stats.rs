@@ -8,16 +8,16 @@
 //! The counters only grow; a reader takes two samples and divides (the CLI does).
 
 use super::volumes::find;
-use super::{ApiError, ApiResult, AppState};
+use super::{ApiError, ApiResult, AppState, Path};
 use crate::io::volumes::VolumeSample;
 use crate::io::{IoCounts, Latencies};
 use crate::store::types::IopsLimit;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 /// A volume's I/O on this node since its counters began.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VolumeStats {
     pub volume: String,
     pub id: String,
@@ -38,7 +38,7 @@ pub struct VolumeStats {
     pub max_iops: Option<IopsLimit>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LatencyView {
     pub buckets: Vec<u64>,
     pub sum_ns: u64,
@@ -66,7 +66,7 @@ impl From<&Latencies> for LatencyView {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CgroupIo {
     /// The cgroup's id (the inode of its directory).
     pub cgroup: u64,
@@ -105,6 +105,14 @@ fn view(s: &AppState, sample: VolumeSample, max_iops: Option<IopsLimit>) -> Volu
 }
 
 /// `GET /v1/stats`.
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    operation_id = "stats_list",
+    tag = "stats",
+    summary = "I/O of every volume counted on this node",
+    responses((status = 200, description = "Each volume's I/O", body = Vec<VolumeStats>))
+)]
 pub async fn all(State(s): State<AppState>) -> ApiResult<Vec<VolumeStats>> {
     let samples = s.cluster.metrics().volume_io.sample();
     let limits = s.cluster.state().read(|st| {
@@ -123,6 +131,15 @@ pub async fn all(State(s): State<AppState>) -> ApiResult<Vec<VolumeStats>> {
 }
 
 /// `GET /v1/volumes/{vol}/stats`.
+#[utoipa::path(
+    get,
+    path = "/v1/volumes/{vol}/stats",
+    operation_id = "volume_stats",
+    tag = "stats",
+    summary = "One volume's I/O counted on this node",
+    params(("vol" = String, Path, description = "The volume's name or id")),
+    responses((status = 200, description = "The volume's I/O", body = VolumeStats))
+)]
 pub async fn one(State(s): State<AppState>, Path(key): Path<String>) -> ApiResult<VolumeStats> {
     let (v, counted_on) = s.cluster.state().read(|st| {
         let v = find(st, &key)?;

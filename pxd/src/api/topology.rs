@@ -2,12 +2,12 @@
 //! tags, which any node records for any member through Raft; and `refresh`, which runs this
 //! node's detection again.
 
-use super::{ApiError, ApiResult, AppState, JsonBody};
+use super::{ApiError, ApiResult, AppState, JsonBody, Query};
 use crate::cluster::Op;
 use crate::store::state::Command;
 use crate::store::topology::TopologyChange;
 use crate::store::types::{Node, NodeId};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -15,14 +15,14 @@ use topology::sources::Source;
 use topology::{Domain, Labels};
 
 /// One label as resolved: its value and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LabelView {
     pub label: Domain,
     pub value: String,
     pub source: Source,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeTopologyView {
     pub id: NodeId,
     pub name: String,
@@ -33,7 +33,7 @@ pub struct NodeTopologyView {
 }
 
 /// What `refresh` found on this node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RefreshView {
     pub node: NodeTopologyView,
     pub platform: String,
@@ -41,12 +41,15 @@ pub struct RefreshView {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ShowQuery {
+    /// A member's name or id; every node when absent.
     pub node: Option<String>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TagRequest {
     /// A member's name or id; this node when absent.
@@ -84,6 +87,15 @@ fn node_view(s: &AppState, id: NodeId) -> Result<NodeTopologyView, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("node {id} has no record yet")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/topology",
+    operation_id = "topology_show",
+    tag = "topology",
+    summary = "Each node's fault-domain labels with the source of each",
+    params(ShowQuery),
+    responses((status = 200, description = "Each node's labels", body = Vec<NodeTopologyView>))
+)]
 pub async fn show(
     State(s): State<AppState>,
     Query(q): Query<ShowQuery>,
@@ -120,6 +132,15 @@ fn parse_tag(req: &TagRequest) -> Result<(Labels, Vec<Domain>), String> {
     Ok((set, clear))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/topology/tag",
+    operation_id = "topology_tag",
+    tag = "topology",
+    summary = "Set or clear a member's manual labels",
+    request_body = TagRequest,
+    responses((status = 200, description = "The node's labels", body = NodeTopologyView))
+)]
 pub async fn tag(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<TagRequest>,
@@ -143,6 +164,14 @@ pub async fn tag(
     Ok(Json(node_view(&s, id)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/topology/refresh",
+    operation_id = "topology_refresh",
+    tag = "topology",
+    summary = "Run this node's detection again",
+    responses((status = 200, description = "What detection found", body = RefreshView))
+)]
 pub async fn refresh(State(s): State<AppState>) -> ApiResult<RefreshView> {
     let found = s.topology.refresh().await?;
     Ok(Json(RefreshView {

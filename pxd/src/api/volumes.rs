@@ -11,7 +11,7 @@
 //! | `POST /v1/volumes/{vol}/clone` `{name, snapshot?, read_only}` | clone a volume or snapshot |
 //! | `POST /v1/volumes/{vol}/restore` `{snapshot}` | put a snapshot's data back |
 
-use super::{ApiError, ApiResult, AppState, JsonBody};
+use super::{ApiError, ApiResult, AppState, JsonBody, Path};
 use crate::cluster::Op;
 use crate::crypt::{new_salt, VolumeKey};
 use crate::kernel::dm::node_path;
@@ -22,13 +22,13 @@ use crate::store::types::{
 };
 use crate::store::Command;
 use crate::volume::spec::{parse_size, Class, Fs, VolumeSpec};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// The volume options: name, size, fs, repl, io_priority, max_iops, max_bandwidth,
@@ -40,20 +40,21 @@ pub struct CreateRequest {
     pub secret_key: Option<crate::store::types::Secret>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResizeRequest {
     pub size: String,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MountRequest {
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub path: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SnapshotView {
     pub id: String,
     pub name: String,
@@ -65,7 +66,7 @@ pub struct SnapshotView {
 
 /// A volume as the API shows it. `list` leaves out `usage`, which moves with every write, so
 /// two lists with no change in between are equal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VolumeView {
     pub id: String,
     pub name: String,
@@ -85,6 +86,7 @@ pub struct VolumeView {
     pub thin_id: Option<u32>,
     /// dm devices, lowest first; the last is what is mounted or handed to a container.
     pub stack: Vec<String>,
+    #[schema(value_type = Option<String>)]
     pub device: Option<PathBuf>,
     pub mountpoint: Option<String>,
     pub phase: Phase,
@@ -131,7 +133,7 @@ pub struct VolumeView {
 
 /// A replicated volume's raid on its attach node: each leg's health (`A` in sync, `a`
 /// resyncing, `D` out) in replica order, and the resync.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RaidView {
     pub health: String,
     /// Bytes in sync, of the whole.
@@ -141,7 +143,7 @@ pub struct RaidView {
     pub action: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplicaView {
     pub node: NodeId,
     pub node_name: String,
@@ -149,7 +151,7 @@ pub struct ReplicaView {
     pub state: ReplicaState,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Deleted {
     pub deleted: String,
 }
@@ -368,6 +370,14 @@ pub(super) async fn open_count(s: &AppState, v: &Volume) -> Result<i32, ApiError
         .map_or(0, |seen| seen.open_count))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/volumes",
+    operation_id = "volume_list",
+    tag = "volumes",
+    summary = "Every volume",
+    responses((status = 200, description = "The volumes", body = Vec<VolumeView>))
+)]
 pub async fn list(State(s): State<AppState>) -> ApiResult<Vec<VolumeView>> {
     let mut out = s
         .cluster
@@ -377,6 +387,15 @@ pub async fn list(State(s): State<AppState>) -> ApiResult<Vec<VolumeView>> {
     Ok(Json(out))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/volumes/{vol}",
+    operation_id = "volume_inspect",
+    tag = "volumes",
+    summary = "One volume, with its raid and usage",
+    params(("vol" = String, Path, description = "The volume's name or id")),
+    responses((status = 200, description = "The volume as it is now", body = VolumeView))
+)]
 pub async fn inspect(State(s): State<AppState>, Path(key): Path<String>) -> ApiResult<VolumeView> {
     let mut v = s
         .cluster
@@ -403,6 +422,15 @@ pub async fn inspect(State(s): State<AppState>, Path(key): Path<String>) -> ApiR
     Ok(Json(v))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/volumes",
+    operation_id = "volume_create",
+    tag = "volumes",
+    summary = "Create a volume",
+    request_body = CreateRequest,
+    responses((status = 200, description = "The volume as it is now", body = VolumeView))
+)]
 pub async fn create(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<CreateRequest>,
@@ -529,6 +557,16 @@ pub async fn create(
     inspect(State(s), Path(id)).await
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/volumes/{vol}",
+    operation_id = "volume_resize",
+    tag = "volumes",
+    summary = "Grow a volume",
+    params(("vol" = String, Path, description = "The volume's name or id")),
+    request_body = ResizeRequest,
+    responses((status = 200, description = "The volume as it is now", body = VolumeView))
+)]
 pub async fn resize(
     State(s): State<AppState>,
     Path(key): Path<String>,
@@ -563,6 +601,15 @@ pub async fn resize(
     update(s, &v, change, "the new size").await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/volumes/{vol}",
+    operation_id = "volume_delete",
+    tag = "volumes",
+    summary = "Delete a volume and its snapshots",
+    params(("vol" = String, Path, description = "The volume's name or id")),
+    responses((status = 200, description = "Deleted", body = Deleted))
+)]
 pub async fn delete(State(s): State<AppState>, Path(key): Path<String>) -> ApiResult<Deleted> {
     let v = s.cluster.state().read(|st| find(st, &key))?;
     if v.repl == 1 {
@@ -650,6 +697,16 @@ fn check_mount_path(
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/volumes/{vol}/mount",
+    operation_id = "volume_mount",
+    tag = "volumes",
+    summary = "Attach here and mount",
+    params(("vol" = String, Path, description = "The volume's name or id")),
+    request_body = MountRequest,
+    responses((status = 200, description = "The volume as it is now", body = VolumeView))
+)]
 pub async fn mount(
     State(s): State<AppState>,
     Path(key): Path<String>,
@@ -708,6 +765,15 @@ pub async fn mount(
     update(s, &v, change, "the mount").await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/volumes/{vol}/unmount",
+    operation_id = "volume_unmount",
+    tag = "volumes",
+    summary = "Unmount",
+    params(("vol" = String, Path, description = "The volume's name or id")),
+    responses((status = 200, description = "The volume as it is now", body = VolumeView))
+)]
 pub async fn unmount(State(s): State<AppState>, Path(key): Path<String>) -> ApiResult<VolumeView> {
     let v = s.cluster.state().read(|st| find(st, &key))?;
     let me = s.cluster.id();

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// What a node reports about itself in each beat.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeStats {
     /// Bytes in this node's pools, and bytes used of them.
     pub capacity: u64,
@@ -29,7 +29,7 @@ pub struct NodeStats {
 }
 
 /// One pool in a heartbeat.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolBeat {
     pub data_used: u64,
     pub data_total: u64,
@@ -37,7 +37,7 @@ pub struct PoolBeat {
     pub near_full: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Liveness {
     Online,

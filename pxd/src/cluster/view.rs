@@ -7,7 +7,7 @@ use crate::store::types::Role;
 use crate::store::NodeId;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Status {
     /// `None` until this node is in a cluster.
     pub cluster_id: Option<String>,
@@ -30,7 +30,7 @@ pub struct Status {
 }
 
 /// How a node counts and limits volume I/O.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IoStatus {
     /// Whether the eBPF probes are loaded (else counts come from /sys/block).
     pub ebpf: bool,
@@ -39,7 +39,7 @@ pub struct IoStatus {
     pub cgroups: Option<crate::io::cgroups::Hierarchy>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Member {
     pub id: NodeId,
     pub name: String,
@@ -47,7 +47,7 @@ pub struct Member {
     pub liveness: Liveness,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Quorum {
     pub voters: usize,
     /// Voters needed for a majority.
@@ -57,7 +57,7 @@ pub struct Quorum {
     pub ok: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
     pub id: NodeId,
     pub name: String,

@@ -9,13 +9,19 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 /// Which cgroup interface throttles block I/O here, and where it is mounted.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "version")]
 pub enum Hierarchy {
     /// cgroup v2 with the io controller: `io.max`.
-    V2 { mount: PathBuf },
+    V2 {
+        #[schema(value_type = String)]
+        mount: PathBuf,
+    },
     /// cgroup v1's blkio controller: `blkio.throttle.*_device`.
-    V1 { mount: PathBuf },
+    V1 {
+        #[schema(value_type = String)]
+        mount: PathBuf,
+    },
 }
 
 impl Hierarchy {

@@ -89,7 +89,17 @@ pub enum IoError {
 ///
 /// Only reads and writes that carry data count; flushes, discards and write-zeroes do not. A
 /// bio split by the block layer counts once, as submitted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct IoCounts {
     pub reads: u64,
     pub writes: u64,

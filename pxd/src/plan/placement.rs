@@ -194,7 +194,7 @@ pub fn provisioned_on(st: &ClusterState, pool: &str) -> u64 {
 }
 
 /// One pool's capacity against what was promised out of it (`pxd cluster provision-status`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Provision {
     pub pool: String,
     pub node: NodeId,

@@ -33,7 +33,7 @@ impl Default for BenchConfig {
 }
 
 /// One pattern's result.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Measured {
     pub iops: f64,
     pub p50_us: u64,
@@ -41,7 +41,7 @@ pub struct Measured {
 }
 
 /// A drive's benchmark.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct BenchResult {
     pub random_read: Measured,
     /// None when the drive was measured read-only.

@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What pxd knows of one drive.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct DriveInfo {
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// A stable id: the WWID or serial the device reports, else its path.
     pub id: String,
@@ -31,7 +32,7 @@ pub struct DriveInfo {
 }
 
 /// Where a drive's pxd label puts it, as `drive list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(tag = "state", content = "reason", rename_all = "lowercase")]
 pub enum LabelStanding {
     /// A member of a pool of this node, as the store records.
@@ -147,8 +148,9 @@ pub fn inspect(path: &Path) -> Result<DriveInfo, DriveError> {
 }
 
 /// A drive as the API and CLI show it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DriveView {
+    #[schema(value_type = String)]
     pub path: PathBuf,
     pub id: String,
     pub size_bytes: u64,
@@ -279,8 +281,9 @@ fn label_uuid(found: &Found) -> Option<String> {
 }
 
 /// A benchmark of one drive and the class it earns.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DriveBenchmark {
+    #[schema(value_type = String)]
     pub path: PathBuf,
     pub result: crate::pool::benchmark::BenchResult,
     pub class: Class,

@@ -34,7 +34,9 @@ pub struct FullThresholds {
 }
 
 /// A pool's use as the last pass read it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct PoolUse {
     pub data_used: u64,
     pub data_total: u64,

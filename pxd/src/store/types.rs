@@ -60,6 +60,19 @@ impl<'de> Deserialize<'de> for NodeId {
     }
 }
 
+// In the API's schema a node id is the hex string it travels as.
+impl utoipa::PartialSchema for NodeId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9a-fA-F]{1,16}$"))
+            .description(Some("A node id: 1 to 16 hex digits"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for NodeId {}
+
 /// A secret shared by the members (the join-token key, the TCP API token). Its `Debug` never
 /// shows the value, so a logged state or command cannot leak it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +96,20 @@ impl Secret {
     }
 }
 
+// A secret is a string the schema marks as a password, so that tools do not show it.
+impl utoipa::PartialSchema for Secret {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Password,
+            )))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Secret {}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(..)")
@@ -102,7 +129,7 @@ pub struct ClusterInfo {
 }
 
 /// What a node is for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Holds pools and replicas.
@@ -156,7 +183,7 @@ pub struct Node {
 pub use crate::volume::spec::{Class, Fs};
 
 /// The result of benchmarking a drive or pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Benchmark {
     pub read_iops: u64,
     pub write_iops: u64,
@@ -271,7 +298,7 @@ fn activated_before_the_record() -> bool {
 }
 
 /// A pool's condition as its node last found it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "state", content = "reason", rename_all = "lowercase")]
 pub enum PoolHealth {
     /// Every member present and the pool up.
@@ -303,7 +330,7 @@ impl PoolHealth {
 
 /// Where an object is in its life. `Deleting` is recorded before anything is torn down, so a
 /// delete interrupted half-way is finished by the reconciler, never forgotten.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     #[default]
@@ -313,7 +340,7 @@ pub enum Phase {
 
 /// The thin device a new one is copied from (a clone, or a restore from a snapshot). Cleared
 /// once the copy is made, so it is never made twice.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Origin {
     pub thin_id: u32,
     /// The live volume that owns `thin_id`, suspended around the copy; none for a snapshot.
@@ -323,7 +350,7 @@ pub struct Origin {
 /// Where a drive is in its life. A drive add is recorded first (`adding`), then the node's
 /// reconciler measures it (`labelling`, once it has a class, a pool and a member slot),
 /// writes its label, and it is `online`: a member the pool is assembled from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DriveState {
     Online,
@@ -368,7 +395,7 @@ pub struct Drive {
 }
 
 /// Why a drive leaves its pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "for", rename_all = "snake_case")]
 pub enum Leaving {
     /// `drive remove`: the pool goes with it (it is the pool's only member).
@@ -410,7 +437,7 @@ impl Drive {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplicaState {
     /// In sync with the others: a write is acknowledged only once it is on every `up` leg.
@@ -455,7 +482,7 @@ pub struct Replica {
 
 /// A raid `check` of a replicated volume (a scrub): asked for through the API, run by the
 /// attach node's raid, which reads every leg and counts what differs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RaidCheck {
     /// Unix seconds, chosen by the proposer: which request this is.
     pub requested: u64,
@@ -474,7 +501,7 @@ impl RaidCheck {
 }
 
 /// Settings that hold for the whole cluster, changed through Raft by any member.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterOptions {
     /// Seconds between scheduled raid checks of each attached replicated volume; `None`
     /// (the default) runs none. A volume's attach node asks for its check once this long
@@ -530,7 +557,7 @@ impl ClusterOptions {
 }
 
 /// A leg lost while its volume was attached.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LegLoss {
     pub node: NodeId,
     pub epoch: u64,
@@ -553,7 +580,7 @@ pub struct Attachment {
 
 /// How far an attachment has come. A single-replica volume's device is always up on its
 /// node, so its attachment is `attached` from the start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttachState {
     /// Recorded; the replicas fence older epochs and the attach node builds the raid.
@@ -672,7 +699,7 @@ pub struct Volume {
 /// thin device maps travel, in rounds of snapshots compared with `thin_delta`, and the last
 /// round runs while the attach node's raid is suspended, just before the raid is
 /// re-assembled with the new leg (DESIGN §5, "A new replica").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Build {
     /// The node whose leg in sync is copied.
     pub source: NodeId,
@@ -705,7 +732,7 @@ pub struct Build {
 }
 
 /// How far a build has come.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BuildPhase {
     /// The source copies rounds until the remainder is small.
@@ -759,7 +786,7 @@ mod tests {
 }
 
 /// Why a volume's replicas are where they are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlacementNote {
     /// "1 replica over 1 node in 1 rack".
     pub explanation: String,

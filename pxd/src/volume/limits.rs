@@ -13,14 +13,14 @@ pub const MIN_BANDWIDTH: u64 = 1 << 20;
 pub const MAX_BANDWIDTH: u64 = 1 << 40;
 
 /// Read and write IOPS limits; 0 is none that way.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IopsLimit {
     pub read: u64,
     pub write: u64,
 }
 
 /// Read and write bytes a second; 0 is none that way.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BandwidthLimit {
     pub read: u64,
     pub write: u64,

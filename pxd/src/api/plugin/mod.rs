@@ -25,11 +25,11 @@
 pub mod refs;
 
 use super::volumes::{self, CreateRequest, MountRequest, VolumeView};
-use super::{AppState, JsonBody};
+use super::{AppState, JsonBody, Path};
 use crate::store::types::{Fs, Secret};
 use crate::volume::spec::check_name;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
