@@ -33,7 +33,15 @@ pub const PACKAGES: &[&str] = &[
     "prometheus",
     // Docker Engine, started inside the guest by the volume plugin's test.
     "docker.io",
+    // A venv for the Python tools below, and curl for the API's test.
+    "python3-venv",
+    "curl",
 ];
+
+/// Python tools from PyPI, pinned, in a venv under `target/pxd-vm/python` that the guest sees
+/// too: schemathesis fuzzes the API against its OpenAPI document, openapi-spec-validator
+/// checks the document.
+pub const PYTHON_TOOLS: &[&str] = &["schemathesis==4.32.5", "openapi-spec-validator==0.9.0"];
 
 pub fn run() -> Result<()> {
     step("Debian packages", apt_packages)?;
@@ -44,6 +52,10 @@ pub fn run() -> Result<()> {
     step(
         "bpf-linker (links the eBPF probes with rustc's own LLVM)",
         bpf_linker,
+    )?;
+    step(
+        "Python tools (schemathesis, openapi-spec-validator)",
+        python_tools,
     )?;
     step("Debian kernel for the test VM", || {
         crate::vm::kernel::ensure().map(|k| println!("   {}", k.release))
@@ -84,6 +96,31 @@ fn apt_packages() -> Result<()> {
 fn package_installed(name: &str) -> bool {
     cmd::output(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Status}", name]))
         .is_ok_and(|s| s.trim() == "installed")
+}
+
+fn python_tools() -> Result<()> {
+    let venv = crate::cache_dir().join("python");
+    // What the venv holds, written once pip is done: a changed pin installs again.
+    let record = venv.join("pxd-tools.txt");
+    let want = PYTHON_TOOLS.join("\n");
+    if std::fs::read_to_string(&record).is_ok_and(|have| have == want) {
+        println!("   present");
+        return Ok(());
+    }
+    if !venv.join("bin/pip").exists() {
+        // Debian's own Python: the guest runs the venv from the host's root.
+        cmd::run(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(&venv),
+        )?;
+    }
+    cmd::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .args(PYTHON_TOOLS),
+    )?;
+    std::fs::write(&record, want).with_context(|| format!("writing {}", record.display()))
 }
 
 fn rust_src() -> Result<()> {

@@ -365,7 +365,7 @@ fn main() -> Result<()> {
 
     step(
         14,
-        "what Prometheus scrapes from /metrics (pool and volume gauges)",
+        "what Prometheus scrapes from /metrics (pool and volume gauges), and the API's own description",
     );
     let client =
         pxd::api::client::BlockingClient::new(pxd::api::client::Target::Unix(node.socket()))?;
@@ -378,6 +378,18 @@ fn main() -> Result<()> {
                 || (l.starts_with("pxd_pool_state") && l.ends_with(" 1"))
         })
         .for_each(|l| println!("        {l}"));
+    let (_, doc) = client.raw(pxd::api::client::Method::GET, "/openapi.json")?;
+    let doc: serde_json::Value = serde_json::from_slice(&doc)?;
+    let operations: usize = doc["paths"].as_object().map_or(0, |p| {
+        p.values()
+            .filter_map(|i| i.as_object())
+            .map(|i| i.len())
+            .sum()
+    });
+    println!(
+        "      and the REST API describes itself: OpenAPI {} at /openapi.json, {operations} operations",
+        doc["openapi"].as_str().unwrap_or("?")
+    );
     node.kill();
 
     cluster::run(&pxd, &args[3..], 15)?;
