@@ -1,8 +1,12 @@
-//! `cargo xtask bench [all|storage|replication|cluster]`: benchmarks that report numbers and
-//! assert nothing.
+//! `cargo xtask bench [--quick] [all|storage|params|replication|cluster]`: benchmarks that
+//! report numbers and assert nothing.
 //!
 //! - `all` (the default): `storage`, then `replication`.
-//! - `storage`: pxd's device stacks as ratios to the raw disk, in one VM run.
+//! - `storage`: pxd thin and pxd crypt on thin beside the raw disk, LVM thin and LUKS2 on LVM
+//!   thin, each figure the median of 5 interleaved repetitions with its range, as ratios to
+//!   the raw disk and to the peer, in one VM run.
+//! - `params`: pxd's crypt layer under each candidate dm-crypt setting, beside LUKS2, the
+//!   same way: the measurement the defaults are chosen by.
 //! - `replication`: 4k random IOPS of 2- and 3-way replicated volumes as ratios to a local
 //!   volume, beside raid1 over an NBD leg served by `nbd-server`, in one VM run. It runs the
 //!   `bench_replication` test target of pxd-tests in the guest, which prints the figures.
@@ -19,14 +23,19 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum, default_value = "all")]
     pub what: Bench,
+    /// One repetition of each job instead of five: a smoke run, not figures to rank by.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bench {
     /// storage, then replication.
     All,
-    /// fio on the raw disk, thin volumes and crypt on thin, as ratios to the raw disk.
+    /// pxd thin and crypt on thin beside the raw disk, LVM thin and LUKS2.
     Storage,
+    /// pxd's crypt layer under each candidate dm-crypt setting, beside LUKS2.
+    Params,
     /// Replicated volumes and raid1 over nbd-server, as ratios to a local volume.
     Replication,
     /// Raft metadata commits on three nodes: commits per second, p50 and p99 latency.
@@ -42,10 +51,11 @@ fn cargo() -> Command {
 pub fn run(args: &BenchArgs) -> Result<i32> {
     match args.what {
         Bench::All => {
-            let storage = crate::bench_storage::run()?;
+            let storage = crate::bench_storage::run("storage", args.quick)?;
             Ok(storage.max(replication()?))
         }
-        Bench::Storage => crate::bench_storage::run(),
+        Bench::Storage => crate::bench_storage::run("storage", args.quick),
+        Bench::Params => crate::bench_storage::run("params", args.quick),
         Bench::Replication => replication(),
         Bench::Cluster => cluster(),
     }

@@ -1,11 +1,13 @@
-//! `cargo xtask bench` (storage): pxd's stacks against the raw disk, in one VM run, as ratios
-//! to the raw device. Speed is reported here, never asserted in tests.
+//! `cargo xtask bench storage|params`: pxd's stacks beside the raw disk and the peers (LVM
+//! thin, LUKS2), or pxd's crypt layer under each candidate setting, in one VM run with three
+//! disks: raw, pxd's pool, the peers'. Speed is reported here, never asserted in tests.
 
 use crate::cmd;
 use anyhow::Result;
 use std::process::Command;
 
-pub fn run() -> Result<i32> {
+/// `mode` is `storage` or `params`; `quick` runs each job once.
+pub fn run(mode: &str, quick: bool) -> Result<i32> {
     crate::setup::run()?;
     let root = crate::workspace_root();
     cmd::run(
@@ -17,11 +19,31 @@ pub fn run() -> Result<i32> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let out_dir = target.join("bench");
-    let out = out_dir.join("storage.json");
+    let out = out_dir.join(format!("{mode}.json"));
     let program = target.join("debug/examples/bench_stacks");
-    println!("xtask bench: one VM, two 4 GiB disks (raw, and the pool's), about 2 minutes");
+    let reps = if quick { 1 } else { 5 };
+    println!(
+        "xtask bench: one VM, three 4 GiB disks (raw, pxd's pool, the peers'), {reps} \
+         repetition(s) of 5 s jobs interleaved: about {} minutes",
+        if mode == "params" {
+            2 + 6 * reps / 5
+        } else {
+            4 + 10 * reps / 5
+        }
+    );
+    let mut command = vec![program.to_string_lossy().into_owned()];
+    if quick {
+        command.push("--quick".into());
+    }
+    command.extend([
+        mode.into(),
+        "/dev/vda".into(),
+        "/dev/vdb".into(),
+        "/dev/vdc".into(),
+    ]);
+    command.push(out.to_string_lossy().into_owned());
     crate::vm::run(&crate::vm::VmArgs {
-        disks: vec!["4G".into(), "4G".into()],
+        disks: vec!["4G".into(), "4G".into(), "4G".into()],
         net: false,
         timeout: 1800,
         mem: 2048,
@@ -30,11 +52,6 @@ pub fn run() -> Result<i32> {
         env: Vec::new(),
         verbose: false,
         keep: false,
-        command: vec![
-            program.to_string_lossy().into_owned(),
-            "/dev/vda".into(),
-            "/dev/vdb".into(),
-            out.to_string_lossy().into_owned(),
-        ],
+        command,
     })
 }

@@ -26,7 +26,9 @@ pub const PACKAGES: &[&str] = &[
     "thin-provisioning-tools",
     "cryptsetup-bin",
     "iproute2",
-    // The peer `cargo xtask bench` mirrors over: an NBD leg, served and attached by hand.
+    // The peers `cargo xtask bench` compares with: LVM thin (and LUKS2 on it, with
+    // cryptsetup-bin above), and an NBD leg, served and attached by hand.
+    "lvm2",
     "nbd-server",
     "nbd-client",
     // Prometheus and promtool: the dashboards' and alert rules' tests run the real ones.

@@ -2,7 +2,7 @@
 //! on a thin device, with the controller ticking as the daemon ticks it, each measured rate
 //! as a ratio to its limit.
 
-use super::{fio_in, Job};
+use crate::fio::{fio_in, Job};
 use anyhow::{Context, Result};
 use pxd::io::cgroups::Hierarchy;
 use pxd::io::limits::{Controller, Limit, TICK};

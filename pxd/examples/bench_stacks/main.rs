@@ -1,12 +1,21 @@
-//! Runs inside the VM for `cargo xtask bench`: fixed fio jobs on the raw disk and on the stacks
-//! pxd builds over a disk of the same kind, each figure reported as a ratio to the raw disk in
-//! the same run, then the cost of the eBPF probes and how close the limit controller holds
-//! a limit. Usage: `bench_stacks RAW_DISK POOL_DISK OUT.json`. Reports; never asserts.
+//! Runs inside the VM for `cargo xtask bench`: fio on pxd's stacks beside the raw disk and
+//! the stacks a user would otherwise pick (LVM thin, LUKS2), each figure the median of
+//! interleaved repetitions with its range, as ratios to the raw disk and to the peer. Then
+//! the cost of the eBPF probes and how close the limit controller holds a limit.
+//!
+//! Usage: `bench_stacks [--quick] storage|params RAW_DISK POOL_DISK PEER_DISK OUT.json`.
+//! `params` runs pxd's crypt layer under each candidate setting instead (see [`variants`]).
+//! `--quick` runs each job once, for a smoke run. Reports; never asserts.
 
+mod fio;
 mod limits;
+mod peers;
+mod stats;
+mod variants;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use devicemapper::{Sectors, ThinDevId};
+use fio::{fio, prewrite, Job, JOBS, REGION, RUNTIME_S};
 use pxd::crypt::VolumeKey;
 use pxd::kernel::block;
 use pxd::kernel::dm::{node_path, KernelDm};
@@ -17,107 +26,19 @@ use pxd::plan::pool::{Drive, PoolSpec, DEFAULT_CHUNK};
 use pxd::plan::thin::plan_thin;
 use pxd::pool;
 use serde_json::{json, Value};
+use stats::Stack;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-/// Region of each device the jobs use.
-const REGION: &str = "512m";
-const RUNTIME_S: u32 = 5;
-
-struct Job {
-    name: &'static str,
-    rw: &'static str,
-    bs: &'static str,
-    iodepth: u32,
-}
-
-const JOBS: [Job; 4] = [
-    Job {
-        name: "randread 4k QD32",
-        rw: "randread",
-        bs: "4k",
-        iodepth: 32,
-    },
-    Job {
-        name: "randwrite 4k QD32",
-        rw: "randwrite",
-        bs: "4k",
-        iodepth: 32,
-    },
-    Job {
-        name: "read 1M QD8",
-        rw: "read",
-        bs: "1m",
-        iodepth: 8,
-    },
-    Job {
-        name: "write 1M QD8",
-        rw: "write",
-        bs: "1m",
-        iodepth: 8,
-    },
-];
-
-fn fio(dev: &Path, job: &Job) -> Result<Value> {
-    fio_in(None, dev, job)
-}
-
-/// [`fio`], run from inside cgroup `cgroup` when one is given (so that its throttles apply).
-fn fio_in(cgroup: Option<&Path>, dev: &Path, job: &Job) -> Result<Value> {
-    let mut c = match cgroup {
-        Some(cg) => {
-            let mut c = Command::new("sh");
-            c.arg("-c")
-                .arg(format!(
-                    "echo $$ > {}/cgroup.procs && exec fio \"$@\"",
-                    cg.display()
-                ))
-                .arg("fio");
-            c
-        }
-        None => Command::new("fio"),
-    };
-    let out = c
-        .args([
-            "--name=bench",
-            "--direct=1",
-            "--ioengine=libaio",
-            "--time_based",
-        ])
-        .arg(format!("--filename={}", dev.display()))
-        .arg(format!("--rw={}", job.rw))
-        .arg(format!("--bs={}", job.bs))
-        .arg(format!("--iodepth={}", job.iodepth))
-        .arg(format!("--size={REGION}"))
-        .arg(format!("--runtime={RUNTIME_S}"))
-        .arg("--output-format=json")
-        .output()
-        .context("running fio")?;
-    if !out.status.success() {
-        bail!(
-            "fio {} on {}: {}",
-            job.name,
-            dev.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).context("reading fio's JSON")?;
-    let side = if job.rw.contains("read") {
-        "read"
-    } else {
-        "write"
-    };
-    let r = &v["jobs"][0][side];
-    Ok(json!({
-        "iops": r["iops"].as_f64().unwrap_or(0.0),
-        "mib_s": r["bw"].as_f64().unwrap_or(0.0) / 1024.0,
-        "clat_mean_us": r["clat_ns"]["mean"].as_f64().unwrap_or(0.0) / 1000.0,
-        "errors": v["jobs"][0]["error"].as_i64().unwrap_or(-1),
-    }))
-}
+/// Repetitions of every job on every stack; `--quick` runs one.
+const REPS: usize = 5;
+const RAW: &str = "raw disk";
+const PXD_THIN: &str = "pxd thin";
+const LVM_THIN: &str = "LVM thin";
+const PXD_CRYPT: &str = "pxd crypt on thin";
+const LUKS2: &str = "LUKS2 on LVM thin";
 
 /// The 4k jobs on the overwritten thin device again with pxd's eBPF probes loaded, each as
-/// a ratio to the same job without them (from `before`).
+/// a ratio to the median of the same job without them (from `before`).
 fn probe_cost(dev: &Path, before: &[Value]) -> Result<Value> {
     let probe = match pxd::io::IoProbe::load() {
         Ok(p) => p,
@@ -128,16 +49,12 @@ fn probe_cost(dev: &Path, before: &[Value]) -> Result<Value> {
     };
     let mut out = Vec::new();
     for job in &JOBS[..2] {
-        let off = before
-            .iter()
-            .find(|r| r["target"] == "thin, overwrite" && r["job"] == job.name)
-            .and_then(|r| r["iops"].as_f64())
-            .unwrap_or(0.0);
+        let off = stats::spread(before, PXD_THIN, job).map_or(0.0, |s| s.median);
         let on = fio(dev, job)?["iops"].as_f64().unwrap_or(0.0);
         let ratio = if off > 0.0 { on / off } else { 0.0 };
         println!(
             "  {:<26} {:<18} {on:>10.0} IOPS   {ratio:>5.2}x without probes ({off:.0})",
-            "thin, probes on", job.name
+            "pxd thin, probes on", job.name
         );
         out.push(json!({ "job": job.name, "iops_off": off, "iops_on": on, "ratio": ratio }));
     }
@@ -145,33 +62,29 @@ fn probe_cost(dev: &Path, before: &[Value]) -> Result<Value> {
     Ok(json!(out))
 }
 
-fn prewrite(dev: &Path) -> Result<()> {
-    let ok = Command::new("fio")
-        .args([
-            "--name=prewrite",
-            "--direct=1",
-            "--ioengine=libaio",
-            "--rw=write",
-        ])
-        .args(["--bs=1m", "--iodepth=8", &format!("--size={REGION}")])
-        .arg(format!("--filename={}", dev.display()))
-        .stdout(std::process::Stdio::null())
-        .status()?
-        .success();
-    if !ok {
-        bail!("prewrite of {} failed", dev.display());
+fn stack(name: &str, dev: &Path, peer: Option<&str>) -> Stack {
+    Stack {
+        name: name.to_owned(),
+        dev: dev.to_owned(),
+        peer: peer.map(str::to_owned),
     }
-    Ok(())
 }
 
 fn main() -> Result<()> {
-    let args: Vec<PathBuf> = std::env::args().skip(1).map(PathBuf::from).collect();
-    let [raw, pool_disk, out] = args.as_slice() else {
-        bail!("usage: bench_stacks RAW_DISK POOL_DISK OUT.json");
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.first().is_some_and(|a| a == "--quick");
+    if quick {
+        args.remove(0);
+    }
+    let [mode, raw, pool_disk, peer_disk, out] = args.as_slice() else {
+        bail!("usage: bench_stacks [--quick] storage|params RAW_DISK POOL_DISK PEER_DISK OUT.json");
     };
+    let reps = if quick { 1 } else { REPS };
+    let (raw, pool_disk, peer_disk) = (Path::new(raw), Path::new(pool_disk), Path::new(peer_disk));
     let dm = KernelDm::open()?;
+    let node = Id::node("bench")?;
     let spec = PoolSpec {
-        node: Id::node("bench")?,
+        node: node.clone(),
         pool: Id::object("p0")?,
         drives: vec![Drive {
             dev: block::device_of(pool_disk)?,
@@ -191,98 +104,98 @@ fn main() -> Result<()> {
         )?;
         Ok(v.path())
     };
-    let overwrite = thin(1)?;
-    let first_random = thin(2)?;
-    let first_seq = thin(3)?;
-    // Crypt on thin 4, with the flags the running kernel has.
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
-    let node = Id::node("bench")?;
-    let t4 = plan_thin(
-        &node,
-        &spec.pool,
-        &Id::object("t4")?,
-        ThinDevId::new_u64(4)?,
-        gib,
-    )?;
-    pool::create_thin_id(&dm, &pool, ThinDevId::new_u64(4)?)?;
-    let crypt = plan_crypt(
-        &node,
-        &Id::object("t4")?,
-        gib,
-        t4.name.clone(),
-        kernel_has_workqueue_bypass(&release),
-    );
-    pxd::volume::open(&dm, &[&t4, &crypt], Some(&VolumeKey::generate()?))?;
-    let crypt_path = node_path(&crypt.name.dm_name());
-
-    println!(
-        "bench: kernel {}, {RUNTIME_S} s per job over {REGION}, figures as ratios to the raw disk",
-        release.trim()
-    );
-    for dev in [raw.as_path(), &overwrite, &crypt_path] {
-        prewrite(dev)?;
-    }
-    let targets: Vec<(&str, &Path, Vec<usize>)> = vec![
-        ("raw disk", raw, vec![0, 1, 2, 3]),
-        ("thin, overwrite", &overwrite, vec![0, 1, 2, 3]),
-        ("thin, first write", &first_random, vec![1]),
-        ("thin, first write (seq)", &first_seq, vec![3]),
-        ("crypt on thin", &crypt_path, vec![0, 1, 2, 3]),
-    ];
-    let mut results = Vec::new();
-    let mut raw_figures: Vec<f64> = vec![0.0; JOBS.len()];
-    for (target, dev, jobs) in &targets {
-        for &j in jobs {
-            let job = &JOBS[j];
-            let mut r = fio(dev, job)?;
-            let figure = if job.bs == "4k" {
-                r["iops"].as_f64()
-            } else {
-                r["mib_s"].as_f64()
-            }
-            .unwrap_or(0.0);
-            if *target == "raw disk" {
-                raw_figures[j] = figure;
-            }
-            let ratio = if raw_figures[j] > 0.0 {
-                figure / raw_figures[j]
-            } else {
-                0.0
-            };
-            r["target"] = json!(target);
-            r["job"] = json!(job.name);
-            r["ratio_to_raw"] = json!(ratio);
-            let unit = if job.bs == "4k" { "IOPS" } else { "MiB/s" };
-            println!(
-                "  {target:<26} {:<18} {figure:>10.0} {unit:<5}  {ratio:>5.2}x raw",
-                job.name
-            );
-            results.push(r);
-        }
-    }
-    let probes = probe_cost(&overwrite, &results)?;
-    let limits = limits::accuracy(&overwrite)?;
-    let report = json!({
-        "kernel": release.trim(),
-        "region": REGION,
-        "runtime_s": RUNTIME_S,
-        "results": results,
-        "probes": probes,
-        "limits": limits,
-    });
-    std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
-    println!("bench: wrote {}", out.display());
-
-    stack::teardown(&dm, &[&crypt.name, &t4.name])?;
-    for n in 1..=3 {
-        let name = pxd::plan::names::DeviceName::new(
+    let thin_name = |n: u64| -> Result<pxd::plan::names::DeviceName> {
+        Ok(pxd::plan::names::DeviceName::new(
             &node,
             pxd::plan::names::Kind::Thin,
             &Id::object(&format!("t{n}"))?,
             None,
-        );
-        stack::teardown(&dm, &[&name])?;
-    }
+        ))
+    };
+    let peers = peers::Peers::build(peer_disk)?;
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    println!(
+        "bench: kernel {}, {RUNTIME_S} s per job over {REGION}, {reps} interleaved repetition(s)",
+        release.trim()
+    );
+    println!(
+        "bench: LUKS2 as cryptsetup made it: {}",
+        peers::Peers::luks_table().trim()
+    );
+    let report = match mode.as_str() {
+        "storage" => {
+            let overwrite = thin(1)?;
+            // Crypt on thin 4, as pxd builds it for an encrypted volume.
+            let t4 = plan_thin(
+                &node,
+                &spec.pool,
+                &Id::object("t4")?,
+                ThinDevId::new_u64(4)?,
+                gib,
+            )?;
+            pool::create_thin_id(&dm, &pool, ThinDevId::new_u64(4)?)?;
+            let crypt = plan_crypt(
+                &node,
+                &Id::object("t4")?,
+                gib,
+                t4.name.clone(),
+                kernel_has_workqueue_bypass(&release),
+            );
+            pxd::volume::open(&dm, &[&t4, &crypt], Some(&VolumeKey::generate()?))?;
+            let crypt_path = node_path(&crypt.name.dm_name());
+            let stacks = vec![
+                stack(RAW, raw, None),
+                stack(PXD_THIN, &overwrite, Some(LVM_THIN)),
+                stack(LVM_THIN, &peers.lvm_thin, None),
+                stack(PXD_CRYPT, &crypt_path, Some(LUKS2)),
+                stack(LUKS2, &peers.luks, None),
+            ];
+            for s in &stacks {
+                prewrite(&s.dev)?;
+            }
+            let jobs: Vec<&Job> = JOBS.iter().collect();
+            let runs = stats::measure(&stacks, &jobs, reps)?;
+            let summary = stats::report(&runs, &stacks, &jobs, RAW);
+            let probes = probe_cost(&overwrite, &runs)?;
+            let limits = limits::accuracy(&overwrite)?;
+            stack::teardown(&dm, &[&crypt.name, &t4.name, &thin_name(1)?])?;
+            json!({ "summary": summary, "runs": runs, "probes": probes, "limits": limits })
+        }
+        "params" => {
+            let mut devices = Vec::new();
+            for (i, v) in variants::CRYPT_VARIANTS.iter().enumerate() {
+                let lower = thin(10 + i as u64)?;
+                devices.push(variants::CryptDevice::create(&dm, i, v, &lower, gib.0)?);
+            }
+            let mut stacks: Vec<Stack> = variants::CRYPT_VARIANTS
+                .iter()
+                .zip(&devices)
+                .map(|(v, d)| stack(v.name, &d.path, None))
+                .collect();
+            stacks.push(stack(LUKS2, &peers.luks, None));
+            for s in &stacks {
+                prewrite(&s.dev)?;
+            }
+            let jobs: Vec<&Job> = JOBS.iter().filter(|j| j.bs == "4k").collect();
+            let runs = stats::measure(&stacks, &jobs, reps)?;
+            let summary = stats::report(&runs, &stacks, &jobs, LUKS2);
+            drop(devices);
+            for i in 0..variants::CRYPT_VARIANTS.len() {
+                stack::teardown(&dm, &[&thin_name(10 + i as u64)?])?;
+            }
+            json!({ "summary": summary, "runs": runs })
+        }
+        other => bail!("mode {other:?}: storage or params"),
+    };
+    let mut report = report;
+    report["kernel"] = json!(release.trim());
+    report["region"] = json!(REGION);
+    report["runtime_s"] = json!(RUNTIME_S);
+    report["repetitions"] = json!(reps);
+    report["luks_table"] = json!(peers::Peers::luks_table().trim());
+    std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
+    println!("\nbench: wrote {out}");
+    peers.teardown()?;
     pool::deactivate_pool(&dm, &pool)?;
     Ok(())
 }
