@@ -7,7 +7,7 @@ use pxd::kernel::block;
 use pxd::kernel::dm::{node_path, DeviceMapper, KernelDm};
 use pxd::kernel::fs;
 use pxd::kernel::stack::{self, Outcome};
-use pxd::plan::crypt::plan_crypt;
+use pxd::plan::crypt::{plan_crypt, Workqueues};
 use pxd::plan::names::{DeviceName, Id};
 use pxd::plan::pool::DEFAULT_CHUNK;
 use pxd::plan::thin::{plan_grow, plan_thin, plan_thin_read_only};
@@ -217,6 +217,97 @@ fn mounted_volume_grows_online_while_fio_writes() {
     teardown_and_check(&dm, &pool, &[&small.name]);
 }
 
+/// The crypt table of `old` (both workqueues bypassed) meets today's default: an activation
+/// adopts it as it is, then a live reload swaps in the new flags under fio. What was written
+/// before (`plain`, at the start) and what fio writes across the swap read back whole.
+fn flags_reload_live(
+    dm: &KernelDm,
+    old: &pxd::plan::table::DevicePlan,
+    key: &VolumeKey,
+    plain: &[u8],
+) {
+    let seg = &old.segments[0];
+    let (node, vid) = (Id::node("sec").unwrap(), id("v1"));
+    let lower = match &seg.target {
+        pxd::plan::table::TargetSpec::Crypt { dev, .. } => match dev {
+            pxd::plan::table::DevRef::Dm(n) => n.clone(),
+            other => panic!("crypt over {other:?}"),
+        },
+        other => panic!("{other:?} is no crypt target"),
+    };
+    let new = plan_crypt(&node, &vid, seg.length, lower.clone(), Workqueues::DEFAULT);
+    let name = new.name.dm_name();
+    let flags = || dm.table(&name).unwrap()[0].3.clone();
+    assert!(flags().contains("no_write_workqueue"), "{}", flags());
+    let adopted = stack::apply(dm, &[&new]).unwrap();
+    assert_eq!(adopted.devices[0].outcome, Outcome::AlreadyExists);
+    assert!(flags().contains("no_write_workqueue"), "adopted as it was");
+
+    let path = node_path(&name);
+    let report = PathBuf::from("/tmp/pxd-crypt-reload.json");
+    let mut fio = Command::new("fio")
+        .args([
+            "--name=reload",
+            "--direct=1",
+            "--ioengine=libaio",
+            "--rw=randwrite",
+        ])
+        .args(["--bs=4k", "--iodepth=8", "--offset=8m", "--size=48m"])
+        .args([
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--output-format=json",
+            "--eta=never",
+        ])
+        .arg(format!("--output={}", report.display()))
+        .arg(format!("--filename={}", path.display()))
+        .spawn()
+        .unwrap();
+    // Under way: the device has taken writes.
+    let stat = || {
+        let dev = block::device_of(&path).unwrap();
+        let f = format!("/sys/dev/block/{}:{}/stat", dev.major, dev.minor);
+        let s = std::fs::read_to_string(f).unwrap();
+        s.split_whitespace().nth(4).unwrap().parse::<u64>().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stat() == 0 {
+        assert!(Instant::now() < deadline, "fio never wrote");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(pxd::volume::reload_crypt_flags(dm, &new, key).unwrap());
+    let status = fio.wait().unwrap();
+    assert!(status.success(), "fio exited {status}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(v["jobs"][0]["error"], 0, "fio across the reload: {v}");
+    assert!(v["jobs"][0]["write"]["io_bytes"].as_u64().unwrap() >= 48 * MIB as u64);
+    let now = flags();
+    assert_eq!(
+        (
+            now.contains("no_read_workqueue"),
+            now.contains("no_write_workqueue")
+        ),
+        (
+            Workqueues::DEFAULT.bypass_reads,
+            Workqueues::DEFAULT.bypass_writes
+        ),
+        "{now}"
+    );
+    assert_eq!(read_direct(&path, 0, plain.len()), plain);
+    // Already at its plan: nothing to load. A plan that maps differently is refused.
+    assert!(!pxd::volume::reload_crypt_flags(dm, &new, key).unwrap());
+    let other = plan_crypt(
+        &node,
+        &vid,
+        Sectors(*seg.length / 2),
+        lower,
+        Workqueues::DEFAULT,
+    );
+    assert!(pxd::volume::reload_crypt_flags(dm, &other, key).is_err());
+    assert_eq!(read_direct(&path, 0, plain.len()), plain);
+}
+
 #[test]
 fn encrypted_volume_hides_its_data_and_reopens_with_its_wrapped_key() {
     let disks = &vm_disks(6)[4..6];
@@ -231,7 +322,12 @@ fn encrypted_volume_hides_its_data_and_reopens_with_its_wrapped_key() {
     let size = Sectors(64 * 2048);
     let thin = plan_thin(&node, &pool.spec.pool, &id("v1"), thin_id(1), size).unwrap();
     pool::create_thin_id(&dm, &pool, thin_id(1)).unwrap();
-    let crypt = plan_crypt(&node, &id("v1"), size, thin.name.clone(), true);
+    // Made with both workqueues bypassed, pxd's default before it was measured.
+    let both = Workqueues {
+        bypass_reads: true,
+        bypass_writes: true,
+    };
+    let crypt = plan_crypt(&node, &id("v1"), size, thin.name.clone(), both);
 
     let cluster_key_path = PathBuf::from("/tmp/pxd-test-cluster.key");
     let cluster = ClusterKey::load_or_create(&cluster_key_path).unwrap();
@@ -271,6 +367,8 @@ fn encrypted_volume_hides_its_data_and_reopens_with_its_wrapped_key() {
         "thin stayed up"
     );
     assert_eq!(read_direct(&crypt_path, 0, 4 * MIB), plain);
+
+    flags_reload_live(&dm, &crypt, &key_again, &plain);
 
     // The wrong key gives garbage, not the data.
     stack::teardown(&dm, &[&crypt.name]).unwrap();

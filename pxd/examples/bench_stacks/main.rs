@@ -20,7 +20,7 @@ use pxd::crypt::VolumeKey;
 use pxd::kernel::block;
 use pxd::kernel::dm::{node_path, KernelDm};
 use pxd::kernel::stack;
-use pxd::plan::crypt::{kernel_has_workqueue_bypass, plan_crypt};
+use pxd::plan::crypt::{plan_crypt, Workqueues};
 use pxd::plan::names::Id;
 use pxd::plan::pool::{Drive, PoolSpec, DEFAULT_CHUNK};
 use pxd::plan::thin::plan_thin;
@@ -139,7 +139,7 @@ fn main() -> Result<()> {
                 &Id::object("t4")?,
                 gib,
                 t4.name.clone(),
-                kernel_has_workqueue_bypass(&release),
+                Workqueues::DEFAULT.on_kernel(&release),
             );
             pxd::volume::open(&dm, &[&t4, &crypt], Some(&VolumeKey::generate()?))?;
             let crypt_path = node_path(&crypt.name.dm_name());

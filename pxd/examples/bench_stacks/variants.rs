@@ -3,10 +3,10 @@
 //! interleaved with each other and with LUKS2, so that the defaults are chosen by measurement.
 
 use anyhow::{Context, Result};
-use devicemapper::{Device, DmName, DmUuid};
+use devicemapper::{Device, DmName, DmUuid, TargetParams};
 use pxd::kernel::dm::{node_path, DeviceMapper, KernelDm};
 use pxd::kernel::keyring::add_logon_key;
-use pxd::plan::crypt::CryptTargetParams;
+use pxd::plan::crypt::{CryptTargetParams, Workqueues};
 use std::path::{Path, PathBuf};
 
 /// One candidate setting.
@@ -72,7 +72,7 @@ impl CryptDevice {
         rand::Rng::fill(&mut rand::thread_rng(), &mut key[..]);
         let _key = add_logon_key(&description, &key).context("adding the bench key")?;
         let lower: Device = pxd::kernel::block::device_of(lower)?;
-        let mut params = CryptTargetParams::pxd(lower, &description, false);
+        let mut params = CryptTargetParams::pxd(lower, &description, Workqueues::default());
         params.sector_size = (variant.sector_bytes != 512).then_some(variant.sector_bytes);
         params.iv_large_sectors = variant.sector_bytes != 512;
         params.no_read_workqueue = variant.no_read_workqueue;
@@ -81,7 +81,7 @@ impl CryptDevice {
         dm.create(
             dm_name,
             DmUuid::new(&format!("PXDBENCH-{name}"))?,
-            &[(0, sectors, "crypt".to_owned(), params.to_string())],
+            &[(0, sectors, "crypt".to_owned(), params.param_str())],
         )?;
         Ok(CryptDevice {
             path: node_path(dm_name),

@@ -133,6 +133,18 @@ pub struct StorageArgs {
     /// I/O room; 0 sends as fast as the disks and network allow.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub copy_rate_mib: u64,
+    /// Whether new crypt tables skip dm-crypt's read workqueue (`no_read_workqueue`, Linux
+    /// 5.9+): decryption then runs where the read completes. The default is what `cargo
+    /// xtask bench params` measured best; live volumes keep their tables.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set,
+          default_value_t = crate::plan::crypt::Workqueues::DEFAULT.bypass_reads)]
+    pub crypt_bypass_read_workqueue: bool,
+    /// Whether new crypt tables skip dm-crypt's write workqueue (`no_write_workqueue`):
+    /// encryption then runs in the submitter's context, which held 4k random writes to about
+    /// half their rate in the measurement the default follows.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set,
+          default_value_t = crate::plan::crypt::Workqueues::DEFAULT.bypass_writes)]
+    pub crypt_bypass_write_workqueue: bool,
 }
 
 fn parse_overcommit(s: &str) -> Result<f64, String> {
@@ -268,6 +280,10 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
         Duration::from_millis(st.drive_bench_ms),
     );
     reconciler.set_overcommit(st.overcommit);
+    reconciler.set_crypt_workqueues(crate::plan::crypt::Workqueues {
+        bypass_reads: st.crypt_bypass_read_workqueue,
+        bypass_writes: st.crypt_bypass_write_workqueue,
+    });
     let reconciler = Arc::new(reconciler);
     // Adopt what the kernel has before serving: a restart changes nothing that runs.
     if let Err(e) = reconciler.pass().await {

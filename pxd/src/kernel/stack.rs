@@ -5,7 +5,7 @@
 
 use crate::kernel::dm::{DeviceMapper, DmOpError, Removed};
 use crate::plan::names::DeviceName;
-use crate::plan::table::{parse_table, raw_table, DevicePlan, Line, TableError};
+use crate::plan::table::{parse_table, raw_table, same_layout, DevicePlan, Line, TableError};
 use devicemapper::Device;
 use std::collections::HashMap;
 
@@ -126,7 +126,9 @@ fn apply_one(
                 read_only: info.read_only,
             });
         }
-        if found != lines {
+        // A crypt table made with other workqueue flags (an older default, another daemon
+        // flag) maps the same data the same way: it is adopted as it is.
+        if !same_layout(&found, &lines) {
             return Err(StackError::TableMismatch {
                 device: plan.name.to_string(),
                 planned: render(&lines),
@@ -197,7 +199,8 @@ pub fn grow(dm: &dyn DeviceMapper, bottom_up: &[&DevicePlan]) -> Result<Vec<bool
     for plan in bottom_up {
         let name = plan.name.dm_name();
         let (lines, found) = live_tables(dm, plan)?;
-        if found == lines {
+        // Other workqueue flags alone are no reason to reload: the size is what grows.
+        if same_layout(&found, &lines) {
             changed.push(false);
             continue;
         }
@@ -214,6 +217,31 @@ pub fn grow(dm: &dyn DeviceMapper, bottom_up: &[&DevicePlan]) -> Result<Vec<bool
         changed.push(true);
     }
     Ok(changed)
+}
+
+/// Loads a live crypt device's planned table when it differs from the live one only in its
+/// workqueue flags (same data, same layout); any other difference is refused. The key must be
+/// in the keyring (see `volume::reload_crypt_flags`). Returns whether it loaded.
+pub fn reload_crypt_flags(dm: &dyn DeviceMapper, plan: &DevicePlan) -> Result<bool, StackError> {
+    let name = plan.name.dm_name();
+    let (lines, found) = live_tables(dm, plan)?;
+    if found == lines {
+        return Ok(false);
+    }
+    if !same_layout(&found, &lines) {
+        return Err(StackError::TableMismatch {
+            device: plan.name.to_string(),
+            planned: render(&lines),
+            found: render(&found),
+        });
+    }
+    dm.load(&name, &raw_table(&lines))?;
+    if let Err(e) = dm.resume(&name) {
+        // The live table stays in force: drop the loaded one.
+        let _ = dm.clear(&name);
+        return Err(e.into());
+    }
+    Ok(true)
 }
 
 /// Loads a live device's planned table where it differs (or `always`), same length only: a

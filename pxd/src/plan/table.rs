@@ -42,7 +42,7 @@ pub enum TargetSpec {
     Crypt {
         dev: DevRef,
         key: String,
-        bypass_workqueues: bool,
+        workqueues: crate::plan::crypt::Workqueues,
     },
     /// dm-raid raid1 over (metadata, data) legs; `None` leaves a leg out.
     Raid {
@@ -84,6 +84,24 @@ pub struct Line {
     pub start: Sectors,
     pub length: Sectors,
     pub target: Target,
+}
+
+impl Line {
+    /// Whether `self` and `other` map the same data the same way: equal, or crypt lines told
+    /// apart only by their workqueue bypass, which a live reload may change.
+    pub fn same_layout(&self, other: &Line) -> bool {
+        match (&self.target, &other.target) {
+            (Target::Crypt(a), Target::Crypt(b)) => {
+                (self.start, self.length) == (other.start, other.length) && a.layout() == b.layout()
+            }
+            _ => self == other,
+        }
+    }
+}
+
+/// [`Line::same_layout`] for whole tables.
+pub fn same_layout(a: &[Line], b: &[Line]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same_layout(y))
 }
 
 /// Why a table could not be resolved or read.
@@ -143,8 +161,8 @@ impl DevicePlan {
                     TargetSpec::Crypt {
                         dev: d,
                         key,
-                        bypass_workqueues,
-                    } => Target::Crypt(CryptTargetParams::pxd(dev(d)?, key, *bypass_workqueues)),
+                        workqueues,
+                    } => Target::Crypt(CryptTargetParams::pxd(dev(d)?, key, *workqueues)),
                     TargetSpec::Raid { legs, nosync } => {
                         let legs = legs
                             .iter()
@@ -254,6 +272,46 @@ pub fn parse_table(raw: &[(u64, u64, String, String)]) -> Result<Vec<Line>, Tabl
 mod tests {
     use super::*;
     use crate::plan::names::{Id, Kind};
+
+    #[test]
+    fn crypt_lines_apart_only_in_workqueue_flags_have_the_same_layout() {
+        let line = |p: &str| Line {
+            start: Sectors(0),
+            length: Sectors(2048),
+            target: Target::parse("crypt", p).unwrap(),
+        };
+        let key = "aes-xts-plain64 :64:logon:pxd:pxd-n1-crypt-v1 0 253:3 0";
+        // As the kernel prints them: its own order, its own count.
+        let both = line(&format!(
+            "{key} 5 allow_discards no_read_workqueue no_write_workqueue sector_size:4096 iv_large_sectors"
+        ));
+        let reads = line(&format!(
+            "{key} 4 allow_discards no_read_workqueue sector_size:4096 iv_large_sectors"
+        ));
+        let small = line(&format!("{key} 1 allow_discards"));
+        assert_ne!(both, reads);
+        assert!(both.same_layout(&reads) && reads.same_layout(&both));
+        assert!(
+            !both.same_layout(&small),
+            "512-byte sectors map differently"
+        );
+        let longer = Line {
+            length: Sectors(4096),
+            ..reads.clone()
+        };
+        assert!(!reads.same_layout(&longer));
+        let linear = Line {
+            start: Sectors(0),
+            length: Sectors(2048),
+            target: Target::parse("linear", "253:3 0").unwrap(),
+        };
+        assert!(linear.same_layout(&linear.clone()) && !linear.same_layout(&reads));
+        assert!(same_layout(
+            std::slice::from_ref(&both),
+            std::slice::from_ref(&reads)
+        ));
+        assert!(!same_layout(&[both], &[reads, linear]));
+    }
 
     #[test]
     fn kernel_tables_parse_into_the_same_typed_lines_pxd_renders() {

@@ -113,6 +113,8 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
         cluster: cluster_id,
         joining,
         thresholds: Default::default(),
+        // The daemon's choice, set by the reconciler like the thresholds.
+        crypt_workqueues: Default::default(),
         pools,
         volumes,
         mount_root,
@@ -489,7 +491,8 @@ pub fn io_stack(
     let r = v.replicas.first()?;
     let node = crate::plan::names::Id::node(&r.node.to_string()).ok()?;
     let vs = volume_state(st, v, r.node)?;
-    let stack = super::steps::volume_stack(&node, &vs, true).ok()?;
+    // Only the devices' names matter here, not their flags.
+    let stack = super::steps::volume_stack(&node, &vs, Default::default()).ok()?;
     Some((r.node, stack))
 }
 
@@ -510,7 +513,7 @@ fn attached_stack(v: &Volume) -> Option<(NodeId, Vec<crate::plan::table::DeviceP
             &vid,
             size,
             raid.name.clone(),
-            true,
+            Default::default(),
         ));
     }
     plans.insert(0, raid);

@@ -26,6 +26,9 @@ pub struct NodeState {
     /// own default when none is given).
     #[serde(default)]
     pub drive_bench: Option<std::time::Duration>,
+    /// The dm-crypt workqueues this node's new crypt tables bypass (daemon flags).
+    #[serde(default)]
+    pub crypt_workqueues: crate::plan::crypt::Workqueues,
     /// Where this node's NVMe/TCP target serves its legs.
     #[serde(default)]
     pub nvme_addr: Option<std::net::SocketAddr>,

@@ -5,7 +5,6 @@ use crate::kernel::dm::{DeviceMapper, DmOpError};
 use crate::kernel::nvme_host;
 use crate::kernel::nvmet::Nvmet;
 use crate::kernel::{drive_health, fs, label};
-use crate::plan::crypt::kernel_has_workqueue_bypass;
 use crate::plan::names::{host_nqn, parse_leg_nqn, DeviceName, Id, Kind};
 use crate::plan::pool::Drive;
 use crate::pool::label::Found;
@@ -73,7 +72,7 @@ pub fn observe(dm: &dyn DeviceMapper, desired: &NodeState) -> Result<Observed, D
     observe_legs(desired, &mut observed);
     observe_raids(dm, desired, &mut observed);
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    observed.bypass_workqueues = kernel_has_workqueue_bypass(&release);
+    observed.crypt_workqueues = desired.crypt_workqueues.on_kernel(&release);
     Ok(observed)
 }
 

@@ -499,7 +499,7 @@ fn attach_plans(
             vid,
             size,
             lower,
-            observed.bypass_workqueues,
+            observed.crypt_workqueues,
         ));
     }
     Ok(Some(plans))

@@ -22,7 +22,7 @@ pub(super) fn thin_id(volume: &str, n: u64) -> Result<ThinDevId, PlanError> {
 pub fn volume_stack(
     node: &Id,
     v: &VolumeState,
-    bypass_workqueues: bool,
+    workqueues: crate::plan::crypt::Workqueues,
 ) -> Result<Vec<DevicePlan>, PlanError> {
     let vid = Id::object(&v.id)?;
     let size = Sectors(v.size_bytes / 512);
@@ -43,7 +43,7 @@ pub fn volume_stack(
     let mut plans = vec![thin];
     if v.key.is_some() {
         let lower = plans[0].name.clone();
-        plans.push(plan_crypt(node, &vid, size, lower, bypass_workqueues));
+        plans.push(plan_crypt(node, &vid, size, lower, workqueues));
     }
     for p in &mut plans {
         p.read_only = v.read_only;
@@ -102,7 +102,7 @@ pub(super) fn live_volume_steps(
     };
     if let Some(origin) = &v.origin {
         let live_top_down = match origin.volume.as_deref().and_then(|id| desired.volume(id)) {
-            Some(src) => volume_stack(&node, src, observed.bypass_workqueues)?
+            Some(src) => volume_stack(&node, src, observed.crypt_workqueues)?
                 .into_iter()
                 .rev()
                 .map(|p| p.name)

@@ -185,6 +185,8 @@ pub struct Reconciler {
     stale_clock: super::replica_timeout::StaleClock,
     /// How many times its capacity a pool may have provisioned (placement of new legs).
     overcommit: f64,
+    /// The dm-crypt workqueues new crypt tables bypass.
+    crypt_workqueues: crate::plan::crypt::Workqueues,
 }
 
 /// Whether `v` has a leg marked failed: its attachment was forced from a node holding that
@@ -217,6 +219,7 @@ impl Reconciler {
             last: Mutex::new(LastPass::default()),
             stale_clock: Default::default(),
             overcommit: 1.0,
+            crypt_workqueues: crate::plan::crypt::Workqueues::DEFAULT,
         }
     }
 
@@ -227,6 +230,11 @@ impl Reconciler {
     /// How many times its capacity a pool may have provisioned, as placement admits.
     pub fn set_overcommit(&mut self, overcommit: f64) {
         self.overcommit = overcommit;
+    }
+
+    /// The dm-crypt workqueues new crypt tables bypass; live ones keep theirs.
+    pub fn set_crypt_workqueues(&mut self, workqueues: crate::plan::crypt::Workqueues) {
+        self.crypt_workqueues = workqueues;
     }
 
     /// What placement needs from this node's view, in one read: the nodes online as seen
@@ -297,6 +305,7 @@ impl Reconciler {
         });
         state.thresholds = self.thresholds;
         state.drive_bench = Some(self.drive_bench);
+        state.crypt_workqueues = self.crypt_workqueues;
         let now = std::time::Instant::now();
         let mut seen = self.epochs_seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.retain(|id, _| state.volumes.iter().any(|v| v.id == *id));

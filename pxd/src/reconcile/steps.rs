@@ -39,8 +39,9 @@ pub struct Observed {
     pub devices: BTreeMap<String, (Device, Sectors)>,
     /// Those of them that are suspended (a crash between suspend and resume leaves them so).
     pub suspended: BTreeSet<String>,
-    /// Whether dm-crypt may bypass its workqueues on this kernel.
-    pub bypass_workqueues: bool,
+    /// The dm-crypt workqueues new crypt tables bypass: the daemon's choice, as far as this
+    /// kernel has the flags.
+    pub crypt_workqueues: crate::plan::crypt::Workqueues,
     /// The thin id each of this node's thin devices maps: name -> id.
     pub thin_ids: BTreeMap<String, u64>,
     /// Where each of this node's devices is mounted: name -> mount points.
@@ -295,7 +296,7 @@ pub fn plan(desired: &NodeState, observed: &Observed) -> Result<Vec<Step>, PlanE
             });
         }
         let pool = Id::object(&v.pool)?;
-        let stack = volume_stack(&node, v, observed.bypass_workqueues)?;
+        let stack = volume_stack(&node, v, observed.crypt_workqueues)?;
         // A leg dropped from a dead pool is taken down all the same: nothing it needs is
         // written to the pool.
         let dead = desired.pools.iter().any(|p| p.id == v.pool && p.dead);
@@ -434,7 +435,7 @@ mod tests {
                 })
                 .collect(),
             suspended: BTreeSet::new(),
-            bypass_workqueues: true,
+            crypt_workqueues: crate::plan::crypt::Workqueues::DEFAULT,
             ..Default::default()
         }
     }

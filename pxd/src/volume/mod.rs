@@ -61,6 +61,18 @@ pub fn open(
     with_keys(plans, key, || Ok(stack::apply(dm, plans)?))
 }
 
+/// Reloads a live crypt layer with the workqueue flags of its plan, under I/O: the kernel swaps
+/// the table at resume, and what it maps does not change. Returns whether it loaded.
+pub fn reload_crypt_flags(
+    dm: &dyn DeviceMapper,
+    plan: &DevicePlan,
+    key: &VolumeKey,
+) -> Result<bool, VolumeError> {
+    with_keys(&[plan], Some(key), || {
+        Ok(stack::reload_crypt_flags(dm, plan)?)
+    })
+}
+
 /// Grows `plans` (lowest first) online; a crypt layer reloads with `key`.
 pub fn grow(
     dm: &dyn DeviceMapper,
