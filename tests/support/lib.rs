@@ -241,6 +241,7 @@ pub fn pool_spec(node: &str, disks: &[PathBuf], chunk: devicemapper::Sectors) ->
             })
             .collect(),
         chunk,
+        features: pxd::plan::pool::ThinFeatures::DEFAULT,
     }
 }
 

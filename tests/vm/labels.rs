@@ -27,6 +27,14 @@ fn listed(d: &Daemon, disk: &Path) -> DriveView {
 }
 
 /// Removes the daemon node's devices, top first, as a reboot would: its drives are free.
+/// The table of the node's thin-pool device: `0 LEN thin-pool META DATA CHUNK LOW N FEATURES`.
+fn thin_pool_table(node: &str) -> String {
+    let pool = node_devices(node)
+        .into_iter()
+        .find(|n| n.contains("-pool-") && !n.ends_with("-meta") && !n.ends_with("-data"));
+    pool.map_or_else(String::new, |p| pxd_tests::run("dmsetup", &["table", &p]))
+}
+
 fn take_down(node: &str) {
     let dm = KernelDm::open().unwrap();
     let mut names: Vec<String> = node_devices(node).into_iter().collect();
@@ -117,10 +125,44 @@ fn a_damaged_label_needs_force() {
     let _one = serial();
     let disk = vm_disks(6)[1].clone();
     let path = disk.to_str().unwrap();
-    let mut d = Daemon::new("damaged", 9320, &[]);
+    // The pool is made as the daemon's --thin-* flags say, and keeps that across a restart
+    // with other flags.
+    let made_with = [
+        "--thin-chunk",
+        "1M",
+        "--thin-zero-new-chunks",
+        "false",
+        "--thin-discard-passdown",
+        "false",
+    ];
+    let mut d = Daemon::new("damaged", 9320, &made_with);
     d.start_cluster();
     let status: Status = d.json(&["cluster", "status"]);
     d.ok(&["drive", "add", path]);
+    // `0 LEN thin-pool META DATA CHUNK LOW_WATER N FEATURES...`
+    let made_as_asked = |t: &str| {
+        let f: Vec<&str> = t.split_whitespace().collect();
+        f.get(5) == Some(&"2048")
+            && f.get(7..) == Some(&["2", "skip_block_zeroing", "no_discard_passdown"][..])
+    };
+    pxd_tests::wait_until(std::time::Duration::from_secs(120), || {
+        let t = thin_pool_table(&status.node.to_string());
+        made_as_asked(&t).then_some(()).ok_or(t)
+    });
+    let made = thin_pool_table(&status.node.to_string());
+    d.kill();
+    d.args.clear();
+    d.start();
+    let pools: Vec<PoolView> = d.json(&["pool", "list"]);
+    assert_eq!(
+        (
+            pools[0].chunk_bytes,
+            pools[0].zero_new_chunks,
+            pools[0].discard_passdown
+        ),
+        (1 << 20, false, false)
+    );
+    assert_eq!(thin_pool_table(&status.node.to_string()), made);
     d.kill();
     take_down(&status.node.to_string());
     // Both copies of the label get a flipped byte: the magic stays, the checksum fails.

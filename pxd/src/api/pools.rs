@@ -67,6 +67,12 @@ pub struct PoolView {
     #[serde(default)]
     pub health: PoolHealth,
     pub chunk_bytes: u64,
+    /// dm-thin zeroes a new chunk before a partial write (fixed when the pool was made).
+    #[serde(default = "on")]
+    pub zero_new_chunks: bool,
+    /// dm-thin passes discards down to the drives (the same).
+    #[serde(default = "on")]
+    pub discard_passdown: bool,
     pub capacity: u64,
     /// From the last reconcile pass on the pool's node; none elsewhere.
     pub usage: Option<PoolUse>,
@@ -134,6 +140,8 @@ pub async fn list(State(s): State<AppState>) -> ApiResult<Vec<PoolView>> {
                         .collect(),
                     health: p.health.clone(),
                     chunk_bytes: p.chunk_sectors * 512,
+                    zero_new_chunks: p.zero_new_chunks,
+                    discard_passdown: p.discard_passdown,
                     capacity: usage.map_or(p.capacity, |u| u.data_total),
                     near_full: usage.and_then(|u| u.near_full(&s.reconciler.full)),
                     usage,
@@ -284,6 +292,10 @@ pub(super) async fn new_drive(
 }
 
 /// Every pool member of the store: drive uuid -> (pool, class).
+fn on() -> bool {
+    true
+}
+
 pub fn member_index(st: &ClusterState) -> BTreeMap<String, (String, Class)> {
     st.pools
         .values()

@@ -852,6 +852,18 @@ pub fn drive_leaving(json: bool, l: crate::api::drive_leave::DriveLeaving) -> Re
     Ok(())
 }
 
+/// A pool's chunk, with the dm-thin features it was made without.
+fn chunk_column(p: &PoolView) -> String {
+    let mut out = bytes(p.chunk_bytes);
+    if !p.zero_new_chunks {
+        out.push_str(", no zeroing");
+    }
+    if !p.discard_passdown {
+        out.push_str(", no passdown");
+    }
+    out
+}
+
 pub fn pool_list(json: bool, c: &BlockingClient) -> Result<(), CliError> {
     let pools: Vec<PoolView> = c.get("/v1/pools")?;
     if json {
@@ -894,7 +906,7 @@ pub fn pool_list(json: bool, c: &BlockingClient) -> Result<(), CliError> {
                 drives.join(", "),
                 data,
                 meta,
-                bytes(p.chunk_bytes),
+                chunk_column(p),
                 p.volumes.to_string(),
                 state,
             ]

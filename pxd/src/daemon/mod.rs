@@ -145,6 +145,36 @@ pub struct StorageArgs {
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set,
           default_value_t = crate::plan::crypt::Workqueues::DEFAULT.bypass_writes)]
     pub crypt_bypass_write_workqueue: bool,
+    /// Allocation chunk of the thin pools this node makes from now on: 64K to 1M, a
+    /// multiple of 64K. A pool keeps the chunk it was made with. A bigger chunk writes more
+    /// on a volume's first write to a chunk and after a snapshot; see the README's bench
+    /// section for what each measured.
+    #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = parse_chunk)]
+    pub thin_chunk: u64,
+    /// Whether the thin pools this node makes zero a new chunk before a partial write lands
+    /// in it. Off, a new volume can read what a deleted one left on the disk: only for nodes
+    /// whose volumes all trust each other. A pool keeps what it was made with.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set,
+          default_value_t = crate::plan::pool::ThinFeatures::DEFAULT.zero_new_chunks)]
+    pub thin_zero_new_chunks: bool,
+    /// Whether the thin pools this node makes pass discards down to the drives, so that
+    /// space freed in a pool is freed on the disk too. A pool keeps what it was made with.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set,
+          default_value_t = crate::plan::pool::ThinFeatures::DEFAULT.discard_passdown)]
+    pub thin_discard_passdown: bool,
+}
+
+/// `--thin-chunk`: a size from 64K to 1M in steps of 64K, in 512-byte sectors.
+fn parse_chunk(s: &str) -> Result<u64, String> {
+    use crate::plan::pool::{MAX_CHUNK, MIN_CHUNK};
+    let bytes = crate::volume::spec::parse_size("thin-chunk", s).map_err(|e| e.to_string())?;
+    let sectors = bytes / 512;
+    if bytes % (*MIN_CHUNK * 512) != 0 || !(*MIN_CHUNK..=*MAX_CHUNK).contains(&sectors) {
+        return Err(format!(
+            "thin-chunk: {s} must be a multiple of 64K from 64K to 1M"
+        ));
+    }
+    Ok(sectors)
 }
 
 fn parse_overcommit(s: &str) -> Result<f64, String> {
@@ -284,6 +314,11 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
         bypass_reads: st.crypt_bypass_read_workqueue,
         bypass_writes: st.crypt_bypass_write_workqueue,
     });
+    reconciler.set_new_pool(crate::store::types::NewPool {
+        chunk_sectors: st.thin_chunk,
+        zero_new_chunks: st.thin_zero_new_chunks,
+        discard_passdown: st.thin_discard_passdown,
+    });
     let reconciler = Arc::new(reconciler);
     // Adopt what the kernel has before serving: a restart changes nothing that runs.
     if let Err(e) = reconciler.pass().await {
@@ -366,4 +401,20 @@ async fn wait_for_stop() -> Result<(), DaemonError> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_chunk;
+
+    #[test]
+    fn thin_chunks_are_64k_steps_from_64k_to_1m() {
+        assert_eq!(parse_chunk("64K"), Ok(128));
+        assert_eq!(parse_chunk("256K"), Ok(512));
+        assert_eq!(parse_chunk("1M"), Ok(2048));
+        for bad in ["32K", "96K", "2M", "0", "lots"] {
+            let e = parse_chunk(bad).unwrap_err();
+            assert!(e.starts_with("thin-chunk"), "{bad}: {e}");
+        }
+    }
 }

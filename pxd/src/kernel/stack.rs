@@ -443,6 +443,7 @@ mod tests {
                 size: Sectors(4 << 21),
             }],
             chunk,
+            features: crate::plan::pool::ThinFeatures::DEFAULT,
         }
     }
 

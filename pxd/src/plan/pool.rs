@@ -43,6 +43,46 @@ pub struct PoolSpec {
     /// In placement order: the metadata goes on the first.
     pub drives: Vec<Drive>,
     pub chunk: Sectors,
+    pub features: ThinFeatures,
+}
+
+/// dm-thin's optional behaviours that pxd sets per pool (its feature arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ThinFeatures {
+    /// Zero a newly provisioned chunk before a partial write lands in it. Without it a new
+    /// volume can read a deleted volume's data, so pxd keeps it on whatever it costs.
+    pub zero_new_chunks: bool,
+    /// Pass discards down to the drives, so freed space is freed on them too.
+    pub discard_passdown: bool,
+}
+
+impl Default for ThinFeatures {
+    fn default() -> ThinFeatures {
+        ThinFeatures::DEFAULT
+    }
+}
+
+impl ThinFeatures {
+    /// The kernel's defaults, which pxd keeps: see the README's bench section for their cost.
+    pub const DEFAULT: ThinFeatures = ThinFeatures {
+        zero_new_chunks: true,
+        discard_passdown: true,
+    };
+
+    /// The thin-pool table's feature arguments.
+    ///
+    /// Either may be changed by reloading the table, but pxd fixes both when the pool is
+    /// made, so that a pool's behaviour never depends on the flags of the daemon running it.
+    pub fn args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.zero_new_chunks {
+            out.push("skip_block_zeroing".to_owned());
+        }
+        if !self.discard_passdown {
+            out.push("no_discard_passdown".to_owned());
+        }
+        out
+    }
 }
 
 /// The three devices of a pool, in creation order: meta, data, pool.
@@ -150,7 +190,7 @@ pub fn plan_pool(spec: &PoolSpec) -> Result<PoolPlan, PoolPlanError> {
                 data: DevRef::Dm(data_name),
                 block: chunk,
                 low_water: DataBlocks((chunks * LOW_WATER_PERCENT / 100).max(1)),
-                features: Vec::new(),
+                features: spec.features.args(),
             },
         }],
     };
@@ -197,6 +237,7 @@ mod tests {
                 })
                 .collect(),
             chunk: DEFAULT_CHUNK,
+            features: ThinFeatures::DEFAULT,
         }
     }
 

@@ -42,6 +42,7 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
                 drives,
                 activated: p.activated,
                 chunk_sectors: p.chunk_sectors,
+                thin: p.thin_features(),
                 reformed: p.reformed,
                 dead: of_pool().any(|d| d.state == DriveState::Failed),
                 retire: of_pool()
@@ -115,6 +116,7 @@ pub fn node_state(cluster: &ClusterState, node: NodeId, mount_root: Option<PathB
         thresholds: Default::default(),
         // The daemon's choice, set by the reconciler like the thresholds.
         crypt_workqueues: Default::default(),
+        new_pool: Default::default(),
         pools,
         volumes,
         mount_root,
@@ -399,6 +401,7 @@ pub fn records(before: &NodeState, after: &NodeState) -> Vec<Command> {
             JoinPhase::Measured { class, benchmark } => DriveChange::Measured {
                 class: *class,
                 benchmark: benchmark.clone(),
+                new_pool: Some(after.new_pool),
             },
             JoinPhase::Labelled => DriveChange::Labelled,
             JoinPhase::Failed(reason) => DriveChange::Failed {
@@ -552,6 +555,8 @@ mod tests {
                 used: 0,
                 benchmark: None,
                 chunk_sectors: 128,
+                zero_new_chunks: true,
+                discard_passdown: true,
                 drive_paths: vec!["/dev/vdb".into()],
                 generation: 1,
                 activated: true,
@@ -846,7 +851,8 @@ mod tests {
                 id: uuid.clone(),
                 change: DriveChange::Measured {
                     class: Class::High,
-                    benchmark: bench
+                    benchmark: bench,
+                    new_pool: Some(NewPool::default()),
                 }
             }]
         );

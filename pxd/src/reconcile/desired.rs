@@ -29,6 +29,9 @@ pub struct NodeState {
     /// The dm-crypt workqueues this node's new crypt tables bypass (daemon flags).
     #[serde(default)]
     pub crypt_workqueues: crate::plan::crypt::Workqueues,
+    /// How a pool a joining drive founds is made (daemon flags).
+    #[serde(default)]
+    pub new_pool: crate::store::types::NewPool,
     /// Where this node's NVMe/TCP target serves its legs.
     #[serde(default)]
     pub nvme_addr: Option<std::net::SocketAddr>,
@@ -196,6 +199,9 @@ pub struct PoolState {
     pub activated: bool,
     /// Allocation chunk, in 512-byte sectors.
     pub chunk_sectors: u64,
+    /// Block zeroing and discard passdown, as the pool was made.
+    #[serde(default)]
+    pub thin: crate::plan::pool::ThinFeatures,
     /// A member was replaced: its metadata is made fresh even over an old superblock.
     #[serde(default)]
     pub reformed: bool,

@@ -135,6 +135,7 @@ pub(super) fn pool_steps<'a>(
             pool: pool_id.clone(),
             drives,
             chunk: Sectors(p.chunk_sectors),
+            features: p.thin,
         };
         let [_, data, _] = pool_devices(node, &pool_id);
         let live_data = observed.devices.get(&data.to_string()).map(|(_, len)| *len);

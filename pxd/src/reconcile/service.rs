@@ -187,6 +187,7 @@ pub struct Reconciler {
     overcommit: f64,
     /// The dm-crypt workqueues new crypt tables bypass.
     crypt_workqueues: crate::plan::crypt::Workqueues,
+    new_pool: crate::store::types::NewPool,
 }
 
 /// Whether `v` has a leg marked failed: its attachment was forced from a node holding that
@@ -220,6 +221,7 @@ impl Reconciler {
             stale_clock: Default::default(),
             overcommit: 1.0,
             crypt_workqueues: crate::plan::crypt::Workqueues::DEFAULT,
+            new_pool: Default::default(),
         }
     }
 
@@ -235,6 +237,11 @@ impl Reconciler {
     /// The dm-crypt workqueues new crypt tables bypass; live ones keep theirs.
     pub fn set_crypt_workqueues(&mut self, workqueues: crate::plan::crypt::Workqueues) {
         self.crypt_workqueues = workqueues;
+    }
+
+    /// How pools this node's new drives found are made (the `--thin-*` flags).
+    pub fn set_new_pool(&mut self, new_pool: crate::store::types::NewPool) {
+        self.new_pool = new_pool;
     }
 
     /// What placement needs from this node's view, in one read: the nodes online as seen
@@ -306,6 +313,7 @@ impl Reconciler {
         state.thresholds = self.thresholds;
         state.drive_bench = Some(self.drive_bench);
         state.crypt_workqueues = self.crypt_workqueues;
+        state.new_pool = self.new_pool;
         let now = std::time::Instant::now();
         let mut seen = self.epochs_seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.retain(|id, _| state.volumes.iter().any(|v| v.id == *id));

@@ -498,6 +498,7 @@ mod tests {
             pool: Id::object("p0").unwrap(),
             drives: vec![o.labelled[0].drive],
             chunk: Sectors(512),
+            features: crate::plan::pool::ThinFeatures::DEFAULT,
         };
         let plan = plan_pool(&spec).unwrap();
         vec![

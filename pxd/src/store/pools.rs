@@ -5,8 +5,8 @@
 //! were activated and how their node last found them.
 
 use super::state::{encode, Change, ClusterState};
-use super::types::{Benchmark, Class, Drive, DriveState, Leaving, Pool, PoolHealth};
-use crate::plan::pool::{plan_pool, Drive as PlanDrive, PoolSpec, DEFAULT_CHUNK};
+use super::types::{Benchmark, Class, Drive, DriveState, Leaving, NewPool, Pool, PoolHealth};
+use crate::plan::pool::{plan_pool, Drive as PlanDrive, PoolSpec};
 use devicemapper::{Device, Sectors};
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +26,14 @@ pub enum PoolChange {
 pub enum DriveChange {
     /// Measured into `class`: it joins the node's pool of that class (made now if there is
     /// none) as its next member.
-    Measured { class: Class, benchmark: Benchmark },
+    Measured {
+        class: Class,
+        benchmark: Benchmark,
+        /// How the node makes the pool, if the drive founds one (the defaults when absent:
+        /// a command from a node that predates the field).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        new_pool: Option<NewPool>,
+    },
     /// Its label is written: it is a member the pool is assembled from.
     Labelled,
     /// While adding: the add cannot finish (the disk changed, went away, or is in use); the
@@ -96,9 +103,12 @@ impl ClusterState {
         let mut out = Vec::new();
         match (change, drive.state) {
             // A replacement: its place in the pool was kept for it.
-            (DriveChange::Measured { class, benchmark }, DriveState::Adding)
-                if !drive.pool.is_empty() =>
-            {
+            (
+                DriveChange::Measured {
+                    class, benchmark, ..
+                },
+                DriveState::Adding,
+            ) if !drive.pool.is_empty() => {
                 let mut pool = self.pool_of(&drive)?;
                 drive.class = Some(*class);
                 drive.benchmark = Some(benchmark.clone());
@@ -107,8 +117,16 @@ impl ClusterState {
                 out.push(encode(format!("pool/{}", pool.id), &pool));
                 self.pools.insert(pool.id.clone(), pool);
             }
-            (DriveChange::Measured { class, benchmark }, DriveState::Adding) => {
-                let mut pool = self.pool_for(&drive, *class, benchmark);
+            (
+                DriveChange::Measured {
+                    class,
+                    benchmark,
+                    new_pool,
+                },
+                DriveState::Adding,
+            ) => {
+                let new_pool = new_pool.unwrap_or_default();
+                let mut pool = self.pool_for(&drive, *class, benchmark, &new_pool);
                 pool.drives.push(drive.id.clone());
                 pool.drive_paths.push(drive.path.clone());
                 pool.generation += 1;
@@ -297,7 +315,7 @@ impl ClusterState {
 
     /// The node's pool of `class`, or a new one whose id comes from the drive's uuid, so
     /// every member applying this picks the same.
-    fn pool_for(&self, drive: &Drive, class: Class, benchmark: &Benchmark) -> Pool {
+    fn pool_for(&self, drive: &Drive, class: Class, benchmark: &Benchmark, new: &NewPool) -> Pool {
         if let Some(p) = self
             .pools
             .values()
@@ -314,7 +332,9 @@ impl ClusterState {
             capacity: 0,
             used: 0,
             benchmark: Some(benchmark.clone()),
-            chunk_sectors: *DEFAULT_CHUNK,
+            chunk_sectors: new.chunk_sectors,
+            zero_new_chunks: new.zero_new_chunks,
+            discard_passdown: new.discard_passdown,
             drive_paths: vec![],
             generation: 0,
             activated: false,
@@ -342,6 +362,7 @@ impl ClusterState {
                     })
                     .collect(),
                 chunk: Sectors(pool.chunk_sectors),
+                features: pool.thin_features(),
             });
         spec.ok()
             .and_then(|s| plan_pool(&s).ok())
@@ -427,6 +448,7 @@ mod tests {
                 read_p50_us: 1,
                 write_p50_us: 1,
             },
+            new_pool: None,
         }
     }
 
@@ -479,6 +501,47 @@ mod tests {
         );
         assert_eq!(s.drives[&uuid(1)].state, DriveState::Online);
         assert!(rejected(s.apply(&change(1, measured(Class::Low))).0).contains("Online"));
+    }
+
+    #[test]
+    fn a_pool_is_made_as_its_founding_drive_s_node_asked_and_keeps_it() {
+        let mut s = state();
+        s.apply(&adding(1, "/dev/vdb", None));
+        let mut m = measured(Class::High);
+        let asked = NewPool {
+            chunk_sectors: 2048,
+            zero_new_chunks: false,
+            discard_passdown: true,
+        };
+        if let DriveChange::Measured { new_pool, .. } = &mut m {
+            *new_pool = Some(asked);
+        }
+        assert_eq!(s.apply(&change(1, m)).0, Response::Applied);
+        let pool = s.drives[&uuid(1)].pool.clone();
+        let p = &s.pools[&pool];
+        assert_eq!(
+            (p.chunk_sectors, p.zero_new_chunks, p.discard_passdown),
+            (2048, false, true)
+        );
+        let features = p.thin_features();
+        assert_eq!(features.args(), ["skip_block_zeroing"]);
+
+        // A later drive joins the pool as it is, whatever its node now asks.
+        s.apply(&adding(2, "/dev/vdc", None));
+        s.apply(&change(2, measured(Class::High)));
+        assert_eq!(s.pools[&pool].chunk_sectors, 2048);
+        assert!(!s.pools[&pool].zero_new_chunks);
+
+        // A command from a node that predates the field makes the kernel's defaults.
+        let old: DriveChange = serde_json::from_str(
+            r#"{"change":"measured","class":"low","benchmark":{"read_iops":1,"write_iops":1,"read_p99_us":1,"write_p99_us":1,"seq_mb_per_s":1}}"#,
+        )
+        .unwrap();
+        s.apply(&adding(3, "/dev/vdd", None));
+        assert_eq!(s.apply(&change(3, old)).0, Response::Applied);
+        let low = &s.pools[&s.drives[&uuid(3)].pool];
+        assert_eq!(low.chunk_sectors, *crate::plan::pool::DEFAULT_CHUNK);
+        assert!(low.zero_new_chunks && low.discard_passdown);
     }
 
     #[test]

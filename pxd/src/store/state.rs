@@ -579,6 +579,8 @@ pub(crate) mod tests {
                     used: 0,
                     benchmark: None,
                     chunk_sectors: 128,
+                    zero_new_chunks: true,
+                    discard_passdown: true,
                     drive_paths: vec![],
                     generation: 0,
                     activated: false,

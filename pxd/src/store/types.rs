@@ -246,6 +246,13 @@ pub struct Pool {
     /// Allocation chunk, in 512-byte sectors (DESIGN §6: 64 KiB to 1 MiB).
     #[serde(default = "default_chunk_sectors")]
     pub chunk_sectors: u64,
+    /// dm-thin zeroes a new chunk before a partial write lands in it (fixed when the pool
+    /// is made; pools recorded before the field were made with the kernel's default, on).
+    #[serde(default = "kernel_default_on")]
+    pub zero_new_chunks: bool,
+    /// dm-thin passes discards down to the drives (the same).
+    #[serde(default = "kernel_default_on")]
+    pub discard_passdown: bool,
     /// Drive paths on the pool's node when they were added, in the order of `drives`: hints
     /// for an operator, never what the pool is assembled from.
     #[serde(default)]
@@ -267,6 +274,14 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// The dm-thin features the pool was made with.
+    pub fn thin_features(&self) -> crate::plan::pool::ThinFeatures {
+        crate::plan::pool::ThinFeatures {
+            zero_new_chunks: self.zero_new_chunks,
+            discard_passdown: self.discard_passdown,
+        }
+    }
+
     /// An online, activated pool of 1 GiB with no drives, for tests of placement and the
     /// state machine.
     #[cfg(test)]
@@ -280,6 +295,8 @@ impl Pool {
             used: 0,
             benchmark: None,
             chunk_sectors: 128,
+            zero_new_chunks: true,
+            discard_passdown: true,
             drive_paths: vec![],
             generation: 1,
             activated: true,
@@ -291,6 +308,31 @@ impl Pool {
 
 fn default_chunk_sectors() -> u64 {
     128
+}
+
+fn kernel_default_on() -> bool {
+    true
+}
+
+/// How this node makes a new pool: the daemon's `--thin-*` flags, carried in the command that
+/// records a drive's class, because the pool the drive founds is made by every member's
+/// state machine alike. A pool keeps these for its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewPool {
+    pub chunk_sectors: u64,
+    pub zero_new_chunks: bool,
+    pub discard_passdown: bool,
+}
+
+impl Default for NewPool {
+    fn default() -> NewPool {
+        let f = crate::plan::pool::ThinFeatures::DEFAULT;
+        NewPool {
+            chunk_sectors: *crate::plan::pool::DEFAULT_CHUNK,
+            zero_new_chunks: f.zero_new_chunks,
+            discard_passdown: f.discard_passdown,
+        }
+    }
 }
 
 fn activated_before_the_record() -> bool {
