@@ -203,6 +203,11 @@ impl Daemon {
         (answered, crashed)
     }
 
+    /// The daemon's process id, while this handle runs it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no chance to clean up, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

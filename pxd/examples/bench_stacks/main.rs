@@ -3,14 +3,17 @@
 //! interleaved repetitions with its range, as ratios to the raw disk and to the peer. Then
 //! the cost of the eBPF probes and how close the limit controller holds a limit.
 //!
-//! Usage: `bench_stacks [--quick] storage|params RAW_DISK POOL_DISK PEER_DISK OUT.json`.
-//! `params` runs pxd's crypt layer under each candidate setting instead (see [`variants`]).
+//! Usage: `bench_stacks [--quick] storage|crypt-params|thin-params RAW_DISK POOL_DISK PEER_DISK
+//! OUT.json`. `crypt-params` runs pxd's crypt layer under each candidate setting instead (see
+//! [`variants`]), beside LUKS2; `thin-params` one pool per dm-thin candidate, each on a slice
+//! of the raw disk (see [`thin_params`]).
 //! `--quick` runs each job once, for a smoke run. Reports; never asserts.
 
 mod fio;
 mod limits;
 mod peers;
 mod stats;
+mod thin_params;
 mod variants;
 
 use anyhow::{bail, Result};
@@ -22,7 +25,7 @@ use pxd::kernel::dm::{node_path, KernelDm};
 use pxd::kernel::stack;
 use pxd::plan::crypt::{plan_crypt, Workqueues};
 use pxd::plan::names::Id;
-use pxd::plan::pool::{Drive, PoolSpec, DEFAULT_CHUNK};
+use pxd::plan::pool::{Drive, PoolSpec, ThinFeatures, DEFAULT_CHUNK};
 use pxd::plan::thin::plan_thin;
 use pxd::pool;
 use serde_json::{json, Value};
@@ -77,7 +80,10 @@ fn main() -> Result<()> {
         args.remove(0);
     }
     let [mode, raw, pool_disk, peer_disk, out] = args.as_slice() else {
-        bail!("usage: bench_stacks [--quick] storage|params RAW_DISK POOL_DISK PEER_DISK OUT.json");
+        bail!(
+            "usage: bench_stacks [--quick] storage|crypt-params|thin-params RAW_DISK POOL_DISK \
+             PEER_DISK OUT.json"
+        );
     };
     let reps = if quick { 1 } else { REPS };
     let (raw, pool_disk, peer_disk) = (Path::new(raw), Path::new(pool_disk), Path::new(peer_disk));
@@ -91,6 +97,7 @@ fn main() -> Result<()> {
             size: Sectors(block::size_bytes(pool_disk)? / 512),
         }],
         chunk: DEFAULT_CHUNK,
+        features: ThinFeatures::DEFAULT,
     };
     let pool = pool::ensure_pool(&dm, &spec, pool::Metadata::MayBeNew)?;
     let gib = Sectors(1024 * 2048);
@@ -161,7 +168,15 @@ fn main() -> Result<()> {
             stack::teardown(&dm, &[&crypt.name, &t4.name, &thin_name(1)?])?;
             json!({ "summary": summary, "runs": runs, "probes": probes, "limits": limits })
         }
-        "params" => {
+        "thin-params" => {
+            let mut pools = thin_params::ThinPools::build(&dm, &node, raw)?;
+            let runs = pools.measure(&dm, reps)?;
+            let jobs = thin_params::jobs();
+            let summary = stats::report(&runs, &pools.stacks(), &jobs, "thin 256K (default)");
+            pools.teardown(&dm)?;
+            json!({ "summary": summary, "runs": runs })
+        }
+        "crypt-params" => {
             let mut devices = Vec::new();
             for (i, v) in variants::CRYPT_VARIANTS.iter().enumerate() {
                 let lower = thin(10 + i as u64)?;
@@ -185,7 +200,7 @@ fn main() -> Result<()> {
             }
             json!({ "summary": summary, "runs": runs })
         }
-        other => bail!("mode {other:?}: storage or params"),
+        other => bail!("mode {other:?}: storage, crypt-params or thin-params"),
     };
     let mut report = report;
     report["kernel"] = json!(release.trim());
