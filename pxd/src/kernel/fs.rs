@@ -1,6 +1,7 @@
 //! Filesystems on volumes: make, mount, unmount, grow, and find where a device is mounted.
 
 use crate::volume::spec::Fs;
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -131,21 +132,37 @@ pub fn grow(dev: &Path, mounted_at: &Path, fs: Fs) -> Result<(), FsError> {
 
 /// Where the block device `major:minor` is mounted, from `/proc/self/mountinfo`.
 pub fn mountpoints_of(major: u32, minor: u32) -> io::Result<Vec<PathBuf>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(parse_mountinfo(&info, major, minor))
+    let mut all = mounts()?;
+    Ok(all.remove(&(major, minor)).unwrap_or_default())
 }
 
-/// Pure part of [`mountpoints_of`]: field 3 is `major:minor`, field 5 the mount point (with
-/// spaces and the like escaped as octal).
-fn parse_mountinfo(info: &str, major: u32, minor: u32) -> Vec<PathBuf> {
-    let want = format!("{major}:{minor}");
-    info.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.get(2) == Some(&want.as_str())).then(|| f.get(4).map(|p| unescape(p)))?
-        })
-        .map(PathBuf::from)
-        .collect()
+/// Every mounted block device's mount points, by `(major, minor)`, from one read of
+/// `/proc/self/mountinfo`: what a reconcile pass looks its devices up in, rather than
+/// reading the file once per device.
+pub fn mounts() -> io::Result<BTreeMap<(u32, u32), Vec<PathBuf>>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&info))
+}
+
+/// Pure part of [`mounts`]: field 3 is `major:minor`, field 5 the mount point (with spaces
+/// and the like escaped as octal).
+fn parse_mountinfo(info: &str) -> BTreeMap<(u32, u32), Vec<PathBuf>> {
+    let mut out: BTreeMap<(u32, u32), Vec<PathBuf>> = BTreeMap::new();
+    for l in info.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        let (Some(dev), Some(at)) = (f.get(2), f.get(4)) else {
+            continue;
+        };
+        let Some((major, minor)) = dev.split_once(':') else {
+            continue;
+        };
+        if let (Ok(major), Ok(minor)) = (major.parse(), minor.parse()) {
+            out.entry((major, minor))
+                .or_default()
+                .push(PathBuf::from(unescape(at)));
+        }
+    }
+    out
 }
 
 fn unescape(s: &str) -> String {
@@ -177,13 +194,15 @@ mod tests {
         let info = "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
                     95 22 253:4 / /var/lib/pxd/mnt/db\\040one rw - ext4 /dev/mapper/x rw\n\
                     96 22 253:4 / /other rw - ext4 /dev/mapper/x rw\n";
+        let mounts = parse_mountinfo(info);
         assert_eq!(
-            parse_mountinfo(info, 253, 4),
+            mounts[&(253, 4)],
             [
                 PathBuf::from("/var/lib/pxd/mnt/db one"),
                 PathBuf::from("/other")
             ]
         );
-        assert!(parse_mountinfo(info, 253, 5).is_empty());
+        assert!(!mounts.contains_key(&(253, 5)));
+        assert_eq!(mounts[&(254, 0)], [PathBuf::from("/")]);
     }
 }

@@ -1,7 +1,11 @@
 //! Prometheus metrics of the node (`pxd_cluster_*`, `pxd_node_*`, `pxd_raft_*`, `pxd_pool_*`,
 //! `pxd_drive_*`, `pxd_volume_*`), rendered for `/metrics`. Names and labels follow DESIGN §7.
 
-use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+pub mod series;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{op} metric {name}: {source}")]
@@ -45,6 +49,10 @@ pub struct Metrics {
     pub volume_rebuild_rate_bytes: IntGaugeVec,
     pub volume_iops_limit: IntGaugeVec,
     pub volume_bandwidth_limit: IntGaugeVec,
+    pub reconcile_pass_seconds: HistogramVec,
+    pub reconcile_objects: IntGaugeVec,
+    /// The volume and drive series the reconciler set last, for updates in place.
+    pub series: series::Tracked,
 }
 
 fn gauge(registry: &Reg, name: &'static str, help: &str) -> Result<IntGauge, MetricsError> {
@@ -275,6 +283,35 @@ impl Metrics {
                 "The volume's bandwidth limit one way (read or write), bytes a second",
                 &["volume", "volume_id", "node", "direction"],
             )?,
+            reconcile_pass_seconds: {
+                let name = "pxd_reconcile_pass_seconds";
+                let opts = HistogramOpts::new(
+                    name,
+                    "How long a reconcile pass took, from reading the kernel to recording what it did",
+                )
+                .buckets(
+                    prometheus::exponential_buckets(0.005, 2.0, 15).map_err(|source| {
+                        MetricsError {
+                            op: "define",
+                            name,
+                            source,
+                        }
+                    })?,
+                );
+                let h = HistogramVec::new(opts, &["pass"]).map_err(|source| MetricsError {
+                    op: "define",
+                    name,
+                    source,
+                })?;
+                register(&r, name, h)?
+            },
+            reconcile_objects: gauge_vec(
+                &r,
+                "pxd_reconcile_objects",
+                "Objects (pools and volumes) the last reconcile pass planned, and those it changed in the kernel",
+                &["pass", "outcome"],
+            )?,
+            series: Default::default(),
             families: r.names.take(),
             registry: r.registry,
         })

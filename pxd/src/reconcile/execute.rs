@@ -66,7 +66,7 @@ pub enum Concern {
 }
 
 impl Concern {
-    fn of(step: &Step, state: &NodeState) -> Concern {
+    pub fn of(step: &Step, state: &NodeState) -> Concern {
         let by_name = |n: &DeviceName| match n.kind {
             Kind::Pool => Concern::Pool(n.id.to_string()),
             _ => Concern::Volume(n.id.to_string()),

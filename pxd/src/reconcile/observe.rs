@@ -24,6 +24,10 @@ pub fn observe(dm: &dyn DeviceMapper, desired: &NodeState) -> Result<Observed, D
         observed.labelled = labelled_drives(&hints);
     }
     let prefix = format!("pxd-{}-", desired.node);
+    let mut mounts = fs::mounts().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not read the mount table");
+        Default::default()
+    });
     for (name, dev) in dm.list()? {
         let name = name.to_string();
         if !name.starts_with(&prefix) {
@@ -59,12 +63,8 @@ pub fn observe(dm: &dyn DeviceMapper, desired: &NodeState) -> Result<Observed, D
         if dm.info(&dmn)?.is_some_and(|i| i.suspended) {
             observed.suspended.insert(name.clone());
         }
-        match fs::mountpoints_of(dev.major, dev.minor) {
-            Ok(m) if !m.is_empty() => {
-                observed.mounts.insert(name.clone(), m);
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(device = %name, error = %e, "could not read its mounts"),
+        if let Some(m) = mounts.remove(&(dev.major, dev.minor)) {
+            observed.mounts.insert(name.clone(), m);
         }
         observed.devices.insert(name, (dev, Sectors(len)));
     }

@@ -101,9 +101,16 @@ struct Found {
     members: BTreeMap<String, PathBuf>,
     /// Member drives that fail reads: (drive uuid, why).
     failed_drives: Vec<(String, String)>,
+    /// Pools and volumes the pass planned, and how many of them (or drives, or the node
+    /// itself) it changed in the kernel.
+    planned: usize,
+    changed: usize,
 }
 
 type PassResult = (Vec<StepFailure>, Found);
+
+/// A finished pass: its number, and what it returned.
+type Finished = (u64, Result<Vec<StepFailure>, String>);
 
 /// A step of a pass that failed: the volume it concerned (none for a pool or the node).
 #[derive(Debug, Clone)]
@@ -129,18 +136,15 @@ pub struct LastPass {
 /// last pass found, by label uuid) telling a drive that is there from one that is missing.
 fn export_drives(
     m: &crate::metrics::Metrics,
+    round: &mut crate::metrics::series::Round<'_>,
     st: &crate::store::state::ClusterState,
     node: &str,
     members: &BTreeMap<String, PathBuf>,
 ) {
     use crate::store::types::DriveState;
-    m.drive_size_bytes.reset();
-    m.drive_state.reset();
     for d in st.drives.values().filter(|d| d.node.to_string() == node) {
         let class = d.class.map(|c| c.to_string()).unwrap_or_default();
-        m.drive_size_bytes
-            .with_label_values(&[node, &d.id, &d.pool, &class])
-            .set(i64::try_from(d.size).unwrap_or(i64::MAX));
+        round.set_u64(&m.drive_size_bytes, &[node, &d.id, &d.pool, &class], d.size);
         let now = match d.state {
             DriveState::Failed => "failed",
             DriveState::Adding | DriveState::Labelling => "adding",
@@ -148,9 +152,11 @@ fn export_drives(
             DriveState::Online => "online",
         };
         for state in DRIVE_STATES {
-            m.drive_state
-                .with_label_values(&[node, &d.id, &d.pool, state])
-                .set(i64::from(state == now));
+            round.set(
+                &m.drive_state,
+                &[node, &d.id, &d.pool, state],
+                i64::from(state == now),
+            );
         }
     }
 }
@@ -170,6 +176,10 @@ pub struct Reconciler {
     pub full: FullThresholds,
     /// One pass at a time; the API waits on it.
     running: tokio::sync::Mutex<()>,
+    /// Passes begun, and the last finished pass's number and result: callers that waited
+    /// while a pass ran share the next one (see [`Reconciler::pass`]).
+    begun: std::sync::atomic::AtomicU64,
+    finished: Mutex<Option<Finished>>,
     /// Attachments (volume, epoch) this node fenced when its lease ran out: no longer
     /// attached here, whatever the store says.
     fenced: Mutex<BTreeSet<(String, u64)>>,
@@ -213,6 +223,8 @@ impl Reconciler {
             thresholds,
             full,
             running: tokio::sync::Mutex::new(()),
+            begun: Default::default(),
+            finished: Mutex::new(None),
             fenced: Mutex::new(Default::default()),
             takeover_hold: attach_lease * 3 / 2,
             drive_bench,
@@ -348,17 +360,47 @@ impl Reconciler {
 
     /// Runs one pass to completion. Returns the steps that failed (each skipped the rest of
     /// its volume or pool, not the others), or why the whole pass stopped.
+    ///
+    /// A caller has recorded its change before it calls, so any pass that begins after the
+    /// call arrives serves it. Callers that arrive while a pass runs therefore wait for it,
+    /// then share one pass: the first to get the lock runs it, the others take its result.
+    /// N concurrent changes cost two passes, not N.
     pub async fn pass(self: &Arc<Self>) -> Result<Vec<StepFailure>, String> {
+        use std::sync::atomic::Ordering;
+        let arrived = self.begun.load(Ordering::SeqCst);
         let _one = self.running.lock().await;
+        if let Some((n, result)) = &*self.finished.lock().unwrap_or_else(|p| p.into_inner()) {
+            if *n > arrived {
+                return result.clone();
+            }
+        }
+        let n = self.begun.fetch_add(1, Ordering::SeqCst) + 1;
+        let result = Box::pin(self.pass_now()).await;
+        *self.finished.lock().unwrap_or_else(|p| p.into_inner()) = Some((n, result.clone()));
+        result
+    }
+
+    /// One pass, run now; the caller holds `running`.
+    async fn pass_now(self: &Arc<Self>) -> Result<Vec<StepFailure>, String> {
         if self.cluster.cluster_id().is_none() {
             return Ok(Vec::new());
         }
+        let started = std::time::Instant::now();
         let me = self.clone();
         let handle = tokio::runtime::Handle::current();
         let result = tokio::task::spawn_blocking(move || me.pass_blocking(&handle))
             .await
             .map_err(|e| format!("the reconcile pass stopped: {e}"))?;
         if let Ok((_, found)) = &result {
+            let m = self.cluster.metrics();
+            m.reconcile_pass_seconds
+                .with_label_values(&["full"])
+                .observe(started.elapsed().as_secs_f64());
+            for (outcome, n) in [("planned", found.planned), ("changed", found.changed)] {
+                m.reconcile_objects
+                    .with_label_values(&["full", outcome])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
             crate::rebuild::copy::Copier::tend(&self.cluster);
             self.replace_timed_out().await;
             self.record_failed_drives(&found.failed_drives).await;
@@ -463,20 +505,21 @@ impl Reconciler {
         }
     }
 
-    /// Sets the pool and volume gauges from the store and what the pass read.
+    /// Sets the pool and volume gauges from the store and what the pass read: in place,
+    /// removing only the series of what is gone (see [`crate::metrics::series`]).
     fn export(&self, found: &Found) {
         let (pools, volumes) = (&found.pools, &found.volumes);
         let m = self.cluster.metrics();
         let me = self.cluster.id();
-        m.volume_iops_limit.reset();
-        m.volume_bandwidth_limit.reset();
+        let node = me.to_string();
+        let mut round = m.series.round();
         self.cluster.state().read(|st| {
             let tops = st
                 .volumes
                 .values()
                 .filter_map(|v| {
-                    let (node, stack) = super::derive::io_stack(st, v)?;
-                    let top = stack.last().filter(|_| node == me)?;
+                    let (node_of, stack) = super::derive::io_stack(st, v)?;
+                    let top = stack.last().filter(|_| node_of == me)?;
                     let iops = v.max_iops.unwrap_or_default();
                     let bw = v.max_bandwidth.unwrap_or_default();
                     for (g, dir, x) in [
@@ -486,8 +529,7 @@ impl Reconciler {
                         (&m.volume_bandwidth_limit, "write", bw.write),
                     ] {
                         if x > 0 {
-                            g.with_label_values(&[&v.name, &v.id, &me.to_string(), dir])
-                                .set(i64::try_from(x).unwrap_or(i64::MAX));
+                            round.set_u64(g, &[&v.name, &v.id, &node, dir], x);
                         }
                     }
                     Some(crate::io::volumes::VolumeDevice {
@@ -497,8 +539,7 @@ impl Reconciler {
                     })
                 })
                 .collect();
-            m.volume_io.set_devices(me.to_string(), tops);
-            let node = me.to_string();
+            m.volume_io.set_devices(node.clone(), tops);
             for p in st.pools.values().filter(|p| p.node == me) {
                 let labels = [node.as_str(), p.id.as_str(), &p.class.to_string()];
                 let health = found.health.get(&p.id).unwrap_or(&p.health);
@@ -521,82 +562,50 @@ impl Reconciler {
                     );
                 }
             }
-            export_drives(m, st, &node, &found.members);
-            m.volume_capacity_bytes.reset();
-            m.volume_usage_bytes.reset();
-            for g in [
-                &m.volume_replicas,
-                &m.volume_replicas_healthy,
-                &m.volume_resync_bytes,
-                &m.volume_check_mismatches,
-                &m.volume_check_requested,
-                &m.volume_rebuild_copied_bytes,
-                &m.volume_rebuild_left_bytes,
-                &m.volume_rebuild_rate_bytes,
-            ] {
-                g.reset();
-            }
+            export_drives(m, &mut round, st, &node, &found.members);
             for v in st.volumes.values() {
                 let Some(b) = v.build.as_ref().filter(|b| b.source == me) else {
                     continue;
                 };
-                let labels = [v.name.as_str(), v.id.as_str(), &me.to_string()];
-                for (g, x) in [
-                    (&m.volume_rebuild_copied_bytes, b.copied_bytes),
-                    (&m.volume_rebuild_left_bytes, b.left_bytes),
-                    (&m.volume_rebuild_rate_bytes, b.rate),
-                ] {
-                    g.with_label_values(&labels)
-                        .set(i64::try_from(x).unwrap_or(i64::MAX));
-                }
+                let labels = [v.name.as_str(), v.id.as_str(), &node];
+                round.set_u64(&m.volume_rebuild_copied_bytes, &labels, b.copied_bytes);
+                round.set_u64(&m.volume_rebuild_left_bytes, &labels, b.left_bytes);
+                round.set_u64(&m.volume_rebuild_rate_bytes, &labels, b.rate);
             }
             for (id, raid) in &found.raids {
                 let Some(v) = st.volumes.get(id) else {
                     continue;
                 };
-                let labels = [v.name.as_str(), id.as_str(), &me.to_string()];
+                let labels = [v.name.as_str(), id.as_str(), &node];
                 let healthy = raid
                     .legs
                     .iter()
                     .filter(|l| **l == crate::plan::raid::LegHealth::InSync)
                     .count();
                 let left = (*raid.total).saturating_sub(*raid.synced) * 512;
-                m.volume_replicas
-                    .with_label_values(&labels)
-                    .set(raid.legs.len() as i64);
-                m.volume_replicas_healthy
-                    .with_label_values(&labels)
-                    .set(healthy as i64);
-                m.volume_resync_bytes
-                    .with_label_values(&labels)
-                    .set(left as i64);
+                round.set_u64(&m.volume_replicas, &labels, raid.legs.len() as u64);
+                round.set_u64(&m.volume_replicas_healthy, &labels, healthy as u64);
+                round.set_u64(&m.volume_resync_bytes, &labels, left);
                 if let Some((found, at)) = v
                     .check
                     .as_ref()
                     .and_then(|c| c.mismatches.map(|m| (m, c.requested)))
                 {
-                    m.volume_check_mismatches
-                        .with_label_values(&labels)
-                        .set(i64::try_from(found).unwrap_or(i64::MAX));
-                    m.volume_check_requested
-                        .with_label_values(&labels)
-                        .set(i64::try_from(at).unwrap_or(i64::MAX));
+                    round.set_u64(&m.volume_check_mismatches, &labels, found);
+                    round.set_u64(&m.volume_check_requested, &labels, at);
                 }
             }
             for v in st.volumes.values() {
                 for r in v.replicas.iter().filter(|r| r.node == me) {
-                    let labels = [v.name.as_str(), &v.id, &me.to_string(), &r.pool];
-                    m.volume_capacity_bytes
-                        .with_label_values(&labels)
-                        .set(v.size as i64);
+                    let labels = [v.name.as_str(), &v.id, &node, &r.pool];
+                    round.set_u64(&m.volume_capacity_bytes, &labels, v.size);
                     if let Some(used) = volumes.get(&v.id).and_then(|s| s.mapped_bytes) {
-                        m.volume_usage_bytes
-                            .with_label_values(&labels)
-                            .set(used as i64);
+                        round.set_u64(&m.volume_usage_bytes, &labels, used);
                     }
                 }
             }
         });
+        round.finish();
     }
 
     fn pass_blocking(&self, handle: &tokio::runtime::Handle) -> Result<PassResult, String> {
@@ -634,6 +643,13 @@ impl Reconciler {
         )
         .map_err(|e| e.to_string())?;
         let changed: Vec<_> = pass.steps.iter().filter(|s| !s.is_check()).collect();
+        let mut objects_changed: Vec<super::execute::Concern> = Vec::new();
+        for s in &changed {
+            let c = super::execute::Concern::of(s, &state);
+            if !objects_changed.contains(&c) {
+                objects_changed.push(c);
+            }
+        }
         if !changed.is_empty() {
             tracing::info!(steps = ?changed.iter().map(|s| step_name(s)).collect::<Vec<_>>(), "reconciled");
         }
@@ -658,6 +674,8 @@ impl Reconciler {
             health,
             members,
             failed_drives,
+            planned: state.pools.len() + state.volumes.len(),
+            changed: objects_changed.len(),
         };
         Ok((failures, found))
     }
