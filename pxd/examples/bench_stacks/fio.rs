@@ -103,6 +103,11 @@ pub fn fio_in(cgroup: Option<&Path>, dev: &Path, job: &Job) -> Result<Value> {
 
 /// Writes the whole region once, so that later jobs overwrite allocated blocks.
 pub fn prewrite(dev: &Path) -> Result<()> {
+    write_sequentially(dev, REGION)
+}
+
+/// Writes the first `size` of `dev` (fio's size syntax) in 1 MiB blocks.
+pub fn write_sequentially(dev: &Path, size: &str) -> Result<()> {
     let ok = Command::new("fio")
         .args([
             "--name=prewrite",
@@ -110,13 +115,13 @@ pub fn prewrite(dev: &Path) -> Result<()> {
             "--ioengine=libaio",
             "--rw=write",
         ])
-        .args(["--bs=1m", "--iodepth=8", &format!("--size={REGION}")])
+        .args(["--bs=1m", "--iodepth=8", &format!("--size={size}")])
         .arg(format!("--filename={}", dev.display()))
         .stdout(std::process::Stdio::null())
         .status()?
         .success();
     if !ok {
-        bail!("prewrite of {} failed", dev.display());
+        bail!("writing {size} of {} failed", dev.display());
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! costs something: writes that provision new chunks, writes that break sharing with a
 //! snapshot, overwrites and reads of provisioned chunks, and discards.
 
-use crate::fio::{fio, prewrite, Job, REGION};
+use crate::fio::{fio, prewrite, write_sequentially, Job, REGION};
 use crate::stats::Stack;
 use anyhow::{Context, Result};
 use devicemapper::{DmName, DmUuid, Sectors, ThinDevId};
@@ -245,19 +245,7 @@ impl ThinPools {
 /// Writes [`DISCARD_MIB`] to `dev`, then times `blkdiscard` over it: MiB a second.
 fn discard(dev: &Path) -> Result<Value> {
     let len = format!("{}", DISCARD_MIB << 20);
-    let wrote = std::process::Command::new("fio")
-        .args([
-            "--name=fill",
-            "--direct=1",
-            "--ioengine=libaio",
-            "--rw=write",
-        ])
-        .args(["--bs=1m", "--iodepth=8", &format!("--size={DISCARD_MIB}m")])
-        .arg(format!("--filename={}", dev.display()))
-        .stdout(std::process::Stdio::null())
-        .status()?
-        .success();
-    anyhow::ensure!(wrote, "writing {} before the discard failed", dev.display());
+    write_sequentially(dev, &format!("{DISCARD_MIB}m"))?;
     let started = Instant::now();
     let ok = std::process::Command::new("blkdiscard")
         .args(["--length", &len])
