@@ -68,10 +68,10 @@ pub struct PoolView {
     pub health: PoolHealth,
     pub chunk_bytes: u64,
     /// dm-thin zeroes a new chunk before a partial write (fixed when the pool was made).
-    #[serde(default = "on")]
+    #[serde(default = "crate::store::types::kernel_default_on")]
     pub zero_new_chunks: bool,
     /// dm-thin passes discards down to the drives (the same).
-    #[serde(default = "on")]
+    #[serde(default = "crate::store::types::kernel_default_on")]
     pub discard_passdown: bool,
     pub capacity: u64,
     /// From the last reconcile pass on the pool's node; none elsewhere.
@@ -292,10 +292,6 @@ pub(super) async fn new_drive(
 }
 
 /// Every pool member of the store: drive uuid -> (pool, class).
-fn on() -> bool {
-    true
-}
-
 pub fn member_index(st: &ClusterState) -> BTreeMap<String, (String, Class)> {
     st.pools
         .values()

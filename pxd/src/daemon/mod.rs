@@ -316,8 +316,10 @@ async fn serve(args: DaemonArgs, socket: PathBuf) -> Result<(), DaemonError> {
     });
     reconciler.set_new_pool(crate::store::types::NewPool {
         chunk_sectors: st.thin_chunk,
-        zero_new_chunks: st.thin_zero_new_chunks,
-        discard_passdown: st.thin_discard_passdown,
+        features: crate::plan::pool::ThinFeatures {
+            zero_new_chunks: st.thin_zero_new_chunks,
+            discard_passdown: st.thin_discard_passdown,
+        },
     });
     let reconciler = Arc::new(reconciler);
     // Adopt what the kernel has before serving: a restart changes nothing that runs.

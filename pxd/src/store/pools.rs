@@ -333,8 +333,8 @@ impl ClusterState {
             used: 0,
             benchmark: Some(benchmark.clone()),
             chunk_sectors: new.chunk_sectors,
-            zero_new_chunks: new.zero_new_chunks,
-            discard_passdown: new.discard_passdown,
+            zero_new_chunks: new.features.zero_new_chunks,
+            discard_passdown: new.features.discard_passdown,
             drive_paths: vec![],
             generation: 0,
             activated: false,
@@ -510,8 +510,10 @@ mod tests {
         let mut m = measured(Class::High);
         let asked = NewPool {
             chunk_sectors: 2048,
-            zero_new_chunks: false,
-            discard_passdown: true,
+            features: crate::plan::pool::ThinFeatures {
+                zero_new_chunks: false,
+                discard_passdown: true,
+            },
         };
         if let DriveChange::Measured { new_pool, .. } = &mut m {
             *new_pool = Some(asked);

@@ -310,7 +310,7 @@ fn default_chunk_sectors() -> u64 {
     128
 }
 
-fn kernel_default_on() -> bool {
+pub(crate) fn kernel_default_on() -> bool {
     true
 }
 
@@ -320,17 +320,15 @@ fn kernel_default_on() -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewPool {
     pub chunk_sectors: u64,
-    pub zero_new_chunks: bool,
-    pub discard_passdown: bool,
+    #[serde(flatten)]
+    pub features: crate::plan::pool::ThinFeatures,
 }
 
 impl Default for NewPool {
     fn default() -> NewPool {
-        let f = crate::plan::pool::ThinFeatures::DEFAULT;
         NewPool {
             chunk_sectors: *crate::plan::pool::DEFAULT_CHUNK,
-            zero_new_chunks: f.zero_new_chunks,
-            discard_passdown: f.discard_passdown,
+            features: crate::plan::pool::ThinFeatures::DEFAULT,
         }
     }
 }
